@@ -1,0 +1,73 @@
+"""
+Identity: a peer's Ed25519 key pair, its peer ID, and the key file.
+"""
+
+from ._keyfile import (
+    FAST_KDF,
+    BadPassphrase,
+    CorruptKeyFile,
+    KdfParams,
+    KeyFile,
+    KeyFileError,
+    KeyFileExists,
+    NoKeyFile,
+    NotAKeyFile,
+    PassphraseRequired,
+    UnsupportedKeyFile,
+    atomic_write,
+    encode_key_file,
+    read_key_file,
+    write_key_file,
+)
+from ._peerid import (
+    PEER_ID_LENGTH,
+    BadSignature,
+    Identity,
+    InvalidPeerID,
+    PeerID,
+    decode_onion,
+    encode_onion,
+)
+from ._store import (
+    KEY_FILE_NAME,
+    create_identity,
+    ensure_data_dir,
+    export_identity,
+    import_identity,
+    key_file_path,
+    load_identity,
+    load_or_create_identity,
+)
+
+__all__ = [
+    "FAST_KDF",
+    "KEY_FILE_NAME",
+    "PEER_ID_LENGTH",
+    "BadPassphrase",
+    "BadSignature",
+    "CorruptKeyFile",
+    "Identity",
+    "InvalidPeerID",
+    "KdfParams",
+    "KeyFile",
+    "KeyFileError",
+    "KeyFileExists",
+    "NoKeyFile",
+    "NotAKeyFile",
+    "PassphraseRequired",
+    "PeerID",
+    "UnsupportedKeyFile",
+    "atomic_write",
+    "create_identity",
+    "decode_onion",
+    "encode_key_file",
+    "encode_onion",
+    "ensure_data_dir",
+    "export_identity",
+    "import_identity",
+    "key_file_path",
+    "load_identity",
+    "load_or_create_identity",
+    "read_key_file",
+    "write_key_file",
+]
