@@ -1,0 +1,94 @@
+# -*- test-case-name: tests.test_tap -*-
+"""
+Option values shared by ``twistd dspring`` and the ``dspring`` command.
+"""
+
+from __future__ import annotations
+
+import os
+
+from attrs import frozen
+from twisted.python.filepath import FilePath
+
+from ..errors import DigitalSpringError
+from ..identity import InvalidPeerID, PeerID
+from ..transport import InvalidAddress, split_address
+
+DEFAULT_DATA_DIR = "~/.dspring"
+
+#: Where a node listens unless told otherwise.
+DEFAULT_LISTEN = "tcp:7655"
+
+
+class BadOption(DigitalSpringError):
+    """
+    An option's value cannot be used.
+    """
+
+
+@frozen
+class BootstrapPeer:
+    """
+    A peer to join the network through: its ID and one of its addresses.
+    """
+
+    peer_id: PeerID
+    address: str
+
+    @classmethod
+    def parse(cls, text: str) -> BootstrapPeer:
+        """
+        Read ``PEER_ID@TRANSPORT:ADDRESS``.
+
+        :raises BadOption: saying what is wrong.
+        """
+        peer, sep, address = text.partition("@")
+        if not sep:
+            raise BadOption(f"{text!r} is not of the form PEER_ID@TRANSPORT:ADDRESS")
+        try:
+            peer_id = PeerID.parse(peer)
+            split_address(address)
+        except (InvalidPeerID, InvalidAddress) as e:
+            raise BadOption(f"bad bootstrap peer {text!r}: {e}") from None
+        return cls(peer_id, address)
+
+    def __str__(self) -> str:
+        return f"{self.peer_id}@{self.address}"
+
+
+def data_dir_path(text: str) -> FilePath[str]:
+    """
+    The data directory named by an option: ``~`` is expanded.
+    """
+    return FilePath(os.path.abspath(os.path.expanduser(text)))
+
+
+def read_passphrase_file(path: str) -> bytes:
+    """
+    The passphrase in a file: its first line, without the line ending.
+
+    :raises BadOption: when the file cannot be read or its first line is
+        empty.
+    """
+    try:
+        with open(os.path.expanduser(path), "rb") as f:
+            line = f.readline(64 * 1024)
+    except OSError as e:
+        raise BadOption(f"cannot read the passphrase file {path}: {e.strerror}") from None
+    passphrase = line.rstrip(b"\r\n")
+    if not passphrase:
+        raise BadOption(f"the passphrase file {path} is empty")
+    return passphrase
+
+
+def check_listen(text: str) -> str:
+    """
+    Check the form of a ``--listen`` value, ``TRANSPORT:DESCRIPTION``.
+
+    :raises BadOption: when it has no transport name.
+    """
+    try:
+        split_address(text)
+    except InvalidAddress as e:
+        raise BadOption(f"bad --listen value: {e}") from None
+    return text
