@@ -1,0 +1,131 @@
+# -*- test-case-name: tests.test_tornet -*-
+"""
+The few txtorcon calls the Tor test network (and later the Tor transport)
+needs, behind small functions so the rest of our code does not depend on
+txtorcon's API directly.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectError
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from digitalspring.testing._tornamespace import NetworkNamespace
+
+log = Logger()
+
+#: What the reactor parameters here must provide: IReactorTCP and IReactorTime.
+Reactor = Any
+
+_PROGRESS = re.compile(r"\bPROGRESS=(\d+)")
+
+
+@implementer(IStreamClientEndpoint)
+class NamespacedEndpoint:
+    """
+    A client endpoint whose connections are made from inside a network
+    namespace (the socket is created in the namespace of the thread that
+    creates it, and stays there).
+
+    :param namespace: where to connect from; ``None`` means where we are.
+    :param wrapped: the endpoint that does the work.
+    """
+
+    def __init__(self, namespace: NetworkNamespace | None, wrapped: IStreamClientEndpoint):
+        self._namespace = namespace
+        self._wrapped = wrapped
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        Connect ``protocolFactory`` through the wrapped endpoint, from inside
+        the namespace.
+        """
+        if self._namespace is None:
+            return self._wrapped.connect(protocolFactory)
+        with self._namespace.entered():
+            return self._wrapped.connect(protocolFactory)
+
+
+def loopback_endpoint(
+    reactor: Reactor, port: int, namespace: NetworkNamespace | None
+) -> IStreamClientEndpoint:
+    """
+    An endpoint for TCP port ``port`` on 127.0.0.1 in ``namespace``.
+    """
+    return NamespacedEndpoint(namespace, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+
+
+async def connect_control(
+    reactor: Reactor,
+    control_port: int,
+    namespace: NetworkNamespace | None = None,
+    timeout: float = 30.0,
+) -> Any:
+    """
+    Connect to a tor's control port on 127.0.0.1, retrying while tor is
+    still opening it, and authenticate (tor's cookie file).
+
+    :returns: a ``txtorcon.Tor``.
+    :raises ConnectError: if the port still refuses after ``timeout`` seconds.
+    """
+    import txtorcon
+
+    deadline = reactor.seconds() + timeout
+    while True:
+        endpoint = loopback_endpoint(reactor, control_port, namespace)
+        try:
+            return await txtorcon.connect(reactor, endpoint)
+        except ConnectError:
+            if reactor.seconds() > deadline:
+                raise
+        await deferLater(reactor, 0.1, lambda: None)
+
+
+async def close_control(tor: Any) -> None:
+    """
+    Close a control connection made by :func:`connect_control` and wait until
+    it is closed (so trial sees a clean reactor).  The tor keeps running.
+    """
+    protocol = tor.protocol
+    disconnected = protocol.when_disconnected()
+    protocol.transport.loseConnection()
+    try:
+        await disconnected
+    except Exception:  # noqa: BLE001 - txtorcon reports our own hang-up as an error
+        pass
+
+
+async def bootstrap_progress(tor: Any) -> int:
+    """
+    How far (in percent) a tor has bootstrapped, from
+    ``GETINFO status/bootstrap-phase``.
+    """
+    info = await tor.protocol.get_info("status/bootstrap-phase")
+    match = _PROGRESS.search(str(info.get("status/bootstrap-phase", "")))
+    return int(match.group(1)) if match else 0
+
+
+def socks_client_endpoint(
+    reactor: Reactor,
+    tor: Any,
+    host: str,
+    port: int,
+    socks_port: int,
+    namespace: NetworkNamespace | None = None,
+) -> IStreamClientEndpoint:
+    """
+    An endpoint that reaches ``host:port`` (an onion address, usually)
+    through the SOCKS port ``socks_port`` of ``tor``.
+    """
+    endpoint: IStreamClientEndpoint = tor.stream_via(
+        host, port, socks_endpoint=loopback_endpoint(reactor, socks_port, namespace)
+    )
+    return endpoint
