@@ -1,0 +1,182 @@
+# -*- test-case-name: tests.test_transport -*-
+"""
+The ``tcp`` transport: Twisted's TCP endpoints.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from attrs import frozen
+from twisted.internet.abstract import isIPAddress, isIPv6Address
+from twisted.internet.defer import Deferred, fail
+from twisted.internet.endpoints import (
+    HostnameEndpoint,
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    serverFromString,
+)
+from twisted.internet.interfaces import (
+    IAddress,
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.logger import Logger
+from zope.interface import implementer
+
+from ._address import format_tcp_address, parse_tcp_address
+from ._interfaces import ITransport, ITransportPlugin
+from ._plugins import InvalidAddress, TransportConfigError, TransportContext
+
+_WILDCARDS = frozenset({"0.0.0.0", "::", "0:0:0:0:0:0:0:0"})  # noqa: S104
+
+
+@implementer(IListeningPort)
+class _PublishedPort:
+    """
+    A listening TCP port that leaves :meth:`TCPTransport.published_addresses`
+    when it stops listening.
+    """
+
+    def __init__(self, transport: TCPTransport, port: IListeningPort) -> None:
+        self._transport = transport
+        self._port = port
+
+    def startListening(self) -> None:
+        """
+        Listen again after :meth:`stopListening`.
+        """
+        self._port.startListening()
+        self._transport._ports.append(self)
+
+    def stopListening(self) -> Deferred[None] | None:
+        """
+        Stop listening; open connections stay.
+
+        :returns: what the underlying port's ``stopListening`` returns: a
+            ``Deferred`` firing once the socket is closed, or ``None``.
+        """
+        if self in self._transport._ports:
+            self._transport._ports.remove(self)
+        return self._port.stopListening()  # type: ignore[no-any-return]
+
+    def getHost(self) -> IAddress:
+        """
+        :returns: the bound address (``IPv4Address`` or ``IPv6Address``).
+        """
+        return self._port.getHost()
+
+
+@implementer(ITransport)
+class TCPTransport:
+    """
+    The ``tcp`` transport.
+
+    Listening descriptions are Twisted server endpoint strings without the
+    ``tcp:`` prefix (``"7000:interface=127.0.0.1"``); addresses are
+    ``HOST:PORT``, IPv6 in brackets (``"[::1]:7000"``).
+    """
+
+    name = "tcp"
+    log = Logger()
+
+    def __init__(
+        self, reactor: Any, *, advertise: str | None = None, connect_timeout: float = 30.0
+    ) -> None:
+        """
+        :param reactor: an ``IReactorTCP`` and ``IReactorTime``.
+        :param advertise: the host to publish for ports bound to every
+            interface (``0.0.0.0`` or ``::``); ``127.0.0.1`` when ``None``.
+        :param connect_timeout: seconds before a connection attempt fails
+            with ``TimeoutError``.
+        """
+        self._reactor = reactor
+        self._advertise = advertise
+        self._connect_timeout = connect_timeout
+        self._ports: list[_PublishedPort] = []
+
+    def listen(self, description: str, factory: IProtocolFactory) -> Deferred[IListeningPort]:
+        """
+        See :meth:`ITransport.listen`.
+        """
+        try:
+            endpoint = serverFromString(self._reactor, "tcp:" + description)
+        except (ValueError, TypeError, KeyError) as e:
+            return fail(InvalidAddress(f"bad tcp listening description {description!r}: {e}"))
+
+        def listening(port: IListeningPort) -> IListeningPort:
+            published = _PublishedPort(self, port)
+            self._ports.append(published)
+            self.log.info("tcp listening on {address}", address=port.getHost())
+            return published
+
+        return endpoint.listen(factory).addCallback(listening)
+
+    def connect(self, address: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
+        """
+        See :meth:`ITransport.connect`.
+        """
+        try:
+            host, port = parse_tcp_address(address)
+        except InvalidAddress:
+            return fail()
+        endpoint: IStreamClientEndpoint
+        if isIPv6Address(host):
+            endpoint = TCP6ClientEndpoint(self._reactor, host, port, self._connect_timeout)
+        elif isIPAddress(host):
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, self._connect_timeout)
+        else:
+            endpoint = HostnameEndpoint(
+                self._reactor, host.encode("ascii"), port, self._connect_timeout
+            )
+        return endpoint.connect(factory)
+
+    def published_addresses(self) -> list[str]:
+        """
+        See :meth:`ITransport.published_addresses`.
+        """
+        addresses = []
+        for port in self._ports:
+            bound = port.getHost()
+            host: str = bound.host  # type: ignore[attr-defined]
+            if host in _WILDCARDS:
+                host = self._advertise or "127.0.0.1"
+            addresses.append(format_tcp_address(host, bound.port))  # type: ignore[attr-defined]
+        return addresses
+
+
+@implementer(ITransportPlugin)
+@frozen
+class TCPTransportPlugin:
+    """
+    The ``tcp`` transport plugin.  Its options: ``advertise``, the host
+    name or address to publish for wildcard listeners, and
+    ``connect_timeout`` in seconds.
+    """
+
+    name: str = "tcp"
+    description: str = "TCP through Twisted endpoints."
+
+    def make_transport(self, context: TransportContext) -> TCPTransport:
+        """
+        See :meth:`ITransportPlugin.make_transport`.
+        """
+        advertise = context.options.get("advertise")
+        if advertise is not None:
+            try:
+                if not isinstance(advertise, str):
+                    raise InvalidAddress(repr(advertise))
+                parse_tcp_address(format_tcp_address(advertise, 1))
+            except InvalidAddress:
+                raise TransportConfigError(
+                    f"tcp option 'advertise' must be a host name or IP address, "
+                    f"not {advertise!r}"
+                ) from None
+        timeout = context.options.get("connect_timeout", 30.0)
+        if not isinstance(timeout, int | float) or timeout <= 0:
+            raise TransportConfigError(f"bad tcp connect_timeout {timeout!r}")
+        return TCPTransport(
+            context.reactor, advertise=advertise, connect_timeout=float(timeout)
+        )
