@@ -10,15 +10,22 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from attrs import frozen
+
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
-from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
+from twisted.internet.interfaces import (
+    IListeningPort,
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from zope.interface import implementer
 
-from digitalspring.testing._tornamespace import NetworkNamespace
+from digitalspring.testing._tornamespace import NetworkNamespace, inside
 
 log = Logger()
 
@@ -129,3 +136,65 @@ def socks_client_endpoint(
         host, port, socks_endpoint=loopback_endpoint(reactor, socks_port, namespace)
     )
     return endpoint
+
+
+@frozen
+class PublishedOnion:
+    """
+    An ephemeral v3 onion service, forwarding to a local listening port.
+
+    :ivar host: its ``.onion`` host name.
+    :ivar virtual_port: the port clients connect to on ``host``.
+    :ivar listening_port: where its connections arrive, on 127.0.0.1.
+    :ivar publish_seconds: from asking tor to a first descriptor upload.
+    """
+
+    host: str
+    virtual_port: int
+    listening_port: IListeningPort
+    publish_seconds: float
+    _service: Any
+
+    async def unpublish(self) -> None:
+        """
+        Remove the service from tor (if the control connection is still
+        open) and stop listening.
+        """
+        try:
+            await self._service.remove()
+        except Exception:  # noqa: BLE001 - gone with its control connection already
+            pass
+        await self.listening_port.stopListening()
+
+
+async def publish_onion_service(
+    reactor: Reactor,
+    tor: Any,
+    factory: IProtocolFactory,
+    virtual_port: int = 80,
+    namespace: NetworkNamespace | None = None,
+) -> PublishedOnion:
+    """
+    Listen on a free port of 127.0.0.1 (in ``namespace``, where the tor is)
+    and publish it as a new ephemeral v3 onion service through ``tor``.
+    The service lives as long as the control connection (or until
+    :meth:`PublishedOnion.unpublish`).
+
+    :param tor: a ``txtorcon.Tor`` from :func:`connect_control`.
+    :returns: once tor has uploaded the descriptor at least once.
+    """
+    with inside(namespace):
+        listening: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    began = reactor.seconds()
+    try:
+        service = await tor.create_onion_service(
+            ports=[(virtual_port, f"127.0.0.1:{listening.getHost().port}")],
+            version=3,
+            await_all_uploads=False,
+        )
+    except BaseException:
+        await listening.stopListening()
+        raise
+    return PublishedOnion(
+        str(service.hostname), virtual_port, listening, reactor.seconds() - began, service
+    )

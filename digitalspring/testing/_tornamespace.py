@@ -237,6 +237,19 @@ class NetworkNamespace:
         self._closed = True
 
 
+@contextmanager
+def inside(namespace: NetworkNamespace | None) -> Iterator[None]:
+    """
+    Run the body of a ``with`` block inside ``namespace``, or where we are
+    if it is ``None``.
+    """
+    if namespace is None:
+        yield
+        return
+    with namespace.entered():
+        yield
+
+
 def isolated_namespace_or_none() -> NetworkNamespace | None:
     """
     Create a loopback-only network namespace if this process may, or say

@@ -22,8 +22,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager, nullcontext
+from collections.abc import Sequence
 from typing import Any
 from unittest import SkipTest
 
@@ -44,7 +43,7 @@ from digitalspring.testing._torcontrol import (
     connect_control,
     loopback_endpoint,
 )
-from digitalspring.testing._tornamespace import NetworkNamespace
+from digitalspring.testing._tornamespace import NetworkNamespace, inside
 
 AUTHORITIES = 3
 DEFAULT_RELAYS = 4
@@ -118,7 +117,7 @@ async def _run(
     :returns: its exit code and its stdout and stderr, merged.
     """
     protocol = _CollectingProtocol(stdin)
-    with _entered(namespace):
+    with inside(namespace):
         reactor.spawnProcess(
             protocol, argv[0], list(argv), env=_tor_environment(None),
             childFDs={0: "w", 1: "r", 2: 1},
@@ -171,12 +170,6 @@ def _tor_environment(home: str | None) -> dict[str, str]:
         # Keeps each tor's RSS near 280 MB instead of ~500 MB after a minute.
         "MALLOC_ARENA_MAX": "1",
     }
-
-
-@contextmanager
-def _entered(namespace: NetworkNamespace | None) -> Iterator[None]:
-    with namespace.entered() if namespace is not None else nullcontext():
-        yield
 
 
 #: Every tor process still running, so :func:`_kill_leftovers` can end them
@@ -244,7 +237,7 @@ class TorProcess:
         log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
         null_fd = os.open(os.devnull, os.O_RDONLY)
         try:
-            with _entered(namespace):
+            with inside(namespace):
                 transport = reactor.spawnProcess(
                     protocol, tor_binary, [tor_binary, "-f", torrc, "--ignore-missing-torrc"],
                     env=_tor_environment(data_dir), path=data_dir,
@@ -576,7 +569,7 @@ def _free_ports(count: int, namespace: NetworkNamespace | None) -> list[int]:
     """
     sockets = []
     try:
-        with _entered(namespace):
+        with inside(namespace):
             for _ in range(count):
                 s = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
                 sockets.append(s)
