@@ -25,16 +25,13 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Final
 
-from nacl import bindings as _nacl
-from nacl.exceptions import CryptoError as _NaclCryptoError
-
 from ._primitives import (
     DHLEN,
     HASHES,
+    KEYLEN,
     MAX_MESSAGE_LEN,
     MAX_NONCE,
     TAGLEN,
-    DecryptError,
     HandshakeConfigError,
     HandshakeOutOfOrder,
     HashFunction,
@@ -42,6 +39,9 @@ from ._primitives import (
     KeyPair,
     NonceExhausted,
     UnsupportedProtocol,
+    chachapoly_decrypt,
+    chachapoly_encrypt,
+    chachapoly_nonce,
     rekey,
     x25519,
 )
@@ -58,8 +58,14 @@ __all__ = [
 
 # -- CipherState (section 5.1) ----------------------------------------------
 
-_encrypt = _nacl.crypto_aead_chacha20poly1305_ietf_encrypt
-_decrypt = _nacl.crypto_aead_chacha20poly1305_ietf_decrypt
+
+_nonce = chachapoly_nonce
+
+
+def _check_key(key: bytes | None) -> bytes | None:
+    if key is not None and (type(key) is not bytes or len(key) != KEYLEN):
+        raise ValueError("a ChaChaPoly key is 32 bytes")
+    return key
 
 
 class CipherState:
@@ -82,7 +88,7 @@ class CipherState:
         :param key: a 32-byte key, or ``None`` for the empty key (then
             encryption and decryption return their input unchanged).
         """
-        self._k = key
+        self._k = _check_key(key)
         self._n = 0
 
     def __repr__(self) -> str:
@@ -92,7 +98,7 @@ class CipherState:
         """
         ``InitializeKey(key)``: set the key and reset the nonce to zero.
         """
-        self._k = key
+        self._k = _check_key(key)
         self._n = 0
 
     def has_key(self) -> bool:
@@ -133,8 +139,7 @@ class CipherState:
         if n >= MAX_NONCE:
             raise NonceExhausted()
         self._n = n + 1
-        # The nonce: 4 zero bytes then the 64-bit little-endian counter.
-        return _encrypt(plaintext, ad, b"\0\0\0\0" + n.to_bytes(8, "little"), k)
+        return chachapoly_encrypt(k, _nonce(n), ad, plaintext)
 
     def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
         """
@@ -151,14 +156,7 @@ class CipherState:
         n = self._n
         if n >= MAX_NONCE:
             raise NonceExhausted()
-        if type(ciphertext) is not bytes:
-            ciphertext = bytes(ciphertext)
-        if len(ciphertext) < TAGLEN:
-            raise DecryptError()
-        try:
-            plaintext: bytes = _decrypt(ciphertext, ad, b"\0\0\0\0" + n.to_bytes(8, "little"), k)
-        except _NaclCryptoError:
-            raise DecryptError() from None
+        plaintext = chachapoly_decrypt(k, _nonce(n), ad, ciphertext)
         self._n = n + 1
         return plaintext
 

@@ -4,18 +4,20 @@ The crypto functions of the Noise Protocol Framework (revision 34, section 4),
 on PyNaCl and :mod:`hashlib`, and the errors Noise raises.
 
 Pure module-level code with no I/O. Everything here sits under every
-connection, so the functions call :mod:`nacl.bindings` directly and avoid
-building objects they do not return.
+connection, so it stays close to libsodium: X25519 and ChaCha20-Poly1305 are
+called through PyNaCl's cffi module (``nacl._sodium``), the same functions
+``nacl.bindings`` wraps, without that layer's per-call overhead; HMAC and
+HKDF are written out over :mod:`hashlib` constructors.
 
-Two hazards of :mod:`nacl.bindings` shape this module:
+Two consequences:
 
-- ``crypto_scalarmult`` does not check the length of its inputs (it hands the
-  buffers to C), so every key reaching :func:`x25519` has been checked to be
-  exactly 32 bytes by the caller: the handshake slices fixed-size fields and
-  validates keys given by the application.
-- nacl raises its own exceptions (``RuntimeError`` for an all-zero shared
-  secret, ``CryptoError`` for a bad tag); they are turned into
-  :class:`NoiseError` subclasses here so none leaks to callers.
+- cffi hands buffers to C unchecked, so every length is checked here or
+  guaranteed by the caller (the handshake slices fixed-size fields and
+  validates keys given by the application; cipher keys come from HKDF).
+- libsodium reports failure with a return code, turned here into a
+  :class:`NoiseError` subclass (:class:`InvalidPublicKey` for an all-zero
+  shared secret, :class:`DecryptError` for a bad tag), so no foreign
+  exception reaches callers.
 """
 
 from __future__ import annotations
@@ -26,17 +28,18 @@ from collections.abc import Callable
 from struct import Struct
 from typing import Final, Protocol
 
-from nacl import bindings as _nacl
-from nacl.exceptions import CryptoError as _NaclCryptoError
-from nacl.exceptions import RuntimeError as _NaclRuntimeError
+from nacl._sodium import ffi as _ffi
+from nacl._sodium import lib as _lib
 
 from ..errors import DigitalSpringError
 
 __all__ = [
     "DHLEN",
     "HASHES",
+    "KEYLEN",
     "MAX_MESSAGE_LEN",
     "MAX_NONCE",
+    "NONCELEN",
     "TAGLEN",
     "DecryptError",
     "HandshakeConfigError",
@@ -48,8 +51,10 @@ __all__ = [
     "NoiseError",
     "NonceExhausted",
     "UnsupportedProtocol",
-    "aead_decrypt",
-    "aead_encrypt",
+    "chachapoly_decrypt",
+    "chachapoly_encrypt",
+    "chachapoly_nonce",
+    "rekey",
     "x25519",
     "x25519_public_key",
 ]
@@ -115,36 +120,56 @@ class NonceExhausted(NoiseError):
     """
 
 
+# -- the libsodium calls -------------------------------------------------------
+
+# nacl.bindings formats an error message for every argument check of every call
+# (eagerly), which costs twice the ChaCha20-Poly1305 work on a handshake-sized
+# message. The few functions below call the same libsodium functions through
+# PyNaCl's own cffi module, and check their arguments themselves: cffi hands
+# buffers to C unchecked. tests.test_noise checks them against nacl.bindings.
+_alloc = _ffi.new_allocator(should_clear_after_alloc=False)
+_buffer = _ffi.buffer
+_NULL = _ffi.NULL
+_scalarmult = _lib.crypto_scalarmult
+_scalarmult_base = _lib.crypto_scalarmult_base
+_aead_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
+_aead_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
+
+
 # -- DH: Curve25519 ----------------------------------------------------------
 
 DHLEN: Final = 32
-
-_scalarmult = _nacl.crypto_scalarmult
-_scalarmult_base = _nacl.crypto_scalarmult_base
 
 
 def x25519(private_key: bytes, public_key: bytes) -> bytes:
     """
     The Noise ``DH()`` function for 25519: X25519 of a private and a public
-    key.
-
-    Both arguments must be exactly :data:`DHLEN` bytes; callers guarantee it
-    (see the module docstring).
+    key, each of :data:`DHLEN` bytes.
 
     :raises InvalidPublicKey: if ``public_key`` is a low-order point, so the
         shared secret would be all zeros.
     """
-    try:
-        return _scalarmult(private_key, public_key)
-    except _NaclRuntimeError:
-        raise InvalidPublicKey() from None
+    if len(private_key) != DHLEN or len(public_key) != DHLEN:
+        raise ValueError("X25519 keys are 32 bytes")
+    out = _alloc("unsigned char[]", DHLEN)
+    if _scalarmult(out, private_key, public_key) != 0:
+        raise InvalidPublicKey()
+    return _buffer(out, DHLEN)[:]  # type: ignore[no-any-return]
 
 
 def x25519_public_key(private_key: bytes) -> bytes:
     """
     The X25519 public key of a 32-byte private key.
+
+    :raises HandshakeConfigError: if ``private_key`` is not 32 bytes.
     """
-    return _scalarmult_base(private_key)
+    if type(private_key) is not bytes or len(private_key) != DHLEN:
+        raise HandshakeConfigError("an X25519 private key is 32 bytes")
+    out = _alloc("unsigned char[]", DHLEN)
+    if _scalarmult_base(out, private_key) != 0:  # pragma: no cover
+        # Only for a scalar that clamps to a multiple of the group order.
+        raise HandshakeConfigError("this X25519 private key has no public key")
+    return _buffer(out, DHLEN)[:]  # type: ignore[no-any-return]
 
 
 class KeyPair:
@@ -175,9 +200,7 @@ class KeyPair:
 
         :raises HandshakeConfigError: if ``private`` is not 32 bytes.
         """
-        if type(private) is not bytes or len(private) != DHLEN:
-            raise HandshakeConfigError("an X25519 private key is 32 bytes")
-        return cls(private, _scalarmult_base(private))
+        return cls(private, x25519_public_key(private))
 
     @classmethod
     def generate(cls) -> KeyPair:
@@ -185,7 +208,7 @@ class KeyPair:
         A fresh random key pair (the Noise ``GENERATE_KEYPAIR()``).
         """
         private = os.urandom(DHLEN)
-        return cls(private, _scalarmult_base(private))
+        return cls(private, x25519_public_key(private))
 
     def __repr__(self) -> str:
         return f"<KeyPair public={self.public.hex()}>"
@@ -193,6 +216,8 @@ class KeyPair:
 
 # -- cipher: ChaChaPoly ------------------------------------------------------
 
+KEYLEN: Final = 32
+NONCELEN: Final = 12
 TAGLEN: Final = 16
 MAX_NONCE: Final = 2**64 - 1
 """
@@ -201,36 +226,52 @@ The reserved nonce: a cipher state whose counter reaches it refuses to go on
 """
 MAX_MESSAGE_LEN: Final = 65535
 
-_pack_nonce: Final[Callable[[int], bytes]] = Struct("<4xQ").pack
-_encrypt = _nacl.crypto_aead_chacha20poly1305_ietf_encrypt
-_decrypt = _nacl.crypto_aead_chacha20poly1305_ietf_decrypt
-_REKEY_NONCE: Final = _pack_nonce(MAX_NONCE)
 _ZEROS32: Final = bytes(32)
 
 
-def aead_encrypt(key: bytes, nonce: int, ad: bytes, plaintext: bytes) -> bytes:
-    """
-    The Noise ``ENCRYPT(k, n, ad, plaintext)`` of ChaChaPoly: IETF
-    ChaCha20-Poly1305 with a nonce of 4 zero bytes then ``n`` as 64-bit
-    little-endian.
-    """
-    return _encrypt(plaintext, ad, _pack_nonce(nonce), key)
+chachapoly_nonce: Final[Callable[[int], bytes]] = Struct("<4xQ").pack
+"""
+The ChaChaPoly nonce for counter ``n``: 4 zero bytes then ``n`` as a 64-bit
+little-endian integer.
+"""
 
 
-def aead_decrypt(key: bytes, nonce: int, ad: bytes, ciphertext: bytes) -> bytes:
+def chachapoly_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
     """
-    The Noise ``DECRYPT(k, n, ad, ciphertext)`` of ChaChaPoly.
+    IETF ChaCha20-Poly1305 encryption: the Noise ``ENCRYPT(k, n, ad,
+    plaintext)`` of ChaChaPoly, given ``n`` as :func:`chachapoly_nonce`
+    bytes.
+
+    :param key: :data:`KEYLEN` bytes (not checked: callers guarantee it).
+    :param nonce: :data:`NONCELEN` bytes (not checked: callers guarantee it).
+    """
+    if type(plaintext) is not bytes:
+        plaintext = bytes(plaintext)
+    size = len(plaintext) + TAGLEN
+    out = _alloc("unsigned char[]", size)
+    _aead_encrypt(out, _NULL, plaintext, size - TAGLEN, ad, len(ad), _NULL, nonce, key)
+    return _buffer(out, size)[:]  # type: ignore[no-any-return]
+
+
+def chachapoly_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
+    """
+    IETF ChaCha20-Poly1305 decryption: the Noise ``DECRYPT(k, n, ad,
+    ciphertext)`` of ChaChaPoly. Arguments as for :func:`chachapoly_encrypt`.
 
     :raises DecryptError: if the ciphertext fails authentication.
     """
     if type(ciphertext) is not bytes:
         ciphertext = bytes(ciphertext)
-    if len(ciphertext) < TAGLEN:
+    size = len(ciphertext) - TAGLEN
+    if size < 0:
         raise DecryptError()
-    try:
-        return _decrypt(ciphertext, ad, _pack_nonce(nonce), key)
-    except _NaclCryptoError:
-        raise DecryptError() from None
+    out = _alloc("unsigned char[]", size)
+    if _aead_decrypt(out, _NULL, _NULL, ciphertext, size + TAGLEN, ad, len(ad), nonce, key):
+        raise DecryptError()
+    return _buffer(out, size)[:]  # type: ignore[no-any-return]
+
+
+_REKEY_NONCE: Final = chachapoly_nonce(MAX_NONCE)
 
 
 def rekey(key: bytes) -> bytes:
@@ -238,7 +279,7 @@ def rekey(key: bytes) -> bytes:
     The Noise default ``REKEY(k)``: the first 32 bytes of
     ``ENCRYPT(k, 2^64-1, zerolen, zeros)`` with 32 zero bytes of plaintext.
     """
-    return _encrypt(_ZEROS32, b"", _REKEY_NONCE, key)[:32]
+    return chachapoly_encrypt(key, _REKEY_NONCE, b"", _ZEROS32)[:KEYLEN]
 
 
 # -- hashes, HMAC and HKDF ---------------------------------------------------
@@ -289,28 +330,30 @@ class HashFunction:
         """
         return self._new(data).digest()
 
-    def _pads(self, key: bytes) -> tuple[bytes, bytes]:
-        if len(key) > self.blocklen:
-            key = self._new(key).digest()
-        key = key.ljust(self.blocklen, b"\0")
-        return key.translate(_IPAD), key.translate(_OPAD)
-
     def hmac(self, key: bytes, data: bytes) -> bytes:
         """
         ``HMAC-HASH(key, data)`` as RFC 2104 defines it.
         """
         new = self._new
-        inner, outer = self._pads(key)
-        return new(outer + new(inner + data).digest()).digest()
+        if len(key) > self.blocklen:
+            key = new(key).digest()
+        key = key.ljust(self.blocklen, b"\0")
+        return new(key.translate(_OPAD) + new(key.translate(_IPAD) + data).digest()).digest()
+
+    # HKDF's keys (the chaining key and temp_key) are HASHLEN bytes, never
+    # longer than a block, so HMAC's key hashing step never applies; the
+    # padded temp_key serves every output.
 
     def hkdf2(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
         """
         ``HKDF(chaining_key, input_key_material, 2)``.
         """
         new = self._new
-        inner, outer = self._pads(chaining_key)
-        temp_key = new(outer + new(inner + ikm).digest()).digest()
-        inner, outer = self._pads(temp_key)
+        key = chaining_key.ljust(self.blocklen, b"\0")
+        key = new(key.translate(_OPAD) + new(key.translate(_IPAD) + ikm).digest()).digest()
+        key = key.ljust(self.blocklen, b"\0")
+        inner = key.translate(_IPAD)
+        outer = key.translate(_OPAD)
         output1 = new(outer + new(inner + b"\x01").digest()).digest()
         output2 = new(outer + new(inner + output1 + b"\x02").digest()).digest()
         return output1, output2
@@ -320,9 +363,11 @@ class HashFunction:
         ``HKDF(chaining_key, input_key_material, 3)``.
         """
         new = self._new
-        inner, outer = self._pads(chaining_key)
-        temp_key = new(outer + new(inner + ikm).digest()).digest()
-        inner, outer = self._pads(temp_key)
+        key = chaining_key.ljust(self.blocklen, b"\0")
+        key = new(key.translate(_OPAD) + new(key.translate(_IPAD) + ikm).digest()).digest()
+        key = key.ljust(self.blocklen, b"\0")
+        inner = key.translate(_IPAD)
+        outer = key.translate(_OPAD)
         output1 = new(outer + new(inner + b"\x01").digest()).digest()
         output2 = new(outer + new(inner + output1 + b"\x02").digest()).digest()
         output3 = new(outer + new(inner + output2 + b"\x03").digest()).digest()
