@@ -26,6 +26,7 @@ from digitalspring.testing._torcontrol import (
     socks_client_endpoint,
 )
 from digitalspring.testing._torecho import echo_factory, measure_echo
+from digitalspring.testing._torfixture import enter_shared_tor_network
 from digitalspring.testing._tornamespace import (
     NamespaceUnavailable,
     NetworkNamespace,
@@ -40,7 +41,6 @@ from digitalspring.testing._tornet import (
     load_or_create_template,
     tor_binary_or_skip,
 )
-from digitalspring.testing._torfixture import enter_shared_tor_network
 
 #: What the Tor tests measured in this run, for benchmarks and the log.
 MEASUREMENTS: dict[str, float] = {}
@@ -52,9 +52,14 @@ def _reactor() -> Any:
     return reactor
 
 
-def _report(name: str, value: float, unit: str) -> None:
-    MEASUREMENTS[name] = value
-    print(f"\n  tornet: {name} = {value:.3f} {unit}", file=sys.stderr, end="")
+def _report(**measured: float) -> None:
+    """
+    Keep measurements in :data:`MEASUREMENTS` and in
+    ``tornet-measurements.json`` (in trial's working directory).
+    """
+    MEASUREMENTS.update(measured)
+    with open("tornet-measurements.json", "w") as f:
+        json.dump(MEASUREMENTS, f, indent=1, sort_keys=True)
 
 
 def _process_gone(pid: int) -> bool:
@@ -211,9 +216,12 @@ class SharedNetworkTests(TestCase):
     async def setUp(self) -> None:  # type: ignore[override]
         self.reactor = _reactor()
         self.network = await enter_shared_tor_network(self, self.reactor)
-        _report("network_start_seconds", self.network.timings.total, "s")
-        _report("consensus_seconds", self.network.timings.consensus, "s")
-        _report("client_bootstrap_seconds", self.network.timings.bootstrap, "s")
+        _report(
+            network_start_seconds=self.network.timings.total,
+            key_template_seconds=self.network.timings.keys,
+            consensus_seconds=self.network.timings.consensus,
+            client_bootstrap_seconds=self.network.timings.bootstrap,
+        )
 
     async def _control(self, client: Any) -> Any:
         tor = await client.connect_control()
@@ -260,7 +268,6 @@ class SharedNetworkTests(TestCase):
         self.addCleanup(lambda: Deferred.fromCoroutine(onion.unpublish()))
         self.assertTrue(onion.host.endswith(".onion"))
         self.assertEqual(len(onion.host), 56 + len(".onion"))
-        _report("onion_publish_seconds", onion.publish_seconds, "s")
 
         client = self.network.client
         client_tor = await self._control(client)
@@ -271,9 +278,16 @@ class SharedNetworkTests(TestCase):
         measured = await measure_echo(self.reactor, endpoint, 20, 1_000_000)
         self.assertTrue(measured.intact)
         self.assertEqual(len(measured.round_trips), 20)
-        _report("onion_first_connect_seconds", measured.connect_seconds, "s")
-        _report("onion_median_rtt_ms", measured.median_round_trip * 1000, "ms")
-        _report("onion_echo_MB_per_s", measured.megabytes_per_second, "MB/s")
+        _report(
+            onion_publish_seconds=onion.publish_seconds,
+            onion_first_connect_seconds=measured.connect_seconds,
+            onion_median_rtt_ms=measured.median_round_trip * 1000,
+            onion_echo_MB_per_s=measured.megabytes_per_second,
+        )
+        print(
+            "\n  tornet: " + ", ".join(f"{k}={v:.3f}" for k, v in sorted(MEASUREMENTS.items())),
+            file=sys.stderr,
+        )
 
     async def test_add_and_stop_client(self) -> None:
         """

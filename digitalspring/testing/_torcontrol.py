@@ -8,11 +8,11 @@ txtorcon's API directly.
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, cast
 
 from attrs import frozen
-
-from twisted.internet.defer import Deferred
+from twisted.internet.address import IPv4Address
+from twisted.internet.defer import Deferred, maybeDeferred
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import ConnectError
 from twisted.internet.interfaces import (
@@ -106,8 +106,9 @@ async def close_control(tor: Any) -> None:
     protocol.transport.loseConnection()
     try:
         await disconnected
-    except Exception:  # noqa: BLE001 - txtorcon reports our own hang-up as an error
-        pass
+    except Exception as e:
+        # txtorcon reports even the hang-up we asked for as an error.
+        log.debug("control connection closed: {error}", error=str(e))
 
 
 async def bootstrap_progress(tor: Any) -> int:
@@ -162,9 +163,10 @@ class PublishedOnion:
         """
         try:
             await self._service.remove()
-        except Exception:  # noqa: BLE001 - gone with its control connection already
-            pass
-        await self.listening_port.stopListening()
+        except Exception as e:
+            # Already gone with its control connection.
+            log.debug("onion service {host} not removed: {error}", host=self.host, error=str(e))
+        await maybeDeferred(self.listening_port.stopListening)
 
 
 async def publish_onion_service(
@@ -185,15 +187,16 @@ async def publish_onion_service(
     """
     with inside(namespace):
         listening: IListeningPort = reactor.listenTCP(0, factory, interface="127.0.0.1")
+    local_port = cast(IPv4Address, listening.getHost()).port
     began = reactor.seconds()
     try:
         service = await tor.create_onion_service(
-            ports=[(virtual_port, f"127.0.0.1:{listening.getHost().port}")],
+            ports=[(virtual_port, f"127.0.0.1:{local_port}")],
             version=3,
             await_all_uploads=False,
         )
     except BaseException:
-        await listening.stopListening()
+        await maybeDeferred(listening.stopListening)
         raise
     return PublishedOnion(
         str(service.hostname), virtual_port, listening, reactor.seconds() - began, service

@@ -10,10 +10,10 @@ from __future__ import annotations
 import hashlib
 import os
 import statistics
+from typing import cast
 
 from attrs import frozen
 from twisted.internet.defer import Deferred
-from twisted.internet.endpoints import connectProtocol
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol, connectionDone
 from twisted.internet.task import deferLater
@@ -158,7 +158,7 @@ async def measure_echo(
     began = reactor.seconds()
     while True:
         try:
-            client = await connectProtocol(endpoint, EchoClient())
+            client = cast(EchoClient, await endpoint.connect(Factory.forProtocol(EchoClient)))
             break
         except Exception as e:
             # An onion service's descriptor may not have reached every HSDir
@@ -185,4 +185,6 @@ async def measure_echo(
         assert client.transport is not None
         client.transport.loseConnection()
         await client.closed
-    return EchoMeasurements(connect_seconds, tuple(times), transfer_bytes, transfer_seconds, intact)
+    return EchoMeasurements(
+        connect_seconds, tuple(times), transfer_bytes, transfer_seconds, intact
+    )

@@ -18,6 +18,7 @@ next to the tors.
 from __future__ import annotations
 
 import shutil
+import sys
 import tempfile
 from typing import Protocol
 
@@ -76,6 +77,13 @@ def shared_tor_network(reactor: Reactor) -> Deferred[PrivateTorNetwork]:
         return waiter
     _shared.waiting = [waiter]
     _shared.namespace = isolated_namespace_or_none()
+    if _shared.namespace is None:
+        # Also outside the log file: whoever runs the tests should see it.
+        print(
+            "\nWARNING: the Tor test network runs without a network namespace "
+            "(not root?); only torrc settings keep it on 127.0.0.1.",
+            file=sys.stderr,
+        )
     _shared.base_dir = tempfile.mkdtemp(prefix="digitalspring-tornet-")
     network = PrivateTorNetwork(reactor, _shared.base_dir, namespace=_shared.namespace)
     reactor.addSystemEventTrigger("before", "shutdown", _stop_shared, network)

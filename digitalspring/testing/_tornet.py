@@ -23,12 +23,13 @@ import socket
 import tempfile
 import time
 from collections.abc import Sequence
-from typing import Any
+from contextlib import suppress
+from typing import Any, cast
 from unittest import SkipTest
 
-from attrs import define, field, frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.error import ConnectError, ProcessDone
+from twisted.internet.error import ConnectError, ProcessDone, ProcessExitedAlready
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import ProcessProtocol
 from twisted.internet.task import deferLater
@@ -75,14 +76,17 @@ def find_tor_binaries(tor_binary: str | None = None) -> tuple[str, str]:
     """
     Find ``tor`` and the ``tor-gencert`` next to it (or on ``PATH``).
 
-    :param tor_binary: a path to use instead of searching ``PATH``.
+    :param tor_binary: a path to use instead of ``$DIGITALSPRING_TOR`` or,
+        when that is unset too, searching ``PATH``.
     :returns: the paths of ``tor`` and ``tor-gencert``.
     :raises TorNotInstalled: if either is missing.
     """
     search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
-    tor = tor_binary or shutil.which("tor", path=search)
-    if tor is None or not os.access(tor, os.X_OK):
+    tor = tor_binary or os.environ.get("DIGITALSPRING_TOR") or shutil.which("tor", path=search)
+    if tor is None:
         raise TorNotInstalled(f"no tor binary found; {INSTALL_HINT}")
+    if not os.access(tor, os.X_OK):
+        raise TorNotInstalled(f"{tor} is not an executable tor; {INSTALL_HINT}")
     gencert = shutil.which("tor-gencert", path=os.pathsep.join([os.path.dirname(tor), search]))
     if gencert is None:
         raise TorNotInstalled(f"tor-gencert not found next to {tor}; {INSTALL_HINT}")
@@ -154,7 +158,7 @@ class _CollectingProtocol(ProcessProtocol):
 
 
 def _exit_code(reason: Failure) -> int:
-    if reason.check(ProcessDone):
+    if isinstance(reason.value, ProcessDone):
         return 0
     code = getattr(reason.value, "exitCode", None)
     if code is None:
@@ -290,10 +294,11 @@ class TorProcess:
         for sig, wait in (("TERM", timeout), ("KILL", 5.0)):
             if not self.running:
                 return
-            try:
-                self._protocol.transport.signalProcess(sig)  # type: ignore[union-attr]
-            except Exception:  # noqa: BLE001 - it ended between the check and the kill
-                pass
+            transport = self._protocol.transport
+            assert transport is not None
+            # It may end between the check and the signal.
+            with suppress(ProcessExitedAlready):
+                transport.signalProcess(sig)
             await _within(self._reactor, wait, self._protocol.ended)
         if self.running:
             raise TorNetworkError(f"tor {self.name} (PID {self.pid}) survived SIGKILL")
@@ -310,8 +315,12 @@ async def _within(reactor: Reactor, seconds: float, d: Deferred[Any]) -> None:
             waiter.callback(None)
         return _
 
+    def expire() -> None:
+        if not waiter.called:
+            waiter.callback(None)
+
     d.addBoth(fire)
-    timer = reactor.callLater(seconds, lambda: waiter.called or waiter.callback(None))
+    timer = reactor.callLater(seconds, expire)
     await waiter
     if timer.active():
         timer.cancel()
@@ -460,7 +469,9 @@ async def _generate_node_keys(
             "-c", os.path.join(keys, "authority_certificate"),
         ], namespace, stdin=b"\n")
         if code != 0:
-            raise TorNetworkError(f"tor-gencert failed ({code}): {out[-2000:].decode(errors='replace')}")
+            raise TorNetworkError(
+                f"tor-gencert failed ({code}): {out[-2000:].decode(errors='replace')}"
+            )
         with open(os.path.join(keys, "authority_certificate")) as f:
             match = re.search(r"^fingerprint ([0-9A-F]{40})$", f.read(), re.MULTILINE)
         if match is None:
@@ -531,10 +542,11 @@ async def load_or_create_template(
             ],
             consumeErrors=True,
         )
-        for ok, result in results:
-            if not ok:
+        nodes = []
+        for _, result in results:
+            if isinstance(result, Failure):
                 result.raiseException()
-        nodes = [r for _, r in results]
+            nodes.append(result)
         with open(os.path.join(building, "manifest.json"), "w") as f:
             json.dump({
                 "format": TEMPLATE_FORMAT,
@@ -1045,9 +1057,9 @@ class PrivateTorNetwork:
         results = await DeferredList(
             [Deferred.fromCoroutine(p.stop()) for p in self.processes], consumeErrors=True
         )
-        failures = [r for ok, r in results if not ok]
+        failures = [str(cast(Failure, r).value) for ok, r in results if not ok]
         if failures:
-            raise TorNetworkError("; ".join(str(f.value) for f in failures))
+            raise TorNetworkError("; ".join(failures))
         self.log.info("private Tor network in {where} stopped", where=self._base_dir)
 
 
