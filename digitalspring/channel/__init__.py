@@ -2,6 +2,7 @@
 Secure channels: the Noise Protocol Framework over any byte stream.
 """
 
+from ._interfaces import ISecureChannel
 from ._noise import (
     PATTERNS,
     CipherState,
@@ -22,22 +23,53 @@ from ._primitives import (
     NonceExhausted,
     UnsupportedProtocol,
 )
+from ._secure import (
+    MAX_FRAME,
+    MAX_PLAINTEXT,
+    BadFrame,
+    ChannelError,
+    ChannelSettings,
+    FrameTimeout,
+    HandshakeFailed,
+    HandshakeTimeout,
+    NotAChannel,
+    PeerMismatch,
+    ReplayedHandshake,
+    SecureChannelFactory,
+    SecureChannelProtocol,
+    VersionMismatch,
+)
 
 __all__ = [
+    "MAX_FRAME",
+    "MAX_PLAINTEXT",
     "PATTERNS",
+    "BadFrame",
+    "ChannelError",
+    "ChannelSettings",
     "CipherState",
     "DecryptError",
+    "FrameTimeout",
     "HandshakeConfigError",
+    "HandshakeFailed",
     "HandshakeOutOfOrder",
     "HandshakePattern",
     "HandshakeState",
+    "HandshakeTimeout",
     "HashFunction",
+    "ISecureChannel",
     "InvalidMessage",
     "InvalidPublicKey",
     "KeyPair",
     "NoiseError",
     "NoiseProtocol",
     "NonceExhausted",
+    "NotAChannel",
+    "PeerMismatch",
+    "ReplayedHandshake",
+    "SecureChannelFactory",
+    "SecureChannelProtocol",
     "SymmetricState",
     "UnsupportedProtocol",
+    "VersionMismatch",
 ]

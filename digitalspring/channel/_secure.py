@@ -1,0 +1,692 @@
+# -*- test-case-name: tests.test_channel -*-
+"""
+The secure channel: Noise over any byte stream, as a protocol wrapper.
+
+Like :class:`twisted.protocols.tls.TLSMemoryBIOFactory`, a
+:class:`SecureChannelFactory` wraps any protocol factory; the wrapped protocol
+is connected once the handshake has proven the peer's identity, and its
+transport provides :class:`ISecureChannel`.
+
+The wire format (``docs/channel.rst`` has it in full):
+
+* The dialler first sends a 9-byte preamble in clear: ``b"DSPRING"``, the
+  channel version (1) and the handshake pattern (1 = IK, 2 = XX).
+* Then both sides send frames: a 2-byte big-endian length and that many bytes
+  (at most 65535) of a Noise handshake or transport message.
+* The Noise prologue is ``b"Digital Spring channel\\0"`` followed by the
+  preamble, so tampering with the preamble fails the handshake.
+* Each side's handshake payload is its 32-byte Ed25519 public key, sent
+  encrypted in the message that carries (IK: or follows) its static key; the
+  peer checks that its X25519 form is the static key the handshake proved.
+  XX's first message has an empty payload.
+* With IK, the dialler sends an empty transport frame right after the
+  handshake, so the responder never trusts a replayed first message.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from attrs import frozen
+from nacl.exceptions import CryptoError
+from twisted.internet.defer import Deferred
+from twisted.internet.error import ConnectionDone
+from twisted.internet.interfaces import (
+    IAddress,
+    IDelayedCall,
+    IProtocol,
+    IProtocolFactory,
+    IPushProducer,
+    ITransport,
+)
+from twisted.internet.protocol import Factory, Protocol
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..errors import DigitalSpringError
+from ..identity import Identity, PeerID
+from ._interfaces import ISecureChannel
+from ._noise import CipherState, HandshakeState, NoiseProtocol
+from ._primitives import NoiseError, NonceExhausted
+
+MAGIC = b"DSPRING"
+VERSION = 1
+PATTERN_IK = 1
+PATTERN_XX = 2
+_PATTERN_NAMES = {PATTERN_IK: "IK", PATTERN_XX: "XX"}
+_PROTOCOLS = {
+    PATTERN_IK: NoiseProtocol.from_name("Noise_IK_25519_ChaChaPoly_BLAKE2b"),
+    PATTERN_XX: NoiseProtocol.from_name("Noise_XX_25519_ChaChaPoly_BLAKE2b"),
+}
+PROLOGUE_PREFIX = b"Digital Spring channel\0"
+PREAMBLE_LENGTH = len(MAGIC) + 2
+
+MAX_FRAME = 65535
+TAG_LENGTH = 16
+#: The most plaintext one transport frame carries.
+MAX_PLAINTEXT = MAX_FRAME - TAG_LENGTH
+#: Handshake messages are small; anything larger is not a handshake.
+MAX_HANDSHAKE_FRAME = 1024
+
+#: Each direction rekeys (Noise's ``Rekey()``) after this many frames or
+#: bytes, whichever comes first.  Both sides count the same frames, so they
+#: rekey at the same point without any message about it.
+REKEY_FRAMES = 1 << 16
+REKEY_BYTES = 1 << 30
+
+
+class ChannelError(DigitalSpringError):
+    """
+    The secure channel failed.
+    """
+
+
+class NotAChannel(ChannelError):
+    """
+    The other side does not speak the Digital Spring channel protocol.
+    """
+
+
+class VersionMismatch(ChannelError):
+    """
+    The other side speaks another version of the channel protocol.
+    """
+
+
+class HandshakeFailed(ChannelError):
+    """
+    The Noise handshake failed: a message did not authenticate, or the
+    connection closed before the handshake was done.
+    """
+
+
+class HandshakeTimeout(ChannelError):
+    """
+    The handshake did not finish in time.
+    """
+
+
+class PeerMismatch(ChannelError):
+    """
+    The peer proved another identity than the one that was dialled.
+    """
+
+
+class ReplayedHandshake(ChannelError):
+    """
+    A first handshake message was seen before: somebody replays it.
+    """
+
+
+class BadFrame(ChannelError):
+    """
+    A frame is malformed: too large, too small, or does not authenticate.
+    """
+
+
+class FrameTimeout(ChannelError):
+    """
+    A frame started to arrive and did not finish in time.
+    """
+
+
+@frozen
+class ChannelSettings:
+    """
+    Limits and timeouts of secure channels.
+
+    :ivar handshake_timeout: seconds from connection to a finished handshake.
+    :ivar frame_timeout: seconds a frame may take to arrive once started.
+    :ivar rekey_frames: frames between rekeys (a protocol constant: both
+        sides must agree; changed only in tests).
+    :ivar rekey_bytes: ciphertext bytes between rekeys (likewise).
+    :ivar replay_window: how many first IK messages are remembered to
+        refuse replays.
+    """
+
+    handshake_timeout: float = 30.0
+    frame_timeout: float = 60.0
+    rekey_frames: int = REKEY_FRAMES
+    rekey_bytes: int = REKEY_BYTES
+    replay_window: int = 65536
+
+
+class _ReplayCache:
+    """
+    The initiator ephemeral keys of recent IK first messages, bounded.
+    """
+
+    def __init__(self, size: int) -> None:
+        self._size = size
+        self._seen: OrderedDict[bytes, None] = OrderedDict()
+
+    def check_and_add(self, key: bytes) -> bool:
+        """
+        :returns: whether ``key`` is new (and now remembered).
+        """
+        if key in self._seen:
+            return False
+        self._seen[key] = None
+        if len(self._seen) > self._size:
+            self._seen.popitem(last=False)
+        return True
+
+
+def _preamble(pattern: int) -> bytes:
+    return MAGIC + bytes([VERSION, pattern])
+
+
+def _payload(identity: Identity) -> bytes:
+    return identity.peer_id.public_key
+
+
+def _proven_peer(payload: bytes, remote_static: bytes | None) -> PeerID:
+    """
+    The peer ID a handshake payload claims, checked against the static key
+    the handshake proved.
+    """
+    if len(payload) < 32 or remote_static is None:
+        raise HandshakeFailed("the peer sent no identity in its handshake")
+    peer_id = PeerID(payload[:32])
+    try:
+        matches = peer_id.x25519_public_key == remote_static
+    except CryptoError:  # libsodium rejects keys that are not Ed25519 points
+        matches = False
+    if not matches:
+        raise HandshakeFailed("the peer's identity does not match its handshake key")
+    return peer_id
+
+
+# Protocol states.
+_PREAMBLE = "awaiting preamble"
+_HANDSHAKE = "handshaking"
+_CONFIRM = "awaiting confirmation"
+_OPEN = "open"
+_CLOSED = "closed"
+
+
+@implementer(ISecureChannel, ITransport, IPushProducer)
+class SecureChannelProtocol(Protocol):
+    """
+    One end of a secure channel, and the transport of the protocol inside it.
+
+    :meth:`when_secured` tells when the channel opens, or why it never did.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        factory: SecureChannelFactory,
+        wrapped: IProtocol,
+        initiator: bool,
+        expected_peer: PeerID | None,
+        pattern: int,
+    ) -> None:
+        self.factory = factory
+        self.wrappedProtocol = wrapped
+        self.initiator = initiator
+        self.expected_peer = expected_peer
+        self.pattern = _PATTERN_NAMES[pattern]
+        self._pattern_code = pattern
+        self.peer_id: PeerID | None = None
+        self.handshake_hash = b""
+        self._waiters: list[Deferred[IProtocol]] = []
+        self.disconnecting = False
+        self._state = _HANDSHAKE if initiator else _PREAMBLE
+        self._handshake: HandshakeState | None = None
+        self._wrote = False
+        self._send: CipherState | None = None
+        self._recv: CipherState | None = None
+        self._inbox = bytearray()
+        self._outbox: list[bytes] = []
+        self._outbox_length = 0
+        self._flush_call: IDelayedCall | None = None
+        self._receiving = False
+        self._timeout: IDelayedCall | None = None
+        self._frame_timer: IDelayedCall | None = None
+        self._reason: ChannelError | None = None
+        self._sent_frames = self._sent_bytes = 0
+        self._recv_frames = self._recv_bytes = 0
+        self._settings = factory.settings
+        self._clock = factory.clock
+
+    def __repr__(self) -> str:
+        peer = self.peer_id or self.expected_peer
+        return f"<SecureChannelProtocol {self.pattern} {self._state} peer={peer}>"
+
+    def when_secured(self) -> Deferred[IProtocol]:
+        """
+        :returns: a Deferred that fires with the wrapped protocol once the
+            handshake is done and the wrapped protocol is connected, or fails
+            with a :class:`ChannelError` saying why the channel never opened.
+        """
+        d: Deferred[IProtocol] = Deferred()
+        if self._state is _OPEN:
+            d.callback(self.wrappedProtocol)
+        elif self._state is _CLOSED:
+            d.errback(self._reason or HandshakeFailed("the connection closed"))
+        else:
+            self._waiters.append(d)
+        return d
+
+    def _notify(self, result: IProtocol | ChannelError) -> None:
+        waiters, self._waiters = self._waiters, []
+        for d in waiters:
+            if isinstance(result, ChannelError):
+                d.errback(result)
+            else:
+                d.callback(result)
+
+    # -- the underlying connection --------------------------------------
+
+    def connectionMade(self) -> None:
+        self._timeout = self._clock.callLater(
+            self._settings.handshake_timeout, self._handshake_timed_out
+        )
+        if self.initiator:
+            self._start_handshake(self._pattern_code)
+            self.transport.write(_preamble(self._pattern_code))  # type: ignore[union-attr]
+            self._write_handshake()
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._state is _CLOSED:
+            return
+        self._inbox += data
+        self._receiving = True
+        try:
+            self._process()
+        except (ChannelError, NoiseError) as e:
+            self._fail(e)
+        finally:
+            self._receiving = False
+        if self._outbox and self._state is _OPEN:
+            self._flush()
+
+    def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
+        state, self._state = self._state, _CLOSED
+        self._cancel_timers()
+        if state is _CLOSED:
+            # _fail has told everyone already.
+            return
+        if state is _OPEN:
+            self.wrappedProtocol.connectionLost(reason)
+        else:
+            self._reason = HandshakeFailed(
+                f"the connection closed during the handshake: {reason.getErrorMessage()}"
+            )
+            self._notify(self._reason)
+
+    # -- reading ----------------------------------------------------------
+
+    def _process(self) -> None:
+        inbox = self._inbox
+        if self._state is _PREAMBLE:
+            if len(inbox) < PREAMBLE_LENGTH:
+                if not MAGIC.startswith(bytes(inbox[: len(MAGIC)])):
+                    raise NotAChannel("the peer does not speak the Digital Spring channel")
+                return
+            self._read_preamble(bytes(inbox[:PREAMBLE_LENGTH]))
+            del inbox[:PREAMBLE_LENGTH]
+        offset = 0
+        end = len(inbox)
+        while self._state is not _CLOSED and end - offset >= 2:
+            length = (inbox[offset] << 8) | inbox[offset + 1]
+            if self._state is _HANDSHAKE:
+                if not 32 <= length <= MAX_HANDSHAKE_FRAME:
+                    raise BadFrame(f"a handshake frame of {length} bytes is impossible")
+            elif length < TAG_LENGTH:
+                raise BadFrame(f"a frame of {length} bytes is too small to be a Noise message")
+            if end - offset - 2 < length:
+                break
+            frame = bytes(inbox[offset + 2 : offset + 2 + length])
+            offset += 2 + length
+            self._frame(frame)
+        if offset:
+            del inbox[:offset]
+        self._watch_partial_frame()
+
+    def _watch_partial_frame(self) -> None:
+        if self._inbox and self._state is _OPEN:
+            if self._frame_timer is None:
+                self._frame_timer = self._clock.callLater(
+                    self._settings.frame_timeout, self._frame_timed_out
+                )
+        elif self._frame_timer is not None:
+            self._frame_timer.cancel()
+            self._frame_timer = None
+
+    def _read_preamble(self, preamble: bytes) -> None:
+        if not preamble.startswith(MAGIC):
+            raise NotAChannel("the peer does not speak the Digital Spring channel")
+        version, pattern = preamble[len(MAGIC)], preamble[len(MAGIC) + 1]
+        if version != VERSION:
+            raise VersionMismatch(
+                f"the peer speaks channel version {version}; this node speaks {VERSION}"
+            )
+        if pattern not in _PROTOCOLS:
+            raise NotAChannel(f"the peer asked for an unknown handshake pattern {pattern}")
+        self._pattern_code = pattern
+        self.pattern = _PATTERN_NAMES[pattern]
+        self._start_handshake(pattern)
+        self._state = _HANDSHAKE
+
+    def _frame(self, frame: bytes) -> None:
+        if self._state is _OPEN:
+            recv = self._recv
+            assert recv is not None
+            try:
+                plaintext = recv.decrypt_with_ad(b"", frame)
+            except NoiseError as e:
+                raise BadFrame(f"a frame did not authenticate ({e})") from None
+            self._count_received(len(frame))
+            if plaintext:
+                self.wrappedProtocol.dataReceived(plaintext)
+        elif self._state is _CONFIRM:
+            recv = self._recv
+            assert recv is not None
+            try:
+                recv.decrypt_with_ad(b"", frame)
+            except NoiseError:
+                raise HandshakeFailed(
+                    "the dialler did not confirm the handshake (a replayed first message?)"
+                ) from None
+            self._count_received(len(frame))
+            self._open()
+        else:
+            self._read_handshake(frame)
+
+    def _count_received(self, length: int) -> None:
+        self._recv_frames += 1
+        self._recv_bytes += length
+        if (
+            self._recv_frames >= self._settings.rekey_frames
+            or self._recv_bytes >= self._settings.rekey_bytes
+        ):
+            assert self._recv is not None
+            self._recv.rekey()
+            self._recv_frames = self._recv_bytes = 0
+
+    # -- the handshake ----------------------------------------------------
+
+    def _start_handshake(self, pattern: int) -> None:
+        identity = self.factory.identity
+        rs = None
+        if self.initiator and pattern == PATTERN_IK:
+            assert self.expected_peer is not None
+            rs = self.expected_peer.x25519_public_key
+        self._handshake = HandshakeState(
+            _PROTOCOLS[pattern],
+            self.initiator,
+            prologue=PROLOGUE_PREFIX + _preamble(pattern),
+            s=identity.x25519_private_key,
+            rs=rs,
+        )
+
+    def _write_handshake(self) -> None:
+        handshake = self._handshake
+        assert handshake is not None
+        # XX's first message is sent before any key exists: it must not
+        # carry the identity, which would then travel in clear.
+        first_xx = self._pattern_code == PATTERN_XX and self.initiator and not self._wrote
+        self._wrote = True
+        message = handshake.write_message(b"" if first_xx else _payload(self.factory.identity))
+        self.transport.write(len(message).to_bytes(2, "big") + message)  # type: ignore[union-attr]
+        if handshake.complete:
+            self._handshake_done()
+
+    def _read_handshake(self, frame: bytes) -> None:
+        handshake = self._handshake
+        assert handshake is not None
+        first_ik = not self.initiator and self._pattern_code == PATTERN_IK and (
+            handshake.remote_static is None
+        )
+        try:
+            payload = handshake.read_message(frame)
+        except NoiseError as e:
+            raise HandshakeFailed(f"a handshake message did not authenticate ({e})") from None
+        if first_ik and not self.factory.replay_cache.check_and_add(frame[:32]):
+            raise ReplayedHandshake("a first handshake message was replayed")
+        if payload:
+            claimed = _proven_peer(payload, handshake.remote_static)
+            if self.expected_peer is not None and claimed != self.expected_peer:
+                raise PeerMismatch(f"dialled {self.expected_peer} but the peer is {claimed}")
+            self.peer_id = claimed
+        if handshake.complete:
+            self._handshake_done()
+        elif handshake.writes_next:
+            self._write_handshake()
+
+    def _handshake_done(self) -> None:
+        handshake = self._handshake
+        assert handshake is not None
+        if self.peer_id is None:
+            raise HandshakeFailed("the handshake finished without the peer's identity")
+        self.handshake_hash = handshake.handshake_hash
+        self._send, self._recv = handshake.split()
+        self._handshake = None
+        if self._pattern_code == PATTERN_IK:
+            if self.initiator:
+                # Key confirmation: only the real dialler can send this.
+                self._send_frame(b"")
+                self._open()
+            else:
+                self._state = _CONFIRM
+        else:
+            self._open()
+
+    def _open(self) -> None:
+        self._state = _OPEN
+        if self._timeout is not None and self._timeout.active():
+            self._timeout.cancel()
+        self._timeout = None
+        self.log.debug(
+            "secure channel with {peer} open ({pattern})", peer=str(self.peer_id),
+            pattern=self.pattern,
+        )
+        self.wrappedProtocol.makeConnection(self)
+        if self._state is _OPEN:
+            self._notify(self.wrappedProtocol)
+
+    # -- failing ----------------------------------------------------------
+
+    def _fail(self, error: Exception) -> None:
+        if self._state is _CLOSED:
+            return
+        if not isinstance(error, ChannelError):
+            error = BadFrame(str(error) or type(error).__name__)
+        self._reason = error
+        self.log.warn(
+            "closing secure channel with {peer}: {reason}",
+            peer=str(self.peer_id or self.expected_peer or self.getPeer()),
+            reason=str(error),
+            error_type=type(error).__name__,
+        )
+        self._inbox.clear()
+        was_open = self._state is _OPEN
+        self._state = _CLOSED
+        self._cancel_timers()
+        if was_open:
+            # The wrapped protocol learns why through connectionLost.
+            self.wrappedProtocol.connectionLost(Failure(error))  # type: ignore[no-untyped-call]
+        else:
+            self._notify(error)
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def _handshake_timed_out(self) -> None:
+        self._timeout = None
+        self._fail(HandshakeTimeout(f"no handshake after {self._settings.handshake_timeout} s"))
+
+    def _frame_timed_out(self) -> None:
+        self._frame_timer = None
+        self._fail(FrameTimeout(f"a frame took over {self._settings.frame_timeout} s"))
+
+    def _cancel_timers(self) -> None:
+        for call in (self._timeout, self._frame_timer, self._flush_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._timeout = self._frame_timer = self._flush_call = None
+
+    # -- writing: ITransport for the wrapped protocol --------------------
+
+    def write(self, data: bytes) -> None:
+        if self._state is not _OPEN or self.disconnecting or not data:
+            return
+        self._outbox.append(data)
+        self._outbox_length += len(data)
+        if self._outbox_length >= MAX_PLAINTEXT:
+            self._flush()
+        elif not self._receiving and self._flush_call is None:
+            # One flush per reactor turn, whatever the number of writes.
+            self._flush_call = self._clock.callLater(0, self._flush)
+
+    def writeSequence(self, data: list[bytes]) -> None:  # type: ignore[override]
+        for chunk in data:
+            self.write(chunk)
+
+    def _flush(self) -> None:
+        if self._flush_call is not None:
+            if self._flush_call.active():
+                self._flush_call.cancel()
+            self._flush_call = None
+        if not self._outbox or self._state is not _OPEN:
+            return
+        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
+        self._outbox.clear()
+        self._outbox_length = 0
+        try:
+            if len(data) <= MAX_PLAINTEXT:
+                self._send_frame(data)
+            else:
+                view = memoryview(data)
+                for start in range(0, len(data), MAX_PLAINTEXT):
+                    self._send_frame(bytes(view[start : start + MAX_PLAINTEXT]))
+        except NonceExhausted as e:
+            self._fail(BadFrame(f"the channel used up its nonces ({e})"))
+
+    def _send_frame(self, plaintext: bytes) -> None:
+        send = self._send
+        assert send is not None
+        ciphertext = send.encrypt_with_ad(b"", plaintext)
+        self.transport.writeSequence(  # type: ignore[union-attr]
+            [len(ciphertext).to_bytes(2, "big"), ciphertext]
+        )
+        self._sent_frames += 1
+        self._sent_bytes += len(ciphertext)
+        if (
+            self._sent_frames >= self._settings.rekey_frames
+            or self._sent_bytes >= self._settings.rekey_bytes
+        ):
+            send.rekey()
+            self._sent_frames = self._sent_bytes = 0
+
+    def loseConnection(self) -> None:
+        if self.disconnecting:
+            return
+        self._flush()
+        self.disconnecting = True
+        self.transport.loseConnection()  # type: ignore[union-attr]
+
+    def abortConnection(self) -> None:
+        self.disconnecting = True
+        self.transport.abortConnection()  # type: ignore[union-attr]
+
+    def getPeer(self) -> IAddress:
+        return self.transport.getPeer()  # type: ignore[union-attr]
+
+    def getHost(self) -> IAddress:
+        return self.transport.getHost()  # type: ignore[union-attr]
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+
+    def unregisterProducer(self) -> None:
+        self.transport.unregisterProducer()  # type: ignore[union-attr]
+
+    def pauseProducing(self) -> None:
+        self.transport.pauseProducing()  # type: ignore[union-attr]
+
+    def resumeProducing(self) -> None:
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+
+    def stopProducing(self) -> None:
+        self.transport.stopProducing()  # type: ignore[union-attr]
+
+    # -- test hooks -------------------------------------------------------
+
+    def cipher_states_for_testing(self) -> tuple[CipherState | None, CipherState | None]:
+        """
+        The ``(send, receive)`` cipher states, for tests that must reach
+        the end of the nonce space.
+        """
+        return self._send, self._recv
+
+
+@implementer(IProtocolFactory)
+class SecureChannelFactory(Factory):
+    """
+    Wraps ``wrapped_factory`` so that its protocols run inside secure
+    channels.
+
+    :param identity: this node's identity: its static key proves it.
+    :param wrapped_factory: builds the protocol that runs inside each channel.
+    :param clock: schedules timeouts and the end-of-turn flush.
+    :param initiator: whether this factory dials (``True``) or accepts.
+    :param expected_peer: for a dialling factory, the peer that must answer:
+        IK is used; ``None`` uses XX and accepts any peer.
+    :param pattern: force ``"XX"`` even when the peer is known.
+    """
+
+    protocol = SecureChannelProtocol
+
+    def __init__(
+        self,
+        identity: Identity,
+        wrapped_factory: IProtocolFactory,
+        clock: Any,
+        initiator: bool,
+        expected_peer: PeerID | None = None,
+        pattern: str | None = None,
+        settings: ChannelSettings | None = None,
+        replay_cache: _ReplayCache | None = None,
+    ) -> None:
+        self.identity = identity
+        self.wrapped_factory = wrapped_factory
+        self.clock = clock
+        self.initiator = initiator
+        self.expected_peer = expected_peer
+        self.settings = settings or ChannelSettings()
+        self.replay_cache = replay_cache or _ReplayCache(self.settings.replay_window)
+        if pattern is None:
+            pattern = "IK" if expected_peer is not None else "XX"
+        if pattern == "IK" and initiator and expected_peer is None:
+            raise ValueError("IK needs the peer's ID")
+        self._pattern = {"IK": PATTERN_IK, "XX": PATTERN_XX}[pattern]
+
+    def buildProtocol(self, addr: IAddress) -> SecureChannelProtocol | None:  # type: ignore[override]
+        wrapped = self.wrapped_factory.buildProtocol(addr)
+        if wrapped is None:
+            return None
+        return SecureChannelProtocol(
+            self, wrapped, self.initiator, self.expected_peer, self._pattern
+        )
+
+    def for_dialling(
+        self, expected_peer: PeerID | None, pattern: str | None = None
+    ) -> SecureChannelFactory:
+        """
+        A factory for dialling ``expected_peer`` that shares this one's
+        identity, settings and replay cache.
+        """
+        return SecureChannelFactory(
+            self.identity,
+            self.wrapped_factory,
+            self.clock,
+            True,
+            expected_peer,
+            pattern,
+            self.settings,
+            self.replay_cache,
+        )
