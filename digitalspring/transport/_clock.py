@@ -290,22 +290,29 @@ class SimulatedClock:
         self._forget()
 
 
-def drive(clock: Any, deferred: Deferred[Any], limit: float = 3600.0) -> bool:
+def drive(clock: Any, deferred: Deferred[Any] | None = None, limit: float = 3600.0) -> bool:
     """
     Advance a simulated clock (a :class:`SimulatedClock`, ``task.Clock`` or
     ``MemoryReactorClock``) one due call at a time until ``deferred`` has a
-    result.
+    result, or, without one, until no call is pending.
 
     :param limit: the most simulated seconds to run for.
-    :returns: whether ``deferred`` has a result.
+    :returns: whether ``deferred`` has a result (without one: whether the
+        clock is idle).
     """
+
+    def done() -> bool:
+        return deferred.called if deferred is not None else False
+
     if isinstance(clock, SimulatedClock):
-        return clock.run_until(lambda: deferred.called, limit)
+        if clock.run_until(done, limit):
+            return True
+        return deferred is None and clock.next_time() is None
     deadline = clock.seconds() + limit
-    while not deferred.called:
+    while not done():
         pending = [c.getTime() for c in clock.getDelayedCalls() if c.active()]
         if not pending:
-            return False
+            return deferred is None
         now = clock.seconds()
         when = max(min(pending), now)
         if when > deadline:

@@ -297,7 +297,9 @@ class _Flow:
             arrival = self.last_arrival
         self.last_arrival = arrival
         self.in_flight.append(item)
-        network.clock.callLater(arrival - now, network._land, self.source, self.target, self.arrive)
+        network.clock.callLater(
+            arrival - now, network._land, self.source, self.target, self.arrive
+        )
         sender = self.sender
         if sender is not None and sender._watching_buffer:
             sender._schedule_drain_check()
@@ -439,7 +441,7 @@ class MemoryNetwork:
         self.loss: Callable[[str, str], float] | None = (
             loss if callable(loss) else _constant(float(loss)) if loss else None
         )
-        self.random = random.Random(seed)
+        self.random = random.Random(seed)  # noqa: S311 (a simulation, not crypto)
         self.min_rto = min_rto
         self.receive_window = receive_window
         self.hosts: dict[str, MemoryHost] = {}
@@ -642,11 +644,16 @@ class _ConnectionAttempt:
 
     def time_out(self) -> None:
         if self._finish():
-            self.deferred.errback(TimeoutError(string=f"connecting to {self.remote}"))
+            self.deferred.errback(
+                TimeoutError(string=f"connecting to {self.remote}")  # type: ignore[no-untyped-call]
+            )
 
     def refused(self) -> None:
         if self._finish():
-            self.deferred.errback(ConnectionRefusedError(string=f"connecting to {self.remote}"))
+            refusal = ConnectionRefusedError(  # type: ignore[no-untyped-call]
+                string=f"connecting to {self.remote}"
+            )
+            self.deferred.errback(refusal)
 
     def syn_arrived(self) -> None:
         if self.done:
@@ -764,7 +771,7 @@ class MemoryConnection:
         if producer is not None:
             producer.stopProducing()
         if self.protocol is not None:
-            self.protocol.connectionLost(Failure(reason))
+            self.protocol.connectionLost(Failure(reason))  # type: ignore[no-untyped-call]
 
     def _sever(self, why: str) -> None:
         # Both ends lose the connection at once (a host went offline).
@@ -820,7 +827,7 @@ class MemoryConnection:
         if self._write_closed:
             self._lose(ConnectionDone("connection closed by both ends"))
         elif not self._write_closing and IHalfCloseableProtocol.providedBy(self.protocol):
-            self.protocol.readConnectionLost()  # type: ignore[union-attr]
+            self.protocol.readConnectionLost()
         else:
             # Like a TCP socket of a protocol that cannot half-close: the
             # whole connection ends and unsent data is dropped.
@@ -1044,7 +1051,9 @@ class MemoryListeningPort:
         """
         host = self.transport.host
         if self.port in host.ports:
-            raise CannotListenError(host.name, self.port, OSError("port in use"))
+            raise CannotListenError(  # type: ignore[no-untyped-call]
+                host.name, self.port, OSError("port in use")
+            )
         self.factory.doStart()
         host.ports[self.port] = self
         self.transport._ports.append(self)

@@ -24,6 +24,7 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.logger import Logger
+from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ._address import format_tcp_address, parse_tcp_address
@@ -60,7 +61,7 @@ class _PublishedPort:
         """
         if self in self._transport._ports:
             self._transport._ports.remove(self)
-        return self._port.stopListening()  # type: ignore[no-any-return]
+        return self._port.stopListening()
 
     def getHost(self) -> IAddress:
         """
@@ -102,7 +103,9 @@ class TCPTransport:
         See :meth:`ITransport.listen`.
         """
         try:
-            endpoint = serverFromString(self._reactor, "tcp:" + description)
+            endpoint = serverFromString(  # type: ignore[no-untyped-call]
+                self._reactor, "tcp:" + description
+            )
         except (ValueError, TypeError, KeyError) as e:
             return fail(InvalidAddress(f"bad tcp listening description {description!r}: {e}"))
 
@@ -112,7 +115,15 @@ class TCPTransport:
             self.log.info("tcp listening on {address}", address=port.getHost())
             return published
 
-        return endpoint.listen(factory).addCallback(listening)
+        def out_of_range(failure: Failure) -> Failure:
+            # bind() is the first to check the port number's range.
+            failure.trap(OverflowError)  # type: ignore[no-untyped-call]
+            return Failure(  # type: ignore[no-untyped-call]
+                InvalidAddress(f"bad tcp listening description {description!r}: {failure.value}")
+            )
+
+        listening_port: Deferred[IListeningPort] = endpoint.listen(factory)
+        return listening_port.addCallbacks(listening, out_of_range)
 
     def connect(self, address: str, factory: IProtocolFactory) -> Deferred[IProtocol]:
         """
@@ -124,7 +135,9 @@ class TCPTransport:
             return fail()
         endpoint: IStreamClientEndpoint
         if isIPv6Address(host):
-            endpoint = TCP6ClientEndpoint(self._reactor, host, port, self._connect_timeout)
+            endpoint = TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+                self._reactor, host, port, self._connect_timeout
+            )
         elif isIPAddress(host):
             endpoint = TCP4ClientEndpoint(self._reactor, host, port, self._connect_timeout)
         else:
