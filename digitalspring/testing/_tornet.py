@@ -977,7 +977,7 @@ class PrivateTorNetwork:
                 return
             if self._reactor.seconds() > deadline:
                 raise TorNetworkError(
-                    f"no {what} after {self._timeout:.0f}s ({reason}):\n"
+                    f"timed out after {self._timeout:.0f}s waiting for {what} ({reason}):\n"
                     + "\n".join(p.log_tail() for p in watched)
                 )
             await deferLater(self._reactor, interval, lambda: None)
