@@ -2,6 +2,7 @@
 Secure channels: the Noise Protocol Framework over any byte stream.
 """
 
+from ._amp import MAX_PING_DATA, PeerConnection, Ping
 from ._interfaces import ISecureChannel
 from ._noise import (
     PATTERNS,
@@ -11,6 +12,7 @@ from ._noise import (
     NoiseProtocol,
     SymmetricState,
 )
+from ._pool import BackingOff, ConnectionPool, PeerUnreachable
 from ._primitives import (
     DecryptError,
     HandshakeConfigError,
@@ -42,12 +44,15 @@ from ._secure import (
 
 __all__ = [
     "MAX_FRAME",
+    "MAX_PING_DATA",
     "MAX_PLAINTEXT",
     "PATTERNS",
+    "BackingOff",
     "BadFrame",
     "ChannelError",
     "ChannelSettings",
     "CipherState",
+    "ConnectionPool",
     "DecryptError",
     "FrameTimeout",
     "HandshakeConfigError",
@@ -65,7 +70,10 @@ __all__ = [
     "NoiseProtocol",
     "NonceExhausted",
     "NotAChannel",
+    "PeerConnection",
     "PeerMismatch",
+    "PeerUnreachable",
+    "Ping",
     "ReplayedHandshake",
     "SecureChannelFactory",
     "SecureChannelProtocol",

@@ -174,6 +174,35 @@ class _ReplayCache:
         return True
 
 
+class _ChannelSet:
+    """
+    The connected channels of a factory and its dialling copies, and who
+    waits for them all to close.
+    """
+
+    def __init__(self) -> None:
+        self.protocols: set[SecureChannelProtocol] = set()
+        self._waiters: list[Deferred[None]] = []
+
+    def add(self, protocol: SecureChannelProtocol) -> None:
+        self.protocols.add(protocol)
+
+    def discard(self, protocol: SecureChannelProtocol) -> None:
+        self.protocols.discard(protocol)
+        if not self.protocols:
+            waiters, self._waiters = self._waiters, []
+            for d in waiters:
+                d.callback(None)
+
+    def when_empty(self) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        if self.protocols:
+            self._waiters.append(d)
+        else:
+            d.callback(None)
+        return d
+
+
 def _preamble(pattern: int) -> bytes:
     return MAGIC + bytes([VERSION, pattern])
 
@@ -283,6 +312,7 @@ class SecureChannelProtocol(Protocol):
     # -- the underlying connection --------------------------------------
 
     def connectionMade(self) -> None:
+        self.factory.channels.add(self)
         self._timeout = self._clock.callLater(
             self._settings.handshake_timeout, self._handshake_timed_out
         )
@@ -308,6 +338,7 @@ class SecureChannelProtocol(Protocol):
     def connectionLost(self, reason: Failure = ConnectionDone) -> None:  # type: ignore[assignment]
         state, self._state = self._state, _CLOSED
         self._cancel_timers()
+        self.factory.channels.discard(self)
         if state is _CLOSED:
             # _fail has told everyone already.
             return
@@ -651,6 +682,7 @@ class SecureChannelFactory(Factory):
         pattern: str | None = None,
         settings: ChannelSettings | None = None,
         replay_cache: _ReplayCache | None = None,
+        channels: _ChannelSet | None = None,
     ) -> None:
         self.identity = identity
         self.wrapped_factory = wrapped_factory
@@ -659,6 +691,9 @@ class SecureChannelFactory(Factory):
         self.expected_peer = expected_peer
         self.settings = settings or ChannelSettings()
         self.replay_cache = replay_cache or _ReplayCache(self.settings.replay_window)
+        #: Every connected channel of this factory and its dialling copies,
+        #: open or still in its handshake.
+        self.channels = _ChannelSet() if channels is None else channels
         if pattern is None:
             pattern = "IK" if expected_peer is not None else "XX"
         if pattern == "IK" and initiator and expected_peer is None:
@@ -689,4 +724,19 @@ class SecureChannelFactory(Factory):
             pattern,
             self.settings,
             self.replay_cache,
+            self.channels,
         )
+
+    def close_all(self) -> Deferred[None]:
+        """
+        Close every channel, open or handshaking.
+
+        :returns: a Deferred that fires when all are closed.
+        """
+        d = self.channels.when_empty()
+        for protocol in list(self.channels.protocols):
+            if protocol._state is _OPEN:
+                protocol.loseConnection()
+            else:
+                protocol.abortConnection()
+        return d

@@ -1,0 +1,213 @@
+# -*- test-case-name: tests.test_pool -*-
+"""
+The connection pool: one secure AMP connection per peer, dialled by peer ID.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.interfaces import IAddress
+from twisted.internet.protocol import Factory
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..directory import IPeerDirectory
+from ..errors import DigitalSpringError
+from ..identity import Identity, PeerID
+from ..transport import ITransport, TransportError, split_address
+from ._amp import PeerConnection
+from ._secure import ChannelError, ChannelSettings, SecureChannelFactory, SecureChannelProtocol
+
+
+class PeerUnreachable(DigitalSpringError):
+    """
+    The peer could not be reached at any of its addresses.
+    """
+
+
+class BackingOff(PeerUnreachable):
+    """
+    The peer was unreachable a moment ago; it is not dialled again yet.
+    """
+
+
+class _ConnectionFactory(Factory):
+    def __init__(self, pool: ConnectionPool) -> None:
+        self.pool = pool
+
+    def buildProtocol(self, addr: IAddress | None) -> PeerConnection:
+        return PeerConnection(self.pool, self.pool.locators)
+
+
+class ConnectionPool(Service):
+    """
+    Dials peers by ID, accepts their connections, and keeps one connection
+    per pair of peers.
+
+    When both peers dial each other at once, both keep the connection
+    dialled by the peer whose ID sorts first, and close the other.
+    Connections close after ``idle_timeout`` seconds without traffic.  A peer
+    that could not be reached is not dialled again before a backoff delay
+    that doubles with each failure.
+
+    :ivar server_factory: the factory a node listens with.
+    :ivar locators: callables that give each connection a layer's
+        :class:`amp.CommandLocator`; append before starting.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        identity: Identity,
+        clock: Any,
+        transports: Mapping[str, ITransport],
+        directory: IPeerDirectory,
+        idle_timeout: float = 300.0,
+        backoff_base: float = 1.0,
+        backoff_max: float = 300.0,
+        channel_settings: ChannelSettings | None = None,
+    ) -> None:
+        self.identity = identity
+        self.clock = clock
+        self.transports = transports
+        self.directory = directory
+        self.idle_timeout = idle_timeout
+        self.backoff_base = backoff_base
+        self.backoff_max = backoff_max
+        self.locators: list[Callable[[PeerConnection], Any]] = []
+        self.server_factory = SecureChannelFactory(
+            identity, _ConnectionFactory(self), clock, initiator=False, settings=channel_settings
+        )
+        self._connections: dict[PeerID, PeerConnection] = {}
+        self._waiting: dict[PeerID, list[Deferred[PeerConnection]]] = {}
+        self._dialling: set[PeerID] = set()
+        self._failures: dict[PeerID, tuple[int, float]] = {}
+
+    def connections(self) -> dict[PeerID, PeerConnection]:
+        """
+        The live connection of every connected peer.
+        """
+        return dict(self._connections)
+
+    def connect(self, peer_id: PeerID) -> Deferred[PeerConnection]:
+        """
+        The connection with ``peer_id``: the live one, or a new one.
+
+        :returns: a Deferred that fires with the :class:`PeerConnection`.
+        :raises PeerUnreachable: (through the Deferred) when no address of
+            the peer answered, or the peer is in its backoff delay.
+        :raises UnknownPeer: (through the Deferred) when the directory has
+            no address for it.
+        """
+        if peer_id == self.identity.peer_id:
+            return Deferred.fromCoroutine(self._refuse_self())
+        live = self._connections.get(peer_id)
+        if live is not None:
+            return succeed(live)
+        d: Deferred[PeerConnection] = Deferred()
+        self._waiting.setdefault(peer_id, []).append(d)
+        if peer_id not in self._dialling:
+            self._dialling.add(peer_id)
+            dial = Deferred.fromCoroutine(self._dial(peer_id))
+            dial.addErrback(self._dial_failed, peer_id)
+        return d
+
+    async def _refuse_self(self) -> PeerConnection:
+        raise PeerUnreachable("a node does not connect to itself")
+
+    async def _dial(self, peer_id: PeerID) -> None:
+        failures = self._failures.get(peer_id)
+        if failures is not None and failures[1] > self.clock.seconds():
+            raise BackingOff(
+                f"{peer_id} was unreachable; next try in "
+                f"{failures[1] - self.clock.seconds():.1f} s"
+            )
+        addresses = await self.directory.resolve(peer_id)
+        factory = self.server_factory.for_dialling(peer_id)
+        errors = []
+        for address in addresses:
+            if peer_id in self._connections:
+                return
+            try:
+                name, description = split_address(address)
+                transport = self.transports.get(name)
+                if transport is None:
+                    errors.append(f"{address}: this node has no {name} transport")
+                    continue
+                channel = await transport.connect(description, factory)
+                assert isinstance(channel, SecureChannelProtocol)
+                await channel.when_secured()
+                # _connection_made has registered it and answered the waiters.
+                return
+            except (ChannelError, TransportError, OSError) as e:
+                errors.append(f"{address}: {e}")
+            except Exception as e:
+                errors.append(f"{address}: {e.__class__.__name__}: {e}")
+        if peer_id in self._connections:
+            return
+        raise PeerUnreachable(f"cannot reach {peer_id}: " + "; ".join(errors))
+
+    def _dial_failed(self, failure: Failure, peer_id: PeerID) -> None:
+        self._dialling.discard(peer_id)
+        if peer_id in self._connections:
+            return
+        if not isinstance(failure.value, BackingOff):
+            count = self._failures.get(peer_id, (0, 0.0))[0] + 1
+            delay = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
+            self._failures[peer_id] = (count, self.clock.seconds() + delay)
+        self.log.info(
+            "cannot connect to {peer}: {reason}",
+            peer=str(peer_id),
+            reason=failure.getErrorMessage(),
+        )
+        for d in self._waiting.pop(peer_id, []):
+            d.errback(failure)
+
+    def _connection_made(self, connection: PeerConnection) -> None:
+        peer_id = connection.peer_id
+        if not self.running:
+            connection.transport.loseConnection()  # type: ignore[union-attr]
+            return
+        existing = self._connections.get(peer_id)
+        if existing is not None and existing is not connection:
+            keep = self._preferred(existing, connection)
+            drop = connection if keep is existing else existing
+            self.log.debug(
+                "two connections with {peer}: keeping the one {who} dialled",
+                peer=str(peer_id),
+                who="we" if keep.initiator else "they",
+            )
+            self._connections[peer_id] = keep
+            drop.transport.loseConnection()  # type: ignore[union-attr]
+        else:
+            self._connections[peer_id] = connection
+        self._dialling.discard(peer_id)
+        self._failures.pop(peer_id, None)
+        live = self._connections[peer_id]
+        for d in self._waiting.pop(peer_id, []):
+            d.callback(live)
+
+    def _preferred(self, a: PeerConnection, b: PeerConnection) -> PeerConnection:
+        """
+        Of two connections with one peer, the one both sides keep: the one
+        dialled by the smaller peer ID; of two dialled by the same side, the
+        newer (the older is likely dead).
+        """
+        if a.initiator == b.initiator:
+            return b
+        we_are_smaller = self.identity.peer_id.public_key < a.peer_id.public_key
+        return a if a.initiator == we_are_smaller else b
+
+    def _connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        peer_id = connection.peer_id
+        if self._connections.get(peer_id) is connection:
+            del self._connections[peer_id]
+
+    def stopService(self) -> Deferred[Any]:
+        super().stopService()  # type: ignore[no-untyped-call]
+        return self.server_factory.close_all()

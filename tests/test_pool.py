@@ -1,0 +1,243 @@
+"""
+Tests for the connection pool and AMP above the secure channel, on the
+memory network and a simulated clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
+from zope.interface.verify import verifyObject
+
+from digitalspring.channel import (
+    BackingOff,
+    ConnectionPool,
+    PeerConnection,
+    PeerUnreachable,
+    Ping,
+)
+from digitalspring.directory import IPeerDirectory, UnknownPeer
+from digitalspring.identity import Identity, PeerID
+from digitalspring.transport import MemoryNetwork, SimulatedClock
+
+
+@implementer(IPeerDirectory)
+class Directory:
+    """
+    A directory held in a dict.
+    """
+
+    def __init__(self) -> None:
+        self.addresses: dict[PeerID, list[str]] = {}
+
+    def resolve(self, peer_id: PeerID) -> Deferred[list[str]]:
+        if peer_id not in self.addresses:
+            return fail(UnknownPeer(str(peer_id)))
+        return succeed(self.addresses[peer_id])
+
+
+class Network:
+    """
+    Nodes with connection pools on one memory network.
+    """
+
+    def __init__(self, latency: float = 0.01, idle_timeout: float = 300.0) -> None:
+        self.clock = SimulatedClock()
+        self.network = MemoryNetwork(self.clock, latency=latency, seed=1)
+        self.directory = Directory()
+        self.idle_timeout = idle_timeout
+
+    def node(self, name: str, seed: bytes | None = None) -> ConnectionPool:
+        self.network.add_host(name)
+        transport = self.network.transport(name)
+        identity = Identity.from_seed(seed) if seed else Identity.generate()
+        pool = ConnectionPool(
+            identity,
+            self.clock,
+            {"memory": transport},
+            self.directory,
+            idle_timeout=self.idle_timeout,
+        )
+        transport.listen("1", pool.server_factory)
+        self.directory.addresses[identity.peer_id] = [f"memory:{name}:1"]
+        pool.startService()
+        return pool
+
+    def result(self, d: Deferred[Any]) -> Any:
+        results: list[Any] = []
+        d.addBoth(results.append)
+        self.clock.run_until(lambda: bool(results), limit=120)
+        self.assertTrue(results)
+        if isinstance(results[0], Failure):
+            results[0].raiseException()
+        return results[0]
+
+    def assertTrue(self, value: object) -> None:
+        assert value, "nothing happened in time"
+
+
+class PoolTests(SynchronousTestCase):
+    def test_interface(self) -> None:
+        """
+        The test directory is a verified IPeerDirectory.
+        """
+        verifyObject(IPeerDirectory, Directory())
+
+    def test_connect_and_ping(self) -> None:
+        """
+        connect() dials a peer by ID and gives an AMP connection whose
+        Ping echoes; the peer sees a connection from the dialler's ID.
+        """
+        net = Network()
+        alice, bob = net.node("alice"), net.node("bob")
+        connection = net.result(alice.connect(bob.identity.peer_id))
+        self.assertIsInstance(connection, PeerConnection)
+        self.assertEqual(connection.peer_id, bob.identity.peer_id)
+        answer = net.result(connection.callRemote(Ping, data=b"hello"))
+        self.assertEqual(answer, {"data": b"hello"})
+        self.assertEqual(list(bob.connections()), [alice.identity.peer_id])
+
+    def test_reuse(self) -> None:
+        """
+        A second connect() reuses the live connection, and so does a dial
+        back from the other side.
+        """
+        net = Network()
+        alice, bob = net.node("alice"), net.node("bob")
+        first = net.result(alice.connect(bob.identity.peer_id))
+        self.assertIs(net.result(alice.connect(bob.identity.peer_id)), first)
+        back = net.result(bob.connect(alice.identity.peer_id))
+        self.assertEqual(back.peer_id, alice.identity.peer_id)
+        self.assertEqual(len(alice.connections()), 1)
+        self.assertEqual(len(bob.connections()), 1)
+
+    def test_concurrent_connects_share_one_dial(self) -> None:
+        """
+        connect() calls made while a dial is under way wait for that dial.
+        """
+        net = Network()
+        alice, bob = net.node("alice"), net.node("bob")
+        ds = [alice.connect(bob.identity.peer_id) for _ in range(5)]
+        connections = [net.result(d) for d in ds]
+        self.assertTrue(all(c is connections[0] for c in connections))
+
+    def test_simultaneous_dial(self) -> None:
+        """
+        When two peers dial each other at once, both end with the same one
+        connection: the one dialled by the smaller peer ID.
+        """
+        net = Network(latency=0.05)
+        alice, bob = net.node("alice", b"1" * 32), net.node("bob", b"2" * 32)
+        from_alice = alice.connect(bob.identity.peer_id)
+        from_bob = bob.connect(alice.identity.peer_id)
+        a, b = net.result(from_alice), net.result(from_bob)
+        net.clock.advance(1)
+        self.assertEqual(len(alice.connections()), 1)
+        self.assertEqual(len(bob.connections()), 1)
+        alice_side = alice.connections()[bob.identity.peer_id]
+        bob_side = bob.connections()[alice.identity.peer_id]
+        smaller_dialled = alice.identity.peer_id.public_key < bob.identity.peer_id.public_key
+        self.assertEqual(alice_side.initiator, smaller_dialled)
+        self.assertEqual(bob_side.initiator, not smaller_dialled)
+        self.assertEqual(
+            net.result(alice_side.callRemote(Ping, data=b"x")), {"data": b"x"}
+        )
+        del a, b
+
+    def test_idle_close(self) -> None:
+        """
+        A connection without traffic for the idle timeout closes on both
+        sides; traffic keeps it open.
+        """
+        net = Network(idle_timeout=10)
+        alice, bob = net.node("alice"), net.node("bob")
+        connection = net.result(alice.connect(bob.identity.peer_id))
+        for _ in range(5):
+            net.clock.advance(6)
+            net.result(connection.callRemote(Ping, data=b""))
+        self.assertEqual(len(alice.connections()), 1)
+        net.clock.advance(11)
+        net.clock.run_until_idle(limit=5)
+        self.assertEqual(alice.connections(), {})
+        self.assertEqual(bob.connections(), {})
+
+    def test_unknown_peer(self) -> None:
+        """
+        A peer the directory does not know fails with UnknownPeer.
+        """
+        net = Network()
+        alice = net.node("alice")
+        self.assertRaises(
+            UnknownPeer, net.result, alice.connect(Identity.generate().peer_id)
+        )
+
+    def test_backoff(self) -> None:
+        """
+        After a failed dial, the peer is not dialled again until its backoff
+        delay has passed, and the delay doubles.
+        """
+        net = Network()
+        alice = net.node("alice")
+        ghost = Identity.generate().peer_id
+        net.directory.addresses[ghost] = ["memory:alice:9"]
+        self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
+        e = self.assertRaises(BackingOff, net.result, alice.connect(ghost))
+        self.assertIn("next try", str(e))
+        net.clock.advance(1.1)
+        self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
+        net.clock.advance(1.1)
+        self.assertRaises(BackingOff, net.result, alice.connect(ghost))
+        net.clock.advance(1.0)
+        failure = self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
+        self.assertNotIsInstance(failure, BackingOff)
+
+    def test_wrong_peer_at_address(self) -> None:
+        """
+        An address that leads to another peer fails the dial; the other
+        addresses of the peer are tried next.
+        """
+        net = Network()
+        alice, bob, carol = net.node("alice"), net.node("bob"), net.node("carol")
+        net.directory.addresses[bob.identity.peer_id] = ["memory:carol:1", "memory:bob:1"]
+        connection = net.result(alice.connect(bob.identity.peer_id))
+        self.assertEqual(connection.peer_id, bob.identity.peer_id)
+        self.assertEqual(carol.connections(), {})
+
+    def test_ping_limit(self) -> None:
+        """
+        A Ping over AMP's limits fails locally with TooLong, and the
+        connection stays usable.
+        """
+        net = Network()
+        alice, bob = net.node("alice"), net.node("bob")
+        connection = net.result(alice.connect(bob.identity.peer_id))
+        self.assertRaises(amp.TooLong, connection.callRemote, Ping, data=b"x" * 2000)
+        self.assertEqual(net.result(connection.callRemote(Ping, data=b"y")), {"data": b"y"})
+
+    def test_no_self_dial(self) -> None:
+        """
+        A node refuses to dial itself.
+        """
+        net = Network()
+        alice = net.node("alice")
+        self.assertRaises(PeerUnreachable, net.result, alice.connect(alice.identity.peer_id))
+
+    def test_stop_closes_all(self) -> None:
+        """
+        Stopping the pool closes every connection and fires when they are
+        closed.
+        """
+        net = Network()
+        alice, bob, carol = net.node("alice"), net.node("bob"), net.node("carol")
+        net.result(alice.connect(bob.identity.peer_id))
+        net.result(carol.connect(alice.identity.peer_id))
+        net.result(alice.stopService())
+        self.assertEqual(alice.connections(), {})
+        net.clock.run_until_idle(limit=5)
+        self.assertEqual(bob.connections(), {})
+        self.assertEqual(carol.connections(), {})
