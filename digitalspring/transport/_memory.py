@@ -669,8 +669,8 @@ class _ConnectionAttempt:
             return
         outbound = _Flow(network, self.source, target)
         inbound = _Flow(network, target, self.source)
-        server = MemoryConnection(network, target, self.remote, self.local, inbound, outbound)
-        client = MemoryConnection(network, self.source, self.local, self.remote, outbound, inbound)
+        server = MemoryConnection(network, target, self.remote, self.local, outbound, inbound)
+        client = MemoryConnection(network, self.source, self.local, self.remote, inbound, outbound)
         server.peer = client
         client.peer = server
         # Schedule the answer before the server protocol can write: its
