@@ -25,6 +25,7 @@ The wire format (``docs/channel.rst`` has it in full):
 
 from __future__ import annotations
 
+import copy
 from collections import OrderedDict
 from typing import Any
 
@@ -49,7 +50,7 @@ from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ._interfaces import ISecureChannel
 from ._noise import CipherState, HandshakeState, NoiseProtocol
-from ._primitives import NoiseError, NonceExhausted
+from ._primitives import KeyPair, NoiseError, NonceExhausted
 
 MAGIC = b"DSPRING"
 VERSION = 1
@@ -201,6 +202,14 @@ class _ChannelSet:
         else:
             d.callback(None)
         return d
+
+
+def _pattern_code(pattern: str | None, expected_peer: PeerID | None, initiator: bool) -> int:
+    if pattern is None:
+        pattern = "IK" if expected_peer is not None else "XX"
+    if pattern == "IK" and initiator and expected_peer is None:
+        raise ValueError("IK needs the peer's ID")
+    return {"IK": PATTERN_IK, "XX": PATTERN_XX}[pattern]
 
 
 def _preamble(pattern: int) -> bytes:
@@ -443,7 +452,6 @@ class SecureChannelProtocol(Protocol):
     # -- the handshake ----------------------------------------------------
 
     def _start_handshake(self, pattern: int) -> None:
-        identity = self.factory.identity
         rs = None
         if self.initiator and pattern == PATTERN_IK:
             assert self.expected_peer is not None
@@ -452,7 +460,7 @@ class SecureChannelProtocol(Protocol):
             _PROTOCOLS[pattern],
             self.initiator,
             prologue=PROLOGUE_PREFIX + _preamble(pattern),
-            s=identity.x25519_private_key,
+            s=self.factory.static_key,
             rs=rs,
         )
 
@@ -685,6 +693,8 @@ class SecureChannelFactory(Factory):
         channels: _ChannelSet | None = None,
     ) -> None:
         self.identity = identity
+        #: The Noise static key pair, derived once: every handshake uses it.
+        self.static_key = KeyPair.from_private(identity.x25519_private_key)
         self.wrapped_factory = wrapped_factory
         self.clock = clock
         self.initiator = initiator
@@ -694,11 +704,7 @@ class SecureChannelFactory(Factory):
         #: Every connected channel of this factory and its dialling copies,
         #: open or still in its handshake.
         self.channels = _ChannelSet() if channels is None else channels
-        if pattern is None:
-            pattern = "IK" if expected_peer is not None else "XX"
-        if pattern == "IK" and initiator and expected_peer is None:
-            raise ValueError("IK needs the peer's ID")
-        self._pattern = {"IK": PATTERN_IK, "XX": PATTERN_XX}[pattern]
+        self._pattern = _pattern_code(pattern, expected_peer, initiator)
 
     def buildProtocol(self, addr: IAddress) -> SecureChannelProtocol | None:  # type: ignore[override]
         wrapped = self.wrapped_factory.buildProtocol(addr)
@@ -713,19 +719,13 @@ class SecureChannelFactory(Factory):
     ) -> SecureChannelFactory:
         """
         A factory for dialling ``expected_peer`` that shares this one's
-        identity, settings and replay cache.
+        identity, keys, settings, replay cache and set of channels.
         """
-        return SecureChannelFactory(
-            self.identity,
-            self.wrapped_factory,
-            self.clock,
-            True,
-            expected_peer,
-            pattern,
-            self.settings,
-            self.replay_cache,
-            self.channels,
-        )
+        dialling = copy.copy(self)
+        dialling.initiator = True
+        dialling.expected_peer = expected_peer
+        dialling._pattern = _pattern_code(pattern, expected_peer, initiator=True)
+        return dialling
 
     def close_all(self) -> Deferred[None]:
         """
