@@ -129,7 +129,7 @@ def run(hosts: int, seed: int) -> dict[str, Any]:
 
         transport.listen(str(PORT), Factory.forProtocol(receiver))
 
-    chooser = random.Random(seed)  # noqa: S311 (a benchmark's dice)
+    chooser = random.Random(seed)
 
     def failed(reason: Failure) -> None:
         tally.failed_connects += 1

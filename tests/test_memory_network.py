@@ -13,6 +13,7 @@ from twisted.internet.defer import Deferred
 from twisted.internet.error import (
     AlreadyCalled,
     AlreadyCancelled,
+    ConnectError,
     ConnectionDone,
     ConnectionLost,
     ConnectionRefusedError,
@@ -528,9 +529,7 @@ class LossTests(_Fixture, SynchronousTestCase):
         self.assertEqual(lossy.data, expected)
         self.assertTrue(lossy.reason is not None and lossy.reason.check(ConnectionDone))
         # At least one retransmission timeout (200 ms) later.
-        self.assertGreater(
-            lossy.time_when(len(expected)), lossless.time_when(len(expected)) + 0.2
-        )
+        self.assertGreater(lossy.time_when(len(expected)), lossless.time_when(len(expected)) + 0.2)
 
     def test_deterministic(self) -> None:
         """
@@ -645,6 +644,28 @@ class OfflineTests(_Fixture, SynchronousTestCase):
         d = self.connect(a, "b:80")
         drive(self.clock, d)
         self.assertIsInstance(self.successResultOf(d), Recorder)
+
+
+    def test_offline_while_connecting(self) -> None:
+        """
+        A host that goes offline after accepting, before the client heard
+        back, fails the attempt with a ``ConnectError`` and loses the
+        accepted connection; nothing is left running.
+        """
+        for refuse in (False, True):
+            self.clock = SimulatedClock()
+            self.network(latency=0.05)
+            a = self.host("a")
+            self.host("b")
+            d = self.connect(a, "b:80")
+            self.clock.advance(0.06)
+            [accepted] = self.accepted["b"]
+            self.net.take_offline("b", refuse=refuse)
+            drive(self.clock, d)
+            self.failureResultOf(d, ConnectError)
+            self.assertTrue(accepted.reason.check(ConnectionLost))  # type: ignore[union-attr]
+            self.net.bring_online("b")
+            self.assertTrue(drive(self.clock))
 
 
 class ConnectionTests(_Fixture, SynchronousTestCase):

@@ -487,9 +487,8 @@ class TransportConformanceMixin(_Base):
         await self.assert_lost(client, ConnectionAborted)
         await self.assert_lost(server, ConnectionLost)
         assert server.reason is not None
-        self.assertFalse(
-            server.reason.check(ConnectionDone), server.reason  # type: ignore[no-untyped-call]
-        )
+        clean = server.reason.check(ConnectionDone)  # type: ignore[no-untyped-call]
+        self.assertFalse(clean, server.reason)
 
     @scenario
     async def test_connection_refused(self) -> None:

@@ -49,9 +49,7 @@ def parse_tcp_address(address: str) -> tuple[str, int]:
     else:
         host, sep, port = address.rpartition(":")
         if not sep or ":" in host:
-            raise InvalidAddress(
-                f"{address!r} is not of the form HOST:PORT (IPv6 as [::1]:7000)"
-            )
+            raise InvalidAddress(f"{address!r} is not of the form HOST:PORT (IPv6 as [::1]:7000)")
         if not (isIPAddress(host) or (_HOSTNAME.match(host) and not _looks_numeric(host))):
             raise InvalidAddress(f"{host!r} in {address!r} is not a host name or IP address")
     return host, parse_port(port)

@@ -175,9 +175,7 @@ class SimulatedClock:
         :returns: every pending call, soonest first.
         """
         return [
-            call
-            for (_, seq, call) in sorted(self._heap)
-            if call._seq == seq and call.active()
+            call for (_, seq, call) in sorted(self._heap) if call._seq == seq and call.active()
         ]
 
     def pending(self) -> int:

@@ -63,6 +63,8 @@ class ITransport(Interface):
         :raises twisted.internet.error.ConnectError: (through the Deferred)
             and its subclasses, e.g. ``ConnectionRefusedError`` when nobody
             listens there or ``TimeoutError`` when the peer is unreachable.
+        :raises twisted.internet.error.DNSLookupError: (through the
+            Deferred) when the address names a host that cannot be found.
         """
 
     def published_addresses() -> list[str]:

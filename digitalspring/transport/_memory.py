@@ -34,6 +34,7 @@ from attrs import frozen
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import (
     CannotListenError,
+    ConnectError,
     ConnectionAborted,
     ConnectionDone,
     ConnectionLost,
@@ -261,9 +262,7 @@ class _Flow:
         "unacked",
     )
 
-    def __init__(
-        self, network: MemoryNetwork, source: MemoryHost, target: MemoryHost
-    ) -> None:
+    def __init__(self, network: MemoryNetwork, source: MemoryHost, target: MemoryHost) -> None:
         self.network = network
         self.source = source
         self.target = target
@@ -679,6 +678,12 @@ class _ConnectionAttempt:
         server._start(server_protocol)
 
     def established(self, client: MemoryConnection) -> None:
+        if client.lost:
+            # Severed while the answer travelled (a host went offline).
+            if self._finish():
+                why = f"connection to {self.remote} lost while connecting"
+                self.deferred.errback(ConnectError(string=why))  # type: ignore[no-untyped-call]
+            return
         if not self._finish():
             # Nobody waits any more: reset the server's end.
             client._reset_peer()
@@ -872,11 +877,7 @@ class MemoryConnection:
         send.put(bytes(data))
         if not send.scheduled:
             self.host.upload.activate(send)
-        if (
-            self._streaming
-            and not self._producer_paused
-            and send.size > WRITE_BUFFER_SIZE
-        ):
+        if self._streaming and not self._producer_paused and send.size > WRITE_BUFFER_SIZE:
             self._producer_paused = True
             self.producer.pauseProducing()
 
@@ -1035,9 +1036,7 @@ class MemoryListeningPort:
     A port a :class:`MemoryTransport` listens on.
     """
 
-    def __init__(
-        self, transport: MemoryTransport, port: int, factory: IProtocolFactory
-    ) -> None:
+    def __init__(self, transport: MemoryTransport, port: int, factory: IProtocolFactory) -> None:
         self.transport = transport
         self.port = port
         self.factory = factory
@@ -1159,9 +1158,7 @@ class MemoryTransportPlugin:
                 "the memory transport needs the option 'network', a MemoryNetwork"
             )
         if not isinstance(host, str):
-            raise TransportConfigError(
-                "the memory transport needs the option 'host', a host name"
-            )
+            raise TransportConfigError("the memory transport needs the option 'host', a host name")
         if host not in network.hosts:
             raise TransportConfigError(
                 f"there is no host {host!r} on the memory network; add it with add_host"

@@ -184,12 +184,9 @@ class TCPTransportPlugin:
                 parse_tcp_address(format_tcp_address(advertise, 1))
             except InvalidAddress:
                 raise TransportConfigError(
-                    f"tcp option 'advertise' must be a host name or IP address, "
-                    f"not {advertise!r}"
+                    f"tcp option 'advertise' must be a host name or IP address, not {advertise!r}"
                 ) from None
         timeout = context.options.get("connect_timeout", 30.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise TransportConfigError(f"bad tcp connect_timeout {timeout!r}")
-        return TCPTransport(
-            context.reactor, advertise=advertise, connect_timeout=float(timeout)
-        )
+        return TCPTransport(context.reactor, advertise=advertise, connect_timeout=float(timeout))
