@@ -712,8 +712,6 @@ class MemoryConnection:
     :ivar disconnecting: whether ``loseConnection`` was called.
     """
 
-    log = Logger()
-
     def __init__(
         self,
         network: MemoryNetwork,
