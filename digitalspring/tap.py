@@ -9,11 +9,13 @@ import sys
 from typing import Any
 
 from twisted.application.service import IService
-from twisted.internet.protocol import Factory, Protocol
 from twisted.logger import Logger
 from twisted.python import usage
 from twisted.python.failure import Failure
 
+from .channel import ConnectionPool
+from .control import DEFAULT_CONTROL
+from .directory import AddressBook
 from .errors import DigitalSpringError
 from .identity import load_or_create_identity
 from .node import Node
@@ -59,6 +61,20 @@ class Options(usage.Options):
             None,
             None,
             "File whose first line is the passphrase of the node's key file.",
+        ],
+        [
+            "control",
+            None,
+            DEFAULT_CONTROL,
+            "Endpoint of the local control API that the dspring command uses "
+            "(loopback only; its address and token go to DATA_DIR/control.json).",
+        ],
+        [
+            "idle-timeout",
+            None,
+            300.0,
+            "Seconds after which a connection without traffic is closed.",
+            float,
         ],
         [
             "advertise",
@@ -170,7 +186,22 @@ def _make_node(options: Options, reactor: Any) -> Node:
             data_dir=options["data-dir"].path,
         )
     transports = build_transports(options, reactor)
-    return Node(identity, reactor, transports, options["listen"], Factory.forProtocol(Protocol))
+    pool = ConnectionPool(
+        identity,
+        reactor,
+        transports,
+        AddressBook.in_data_dir(options["data-dir"]),
+        idle_timeout=options["idle-timeout"],
+    )
+    return Node(
+        identity,
+        reactor,
+        transports,
+        options["listen"],
+        pool,
+        data_dir=options["data-dir"],
+        control=options["control"],
+    )
 
 
 __all__ = ["Options", "build_transports", "makeService"]

@@ -679,6 +679,8 @@ class SecureChannelFactory(Factory):
     """
 
     protocol = SecureChannelProtocol
+    # One factory per dial would log "Starting factory" every time.
+    noisy = False
 
     def __init__(
         self,

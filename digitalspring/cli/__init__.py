@@ -14,6 +14,7 @@ from twisted.python import usage
 from ..errors import DigitalSpringError
 from ..node._options import DEFAULT_DATA_DIR, data_dir_path
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
+from ._network import ContactsOptions, PingOptions, StatusOptions
 
 
 class Options(usage.Options):
@@ -36,6 +37,9 @@ class Options(usage.Options):
         ["id", None, IdOptions, "Print the node's peer ID."],
         ["export", None, ExportOptions, "Write an encrypted backup of the identity."],
         ["import", None, ImportOptions, "Restore an identity from a backup."],
+        ["contacts", None, ContactsOptions, "Manage the address book of peers."],
+        ["ping", None, PingOptions, "Ping a peer through the running node."],
+        ["status", None, StatusOptions, "Show the running node's status."],
     ]
 
     def postOptions(self) -> None:

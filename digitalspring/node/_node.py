@@ -5,15 +5,19 @@ The node: the service tree of one peer.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Mapping
 from typing import Any
 
 from twisted.application.service import MultiService
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort, IProtocolFactory
+from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 
+from ..channel import MAX_PING_DATA, ConnectionPool, Ping
+from ..control import BadRequest, ControlService, peer_from_body
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..transport import ITransport, split_address
@@ -35,6 +39,7 @@ class Node(MultiService):
 
     :ivar identity: the peer's key pair.
     :ivar transports: every transport the node may use, by name.
+    :ivar pool: its connections with other peers.
     :ivar ready: fires once the node listens on all its addresses (with
         ``None``), or fails with :class:`ListenFailed`.
     """
@@ -47,25 +52,39 @@ class Node(MultiService):
         reactor: Any,
         transports: Mapping[str, ITransport],
         listen: list[str],
-        factory: IProtocolFactory,
+        pool: ConnectionPool,
+        data_dir: FilePath[str] | None = None,
+        control: str | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
             ``NAME`` must be in ``transports``.
-        :param factory: builds the protocol of every inbound connection.
+        :param pool: the connection pool; inbound connections go to it.
+        :param data_dir: where the control API publishes its address.
+        :param control: the endpoint of the control API, or ``None`` for no
+            control API.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
         self.reactor = reactor
         self.transports = dict(transports)
-        self.factory = factory
+        self.pool = pool
         self.ready: Deferred[None] = Deferred()
         self._listeners: list[ListeningService] = []
+        pool.setServiceParent(self)  # type: ignore[no-untyped-call]
         for address in listen:
             name, description = split_address(address)
-            listener = ListeningService(self.transports[name], description, factory)
+            listener = ListeningService(self.transports[name], description, pool.server_factory)
             listener.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._listeners.append(listener)
+        if control is not None and data_dir is not None:
+            routes = {
+                "status": (b"GET", self._control_status),
+                "ping": (b"POST", self._control_ping),
+            }
+            ControlService(reactor, data_dir, routes, control).setServiceParent(  # type: ignore[no-untyped-call]
+                self
+            )
 
     @property
     def peer_id(self) -> PeerID:
@@ -81,6 +100,47 @@ class Node(MultiService):
             for name, transport in sorted(self.transports.items())
             for address in transport.published_addresses()
         ]
+
+    async def ping(self, peer_id: PeerID, size: int = 56) -> dict[str, float | bool]:
+        """
+        Ping a peer through the secure channel.
+
+        :returns: ``{"rtt_ms": ..., "connect_ms": ..., "new": ...}``: the
+            round-trip time of the Ping itself, the time it took to connect
+            first (0 on a live connection), and whether it connected.
+        :raises PeerUnreachable: when the peer cannot be reached.
+        """
+        start = self.reactor.seconds()
+        new = peer_id not in self.pool.connections()
+        connection = await self.pool.connect(peer_id)
+        connected = self.reactor.seconds()
+        await connection.callRemote(Ping, data=os.urandom(size))  # type: ignore[no-untyped-call]
+        done = self.reactor.seconds()
+        return {
+            "rtt_ms": (done - connected) * 1000,
+            "connect_ms": (connected - start) * 1000,
+            "new": new,
+        }
+
+    def status(self) -> dict[str, Any]:
+        """
+        What the node is: its peer ID, addresses and connected peers.
+        """
+        return {
+            "peer_id": str(self.peer_id),
+            "addresses": self.addresses(),
+            "connections": sorted(str(peer) for peer in self.pool.connections()),
+        }
+
+    async def _control_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        return self.status()
+
+    async def _control_ping(self, body: dict[str, Any]) -> dict[str, Any]:
+        peer_id = peer_from_body(body)
+        size = body.get("size", 56)
+        if not isinstance(size, int) or not 0 <= size <= MAX_PING_DATA:
+            raise BadRequest(f"size is a number of bytes from 0 to {MAX_PING_DATA}")
+        return {"peer": str(peer_id), **(await self.ping(peer_id, size))}
 
     def startService(self) -> None:
         self.log.info("Digital Spring node {peer_id} starting", peer_id=str(self.peer_id))

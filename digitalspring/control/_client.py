@@ -1,0 +1,85 @@
+# -*- test-case-name: tests.test_control -*-
+"""
+The client side of the control API, for the ``dspring`` command.
+"""
+
+from __future__ import annotations
+
+import json
+from io import BytesIO
+from typing import Any
+
+from twisted.python.filepath import FilePath
+from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.http_headers import Headers
+
+from ..errors import DigitalSpringError
+from ._api import CONTROL_FILE_NAME
+
+
+class NodeNotRunning(DigitalSpringError):
+    """
+    No node runs on this data directory (start one with ``twistd -n dspring``).
+    """
+
+
+class ControlError(DigitalSpringError):
+    """
+    The node answered a control request with an error.
+    """
+
+
+class ControlClient:
+    """
+    Talks to the node of a data directory through its control API.
+    """
+
+    def __init__(self, reactor: Any, data_dir: FilePath[str]) -> None:
+        control = data_dir.child(CONTROL_FILE_NAME)
+        try:
+            document = json.loads(control.getContent())
+            self._url = str(document["url"]).encode("ascii")
+            self._token = str(document["token"]).encode("ascii")
+        except FileNotFoundError:
+            raise NodeNotRunning(
+                f"no node is running on {data_dir.path} (start it with: "
+                f"twistd -n dspring --data-dir {data_dir.path})"
+            ) from None
+        except (OSError, ValueError, KeyError, TypeError, UnicodeError) as e:
+            raise NodeNotRunning(f"cannot read {control.path}: {e}") from None
+        self._agent = Agent(reactor)
+
+    async def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
+        """
+        Call one endpoint: POST with ``body``, or GET without.
+
+        :raises ControlError: with the node's message, for an error answer.
+        :raises NodeNotRunning: when the node does not answer.
+        """
+        headers = Headers({b"authorization": [b"Bearer " + self._token]})
+        producer = None
+        if body is not None:
+            headers.addRawHeader(b"content-type", b"application/json")
+            producer = FileBodyProducer(BytesIO(json.dumps(body).encode("utf-8")))
+        try:
+            response = await self._agent.request(
+                b"POST" if body is not None else b"GET",
+                self._url + path.encode("ascii"),
+                headers,
+                producer,
+            )
+            raw = await readBody(response)
+        except ConnectionError as e:
+            raise NodeNotRunning(f"the node does not answer: {e}") from None
+        except Exception as e:
+            # Twisted's ConnectError family is not a ConnectionError.
+            if type(e).__module__.startswith("twisted.internet.error"):
+                raise NodeNotRunning(f"the node does not answer: {e}") from None
+            raise
+        try:
+            document: dict[str, Any] = json.loads(raw)
+        except ValueError:
+            raise ControlError(f"the node answered {response.code} without JSON") from None
+        if response.code != 200:
+            raise ControlError(str(document.get("error", f"HTTP {response.code}")))
+        return document

@@ -1,0 +1,90 @@
+"""
+Real node processes for tests: ``twistd -n dspring`` on 127.0.0.1.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import time
+
+from twisted.python.filepath import FilePath
+
+TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class NodeProcess:
+    """
+    A ``twistd -n dspring`` process with an unencrypted identity, listening
+    on a free TCP port of 127.0.0.1.
+    """
+
+    def __init__(self, workdir: FilePath[str], name: str, *extra: str) -> None:
+        self.dir = workdir.child(name)
+        self.dir.makedirs(ignoreExistingDirectory=True)
+        self.data_dir = self.dir.child("data")
+        self.log: list[str] = []
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                TWISTD,
+                "-n",
+                "--pidfile",
+                self.dir.child("twistd.pid").path,
+                "dspring",
+                "--data-dir",
+                self.data_dir.path,
+                "--no-passphrase",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+                *extra,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.dir.path,
+        )
+        self.peer_id = ""
+        self.address = ""
+
+    def wait_ready(self, timeout: float = 60) -> None:
+        """
+        Read the log until the node says it is ready.
+
+        :raises AssertionError: with the log, when it does not.
+        """
+        assert self.proc.stdout is not None
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.log.append(line)
+            ready = re.search(r"node ([a-z2-7]{56}) ready at \['(tcp:[0-9.]+:\d+)'", line)
+            if ready:
+                self.peer_id, self.address = ready.groups()
+                return
+        raise AssertionError("node did not start:\n" + "".join(self.log))
+
+    def dspring(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+        """
+        Run the ``dspring`` command on this node's data directory.
+        """
+        return subprocess.run(
+            [sys.executable, "-m", "digitalspring", "--data-dir", self.data_dir.path, *argv],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+        )
+
+    def stop(self) -> str:
+        """
+        Stop the process with SIGTERM; its remaining log.
+        """
+        if self.proc.poll() is None:
+            self.proc.terminate()
+        rest, _ = self.proc.communicate(timeout=60)
+        self.log.append(rest or "")
+        return rest or ""

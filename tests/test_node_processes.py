@@ -1,0 +1,68 @@
+"""
+Real node processes talking to each other over TCP on 127.0.0.1.
+"""
+
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from digitalspring.identity import PeerID
+
+from ._nodes import NodeProcess
+
+
+class PingTests(SynchronousTestCase):
+    def start(self, name: str) -> NodeProcess:
+        node = NodeProcess(self.workdir, name)
+        self.addCleanup(node.stop)
+        node.wait_ready()
+        return node
+
+    def setUp(self) -> None:
+        self.workdir = FilePath(self.mktemp())
+        self.workdir.makedirs()
+
+    def test_ping_by_peer_id(self) -> None:
+        """
+        Two ``twistd -n dspring`` processes: after ``dspring contacts add``,
+        ``dspring ping PEER_ID`` on one reaches the other through the Noise
+        channel and prints round-trip times and statistics like ping(8);
+        both nodes then show the connection.
+        """
+        alice, bob = self.start("alice"), self.start("bob")
+        added = alice.dspring("contacts", "add", bob.peer_id, bob.address)
+        self.assertEqual(added.returncode, 0, added.stderr)
+        ping = alice.dspring("ping", "-c", "3", "-i", "0.2", bob.peer_id)
+        self.assertEqual(ping.returncode, 0, ping.stdout + ping.stderr + "".join(alice.log))
+        lines = ping.stdout.splitlines()
+        self.assertEqual(lines[0], f"PING {bob.peer_id}: 56 data bytes")
+        replies = [line for line in lines if line.startswith(f"56 bytes from {bob.peer_id}")]
+        self.assertEqual(len(replies), 3, ping.stdout)
+        self.assertIn("connected in", replies[0])
+        self.assertIn("3 sent, 3 received, 0% packet loss", ping.stdout)
+        self.assertRegex(ping.stdout, r"rtt min/avg/max/mdev = [\d.]+/[\d.]+/[\d.]+/[\d.]+ ms")
+        status = bob.dspring("status", "--json")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn(alice.peer_id, status.stdout)
+
+    def test_ping_unknown_peer(self) -> None:
+        """
+        Pinging a peer with no known address reports the loss and exits
+        non-zero with one line of error.
+        """
+        alice = self.start("alice")
+        stranger = str(PeerID(bytes(range(32))))
+        ping = alice.dspring("ping", "-c", "1", stranger)
+        self.assertEqual(ping.returncode, 1)
+        self.assertIn("no address is known", ping.stdout)
+        self.assertIn("100% packet loss", ping.stdout)
+        self.assertEqual(len(ping.stderr.strip().splitlines()), 1, ping.stderr)
+
+    def test_ping_without_node(self) -> None:
+        """
+        ``dspring ping`` on a data directory where no node runs says so.
+        """
+        node = NodeProcess(self.workdir, "idle")
+        node.stop()
+        ping = node.dspring("ping", "-c", "1", str(PeerID(bytes(32))))
+        self.assertEqual(ping.returncode, 1)
+        self.assertIn("no node is running", ping.stderr)

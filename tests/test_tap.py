@@ -1,0 +1,274 @@
+"""
+Tests for ``twistd dspring``: its options, ``makeService``, the installed
+dropin, and a real node process.
+"""
+
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+from twisted.internet.testing import MemoryReactorClock
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase
+
+from digitalspring.identity import FAST_KDF, PeerID, create_identity
+from digitalspring.node import Node
+from digitalspring.tap import Options, makeService
+
+_TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+def _parse(*argv: str) -> Options:
+    options = Options()
+    options.parseOptions(list(argv))
+    return options
+
+
+class OptionsTests(SynchronousTestCase):
+    def test_defaults(self) -> None:
+        """
+        Without options the node uses ~/.dspring and listens on tcp:7655.
+        """
+        options = _parse()
+        self.assertEqual(options["data-dir"].path, os.path.expanduser("~/.dspring"))
+        self.assertEqual(options["listen"], ["tcp:7655"])
+        self.assertEqual(options["bootstrap"], [])
+
+    def test_repeatable(self) -> None:
+        """
+        --listen and --bootstrap may be given several times.
+        """
+        peer = str(PeerID(bytes(32)))
+        options = _parse(
+            "--listen",
+            "tcp:1",
+            "--listen",
+            "tcp:2:interface=127.0.0.1",
+            "--bootstrap",
+            f"{peer}@tcp:127.0.0.1:1",
+            "--bootstrap",
+            f"{peer}@tcp:127.0.0.1:2",
+        )
+        self.assertEqual(options["listen"], ["tcp:1", "tcp:2:interface=127.0.0.1"])
+        self.assertEqual(
+            [str(b) for b in options["bootstrap"]],
+            [f"{peer}@tcp:127.0.0.1:1", f"{peer}@tcp:127.0.0.1:2"],
+        )
+
+    def test_bad_values(self) -> None:
+        """
+        Malformed --listen and --bootstrap values, and contradictory
+        passphrase options, are usage errors that say what is wrong.
+        """
+        for argv, text in [
+            (["--listen", "7655"], "TRANSPORT:ADDRESS"),
+            (["--bootstrap", "nonsense"], "PEER_ID@"),
+            (["--bootstrap", "abc@tcp:127.0.0.1:1"], "56 characters"),
+            (["--no-passphrase", "--passphrase-file", "x"], "not both"),
+        ]:
+            e = self.assertRaises(usage.UsageError, _parse, *argv)
+            self.assertIn(text, str(e))
+
+
+class MakeServiceTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.data_dir = FilePath(self.mktemp())
+
+    def test_creates_identity(self) -> None:
+        """
+        makeService with --no-passphrase creates an identity and builds a
+        Node with tcp among its transports, without starting anything.
+        """
+        reactor = MemoryReactorClock()
+        node = makeService(
+            _parse("--data-dir", self.data_dir.path, "--no-passphrase"), reactor
+        )
+        self.assertIsInstance(node, Node)
+        self.assertIn("tcp", node.transports)
+        self.assertEqual(reactor.tcpServers, [])
+        self.assertTrue(self.data_dir.child("identity.key").exists())
+
+    def test_passphrase_needed(self) -> None:
+        """
+        Without any passphrase option, makeService refuses to create an
+        identity, with one line of explanation and no traceback.
+        """
+        e = self.assertRaises(
+            SystemExit, makeService, _parse("--data-dir", self.data_dir.path), MemoryReactorClock()
+        )
+        self.assertIn("--no-passphrase", str(e))
+        self.assertFalse(self.data_dir.child("identity.key").exists())
+
+    def test_encrypted(self) -> None:
+        """
+        An encrypted identity opens with --passphrase-file, and a wrong
+        passphrase ends with a one-line error.
+        """
+        identity = create_identity(self.data_dir, b"right", FAST_KDF)
+        good, bad = FilePath(self.mktemp()), FilePath(self.mktemp())
+        good.setContent(b"right\n")
+        bad.setContent(b"wrong\n")
+        node = makeService(
+            _parse("--data-dir", self.data_dir.path, "--passphrase-file", good.path),
+            MemoryReactorClock(),
+        )
+        self.assertEqual(node.peer_id, identity.peer_id)
+        e = self.assertRaises(
+            SystemExit,
+            makeService,
+            _parse("--data-dir", self.data_dir.path, "--passphrase-file", bad.path),
+            MemoryReactorClock(),
+        )
+        self.assertIn("wrong passphrase", str(e))
+
+    def test_unknown_transport(self) -> None:
+        """
+        Listening on an unknown transport ends with an error naming the
+        installed ones.
+        """
+        e = self.assertRaises(
+            SystemExit,
+            makeService,
+            _parse("--data-dir", self.data_dir.path, "--no-passphrase", "--listen", "carrier:1"),
+            MemoryReactorClock(),
+        )
+        self.assertIn("unknown transport 'carrier'", str(e))
+        self.assertIn("tcp", str(e))
+
+
+class InstalledTests(SynchronousTestCase):
+    def _python(self, *argv: str, **kwargs: object) -> subprocess.CompletedProcess[str]:
+        # Outside the source tree, with no PYTHONPATH: only what is
+        # installed can be found.
+        cwd = FilePath(self.mktemp())
+        cwd.makedirs()
+        env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+        return subprocess.run(
+            [sys.executable, *argv],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            cwd=cwd.path,
+            env=env,
+            **kwargs,  # type: ignore[call-overload]
+        )
+
+    def test_dropin_discovered(self) -> None:
+        """
+        From a directory outside the source tree, Twisted's plugin system
+        finds the ``dspring`` twistd plugin and the built-in transports of
+        the installed package.
+        """
+        result = self._python(
+            "-c",
+            "from twisted.plugin import getPlugins\n"
+            "from twisted.application.service import IServiceMaker\n"
+            "from digitalspring.transport import transport_plugins\n"
+            "print(sorted(p.tapname for p in getPlugins(IServiceMaker)))\n"
+            "print(sorted(transport_plugins()))\n",
+        )
+        self.assertEqual(result.returncode, 0, result.stderr)
+        tapnames, transports = result.stdout.splitlines()
+        self.assertIn("'dspring'", tapnames)
+        self.assertIn("'memory'", transports)
+        self.assertIn("'tcp'", transports)
+
+    def test_help(self) -> None:
+        """
+        ``twistd -n dspring --help`` lists the node's options.
+        """
+        result = self._python("-c", _TWISTD, "-n", "dspring", "--help")
+        self.assertEqual(result.returncode, 0, result.stderr)
+        for option in (
+            "--data-dir",
+            "--listen",
+            "--bootstrap",
+            "--passphrase-file",
+            "--no-passphrase",
+        ):
+            self.assertIn(option, result.stdout)
+
+
+class ProcessTests(SynchronousTestCase):
+    """
+    A real ``twistd -n dspring`` process on 127.0.0.1.
+    """
+
+    def setUp(self) -> None:
+        self.workdir = FilePath(self.mktemp())
+        self.workdir.makedirs()
+        self.data_dir = self.workdir.child("node")
+
+    def _twistd(self, *argv: str) -> subprocess.Popen[str]:
+        return subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _TWISTD,
+                "-n",
+                "--pidfile",
+                self.workdir.child("twistd.pid").path,
+                "dspring",
+                "--data-dir",
+                self.data_dir.path,
+                *argv,
+            ],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            cwd=self.workdir.path,
+        )
+
+    def test_start_listen_stop(self) -> None:
+        """
+        A node started with --no-passphrase creates its identity, logs its
+        peer ID and listening address, accepts a TCP connection there, and
+        on SIGTERM shuts down cleanly with no traceback (twistd then ends
+        itself with the same signal, as a daemon should).
+        """
+        proc = self._twistd("--no-passphrase", "--listen", "tcp:0:interface=127.0.0.1")
+        self.addCleanup(lambda: proc.poll() is None and proc.kill())
+        assert proc.stdout is not None
+        lines: list[str] = []
+        deadline = time.monotonic() + 60
+        port = None
+        while time.monotonic() < deadline:
+            line = proc.stdout.readline()
+            if not line:
+                break
+            lines.append(line)
+            match = re.search(r"listening on tcp:127\.0\.0\.1:(\d+)", line)
+            if match:
+                port = int(match.group(1))
+                break
+        output = "".join(lines)
+        self.assertIsNotNone(port, output)
+        peer_ids = re.findall(r"node ([a-z2-7]{56}) starting", output)
+        self.assertEqual(len(peer_ids), 1, output)
+        PeerID.parse(peer_ids[0])
+        with socket.create_connection(("127.0.0.1", port), timeout=10):
+            pass
+        proc.send_signal(signal.SIGTERM)
+        rest, _ = proc.communicate(timeout=60)
+        self.assertIn(proc.returncode, (0, -signal.SIGTERM), output + rest)
+        self.assertNotIn("Traceback", output + rest)
+        self.assertIn("Main loop terminated", rest)
+        self.assertIn("Server Shut Down", rest)
+        self.assertFalse(self.data_dir.child("control.json").exists())
+
+    def test_refuses_without_passphrase(self) -> None:
+        """
+        A first start without a passphrase option exits non-zero with a
+        clear message, and creates no key file.
+        """
+        proc = self._twistd()
+        output, _ = proc.communicate(timeout=60)
+        self.assertNotEqual(proc.returncode, 0)
+        self.assertIn("--no-passphrase", output)
+        self.assertNotIn("Traceback", output)
+        self.assertFalse(self.data_dir.child("identity.key").exists())
