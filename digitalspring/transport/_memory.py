@@ -773,8 +773,17 @@ class MemoryConnection:
         producer, self.producer = self.producer, None
         if producer is not None:
             producer.stopProducing()
-        if self.protocol is not None:
-            self.protocol.connectionLost(Failure(reason))  # type: ignore[no-untyped-call]
+        # Like Twisted's tcp.Connection, let go of the protocol and the
+        # other end, so a finished connection is freed by reference
+        # counting instead of waiting for the cyclic collector.
+        protocol, self.protocol = self.protocol, None
+        self.incoming.receiver = None
+        self.outgoing.sender = None
+        if self.peer is not None and self.peer.lost:
+            self.peer.peer = None
+            self.peer = None
+        if protocol is not None:
+            protocol.connectionLost(Failure(reason))  # type: ignore[no-untyped-call]
 
     def _sever(self, why: str) -> None:
         # Both ends lose the connection at once (a host went offline).
