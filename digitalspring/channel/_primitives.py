@@ -344,16 +344,23 @@ class HashFunction:
     # longer than a block, so HMAC's key hashing step never applies; the
     # padded temp_key serves every output.
 
-    def hkdf2(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+    def _hkdf_pads(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
         """
-        ``HKDF(chaining_key, input_key_material, 2)``.
+        HKDF's ``temp_key = HMAC-HASH(chaining_key, input_key_material)``,
+        as the inner and outer padded keys that every output's HMAC uses.
         """
         new = self._new
         key = chaining_key.ljust(self.blocklen, b"\0")
         key = new(key.translate(_OPAD) + new(key.translate(_IPAD) + ikm).digest()).digest()
         key = key.ljust(self.blocklen, b"\0")
-        inner = key.translate(_IPAD)
-        outer = key.translate(_OPAD)
+        return key.translate(_IPAD), key.translate(_OPAD)
+
+    def hkdf2(self, chaining_key: bytes, ikm: bytes) -> tuple[bytes, bytes]:
+        """
+        ``HKDF(chaining_key, input_key_material, 2)``.
+        """
+        new = self._new
+        inner, outer = self._hkdf_pads(chaining_key, ikm)
         output1 = new(outer + new(inner + b"\x01").digest()).digest()
         output2 = new(outer + new(inner + output1 + b"\x02").digest()).digest()
         return output1, output2
@@ -363,11 +370,7 @@ class HashFunction:
         ``HKDF(chaining_key, input_key_material, 3)``.
         """
         new = self._new
-        key = chaining_key.ljust(self.blocklen, b"\0")
-        key = new(key.translate(_OPAD) + new(key.translate(_IPAD) + ikm).digest()).digest()
-        key = key.ljust(self.blocklen, b"\0")
-        inner = key.translate(_IPAD)
-        outer = key.translate(_OPAD)
+        inner, outer = self._hkdf_pads(chaining_key, ikm)
         output1 = new(outer + new(inner + b"\x01").digest()).digest()
         output2 = new(outer + new(inner + output1 + b"\x02").digest()).digest()
         output3 = new(outer + new(inner + output2 + b"\x03").digest()).digest()
