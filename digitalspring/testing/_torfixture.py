@@ -86,7 +86,7 @@ def shared_tor_network(reactor: Reactor) -> Deferred[PrivateTorNetwork]:
         )
     _shared.base_dir = tempfile.mkdtemp(prefix="digitalspring-tornet-")
     network = PrivateTorNetwork(reactor, _shared.base_dir, namespace=_shared.namespace)
-    reactor.addSystemEventTrigger("before", "shutdown", _stop_shared, network)
+    reactor.addSystemEventTrigger("before", "shutdown", _stop_shared, _shared, network)
 
     def started(_: object) -> None:
         _shared.network = network
@@ -104,7 +104,13 @@ def shared_tor_network(reactor: Reactor) -> Deferred[PrivateTorNetwork]:
     return waiter
 
 
-def _stop_shared(network: PrivateTorNetwork) -> Deferred[None]:
+def _stop_shared(state: _Shared, network: PrivateTorNetwork) -> Deferred[None]:
+    global _shared
+    if _shared is state:
+        # Forget it at once: a later run in this process (trial
+        # --until-failure) starts a new one.
+        _shared = _Shared()
+
     async def stop() -> None:
         try:
             await network.stop()
@@ -112,11 +118,12 @@ def _stop_shared(network: PrivateTorNetwork) -> Deferred[None]:
             log.failure("stopping the shared Tor test network")
             raise
         else:
-            if _shared.base_dir is not None and _shared.failure is None:
-                shutil.rmtree(_shared.base_dir, ignore_errors=True)
+            # Keep the logs of a network that failed to start.
+            if state.base_dir is not None and state.failure is None:
+                shutil.rmtree(state.base_dir, ignore_errors=True)
         finally:
-            if _shared.namespace is not None:
-                _shared.namespace.close()
+            if state.namespace is not None:
+                state.namespace.close()
 
     return Deferred.fromCoroutine(stop())
 
