@@ -1,5 +1,5 @@
 """
-Tests for the private Tor test network (``digitalspring.testing._tornet``)
+Tests for the private Tor test network (``digitalspring.testing._tor*``)
 and the network namespace it runs in.
 
 The Tor tests need ``tor`` and ``tor-gencert`` (``apt-get install tor``) and
@@ -27,20 +27,19 @@ from digitalspring.testing._torcontrol import (
 )
 from digitalspring.testing._torecho import echo_factory, measure_echo
 from digitalspring.testing._torfixture import enter_shared_tor_network
+from digitalspring.testing._torkeys import (
+    AUTHORITIES,
+    DEFAULT_RELAYS,
+    load_or_create_template,
+)
 from digitalspring.testing._tornamespace import (
     NamespaceUnavailable,
     NetworkNamespace,
     WrongThread,
     isolated_namespace_or_none,
 )
-from digitalspring.testing._tornet import (
-    AUTHORITIES,
-    DEFAULT_RELAYS,
-    PrivateTorNetwork,
-    consensus_not_ready,
-    load_or_create_template,
-    tor_binary_or_skip,
-)
+from digitalspring.testing._tornet import PrivateTorNetwork, consensus_not_ready
+from digitalspring.testing._torprocess import tor_binary_or_skip
 
 #: What the Tor tests measured in this run, for benchmarks and the log.
 MEASUREMENTS: dict[str, float] = {}

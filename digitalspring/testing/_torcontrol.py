@@ -10,6 +10,7 @@ from __future__ import annotations
 import re
 from typing import Any, cast
 
+import txtorcon
 from attrs import frozen
 from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred, maybeDeferred
@@ -83,8 +84,6 @@ async def connect_control(
     :returns: a ``txtorcon.Tor``.
     :raises ConnectError: if the port still refuses after ``timeout`` seconds.
     """
-    import txtorcon
-
     deadline = reactor.seconds() + timeout
     while True:
         endpoint = loopback_endpoint(reactor, control_port, namespace)

@@ -29,7 +29,8 @@ from twisted.python.failure import Failure
 
 from digitalspring.testing._torcontrol import Reactor
 from digitalspring.testing._tornamespace import NetworkNamespace, isolated_namespace_or_none
-from digitalspring.testing._tornet import PrivateTorNetwork, tor_binary_or_skip
+from digitalspring.testing._tornet import PrivateTorNetwork
+from digitalspring.testing._torprocess import tor_binary_or_skip
 
 log = Logger()
 
