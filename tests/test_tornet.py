@@ -17,9 +17,15 @@ import threading
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import ConnectionRefusedError as RefusedError
+from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Factory, Protocol
 from twisted.trial.unittest import SkipTest, SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
 
 from digitalspring.testing._torcontrol import (
+    NamespacedEndpoint,
     bootstrap_progress,
     close_control,
     publish_onion_service,
@@ -146,6 +152,47 @@ class NamespaceTests(SynchronousTestCase):
         thread.start()
         thread.join()
         self.assertEqual(len(errors), 1)
+
+
+class NamespacedEndpointTests(TestCase):
+    """
+    Connections made from inside a namespace, on the real reactor.
+    """
+
+    def setUp(self) -> None:
+        try:
+            self.namespace = NetworkNamespace.create()
+        except NamespaceUnavailable as e:
+            raise SkipTest(f"network namespaces need root on Linux: {e}") from e
+        self.addCleanup(self.namespace.close)
+        self.reactor = _reactor()
+        with self.namespace.entered():
+            self.port = self.reactor.listenTCP(0, Factory.forProtocol(Protocol),
+                                               interface="127.0.0.1")
+        self.addCleanup(self.port.stopListening)
+
+    def test_interface(self) -> None:
+        """
+        ``NamespacedEndpoint`` provides ``IStreamClientEndpoint``.
+        """
+        wrapped = TCP4ClientEndpoint(self.reactor, "127.0.0.1", 1)
+        self.assertTrue(verifyObject(IStreamClientEndpoint, NamespacedEndpoint(None, wrapped)))
+
+    async def test_connects_inside(self) -> None:
+        """
+        Through ``NamespacedEndpoint`` the reactor thread reaches a port
+        inside the namespace that a plain endpoint cannot reach, and it is
+        back outside afterwards.
+        """
+        address = self.port.getHost()
+        plain = TCP4ClientEndpoint(self.reactor, "127.0.0.1", address.port)
+        with self.assertRaises(RefusedError):
+            await plain.connect(Factory.forProtocol(Protocol))
+        endpoint = NamespacedEndpoint(self.namespace, plain)
+        protocol = await endpoint.connect(Factory.forProtocol(Protocol))
+        self.assertFalse(self.namespace.is_entered)
+        self.assertIsNotNone(protocol.transport)
+        protocol.transport.loseConnection()
 
 
 class FindTorTests(SynchronousTestCase):
