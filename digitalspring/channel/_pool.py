@@ -5,7 +5,7 @@ The connection pool: one secure AMP connection per peer, dialled by peer ID.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from twisted.application.service import Service
@@ -94,10 +94,15 @@ class ConnectionPool(Service):
         """
         return dict(self._connections)
 
-    def connect(self, peer_id: PeerID) -> Deferred[PeerConnection]:
+    def connect(
+        self, peer_id: PeerID, addresses: Sequence[str] | None = None
+    ) -> Deferred[PeerConnection]:
         """
         The connection with ``peer_id``: the live one, or a new one.
 
+        :param addresses: where to dial it, ``NAME:ADDRESS``, when the caller
+            knows (the DHT does, for contacts it learned in a lookup); by
+            default the directory says.
         :returns: a Deferred that fires with the :class:`PeerConnection`.
         :raises PeerUnreachable: (through the Deferred) when no address of
             the peer answered, or the peer is in its backoff delay.
@@ -113,21 +118,22 @@ class ConnectionPool(Service):
         self._waiting.setdefault(peer_id, []).append(d)
         if peer_id not in self._dialling:
             self._dialling.add(peer_id)
-            dial = Deferred.fromCoroutine(self._dial(peer_id))
+            dial = Deferred.fromCoroutine(self._dial(peer_id, addresses))
             dial.addErrback(self._dial_failed, peer_id)
         return d
 
     async def _refuse_self(self) -> PeerConnection:
         raise PeerUnreachable("a node does not connect to itself")
 
-    async def _dial(self, peer_id: PeerID) -> None:
+    async def _dial(self, peer_id: PeerID, addresses: Sequence[str] | None) -> None:
         failures = self._failures.get(peer_id)
         if failures is not None and failures[1] > self.clock.seconds():
             raise BackingOff(
                 f"{peer_id} was unreachable; next try in "
                 f"{failures[1] - self.clock.seconds():.1f} s"
             )
-        addresses = await self.directory.resolve(peer_id)
+        if addresses is None:
+            addresses = await self.directory.resolve(peer_id)
         factory = self.server_factory.for_dialling(peer_id)
         errors = []
         for address in addresses:

@@ -1,0 +1,630 @@
+# -*- test-case-name: tests.test_dht -*-
+"""
+The DHT service: Kademlia over the connection pool's secure channels.
+
+It answers the DHT's AMP commands on every connection of the pool, keeps
+the routing table and what this node stores for others, publishes the
+node's own signed record (on start, when its addresses change, and before
+the record expires), and on the injected clock refreshes idle buckets and
+re-replicates the records it holds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import frozen
+from twisted.application.service import Service
+from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.task import LoopingCall
+from twisted.logger import Logger
+from twisted.protocols import amp
+from twisted.python.failure import Failure
+from zope.interface import implementer
+
+from ..channel import ConnectionPool, PeerConnection
+from ..identity import PeerID
+from ._ids import id_bytes, id_from_bytes, node_id, random_id_in_bucket
+from ._interfaces import IDistributedHashTable
+from ._lookup import Answer, Lookup, LookupResult
+from ._record import CLOCK_SKEW, MAX_LIFETIME, PeerRecord, RecordRejected, sign_record
+from ._record import verify_record as _verify_record
+from ._routing import Contact, RoutingTable
+from ._rpc import (
+    MAILBOX,
+    RECORD,
+    BadDHTRequest,
+    DHTPing,
+    FindNode,
+    FindValue,
+    Store,
+)
+from ._store import StoredRecord, ValueStore
+from ._value import (
+    DEFAULT_DIFFICULTY,
+    MAX_VALUE_SIZE,
+    MAX_VALUE_TTL,
+    ValueRejected,
+    ValueTooLarge,
+    ValueTTLTooLong,
+    check_value,
+    solve,
+)
+
+#: The most bytes of values one FindValue answer carries.
+_MAX_VALUES_ANSWER = 48 * 1024
+
+
+@frozen
+class DHTSettings:
+    """
+    The DHT's parameters.
+
+    :ivar k: bucket size and replication factor.
+    :ivar alpha: requests in flight per lookup.
+    :ivar rpc_timeout: seconds a request (dialling included) may take.
+    :ivar lookup_deadline: seconds a whole lookup may take.
+    :ivar record_lifetime: how long this node's records are valid.
+    :ivar republish_interval: how often this node signs a new record anyway
+        (well within ``record_lifetime``).
+    :ivar refresh_interval: a bucket no lookup touched for this long is
+        refreshed with a lookup of a random ID in it.
+    :ivar replicate_interval: a record held for others and not stored again
+        by anyone for this long is stored again at the ``k`` closest nodes.
+    :ivar maintenance_interval: how often the checks above run.
+    :ivar stale_after: see :class:`~digitalspring.dht.RoutingTable`.
+    :ivar replacements: newcomers remembered per full bucket.
+    :ivar subnet_limit: contacts per IPv4 /24 per bucket (``None``: no
+        limit).
+    :ivar max_failures: failed requests in a row before a contact is
+        replaced.
+    :ivar clock_skew: how far in the future a record may be dated.
+    :ivar max_record_lifetime: the longest validity of a record accepted.
+    :ivar pow_difficulty: leading zero bits asked of small values.
+    :ivar bootstrap_retry: seconds between attempts to join while no
+        bootstrap peer answers.
+    """
+
+    k: int = 20
+    alpha: int = 3
+    rpc_timeout: float = 5.0
+    lookup_deadline: float = 30.0
+    record_lifetime: float = 4 * 3600.0
+    republish_interval: float = 3600.0
+    refresh_interval: float = 3600.0
+    replicate_interval: float = 3600.0
+    maintenance_interval: float = 60.0
+    stale_after: float = 900.0
+    replacements: int = 10
+    subnet_limit: int | None = 2
+    max_failures: int = 2
+    clock_skew: float = CLOCK_SKEW
+    max_record_lifetime: float = MAX_LIFETIME
+    pow_difficulty: int = DEFAULT_DIFFICULTY
+    bootstrap_retry: float = 60.0
+
+
+class DHTResponder(amp.CommandLocator):
+    """
+    The DHT's commands on one connection of the pool.
+    """
+
+    log = Logger()
+
+    def __init__(self, dht: DHT, connection: PeerConnection) -> None:
+        self.dht = dht
+        self.connection = connection
+
+    def _heard(self, origin: tuple[str, ...]) -> None:
+        self.dht.table.observe(Contact(self.connection.peer_id, origin))
+
+    def _key(self, key: bytes) -> int:
+        try:
+            return id_from_bytes(key)
+        except ValueError as e:
+            raise BadDHTRequest(str(e)) from None
+
+    @DHTPing.responder
+    def ping(self, origin: tuple[str, ...]) -> dict[str, Any]:
+        self._heard(origin)
+        return {}
+
+    @FindNode.responder
+    def find_node(self, key: bytes, origin: tuple[str, ...]) -> dict[str, Any]:
+        target = self._key(key)
+        self._heard(origin)
+        return {"contacts": self.dht.table.closest(target)}
+
+    @FindValue.responder
+    def find_value(self, key: bytes, kind: str, origin: tuple[str, ...]) -> dict[str, Any]:
+        target = self._key(key)
+        self._heard(origin)
+        record = None
+        values: list[bytes] = []
+        if kind == RECORD:
+            held = self.dht.store.get_record(target)
+            record = None if held is None else held.signed
+        elif kind == MAILBOX:
+            size = 0
+            for value in self.dht.store.get_values(target):
+                size += len(value) + 2
+                if size > _MAX_VALUES_ANSWER:
+                    break
+                values.append(value)
+        else:
+            raise BadDHTRequest(f"no such kind of DHT value: {kind[:40]!r}")
+        return {"record": record, "values": values, "contacts": self.dht.table.closest(target)}
+
+    @Store.responder
+    def store(self, kind: str, data: bytes, origin: tuple[str, ...]) -> dict[str, Any]:
+        self._heard(origin)
+        peer = str(self.connection.peer_id)
+        if kind == RECORD:
+            try:
+                record, kept = self.dht.store.put_record(data)
+            except RecordRejected as e:
+                self.log.info(
+                    "rejected a peer record from {peer}: {reason}",
+                    peer=peer,
+                    reason=str(e),
+                    rejection=e.__class__.__name__,
+                )
+                raise
+            self.log.debug(
+                "record {sequence} of {owner} from {peer}: {outcome}",
+                sequence=record.sequence,
+                owner=str(record.peer_id),
+                peer=peer,
+                outcome="kept" if kept else "not newer",
+            )
+            return {"stored": kept}
+        if kind == MAILBOX:
+            try:
+                self.dht.store.put_value(data)
+            except ValueRejected as e:
+                self.log.info(
+                    "rejected a DHT value from {peer}: {reason}",
+                    peer=peer,
+                    reason=str(e),
+                    rejection=e.__class__.__name__,
+                )
+                raise
+            return {"stored": True}
+        raise BadDHTRequest(f"no such kind of DHT value: {kind[:40]!r}")
+
+
+@implementer(IDistributedHashTable)
+class DHT(Service):
+    """
+    A Kademlia node.
+
+    :param pool: the connection pool whose secure connections carry the
+        requests; the DHT adds its commands to the pool's locators, so build
+        it before the pool starts.
+    :param settings: the DHT's parameters.
+    :param bootstrap: peers to join the network through.
+    :ivar table: the :class:`~digitalspring.dht.RoutingTable`.
+    :ivar store: what this node holds for others (and its own record).
+    :ivar joined: fires once the first attempt to join has ended.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        pool: ConnectionPool,
+        settings: DHTSettings | None = None,
+        bootstrap: Iterable[Contact] = (),
+    ) -> None:
+        self.pool = pool
+        self.identity = pool.identity
+        self.peer_id = pool.identity.peer_id
+        self.clock = pool.clock
+        self.settings = settings = settings or DHTSettings()
+        self.own_id = node_id(self.peer_id)
+        self.table = RoutingTable(
+            self.peer_id,
+            self.clock,
+            self._ping,
+            k=settings.k,
+            replacements=settings.replacements,
+            subnet_limit=settings.subnet_limit,
+            stale_after=settings.stale_after,
+            max_failures=settings.max_failures,
+        )
+        self.table.added.append(self._contact_added)
+        self.store = ValueStore(
+            self.clock,
+            skew=settings.clock_skew,
+            max_lifetime=settings.max_record_lifetime,
+            difficulty=settings.pow_difficulty,
+        )
+        self.bootstrap_contacts = list(bootstrap)
+        self.own_record: StoredRecord | None = None
+        self.published_at: float = -math.inf
+        self.published_to = 0
+        self.joined: Deferred[None] = Deferred()
+        self._origin: tuple[str, ...] = ()
+        self._published_addresses: tuple[str, ...] | None = None
+        self._sequence = 0
+        self._joining = False
+        self._publishing = False
+        self._publish_wanted = False
+        self._publish_call: Any = None
+        self._replicated: dict[int, float] = {}
+        self._loop: LoopingCall | None = None
+        pool.locators.append(self._locator)
+
+    def _locator(self, connection: PeerConnection) -> DHTResponder:
+        return DHTResponder(self, connection)
+
+    # -- this node's addresses ---------------------------------------------------------
+
+    def addresses(self) -> list[str]:
+        """
+        Where this node can be dialled now, ``NAME:ADDRESS``: what it
+        publishes.
+        """
+        return [
+            f"{name}:{address}"
+            for name, transport in sorted(self.pool.transports.items())
+            for address in transport.published_addresses()
+        ]
+
+    def addresses_changed(self) -> None:
+        """
+        The node listens somewhere new (or no longer): publish a new record
+        once joined.
+        """
+        self._origin = tuple(self.addresses())
+        if tuple(self._origin) != self._published_addresses:
+            self._publish_soon(0)
+
+    # -- requests ------------------------------------------------------------------
+
+    def _call(self, contact: Contact, command: type[amp.Command], **kw: Any) -> Deferred[Any]:
+        pool = self.pool
+        origin = self._origin
+
+        async def call() -> Any:
+            connection = await pool.connect(contact.peer_id, contact.addresses)
+            return await connection.callRemote(command, origin=origin, **kw)
+
+        d = Deferred.fromCoroutine(call())
+        d.addTimeout(self.settings.rpc_timeout, self.clock)
+        d.addCallbacks(
+            self._call_ok, self._call_failed, callbackArgs=(contact,), errbackArgs=(contact,)
+        )
+        return d
+
+    def _call_ok(self, result: Any, contact: Contact) -> Any:
+        self.table.observe(contact)
+        return result
+
+    def _call_failed(self, failure: Failure, contact: Contact) -> Failure:
+        if failure.check(RecordRejected, ValueRejected, BadDHTRequest):
+            # It answered, if not what we hoped.
+            self.table.observe(contact)
+        else:
+            self.table.failed(contact.peer_id)
+        return failure
+
+    def _ping(self, contact: Contact) -> Deferred[Any]:
+        return self._call(contact, DHTPing)
+
+    def _ask_nodes(self, key: bytes) -> Callable[[Contact], Deferred[Answer]]:
+        def ask(contact: Contact) -> Deferred[Answer]:
+            d = self._call(contact, FindNode, key=key)
+            d.addCallback(lambda answer: Answer(tuple(answer["contacts"])))
+            return d
+
+        return ask
+
+    def _ask_record(self, peer_id: PeerID) -> Callable[[Contact], Deferred[Answer]]:
+        key = id_bytes(node_id(peer_id))
+
+        def ask(contact: Contact) -> Deferred[Answer]:
+            d = self._call(contact, FindValue, key=key, kind=RECORD)
+            d.addCallback(self._record_answer, peer_id, contact)
+            return d
+
+        return ask
+
+    def _record_answer(self, answer: dict[str, Any], peer_id: PeerID, contact: Contact) -> Answer:
+        found = None
+        signed = answer["record"]
+        if signed is not None:
+            now = self.clock.seconds()
+            try:
+                record = _verify_record(
+                    signed, now, self.settings.clock_skew, self.settings.max_record_lifetime
+                )
+            except RecordRejected as e:
+                self.log.info(
+                    "{peer} answered with a record we reject: {reason}",
+                    peer=str(contact.peer_id),
+                    reason=str(e),
+                )
+            else:
+                if record.peer_id == peer_id:
+                    found = StoredRecord(record, signed, now)
+                else:
+                    self.log.info(
+                        "{peer} answered with the record of another peer",
+                        peer=str(contact.peer_id),
+                    )
+        return Answer(tuple(answer["contacts"]), found)
+
+    def _ask_values(self, key: bytes) -> Callable[[Contact], Deferred[Answer]]:
+        def ask(contact: Contact) -> Deferred[Answer]:
+            d = self._call(contact, FindValue, key=key, kind=MAILBOX)
+            d.addCallback(self._values_answer, key)
+            return d
+
+        return ask
+
+    def _values_answer(self, answer: dict[str, Any], key: bytes) -> Answer:
+        now = self.clock.seconds()
+        values = []
+        for data in answer["values"]:
+            try:
+                value = check_value(data, now, self.settings.pow_difficulty)
+            except ValueRejected:
+                continue
+            if value.key == key:
+                values.append(value.value)
+        return Answer(tuple(answer["contacts"]), tuple(values) or None)
+
+    # -- lookups -------------------------------------------------------------------
+
+    def lookup(
+        self,
+        target: int,
+        query: Callable[[Contact], Deferred[Answer]],
+        find_value: bool = False,
+    ) -> Deferred[LookupResult]:
+        """
+        Run an iterative lookup for ``target`` from our closest contacts.
+
+        :param query: what to ask each node.
+        :param find_value: whether to stop at the first answer holding a
+            value.
+        :returns: a Deferred that fires with the :class:`LookupResult`.
+        """
+        settings = self.settings
+        self.table.touch(target)
+        return Lookup(
+            target,
+            self.table.closest(target),
+            query,
+            self.clock,
+            self.own_id,
+            k=settings.k,
+            alpha=settings.alpha,
+            deadline=settings.lookup_deadline,
+            find_value=find_value,
+        ).start()
+
+    def find_nodes(self, key: bytes) -> Deferred[LookupResult]:
+        return self.lookup(id_from_bytes(key), self._ask_nodes(key))
+
+    def find_peer(self, peer_id: PeerID) -> Deferred[LookupResult]:
+        return self.lookup(node_id(peer_id), self._ask_record(peer_id), find_value=True)
+
+    def get(self, key: bytes) -> Deferred[list[bytes]]:
+        d = self.lookup(id_from_bytes(key), self._ask_values(key), find_value=True)
+        return d.addCallback(lambda result: list(result.found or ()))
+
+    # -- storing -------------------------------------------------------------------
+
+    async def _replicate(self, key: int, kind: str, data: bytes) -> int:
+        result = await self.lookup(key, self._ask_nodes(id_bytes(key)))
+        stores = [self._call(contact, Store, kind=kind, data=data) for contact in result.closest]
+        outcomes = await DeferredList(stores, consumeErrors=True)
+        return sum(1 for ok, answer in outcomes if ok and answer["stored"])
+
+    def publish(self) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._publish())
+
+    async def _publish(self) -> int:
+        if self._publishing:
+            self._publish_wanted = True
+            return 0
+        addresses = self.addresses()
+        if not addresses:
+            return 0
+        self._publishing = True
+        try:
+            now = self.clock.seconds()
+            self._sequence = max(self._sequence + 1, int(now * 1000))
+            record = PeerRecord(
+                self.peer_id,
+                self._sequence,
+                int(now),
+                int(now + self.settings.record_lifetime),
+                addresses,
+            )
+            signed = sign_record(record, self.identity)
+            self.store.put_record(signed)
+            self.own_record = StoredRecord(record, signed, now)
+            self._origin = self._published_addresses = tuple(addresses)
+            self.published_at = now
+            count = await self._replicate(self.own_id, RECORD, signed)
+            self.published_to = count
+            self.log.info(
+                "published peer record {sequence} with {addresses} at {count} nodes",
+                sequence=record.sequence,
+                addresses=addresses,
+                count=count,
+            )
+            return count
+        finally:
+            self._publishing = False
+            if self._publish_wanted:
+                self._publish_wanted = False
+                self._publish_soon(0)
+
+    def _publish_soon(self, delay: float) -> None:
+        if not self.running:
+            return
+        if self._publish_call is not None and self._publish_call.active():
+            return
+        self._publish_call = self.clock.callLater(delay, self._publish_now)
+
+    def _publish_now(self) -> None:
+        self._publish_call = None
+        if self._joining:
+            self._publish_wanted = True
+            return
+        self.publish().addErrback(self._log_failure, "publishing the peer record")
+
+    def put(self, key: bytes, value: bytes, ttl: float) -> Deferred[int]:
+        return Deferred.fromCoroutine(self._put(key, value, ttl))
+
+    async def _put(self, key: bytes, value: bytes, ttl: float) -> int:
+        if len(value) > MAX_VALUE_SIZE:
+            raise ValueTooLarge(
+                f"a DHT value has at most {MAX_VALUE_SIZE} bytes, not {len(value)}"
+            )
+        if not 0 < ttl <= MAX_VALUE_TTL:
+            raise ValueTTLTooLong(f"a DHT value is kept for at most {MAX_VALUE_TTL} s")
+        expires = int(self.clock.seconds() + ttl)
+        mailbox = solve(key, value, expires, self.settings.pow_difficulty)
+        return await self._replicate(id_from_bytes(key), MAILBOX, mailbox.encode())
+
+    # -- joining and upkeep --------------------------------------------------------
+
+    def startService(self) -> None:
+        super().startService()
+        self._origin = tuple(self.addresses())
+        self._loop = LoopingCall(self._maintain)
+        self._loop.clock = self.clock
+        self._loop.start(self.settings.maintenance_interval, now=False).addErrback(
+            self._log_failure, "DHT upkeep"
+        )
+        self._join_network().chainDeferred(self.joined)
+
+    def stopService(self) -> Deferred[None]:
+        super().stopService()
+        if self._loop is not None and self._loop.running:
+            self._loop.stop()
+        if self._publish_call is not None and self._publish_call.active():
+            self._publish_call.cancel()
+        return succeed(None)
+
+    def _join_network(self) -> Deferred[None]:
+        d = Deferred.fromCoroutine(self._join())
+        d.addErrback(self._log_failure, "joining the DHT")
+        return d
+
+    async def _join(self) -> None:
+        if not self.bootstrap_contacts:
+            self.log.info("no DHT bootstrap peers: waiting for others to join through this node")
+            return
+        self._joining = True
+        try:
+            pings = [self._ping(contact) for contact in self.bootstrap_contacts]
+            answers = await DeferredList(pings, consumeErrors=True)
+            answered = sum(1 for ok, _ in answers if ok)
+            if not answered:
+                self.log.warn(
+                    "no DHT bootstrap peer answered; trying again in {delay} s",
+                    delay=self.settings.bootstrap_retry,
+                )
+                self.clock.callLater(self.settings.bootstrap_retry, self._retry_join)
+                return
+            await self.find_nodes(id_bytes(self.own_id))
+            self.log.info(
+                "joined the DHT through {answered} bootstrap peers: {size} contacts",
+                answered=answered,
+                size=len(self.table),
+            )
+        finally:
+            self._joining = False
+            if self._publish_wanted:
+                self._publish_wanted = False
+                self._publish_soon(0)
+
+    def _retry_join(self) -> None:
+        if self.running and not len(self.table) and not self._joining:
+            self._join_network()
+
+    def _contact_added(self, contact: Contact) -> None:
+        if self.running:
+            self.clock.callLater(0, self._welcome, contact)
+
+    def _welcome(self, contact: Contact) -> None:
+        """
+        A contact entered the routing table: hand it what it should hold
+        (what we hold for keys it is now among the closest to, when we are
+        the closest we know), and publish our record if nobody has it yet.
+        """
+        if not self.running or contact.peer_id not in self.table:
+            return
+        if self.own_record is not None and self.published_to == 0:
+            self._publish_soon(1.0)
+        k = self.settings.k
+        for key, held in list(self.store.records.items()):
+            closest = self.table.closest(key, k)
+            others = [c for c in closest if c.peer_id != contact.peer_id]
+            if contact not in closest:
+                continue
+            if others and others[0].node_id ^ key < self.own_id ^ key:
+                continue
+            self._call(contact, Store, kind=RECORD, data=held.signed).addErrback(
+                lambda failure: None
+            )
+
+    def _maintain(self) -> None:
+        if not self.running:
+            return
+        now = self.clock.seconds()
+        self.store.expire()
+        addresses = tuple(self.addresses())
+        self._origin = addresses
+        if addresses and (
+            addresses != self._published_addresses
+            or now >= self.published_at + self.settings.republish_interval
+        ):
+            self._publish_soon(0)
+        for index in self.table.stale_buckets(self.settings.refresh_interval):
+            target = random_id_in_bucket(self.own_id, index)
+            self.lookup(target, self._ask_nodes(id_bytes(target)))
+        interval = self.settings.replicate_interval
+        for key, held in list(self.store.records.items()):
+            if held.record.peer_id == self.peer_id:
+                continue
+            last = max(held.received, self._replicated.get(key, -math.inf))
+            if now - last >= interval:
+                self._replicated[key] = now
+                Deferred.fromCoroutine(self._replicate(key, RECORD, held.signed)).addErrback(
+                    self._log_failure, "re-replicating a record"
+                )
+        self._replicated = {k: t for k, t in self._replicated.items() if k in self.store.records}
+        if self.bootstrap_contacts and not len(self.table) and not self._joining:
+            self._join_network()
+
+    def _log_failure(self, failure: Failure, what: str) -> None:
+        self.log.failure("{what} failed", failure, what=what)
+
+    # -- reporting -----------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        own = self.own_record
+        return {
+            "node_id": id_bytes(self.own_id).hex(),
+            "routing_table": len(self.table),
+            "buckets": sum(1 for bucket in self.table.buckets.values() if bucket.entries),
+            "known_peers": [str(contact.peer_id) for contact in self.table.contacts()],
+            "records": len(self.store.records),
+            "values": sum(len(held) for held in self.store.values.values()),
+            "own_record": None
+            if own is None
+            else {
+                "sequence": own.record.sequence,
+                "expires": own.record.expires,
+                "stored_at": self.published_to,
+            },
+        }

@@ -1,0 +1,74 @@
+# -*- test-case-name: tests.test_dht -*-
+"""
+What the DHT offers the layers above it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from ..identity import PeerID
+    from ._lookup import LookupResult
+
+
+class IDistributedHashTable(Interface):
+    """
+    A Kademlia DHT over secure channels: signed peer records and small
+    values with proof of work.
+    """
+
+    def find_peer(peer_id: PeerID) -> Deferred[LookupResult]:
+        """
+        Look up a peer's signed record in the network.
+
+        :returns: a Deferred that fires with a
+            :class:`~digitalspring.dht.LookupResult` whose ``found`` is the
+            verified :class:`~digitalspring.dht.PeerRecord`, or ``None`` when
+            no node had it before the lookup ended.  It never fails.
+        """
+
+    def find_nodes(key: bytes) -> Deferred[LookupResult]:
+        """
+        Look up the nodes closest to a 32-byte key.
+
+        :returns: a Deferred that fires with a
+            :class:`~digitalspring.dht.LookupResult` whose ``closest`` lists
+            them.  It never fails.
+        """
+
+    def publish() -> Deferred[int]:
+        """
+        Sign a new record of this node's addresses and store it at the
+        ``k`` nodes closest to its ID.
+
+        :returns: a Deferred that fires with how many nodes stored it (0
+            for a node alone, or one with no address to publish).
+        """
+
+    def put(key: bytes, value: bytes, ttl: float) -> Deferred[int]:
+        """
+        Leave a small value under a 32-byte key, with a proof of work.
+
+        :param ttl: seconds to keep it, at most 24 hours.
+        :returns: a Deferred that fires with how many nodes stored it.
+        :raises ValueRejected: (through the Deferred) when the value is too
+            large or the TTL too long.
+        """
+
+    def get(key: bytes) -> Deferred[list[bytes]]:
+        """
+        The small values under a 32-byte key.
+
+        :returns: a Deferred that fires with the values found (possibly
+            none).  It never fails.
+        """
+
+    def status() -> dict[str, object]:
+        """
+        Routing-table size, known peers and stored items, as JSON values.
+        """

@@ -1,0 +1,325 @@
+# -*- test-case-name: tests.test_dht_routing -*-
+"""
+The routing table: Kademlia's k-buckets, hardened against eclipse attempts.
+
+A contact enters the table only when we talked to it ourselves (it answered
+our request, or it sent us one through a channel that proved its key); a
+contact some other node told us about is a candidate of a lookup until then.
+The table prefers long-lived contacts: a full bucket keeps its contacts, and
+a newcomer waits in the bucket's bounded replacement cache; only when the
+least-recently-seen contact has not been heard from for ``stale_after``
+seconds is it pinged, and only if it fails to answer is it replaced.  No
+bucket (and no replacement cache) holds more than ``subnet_limit`` contacts
+with a TCP address in one IPv4 /24, so one network cannot fill a table with
+fresh identities.
+"""
+
+from __future__ import annotations
+
+import heapq
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from attrs import define, field, frozen
+from twisted.internet.abstract import isIPAddress
+from twisted.internet.defer import Deferred
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..identity import PeerID
+from ..transport import InvalidAddress, split_address
+from ._ids import bucket_index, node_id
+
+
+def _texts(items: Iterable[str]) -> tuple[str, ...]:
+    return tuple(items)
+
+
+@frozen
+class Contact:
+    """
+    A peer as the DHT knows it: its ID and the addresses it can be dialled
+    at.  Its node ID is derived from the peer ID, never taken from a claim.
+    """
+
+    peer_id: PeerID
+    addresses: tuple[str, ...] = field(converter=_texts, eq=False)
+    node_id: int = field(init=False, repr=False, eq=False)
+
+    @node_id.default
+    def _derive_node_id(self) -> int:
+        return node_id(self.peer_id)
+
+
+def subnets(contact: Contact) -> frozenset[str]:
+    """
+    The IPv4 /24 networks of a contact's TCP addresses, as ``"a.b.c"``.
+    Other addresses (DNS names, onion services, memory hosts) have none.
+    """
+    found = set()
+    for address in contact.addresses:
+        try:
+            name, rest = split_address(address)
+        except InvalidAddress:
+            continue
+        host = rest.rpartition(":")[0]
+        if name == "tcp" and isIPAddress(host):
+            found.add(host.rsplit(".", 1)[0])
+    return frozenset(found)
+
+
+@define
+class _Entry:
+    contact: Contact
+    last_seen: float
+    failures: int = 0
+    nets: frozenset[str] = frozenset()
+
+
+@define
+class Bucket:
+    """
+    One k-bucket: contacts least recently seen first, and newcomers waiting
+    for a place.
+    """
+
+    entries: list[_Entry] = field(factory=list)
+    replacements: list[_Entry] = field(factory=list)
+    touched: float = 0.0
+    pinging: bool = False
+
+    def contacts(self) -> list[Contact]:
+        return [entry.contact for entry in self.entries]
+
+
+def _crowded(entries: Iterable[_Entry], nets: frozenset[str], limit: int | None) -> bool:
+    if limit is None or not nets:
+        return False
+    return any(sum(1 for e in entries if net in e.nets) >= limit for net in nets)
+
+
+class RoutingTable:
+    """
+    The k-buckets of one node, on an injected clock.
+
+    :param own: the node's own peer ID.
+    :param clock: an ``IReactorTime``.
+    :param ping: how to ask a contact whether it is alive: returns a
+        Deferred that fires when it answers and fails when it does not.
+    :param k: contacts per bucket.
+    :param replacements: newcomers remembered per full bucket.
+    :param subnet_limit: the most contacts per IPv4 /24 in a bucket (and in
+        its replacement cache); ``None`` for no limit.
+    :param stale_after: seconds of silence after which the
+        least-recently-seen contact of a full bucket is pinged when a
+        newcomer wants its place.
+    :param max_failures: failed requests in a row after which a contact
+        makes way for a replacement (five times as many evict it anyway).
+    :ivar added: callables run with each contact that enters the table.
+    """
+
+    log = Logger()
+
+    def __init__(
+        self,
+        own: PeerID,
+        clock: Any,
+        ping: Callable[[Contact], Deferred[Any]],
+        k: int = 20,
+        replacements: int = 10,
+        subnet_limit: int | None = 2,
+        stale_after: float = 900.0,
+        max_failures: int = 2,
+    ) -> None:
+        self.own = own
+        self.own_id = node_id(own)
+        self.clock = clock
+        self.ping = ping
+        self.k = k
+        self.replacement_size = replacements
+        self.subnet_limit = subnet_limit
+        self.stale_after = stale_after
+        self.max_failures = max_failures
+        self.buckets: dict[int, Bucket] = {}
+        self.added: list[Callable[[Contact], object]] = []
+        self._index: dict[PeerID, tuple[int, _Entry]] = {}
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, peer_id: object) -> bool:
+        return peer_id in self._index
+
+    def get(self, peer_id: PeerID) -> Contact | None:
+        """
+        The contact with this peer ID, if it is in the table.
+        """
+        found = self._index.get(peer_id)
+        return None if found is None else found[1].contact
+
+    def contacts(self) -> list[Contact]:
+        """
+        Every contact, bucket by bucket, nearest bucket first.
+        """
+        return [
+            entry.contact
+            for index in sorted(self.buckets)
+            for entry in self.buckets[index].entries
+        ]
+
+    def closest(self, target: int, count: int | None = None) -> list[Contact]:
+        """
+        The ``count`` (default ``k``) contacts closest to ``target``,
+        closest first.
+        """
+        return heapq.nsmallest(
+            self.k if count is None else count,
+            (entry.contact for _, entry in self._index.values()),
+            key=lambda contact: contact.node_id ^ target,
+        )
+
+    def bucket_for(self, target: int) -> Bucket:
+        """
+        The bucket whose range holds ``target`` (made if missing).
+        """
+        index = bucket_index(self.own_id, target)
+        bucket = self.buckets.get(index)
+        if bucket is None:
+            bucket = self.buckets[index] = Bucket(touched=self.clock.seconds())
+        return bucket
+
+    def touch(self, target: int) -> None:
+        """
+        Note that a lookup for ``target`` ran now: its bucket needs no
+        refresh for a while.
+        """
+        if target != self.own_id:
+            self.bucket_for(target).touched = self.clock.seconds()
+
+    def stale_buckets(self, interval: float) -> list[int]:
+        """
+        The indices of buckets no lookup has touched for ``interval`` seconds.
+        """
+        since = self.clock.seconds() - interval
+        return sorted(i for i, bucket in self.buckets.items() if bucket.touched <= since)
+
+    def observe(self, contact: Contact) -> bool:
+        """
+        We just talked to ``contact``: it answered us, or asked us something.
+
+        :returns: whether it is in the table now.
+        """
+        if contact.node_id == self.own_id:
+            return False
+        now = self.clock.seconds()
+        found = self._index.get(contact.peer_id)
+        if found is not None:
+            index, entry = found
+            entry.last_seen = now
+            entry.failures = 0
+            if contact.addresses and contact.addresses != entry.contact.addresses:
+                entry.contact = contact
+                entry.nets = subnets(contact)
+            entries = self.buckets[index].entries
+            if entries[-1] is not entry:
+                entries.remove(entry)
+                entries.append(entry)
+            return True
+        if not contact.addresses:
+            # Nobody could dial it: it cannot help anyone find anything.
+            return False
+        index = bucket_index(self.own_id, contact.node_id)
+        bucket = self.bucket_for(contact.node_id)
+        entry = _Entry(contact, now, nets=subnets(contact))
+        if _crowded(bucket.entries, entry.nets, self.subnet_limit):
+            self.log.debug(
+                "not adding {peer}: bucket {index} has {limit} contacts from its network",
+                peer=str(contact.peer_id),
+                index=index,
+                limit=self.subnet_limit,
+            )
+            return False
+        if len(bucket.entries) < self.k:
+            bucket.entries.append(entry)
+            self._index[contact.peer_id] = (index, entry)
+            for callback in self.added:
+                callback(contact)
+            return True
+        self._remember(bucket, entry)
+        oldest = bucket.entries[0]
+        if not bucket.pinging and now - oldest.last_seen >= self.stale_after:
+            bucket.pinging = True
+            self.clock.callLater(0, self._ping_oldest, bucket, oldest)
+        return False
+
+    def _remember(self, bucket: Bucket, entry: _Entry) -> None:
+        waiting = [e for e in bucket.replacements if e.contact.peer_id != entry.contact.peer_id]
+        if _crowded(waiting, entry.nets, self.subnet_limit):
+            return
+        waiting.append(entry)
+        bucket.replacements = waiting[-self.replacement_size :]
+
+    def _ping_oldest(self, bucket: Bucket, oldest: _Entry) -> None:
+        def answered(result: object) -> None:
+            bucket.pinging = False
+            if oldest.contact.peer_id in self._index:
+                self.observe(oldest.contact)
+
+        def silent(failure: Failure) -> None:
+            bucket.pinging = False
+            self.log.debug(
+                "evicting {peer}, which did not answer a ping",
+                peer=str(oldest.contact.peer_id),
+            )
+            self._evict(oldest.contact.peer_id)
+
+        self.ping(oldest.contact).addCallbacks(answered, silent)
+
+    def failed(self, peer_id: PeerID) -> None:
+        """
+        A request to ``peer_id`` got no answer.  After ``max_failures`` in a
+        row it gives its place to a replacement if there is one.
+        """
+        found = self._index.get(peer_id)
+        if found is None:
+            return
+        index, entry = found
+        entry.failures += 1
+        if entry.failures >= self.max_failures and (
+            self.buckets[index].replacements or entry.failures >= 5 * self.max_failures
+        ):
+            self._evict(peer_id)
+
+    def _evict(self, peer_id: PeerID) -> None:
+        found = self._index.pop(peer_id, None)
+        if found is None:
+            return
+        index, entry = found
+        bucket = self.buckets[index]
+        bucket.entries.remove(entry)
+        while bucket.replacements:
+            newcomer = bucket.replacements.pop()
+            if newcomer.contact.peer_id in self._index or _crowded(
+                bucket.entries, newcomer.nets, self.subnet_limit
+            ):
+                continue
+            newcomer.failures = 0
+            bucket.entries.append(newcomer)
+            self._index[newcomer.contact.peer_id] = (index, newcomer)
+            for callback in self.added:
+                callback(newcomer.contact)
+            break
+
+    def insert_unchecked(self, contact: Contact, last_seen: float) -> None:
+        """
+        Put a contact in the table without talking to it, if its bucket has
+        room: for simulations that build a network's tables directly.
+        """
+        if contact.peer_id in self._index or contact.node_id == self.own_id:
+            return
+        index = bucket_index(self.own_id, contact.node_id)
+        bucket = self.bucket_for(contact.node_id)
+        if len(bucket.entries) < self.k:
+            entry = _Entry(contact, last_seen, nets=subnets(contact))
+            bucket.entries.append(entry)
+            self._index[contact.peer_id] = (index, entry)

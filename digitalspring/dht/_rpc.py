@@ -1,0 +1,180 @@
+# -*- test-case-name: tests.test_dht -*-
+"""
+The DHT's requests, as AMP commands inside the secure channel.
+
+Every request carries ``origin``: the addresses at which the sender can be
+dialled (empty for a node that is not reachable).  The channel proved who
+sent it, so the receiver may add the sender to its routing table under the
+peer ID the handshake proved.  Contacts in answers are ``(peer ID,
+addresses)`` pairs; their node IDs are derived from the peer IDs, and they
+become routing-table contacts only once we have talked to them.
+
+``contacts`` is one AMP value::
+
+    u8 count, then each: 32 B public key, u8 address count,
+    then each address: u8 length, UTF-8 ``NAME:ADDRESS``
+
+A malformed entry ends the list: the entries before it are kept.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.protocols import amp
+
+from ..errors import DigitalSpringError
+from ..identity import PeerID
+from ._record import MAX_ADDRESS, RecordRejected
+from ._routing import Contact
+from ._value import ValueRejected
+
+#: The most contacts in one answer.
+MAX_CONTACTS = 32
+#: The most addresses of one contact in an answer or an origin.
+MAX_ADDRESSES = 8
+
+#: ``kind`` of FindValue and Store: a signed peer record.
+RECORD = "record"
+#: ``kind`` of FindValue and Store: small values with proof of work.
+MAILBOX = "mailbox"
+
+
+class BadDHTRequest(DigitalSpringError):
+    """
+    A DHT request was malformed.
+    """
+
+
+def encode_contacts(contacts: list[Contact] | tuple[Contact, ...]) -> bytes:
+    """
+    The wire form of a list of contacts (the first :data:`MAX_CONTACTS`).
+    """
+    out = bytearray([min(len(contacts), MAX_CONTACTS)])
+    for contact in contacts[:MAX_CONTACTS]:
+        out += contact.peer_id.public_key
+        addresses = [a.encode("utf-8") for a in contact.addresses[:MAX_ADDRESSES]]
+        addresses = [a for a in addresses if len(a) <= MAX_ADDRESS]
+        out.append(len(addresses))
+        for address in addresses:
+            out.append(len(address))
+            out += address
+    return bytes(out)
+
+
+def decode_contacts(data: bytes) -> list[Contact]:
+    """
+    Read a list of contacts; never raises: a malformed entry ends it.
+    """
+    contacts: list[Contact] = []
+    if not data:
+        return contacts
+    count, offset = data[0], 1
+    try:
+        for _ in range(min(count, MAX_CONTACTS)):
+            key = data[offset : offset + 32]
+            if len(key) != 32:
+                break
+            offset += 32
+            n = data[offset]
+            offset += 1
+            if n > MAX_ADDRESSES:
+                break
+            addresses = []
+            for _ in range(n):
+                size = data[offset]
+                raw = data[offset + 1 : offset + 1 + size]
+                if len(raw) != size:
+                    raise IndexError
+                addresses.append(raw.decode("utf-8"))
+                offset += 1 + size
+            contacts.append(Contact(PeerID(key), addresses))
+    except (IndexError, UnicodeDecodeError):
+        pass
+    return contacts
+
+
+class Contacts(amp.Argument):
+    """
+    An AMP argument holding a list of :class:`Contact`.
+    """
+
+    def fromString(self, inString: bytes) -> list[Contact]:
+        return decode_contacts(inString)
+
+    def toString(self, inObject: list[Contact]) -> bytes:
+        return encode_contacts(inObject)
+
+
+class Origin(amp.Argument):
+    """
+    The sender's addresses: an AMP argument holding a tuple of ``str``,
+    bounded in number and length.
+    """
+
+    def fromString(self, inString: bytes) -> tuple[str, ...]:
+        addresses = []
+        try:
+            for raw in amp.ListOf(amp.String()).fromString(inString)[:MAX_ADDRESSES]:
+                if len(raw) <= MAX_ADDRESS:
+                    addresses.append(raw.decode("utf-8"))
+        except (UnicodeDecodeError, ValueError, IndexError):
+            return ()
+        return tuple(addresses)
+
+    def toString(self, inObject: Any) -> bytes:
+        encoded = [a.encode("utf-8") for a in list(inObject)[:MAX_ADDRESSES]]
+        return amp.ListOf(amp.String()).toString(encoded)  # type: ignore[no-any-return]
+
+
+class DHTPing(amp.Command):
+    """
+    Are you there?
+    """
+
+    commandName = b"dht-ping"
+    arguments = [(b"origin", Origin())]
+    response = []
+
+
+class FindNode(amp.Command):
+    """
+    The contacts closest to ``key`` that the receiver knows.
+    """
+
+    commandName = b"dht-find-node"
+    arguments = [(b"key", amp.String()), (b"origin", Origin())]
+    response = [(b"contacts", Contacts())]
+    errors = {BadDHTRequest: b"DHT_BAD_REQUEST"}
+
+
+class FindValue(amp.Command):
+    """
+    What the receiver holds under ``key`` (of ``kind`` :data:`RECORD` or
+    :data:`MAILBOX`), and the contacts closest to it.
+    """
+
+    commandName = b"dht-find-value"
+    arguments = [(b"key", amp.String()), (b"kind", amp.Unicode()), (b"origin", Origin())]
+    response = [
+        (b"record", amp.String(optional=True)),
+        (b"values", amp.ListOf(amp.String())),
+        (b"contacts", Contacts()),
+    ]
+    errors = {BadDHTRequest: b"DHT_BAD_REQUEST"}
+
+
+class Store(amp.Command):
+    """
+    Keep ``data``: a signed peer record (``kind`` :data:`RECORD`) or a small
+    value with its proof of work (:data:`MAILBOX`).
+    """
+
+    commandName = b"dht-store"
+    arguments = [(b"kind", amp.Unicode()), (b"data", amp.String()), (b"origin", Origin())]
+    response = [(b"stored", amp.Boolean())]
+    errors = {
+        BadDHTRequest: b"DHT_BAD_REQUEST",
+        RecordRejected: b"DHT_RECORD_REJECTED",
+        ValueRejected: b"DHT_VALUE_REJECTED",
+    }
