@@ -51,12 +51,15 @@ class Contact:
         return node_id(self.peer_id)
 
 
+_NONE: frozenset[str] = frozenset()
+
+
 def subnets(contact: Contact) -> frozenset[str]:
     """
     The IPv4 /24 networks of a contact's TCP addresses, as ``"a.b.c"``.
     Other addresses (DNS names, onion services, memory hosts) have none.
     """
-    found = set()
+    found: set[str] = set()
     for address in contact.addresses:
         try:
             name, rest = split_address(address)
@@ -65,15 +68,16 @@ def subnets(contact: Contact) -> frozenset[str]:
         host = rest.rpartition(":")[0]
         if name == "tcp" and isIPAddress(host):
             found.add(host.rsplit(".", 1)[0])
-    return frozenset(found)
+    return frozenset(found) if found else _NONE
 
 
 @define
 class _Entry:
     contact: Contact
+    index: int
     last_seen: float
     failures: int = 0
-    nets: frozenset[str] = frozenset()
+    nets: frozenset[str] = _NONE
 
 
 @define
@@ -142,7 +146,7 @@ class RoutingTable:
         self.max_failures = max_failures
         self.buckets: dict[int, Bucket] = {}
         self.added: list[Callable[[Contact], object]] = []
-        self._index: dict[PeerID, tuple[int, _Entry]] = {}
+        self._index: dict[PeerID, _Entry] = {}
 
     def __len__(self) -> int:
         return len(self._index)
@@ -155,7 +159,7 @@ class RoutingTable:
         The contact with this peer ID, if it is in the table.
         """
         found = self._index.get(peer_id)
-        return None if found is None else found[1].contact
+        return None if found is None else found.contact
 
     def contacts(self) -> list[Contact]:
         """
@@ -174,7 +178,7 @@ class RoutingTable:
         """
         return heapq.nsmallest(
             self.k if count is None else count,
-            (entry.contact for _, entry in self._index.values()),
+            (entry.contact for entry in self._index.values()),
             key=lambda contact: contact.node_id ^ target,
         )
 
@@ -212,15 +216,14 @@ class RoutingTable:
         if contact.node_id == self.own_id:
             return False
         now = self.clock.seconds()
-        found = self._index.get(contact.peer_id)
-        if found is not None:
-            index, entry = found
+        entry = self._index.get(contact.peer_id)
+        if entry is not None:
             entry.last_seen = now
             entry.failures = 0
             if contact.addresses and contact.addresses != entry.contact.addresses:
                 entry.contact = contact
                 entry.nets = subnets(contact)
-            entries = self.buckets[index].entries
+            entries = self.buckets[entry.index].entries
             if entries[-1] is not entry:
                 entries.remove(entry)
                 entries.append(entry)
@@ -230,7 +233,7 @@ class RoutingTable:
             return False
         index = bucket_index(self.own_id, contact.node_id)
         bucket = self.bucket_for(contact.node_id)
-        entry = _Entry(contact, now, nets=subnets(contact))
+        entry = _Entry(contact, index, now, nets=subnets(contact))
         if _crowded(bucket.entries, entry.nets, self.subnet_limit):
             self.log.debug(
                 "not adding {peer}: bucket {index} has {limit} contacts from its network",
@@ -241,7 +244,7 @@ class RoutingTable:
             return False
         if len(bucket.entries) < self.k:
             bucket.entries.append(entry)
-            self._index[contact.peer_id] = (index, entry)
+            self._index[contact.peer_id] = entry
             for callback in self.added:
                 callback(contact)
             return True
@@ -280,22 +283,20 @@ class RoutingTable:
         A request to ``peer_id`` got no answer.  After ``max_failures`` in a
         row it gives its place to a replacement if there is one.
         """
-        found = self._index.get(peer_id)
-        if found is None:
+        entry = self._index.get(peer_id)
+        if entry is None:
             return
-        index, entry = found
         entry.failures += 1
         if entry.failures >= self.max_failures and (
-            self.buckets[index].replacements or entry.failures >= 5 * self.max_failures
+            self.buckets[entry.index].replacements or entry.failures >= 5 * self.max_failures
         ):
             self._evict(peer_id)
 
     def _evict(self, peer_id: PeerID) -> None:
-        found = self._index.pop(peer_id, None)
-        if found is None:
+        entry = self._index.pop(peer_id, None)
+        if entry is None:
             return
-        index, entry = found
-        bucket = self.buckets[index]
+        bucket = self.buckets[entry.index]
         bucket.entries.remove(entry)
         while bucket.replacements:
             newcomer = bucket.replacements.pop()
@@ -305,7 +306,7 @@ class RoutingTable:
                 continue
             newcomer.failures = 0
             bucket.entries.append(newcomer)
-            self._index[newcomer.contact.peer_id] = (index, newcomer)
+            self._index[newcomer.contact.peer_id] = newcomer
             for callback in self.added:
                 callback(newcomer.contact)
             break
@@ -320,6 +321,6 @@ class RoutingTable:
         index = bucket_index(self.own_id, contact.node_id)
         bucket = self.bucket_for(contact.node_id)
         if len(bucket.entries) < self.k:
-            entry = _Entry(contact, last_seen, nets=subnets(contact))
+            entry = _Entry(contact, index, last_seen, nets=subnets(contact))
             bucket.entries.append(entry)
-            self._index[contact.peer_id] = (index, entry)
+            self._index[contact.peer_id] = entry

@@ -116,6 +116,7 @@ class ValueStore:
             return value
         if len(held) >= self.values_per_key or self._value_count >= self.max_values:
             self.expire()
+            held = self.values.setdefault(key, {})
             if len(held) >= self.values_per_key or self._value_count >= self.max_values:
                 if not held:
                     del self.values[key]
