@@ -60,6 +60,8 @@ SETTINGS = DHTSettings(
 
 
 def _progress(message: str, started: float) -> None:
+    if QUIET[0]:
+        return
     sys.stderr.write(f"[{time.perf_counter() - started:7.1f} s] {message}\n")
     sys.stderr.flush()
 
@@ -82,6 +84,7 @@ def _lookups(sim: DHTSimulation, sources: list[int], targets: list[int]) -> list
 
 
 LOOKUPS = [1000]
+QUIET = [False]
 
 
 def _percentile(values: list[float], fraction: float) -> float:
@@ -89,12 +92,17 @@ def _percentile(values: list[float], fraction: float) -> float:
     return ordered[min(len(ordered) - 1, int(fraction * len(ordered)))]
 
 
-def run(nodes: int, lookups: int = 1000, records: int = 1000, seed: int = 1) -> dict[str, Any]:
+def run(
+    nodes: int, lookups: int = 1000, records: int = 1000, seed: int = 1, quiet: bool = False
+) -> dict[str, Any]:
     """
     Run the benchmark; the figures.
+
+    :param quiet: whether to leave out the progress lines on stderr.
     """
     started = time.perf_counter()
     LOOKUPS[0] = lookups
+    QUIET[0] = quiet
     sim = DHTSimulation(nodes, SETTINGS, seed=seed, idle_timeout=5.0, connect_timeout=5.0)
     _progress(f"{nodes} nodes made", started)
     sim.fill_tables()

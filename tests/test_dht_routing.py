@@ -129,9 +129,7 @@ class RoutingTableTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual(self.pings.asked, [])
         self.assertEqual(self.table.buckets[255].contacts(), members[:4])
-        self.assertEqual(
-            [e.contact for e in self.table.buckets[255].replacements], [members[4]]
-        )
+        self.assertEqual([e.contact for e in self.table.buckets[255].replacements], [members[4]])
 
     def test_stale_oldest_answers(self) -> None:
         """
@@ -147,7 +145,7 @@ class RoutingTableTests(SynchronousTestCase):
         self.clock.advance(0)
         self.assertEqual([c for c, _ in self.pings.asked], [members[0]])
         self.pings.asked[0][1].callback(None)
-        self.assertEqual(self.table.buckets[255].contacts(), members[1:4] + [members[0]])
+        self.assertEqual(self.table.buckets[255].contacts(), [*members[1:4], members[0]])
         self.assertNotIn(members[4].peer_id, self.table)
 
     def test_stale_oldest_silent(self) -> None:
@@ -274,8 +272,7 @@ class RoutingTableTests(SynchronousTestCase):
             table.observe(c)
         before = {c.peer_id for c in table.contacts()}
         attackers = [
-            Contact(peer(100_000 + n), (f"tcp:203.0.113.{n % 250 + 1}:7000",))
-            for n in range(500)
+            Contact(peer(100_000 + n), (f"tcp:203.0.113.{n % 250 + 1}:7000",)) for n in range(500)
         ]
         for _ in range(3):
             self.clock.advance(table.stale_after)

@@ -18,6 +18,7 @@ from typing import Any
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -290,7 +291,15 @@ class DHT(Service):
 
         async def call() -> Any:
             connection = await pool.connect(contact.peer_id, contact.addresses)
-            return await connection.callRemote(command, origin=origin, **kw)
+            try:
+                return await connection.callRemote(command, origin=origin, **kw)
+            except (ConnectionLost, ConnectionDone):
+                # When both peers dial each other at once, the pool keeps one
+                # connection and closes the other, with our request in it.
+                live = pool.connections().get(contact.peer_id)
+                if live is None or live is connection:
+                    raise
+                return await live.callRemote(command, origin=origin, **kw)
 
         d = Deferred.fromCoroutine(call())
         d.addTimeout(self.settings.rpc_timeout, self.clock)

@@ -47,8 +47,9 @@ class Hop:
 
     :ivar hop: how far from us the contact was learned: 1 for our own
         contacts, 2 for the contacts they told us about, and so on.
-    :ivar outcome: ``"answered"``, ``"found"`` (its answer held the value)
-        or ``"failed"``.
+    :ivar outcome: ``"answered"``, ``"found"`` (its answer held the value),
+        ``"failed"``, or ``"unanswered"`` (still in flight when the lookup
+        ended).
     :ivar rtt: seconds from request to answer or failure.
     """
 
@@ -70,7 +71,8 @@ class LookupResult:
     :ivar hops: the hop of the answer that found the value or, without one,
         the farthest hop among ``closest``.
     :ivar rpcs: how many requests it sent.
-    :ivar path: every request, in the order they ended.
+    :ivar path: every request, in the order they ended (those still in
+        flight at the end last).
     :ivar duration: seconds from start to end.
     :ivar deadline_reached: whether it ended at its deadline.
     """
@@ -271,7 +273,12 @@ class Lookup:
             hops = self._found_hop
         else:
             hops = max((c.hop for c in self._window() if c.state == ANSWERED), default=0)
-        outstanding = [c.request for c in self._candidates.values() if c.request is not None]
+        now = self.clock.seconds()
+        outstanding = []
+        for c in self._candidates.values():
+            if c.request is not None:
+                outstanding.append(c.request)
+                self._path.append(Hop(c.contact.peer_id, c.hop, "unanswered", now - c.started))
         result = LookupResult(
             self.target,
             closest,

@@ -1,0 +1,519 @@
+"""
+Tests for the DHT service: real nodes with pools and Noise channels on the
+memory network and a simulated clock.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from twisted.internet.defer import Deferred
+from twisted.logger import LogEvent, globalLogPublisher
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from digitalspring.channel import PeerConnection
+from digitalspring.dht import (
+    MAILBOX,
+    RECORD,
+    RECORD_DOMAIN,
+    Contact,
+    DHTDirectory,
+    DHTPing,
+    DHTSettings,
+    DirectoryChain,
+    FindNode,
+    IDistributedHashTable,
+    PeerRecord,
+    RecordRejected,
+    Store,
+    ValueRejected,
+    ValueTooLarge,
+    encode_record,
+    id_bytes,
+    node_id,
+    sign_record,
+)
+from digitalspring.dht._simulation import DHTSimulation, SimulatedNode
+from digitalspring.directory import IPeerDirectory, UnknownPeer
+from digitalspring.identity import Identity, PeerID
+
+SETTINGS = DHTSettings(k=4, rpc_timeout=2.0, lookup_deadline=20.0, pow_difficulty=4)
+
+
+def network(count: int, settings: DHTSettings = SETTINGS, join: bool = True) -> DHTSimulation:
+    sim = DHTSimulation(count, settings, seed=count, latency=0.01)
+    if join:
+        sim.join_all()
+    return sim
+
+
+def rejections(test: SynchronousTestCase) -> list[LogEvent]:
+    """
+    The log events of refused records and values, from now until the end
+    of the test.
+    """
+    events: list[LogEvent] = []
+
+    def observe(event: LogEvent) -> None:
+        if "rejection" in event:
+            events.append(event)
+
+    globalLogPublisher.addObserver(observe)
+    test.addCleanup(globalLogPublisher.removeObserver, observe)
+    return events
+
+
+class InterfaceTests(SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        """
+        The DHT provides IDistributedHashTable; its directory and the chain
+        of directories provide IPeerDirectory.
+        """
+        sim = network(1, join=False)
+        dht = sim.nodes[0].dht
+        verifyObject(IDistributedHashTable, dht)
+        verifyObject(IPeerDirectory, DHTDirectory(dht))
+        verifyObject(IPeerDirectory, DirectoryChain([DHTDirectory(dht)]))
+
+
+class ServiceTests(SynchronousTestCase):
+    def test_join_and_resolve(self) -> None:
+        """
+        Eight nodes join one by one through the first; each publishes its
+        record; then any node dials any other by peer ID alone, resolving it
+        through the DHT.
+        """
+        sim = network(8)
+        for node in sim.nodes:
+            self.assertGreaterEqual(len(node.dht.table), 4)
+            self.assertGreater(sim.run(node.dht.publish()), 0)
+        first, last = sim.nodes[1], sim.nodes[7]
+        sim.clock.advance(30)  # idle connections close
+        self.assertNotIn(last.identity.peer_id, first.pool.connections())
+        connection = sim.run(first.pool.connect(last.identity.peer_id))
+        self.assertIsInstance(connection, PeerConnection)
+        self.assertEqual(connection.peer_id, last.identity.peer_id)
+
+    def test_find_peer_reports_hops(self) -> None:
+        """
+        find_peer gives the verified record, and the path of the lookup.
+        """
+        sim = network(12)
+        target = sim.nodes[5]
+        sim.run(target.dht.publish())
+        result = sim.run(sim.nodes[9].dht.find_peer(target.identity.peer_id))
+        self.assertEqual(result.found.record.peer_id, target.identity.peer_id)
+        self.assertEqual(result.found.record.addresses, (f"memory:{target.host}:1",))
+        self.assertGreaterEqual(result.hops, 1)
+        self.assertEqual(len(result.path), result.rpcs)
+
+    def test_unknown_peer(self) -> None:
+        """
+        Resolving a peer nobody published fails with UnknownPeer, saying no
+        address is known.
+        """
+        sim = network(6)
+        stranger = Identity.from_seed(b"s" * 32).peer_id
+        d = DHTDirectory(sim.nodes[2].dht).resolve(stranger)
+        failure = self.failureResultOf_(sim, d)
+        self.assertIsInstance(failure, UnknownPeer)
+        self.assertIn("no address is known", str(failure))
+
+    def failureResultOf_(self, sim: DHTSimulation, d: Deferred[Any]) -> BaseException:
+        try:
+            sim.run(d)
+        except Exception as e:
+            return e
+        self.fail("no failure")
+
+    def test_directory_caches_until_expiry(self) -> None:
+        """
+        A resolved record is cached: resolving again asks nobody, until the
+        record expires.
+        """
+        settings = DHTSettings(k=4, record_lifetime=600, maintenance_interval=1e9)
+        sim = network(8, settings)
+        target = sim.nodes[3]
+        sim.run(target.dht.publish())
+        directory = DHTDirectory(sim.nodes[6].dht)
+        # Make sure the looking node has neither a replica nor a contact.
+        sim.nodes[6].dht.store.records.clear()
+        sim.nodes[6].dht.table._evict(target.identity.peer_id)
+        sent: list[Contact] = []
+        original = sim.nodes[6].dht._call
+
+        def counting(contact: Contact, command: Any, **kw: Any) -> Deferred[Any]:
+            sent.append(contact)
+            return original(contact, command, **kw)
+
+        sim.nodes[6].dht._call = counting  # type: ignore[method-assign]
+        self.assertEqual(
+            sim.run(directory.resolve(target.identity.peer_id)), [f"memory:{target.host}:1"]
+        )
+        asked = len(sent)
+        self.assertGreater(asked, 0)
+        sim.run(directory.resolve(target.identity.peer_id))
+        self.assertEqual(len(sent), asked)
+        sim.clock.advance(601)
+        sim.nodes[6].dht.table._evict(target.identity.peer_id)
+        self.failureResultOf_(sim, directory.resolve(target.identity.peer_id))
+        self.assertGreater(len(sent), asked)
+
+    def test_directory_chain(self) -> None:
+        """
+        The chain answers from the first directory that knows the peer, and
+        says the peer is unknown when none does.
+        """
+        sim = network(6)
+        target = sim.nodes[4]
+        sim.run(target.dht.publish())
+
+        class Book:
+            def resolve(self, peer_id: PeerID) -> Deferred[list[str]]:
+                if peer_id == target.identity.peer_id:
+                    return Deferred.fromCoroutine(_value(["memory:book:1"]))
+                return Deferred.fromCoroutine(_unknown(peer_id))
+
+        chain = DirectoryChain([Book(), DHTDirectory(sim.nodes[1].dht)])
+        self.assertEqual(sim.run(chain.resolve(target.identity.peer_id)), ["memory:book:1"])
+        other = sim.nodes[2]
+        sim.run(other.dht.publish())
+        self.assertEqual(
+            sim.run(chain.resolve(other.identity.peer_id)), [f"memory:{other.host}:1"]
+        )
+        stranger = Identity.from_seed(b"z" * 32).peer_id
+        self.assertIsInstance(self.failureResultOf_(sim, chain.resolve(stranger)), UnknownPeer)
+
+    def test_lone_node(self) -> None:
+        """
+        A node without bootstrap peers runs alone without errors (its
+        publish reaches nobody); a node that bootstraps from it later finds
+        it, and the lone node's record then reaches the newcomer.
+        """
+        sim = network(2, join=False)
+        lone, late = sim.nodes
+        sim.start([0])
+        sim.run(lone.dht.joined)
+        self.assertEqual(sim.run(lone.dht.publish()), 0)
+        late.dht.bootstrap_contacts = [lone.contact]
+        sim.start([1])
+        sim.run(late.dht.joined)
+        self.assertIn(late.identity.peer_id, lone.dht.table)
+        self.assertIn(lone.identity.peer_id, late.dht.table)
+        sim.clock.advance(5)
+        self.assertEqual(lone.dht.published_to, 1)
+        self.assertIsNotNone(late.dht.store.record_of(lone.identity.peer_id))
+
+    def test_bootstrap_retry(self) -> None:
+        """
+        A node whose bootstrap peer is down keeps trying, and joins once the
+        peer is back.
+        """
+        sim = network(2, join=False)
+        seed, joiner = sim.nodes
+        sim.network.take_offline(seed.host)
+        sim.start([0])
+        joiner.dht.bootstrap_contacts = [seed.contact]
+        sim.start([1])
+        sim.run(joiner.dht.joined)
+        self.assertEqual(len(joiner.dht.table), 0)
+        sim.network.bring_online(seed.host)
+        sim.clock.advance(SETTINGS.bootstrap_retry + 10)
+        self.assertIn(seed.identity.peer_id, joiner.dht.table)
+
+    def test_republish_when_addresses_change(self) -> None:
+        """
+        When a node listens somewhere new, its upkeep publishes a record
+        with a higher sequence number and the new address.
+        """
+        sim = network(6)
+        node = sim.nodes[2]
+        sim.run(node.dht.publish())
+        first = node.dht.own_record
+        assert first is not None
+        node.transport.listen("2", node.pool.server_factory)
+        sim.clock.advance(SETTINGS.maintenance_interval + 5)
+        second = node.dht.own_record
+        assert second is not None
+        self.assertGreater(second.record.sequence, first.record.sequence)
+        self.assertIn(f"memory:{node.host}:2", second.record.addresses)
+        result = sim.run(sim.nodes[5].dht.find_peer(node.identity.peer_id))
+        self.assertEqual(result.found.record.sequence, second.record.sequence)
+
+    def test_republish_before_expiry(self) -> None:
+        """
+        A node signs and stores a new record every republish interval, so
+        its record never expires while it runs.
+        """
+        settings = DHTSettings(
+            k=4, record_lifetime=900, republish_interval=300, maintenance_interval=60
+        )
+        sim = network(5, settings)
+        node = sim.nodes[1]
+        sim.clock.advance(61)
+        first = node.dht.own_record
+        assert first is not None
+        sim.clock.advance(2000)
+        last = node.dht.own_record
+        assert last is not None
+        self.assertGreater(last.record.sequence, first.record.sequence)
+        self.assertGreater(last.record.expires, sim.clock.seconds())
+        held = sim.nodes[3].dht.store.record_of(node.identity.peer_id)
+        assert held is not None
+        self.assertEqual(held.record.sequence, last.record.sequence)
+
+    def test_rereplication(self) -> None:
+        """
+        When the owner and half the holders of a record go away, the
+        surviving holders store it again at the k closest live nodes.
+        """
+        settings = DHTSettings(
+            k=4,
+            rpc_timeout=1.0,
+            replicate_interval=600,
+            maintenance_interval=60,
+            record_lifetime=20_000,
+            republish_interval=20_000,
+        )
+        sim = network(16, settings)
+        owner = sim.nodes[0]
+        sim.run(owner.dht.publish())
+        key = node_id(owner.identity.peer_id)
+
+        def holders() -> list[int]:
+            return [
+                i
+                for i, node in enumerate(sim.nodes)
+                if i not in sim.dead and i != 0 and key in node.dht.store.records
+            ]
+
+        before = holders()
+        self.assertGreaterEqual(len(before), 4)
+        gone = {0, *before[: len(before) // 2]}
+        for i in gone:
+            sim.network.take_offline(sim.nodes[i].host)
+        sim.dead |= gone
+        self.assertLess(len(holders()), 4)
+        sim.clock.advance(2000)
+        self.assertGreaterEqual(len(holders()), 4)
+
+    def test_handoff_to_closer_newcomer(self) -> None:
+        """
+        A node that joins and is among the closest to a stored key receives
+        the record from the closest holder.
+        """
+        sim = network(10, join=False)
+        owner = sim.nodes[0]
+        key = node_id(owner.identity.peer_id)
+        # The four nodes farthest from the key form the network first.
+        order = sorted(range(1, 10), key=lambda i: sim.nodes[i].dht.own_id ^ key)
+        early = [0, *order[4:]]
+        for i in early[1:]:
+            sim.nodes[i].dht.bootstrap_contacts = [owner.contact]
+        sim.start([0])
+        for i in early[1:]:
+            sim.start([i])
+            sim.run(sim.nodes[i].dht.joined)
+        sim.run(owner.dht.publish())
+        newcomer = sim.nodes[order[0]]
+        newcomer.dht.bootstrap_contacts = [sim.nodes[order[4]].contact]
+        sim.start([order[0]])
+        sim.run(newcomer.dht.joined)
+        sim.clock.advance(5)
+        self.assertIsNotNone(newcomer.dht.store.record_of(owner.identity.peer_id))
+
+
+async def _value(addresses: list[str]) -> list[str]:
+    return addresses
+
+
+async def _unknown(peer_id: PeerID) -> list[str]:
+    raise UnknownPeer(f"no address is known for {peer_id}")
+
+
+class BadRecordOverTheWireTests(SynchronousTestCase):
+    """
+    Each bad record sent with STORE is refused with a DHT_RECORD_REJECTED
+    error and a logged reason, and the receiver keeps nothing.
+    """
+
+    def setUp(self) -> None:
+        self.sim = network(2)
+        self.sim.clock.advance(1000)
+        self.sender, self.receiver = self.sim.nodes
+        self.now = int(self.sim.clock.seconds())
+        self.events = rejections(self)
+        self.alice = Identity.from_seed(b"a" * 32)
+
+    def record(self, **changes: Any) -> PeerRecord:
+        fields: dict[str, Any] = {
+            "peer_id": self.alice.peer_id,
+            "sequence": 1,
+            "issued": self.now,
+            "expires": self.now + 600,
+            "addresses": ("memory:x:1",),
+        }
+        fields.update(changes)
+        return PeerRecord(**fields)
+
+    def assert_refused(self, data: bytes, rejection: str) -> None:
+        d = self.sender.dht._call(self.receiver.contact, Store, kind=RECORD, data=data)
+        failure: list[Any] = []
+        d.addErrback(failure.append)
+        self.sim.clock.run_until(lambda: bool(failure), limit=10)
+        self.assertTrue(failure)
+        self.assertTrue(failure[0].check(RecordRejected))
+        self.assertEqual([e["rejection"] for e in self.events], [rejection])
+        self.assertTrue(self.events[0]["reason"])
+        self.assertEqual(self.events[0]["peer"], str(self.sender.identity.peer_id))
+        self.assertIsNone(self.receiver.dht.store.record_of(self.alice.peer_id))
+        # A refusal is an answer: the sender still counts as a live contact.
+        self.assertIn(self.receiver.identity.peer_id, self.sender.dht.table)
+
+    def test_expired(self) -> None:
+        """
+        An expired record is refused over the wire.
+        """
+        signed = sign_record(
+            self.record(issued=self.now - 700, expires=self.now - 100), self.alice
+        )
+        self.assert_refused(signed, "RecordExpired")
+
+    def test_from_future(self) -> None:
+        """
+        A record dated beyond the clock skew in the future is refused.
+        """
+        signed = sign_record(
+            self.record(issued=self.now + 3600, expires=self.now + 7200), self.alice
+        )
+        self.assert_refused(signed, "RecordFromFuture")
+
+    def test_other_key(self) -> None:
+        """
+        A record signed by a key other than its peer's is refused.
+        """
+        body = encode_record(self.record())
+        mallory = Identity.from_seed(b"m" * 32)
+        self.assert_refused(body + mallory.sign(RECORD_DOMAIN + body), "BadRecordSignature")
+
+    def test_other_domain(self) -> None:
+        """
+        A record signed by its peer for another domain is refused.
+        """
+        body = encode_record(self.record())
+        signed = body + self.alice.sign(b"digitalspring something else\0" + body)
+        self.assert_refused(signed, "BadRecordSignature")
+
+    def test_non_canonical(self) -> None:
+        """
+        A signed, non-canonical re-encoding of a record is refused.
+        """
+        body = encode_record(self.record(sequence=5))
+        padded = body[:33] + b"\x85\x80\x00" + body[34:]
+        self.assert_refused(padded + self.alice.sign(RECORD_DOMAIN + padded), "NonCanonicalRecord")
+
+    def test_oversized(self) -> None:
+        """
+        A record over the size limit is refused.
+        """
+        many = tuple(f"tcp:h{i}.{'x' * 240}.example:7655" for i in range(16))
+        self.assert_refused(sign_record(self.record(addresses=many), self.alice), "RecordTooLarge")
+
+    def test_good_record_kept(self) -> None:
+        """
+        The same path keeps a good record, and logs no rejection.
+        """
+        signed = sign_record(self.record(), self.alice)
+        answer = self.sim.run(
+            self.sender.dht._call(self.receiver.contact, Store, kind=RECORD, data=signed)
+        )
+        self.assertEqual(answer, {"stored": True})
+        self.assertEqual(self.events, [])
+        self.assertIsNotNone(self.receiver.dht.store.record_of(self.alice.peer_id))
+
+
+class ValueTests(SynchronousTestCase):
+    def test_put_and_get(self) -> None:
+        """
+        A small value put under a key is found by another node.
+        """
+        sim = network(8)
+        key = bytes(range(32))
+        self.assertGreater(sim.run(sim.nodes[1].dht.put(key, b"hello", 3600)), 0)
+        self.assertEqual(sim.run(sim.nodes[6].dht.get(key)), [b"hello"])
+        self.assertEqual(sim.run(sim.nodes[6].dht.get(bytes(32))), [])
+
+    def test_refusals(self) -> None:
+        """
+        Values too large, or without enough work, are refused with a logged
+        reason.
+        """
+        sim = network(2)
+        events = rejections(self)
+        sender, receiver = sim.nodes
+        self.assertRaises(ValueTooLarge, sim.run, sender.dht.put(bytes(32), b"x" * 1025, 60))
+        d = sender.dht._call(receiver.contact, Store, kind=MAILBOX, data=_weakest(sim))
+        self.assertRaises(ValueRejected, sim.run, d)
+        self.assertEqual([e["rejection"] for e in events], ["InsufficientWork"])
+
+
+def _weakest(sim: DHTSimulation) -> bytes:
+    """
+    A value whose proof of work has no leading zero bit at all.
+    """
+    from digitalspring.dht import MailboxValue, leading_zero_bits, work_hash
+
+    expires = int(sim.clock.seconds()) + 60
+    for counter in range(100):
+        nonce = counter.to_bytes(8, "big")
+        if leading_zero_bits(work_hash(bytes(32), b"x", expires, nonce)) == 0:
+            return MailboxValue(bytes(32), b"x", expires, nonce).encode()
+    raise AssertionError("no weak nonce")
+
+
+class EclipseTests(SynchronousTestCase):
+    def test_flood_from_one_subnet(self) -> None:
+        """
+        Sixty fresh identities claiming addresses in one /24 each contact a
+        node, again and again: the node's live contacts all stay in its
+        table, and the flood holds at most two places per bucket.
+        """
+        settings = DHTSettings(k=20, stale_after=60.0, maintenance_interval=1e9)
+        sim = DHTSimulation(90, settings, seed=3, latency=0.01)
+        victim = sim.nodes[0]
+        honest = sim.nodes[1:30]
+        attackers = sim.nodes[30:]
+        sim.start()
+        for node in honest:
+            sim.run(node.dht._call(victim.contact, DHTPing))
+        before = {c.peer_id for c in victim.dht.table.contacts()}
+        self.assertEqual(len(before), len(honest))
+
+        def flood(node: SimulatedNode, n: int) -> Deferred[Any]:
+            async def go() -> Any:
+                connection = await node.pool.connect(
+                    victim.identity.peer_id, victim.contact.addresses
+                )
+                origin = (f"tcp:198.51.100.{n}:7000",)
+                await connection.callRemote(DHTPing, origin=origin)
+                return await connection.callRemote(
+                    FindNode, key=id_bytes(victim.dht.own_id), origin=origin
+                )
+
+            return Deferred.fromCoroutine(go())
+
+        for _ in range(3):
+            sim.clock.advance(120)
+            for n, node in enumerate(attackers, 1):
+                sim.run(flood(node, n))
+            sim.clock.advance(10)
+        after = {c.peer_id for c in victim.dht.table.contacts()}
+        self.assertTrue(before <= after, "a live contact was pushed out")
+        flooded = 0
+        for bucket in victim.dht.table.buckets.values():
+            flood_entries = [e for e in bucket.entries if "198.51.100" in e.nets]
+            self.assertLessEqual(len(flood_entries), 2)
+            flooded += len(flood_entries)
+        # The flood did reach the table, within its limits.
+        self.assertGreater(flooded, 0)
