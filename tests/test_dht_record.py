@@ -211,9 +211,7 @@ class RejectionTests(SynchronousTestCase):
         """
         signed = bytearray(sign_record(record(), ALICE))
         signed[-70] ^= 0x01
-        self.assertRaises(
-            (BadRecordSignature, MalformedRecord), verify_record, bytes(signed), NOW
-        )
+        self.assertRaises((BadRecordSignature, MalformedRecord), verify_record, bytes(signed), NOW)
 
 
 class StoreTests(SynchronousTestCase):
