@@ -15,6 +15,7 @@ from twisted.python.failure import Failure
 
 from .channel import ConnectionPool
 from .control import DEFAULT_CONTROL
+from .dht import DHT, Contact, DHTDirectory, DHTSettings, DirectoryChain
 from .directory import AddressBook
 from .errors import DigitalSpringError
 from .identity import load_or_create_identity
@@ -22,10 +23,12 @@ from .node import Node
 from .node._options import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
+    DEFAULT_ONION_LISTEN,
     BadOption,
     BootstrapPeer,
     check_listen,
     data_dir_path,
+    read_bootstrap_file,
     read_passphrase_file,
 )
 from .transport import (
@@ -77,11 +80,38 @@ class Options(usage.Options):
             float,
         ],
         [
+            "dht-difficulty",
+            None,
+            DHTSettings().pow_difficulty,
+            "Proof of work (leading zero bits) asked of small values stored in the DHT.",
+            int,
+        ],
+        [
             "advertise",
             None,
             None,
             "Host name or IP address to publish for tcp listeners on all interfaces "
             "(default: 127.0.0.1).",
+        ],
+        [
+            "tor-control",
+            None,
+            None,
+            "Use the running tor whose control port is this client endpoint "
+            "(tcp:127.0.0.1:9051, unix:/run/tor/control) instead of launching one.",
+        ],
+        [
+            "tor-control-password-file",
+            None,
+            None,
+            "File whose first line is the tor control port's password "
+            "(default: tor's cookie authentication).",
+        ],
+        [
+            "tor-binary",
+            None,
+            None,
+            "The tor program to launch (default: tor on PATH).",
         ],
     ]
     optFlags = [
@@ -90,12 +120,19 @@ class Options(usage.Options):
             None,
             "Keep the key file unencrypted (for servers and tests): no passphrase needed.",
         ],
+        [
+            "onion-only",
+            None,
+            "Reach and be reached through tor only: listen on onion services, publish no "
+            "other address, and open no direct connection off this machine.",
+        ],
     ]
 
     def __init__(self) -> None:
         super().__init__()
         self["listen"] = []
         self["bootstrap"] = []
+        self["tor-option"] = []
 
     def opt_listen(self, address: str) -> None:
         """
@@ -109,36 +146,73 @@ class Options(usage.Options):
 
     def opt_bootstrap(self, peer: str) -> None:
         """
-        Join the network through PEER_ID@TRANSPORT:ADDRESS (repeatable).
+        Join the network through PEER_ID@TRANSPORT:ADDRESS (repeatable; more in
+        DATA_DIR/bootstrap.txt, one a line).
         """
         try:
             self["bootstrap"].append(BootstrapPeer.parse(peer))
         except BadOption as e:
             raise usage.UsageError(str(e)) from None
 
+    def opt_tor_option(self, line: str) -> None:
+        """
+        Add the line "Key Value" to the torrc of the tor the node launches
+        (repeatable), e.g. to join a private test network.
+        """
+        self["tor-option"].append(line)
+
     def postOptions(self) -> None:
         if self["passphrase-file"] and self["no-passphrase"]:
             raise usage.UsageError("give either --passphrase-file or --no-passphrase, not both")
         if not self["listen"]:
-            self["listen"] = [DEFAULT_LISTEN]
+            self["listen"] = [DEFAULT_ONION_LISTEN if self["onion-only"] else DEFAULT_LISTEN]
+        if self["onion-only"]:
+            other = [a for a in self["listen"] if split_address(a)[0] != "tor"]
+            if other:
+                raise usage.UsageError(
+                    "--onion-only listens on tor only, not on " + ", ".join(other)
+                )
+            if self["advertise"]:
+                raise usage.UsageError("--advertise is for tcp, which --onion-only does not use")
         self["data-dir"] = data_dir_path(self["data-dir"])
 
 
 def _transport_options(name: str, options: Options) -> dict[str, Any]:
     if name == "tcp" and options["advertise"]:
         return {"advertise": options["advertise"]}
+    if name == "tor":
+        tor: dict[str, Any] = {
+            "control": options["tor-control"],
+            "torrc": options["tor-option"],
+            "tor_binary": options["tor-binary"],
+            "onion_only": options["onion-only"],
+        }
+        if options["tor-control-password-file"]:
+            password = read_passphrase_file(options["tor-control-password-file"])
+            tor["control_password"] = password.decode("utf-8", "replace")
+        return {key: value for key, value in tor.items() if value}
     return {}
+
+
+def _uses_tor(options: Options) -> bool:
+    return bool(options["onion-only"] or options["tor-control"] or options["tor-option"])
 
 
 def build_transports(options: Options, reactor: Any) -> dict[str, ITransport]:
     """
-    Make every transport the node needs: those it listens on, and ``tcp``
-    for dialling out.
+    Make every transport the node needs: those it listens on, ``tcp`` for
+    dialling out (except in onion-only mode), and ``tor`` when a tor option
+    is given.
 
     :raises DigitalSpringError: for an unknown transport or bad transport
         options.
     """
-    names = {"tcp"} | {split_address(address)[0] for address in options["listen"]}
+    names = {split_address(address)[0] for address in options["listen"]}
+    if _uses_tor(options):
+        names.add("tor")
+    if not options["onion-only"]:
+        # Onion-only nodes have no tcp: nothing can dial off the machine.
+        names.add("tcp")
     return {
         name: get_transport_plugin(name).make_transport(
             TransportContext(reactor, options["data-dir"], _transport_options(name, options))
@@ -186,13 +260,27 @@ def _make_node(options: Options, reactor: Any) -> Node:
             data_dir=options["data-dir"].path,
         )
     transports = build_transports(options, reactor)
+    # The address book first, then the DHT: a contact the user added by hand
+    # wins over whatever the network says.
+    directory = DirectoryChain([AddressBook.in_data_dir(options["data-dir"])])
     pool = ConnectionPool(
         identity,
         reactor,
         transports,
-        AddressBook.in_data_dir(options["data-dir"]),
+        directory,
         idle_timeout=options["idle-timeout"],
     )
+    bootstrap = [*options["bootstrap"], *read_bootstrap_file(options["data-dir"])]
+    dht = DHT(
+        pool,
+        DHTSettings(pow_difficulty=options["dht-difficulty"]),
+        [
+            Contact(peer.peer_id, (peer.address,))
+            for peer in bootstrap
+            if peer.peer_id != identity.peer_id
+        ],
+    )
+    directory.directories.append(DHTDirectory(dht))
     return Node(
         identity,
         reactor,
@@ -201,6 +289,7 @@ def _make_node(options: Options, reactor: Any) -> Node:
         pool,
         data_dir=options["data-dir"],
         control=options["control"],
+        dht=dht,
     )
 
 

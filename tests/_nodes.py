@@ -68,6 +68,28 @@ class NodeProcess:
                 return
         raise AssertionError("node did not start:\n" + "".join(self.log))
 
+    def wait_for(self, pattern: str, timeout: float = 60) -> re.Match[str]:
+        """
+        Read the log until a line matches ``pattern``.
+
+        :raises AssertionError: with the log, when none does in time.
+        """
+        assert self.proc.stdout is not None
+        for line in self.log:
+            found = re.search(pattern, line)
+            if found:
+                return found
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            line = self.proc.stdout.readline()
+            if not line:
+                break
+            self.log.append(line)
+            found = re.search(pattern, line)
+            if found:
+                return found
+        raise AssertionError(f"no log line matched {pattern!r}:\n" + "".join(self.log))
+
     def dspring(self, *argv: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
         """
         Run the ``dspring`` command on this node's data directory.

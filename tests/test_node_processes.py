@@ -11,8 +11,8 @@ from ._nodes import NodeProcess
 
 
 class PingTests(SynchronousTestCase):
-    def start(self, name: str) -> NodeProcess:
-        node = NodeProcess(self.workdir, name)
+    def start(self, name: str, *extra: str) -> NodeProcess:
+        node = NodeProcess(self.workdir, name, *extra)
         self.addCleanup(node.stop)
         node.wait_ready()
         return node
@@ -66,3 +66,59 @@ class PingTests(SynchronousTestCase):
         ping = node.dspring("ping", "-c", "1", str(PeerID(bytes(32))))
         self.assertEqual(ping.returncode, 1)
         self.assertIn("no node is running", ping.stderr)
+
+
+class DHTTests(SynchronousTestCase):
+    def setUp(self) -> None:
+        self.workdir = FilePath(self.mktemp())
+        self.workdir.makedirs()
+
+    def start(self, name: str, *extra: str) -> NodeProcess:
+        node = NodeProcess(self.workdir, name, *extra)
+        self.addCleanup(node.stop)
+        node.wait_ready()
+        return node
+
+    def test_ping_through_the_dht(self) -> None:
+        """
+        Three ``twistd -n dspring`` processes: B alone, A bootstrapping from
+        B on the command line, C from B through its bootstrap file.  With
+        no address book, ``dspring ping C`` on A reaches C by peer ID alone;
+        ``dspring dht lookup C`` on A prints C's signed record and the hops;
+        ``dspring status`` on B shows both others in its routing table.
+        """
+        b = self.start("b")
+        a = self.start("a", "--bootstrap", f"{b.peer_id}@{b.address}")
+        c_dir = self.workdir.child("c").child("data")
+        c_dir.makedirs()
+        c_dir.child("bootstrap.txt").setContent(
+            f"# the first node\n{b.peer_id}@{b.address}\n".encode()
+        )
+        c = self.start("c")
+        c.wait_for(r"published peer record \d+ with .* at [1-9]\d* nodes")
+        ping = a.dspring("ping", "-c", "2", "-i", "0.2", c.peer_id)
+        self.assertEqual(ping.returncode, 0, ping.stdout + ping.stderr + "".join(a.log))
+        self.assertIn("2 sent, 2 received, 0% packet loss", ping.stdout)
+        lookup = a.dspring("dht", "lookup", c.peer_id)
+        self.assertEqual(lookup.returncode, 0, lookup.stdout + lookup.stderr)
+        self.assertIn(f"peer ID:   {c.peer_id}", lookup.stdout)
+        self.assertIn(f"addresses: {c.address}", lookup.stdout)
+        self.assertRegex(lookup.stdout, r"lookup: +found in [1-9]\d* hops")
+        self.assertRegex(lookup.stdout, r"hop 1 +[a-z2-7]{56} +found")
+        status = b.dspring("status")
+        self.assertEqual(status.returncode, 0, status.stderr)
+        self.assertIn("DHT:         2 contacts", status.stdout)
+        self.assertIn(a.peer_id, status.stdout)
+        self.assertIn(c.peer_id, status.stdout)
+
+    def test_lookup_unknown(self) -> None:
+        """
+        ``dspring dht lookup`` of a peer nobody published says so and exits
+        non-zero.
+        """
+        alone = self.start("alone")
+        stranger = str(PeerID(bytes(range(32))))
+        lookup = alone.dspring("dht", "lookup", stranger)
+        self.assertEqual(lookup.returncode, 1)
+        self.assertIn("not found in 0 hops", lookup.stdout)
+        self.assertIn("the DHT has no record", lookup.stderr)

@@ -13,6 +13,7 @@ from twisted.python import usage
 
 from ..errors import DigitalSpringError
 from ..node._options import DEFAULT_DATA_DIR, data_dir_path
+from ._dht import DhtOptions
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
 from ._network import ContactsOptions, PingOptions, StatusOptions
 
@@ -40,6 +41,7 @@ class Options(usage.Options):
         ["contacts", None, ContactsOptions, "Manage the address book of peers."],
         ["ping", None, PingOptions, "Ping a peer through the running node."],
         ["status", None, StatusOptions, "Show the running node's status."],
+        ["dht", None, DhtOptions, "Look into the running node's DHT."],
     ]
 
     def postOptions(self) -> None:

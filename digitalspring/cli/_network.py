@@ -119,7 +119,8 @@ class PingOptions(usage.Options):
     synopsis = "[-c COUNT] [-i SECONDS] PEER_ID"
     longdesc = (
         "Ping a peer through the running node's secure channel and print round-trip "
-        "times, like ping(8). The node finds the peer's address in its directory."
+        "times, like ping(8). The node finds the peer's address in its address book, "
+        "or else in the DHT."
     )
     optParameters = [
         ["count", "c", 4, "Number of pings to send (0: until interrupted).", int],
@@ -186,7 +187,10 @@ class StatusOptions(usage.Options):
     """
 
     synopsis = ""
-    longdesc = "Show the running node's peer ID, addresses and connected peers."
+    longdesc = (
+        "Show the running node's peer ID, addresses and connected peers, and the size "
+        "of its DHT routing table with the peers in it."
+    )
     optFlags = [["json", None, "Print the status as JSON."]]
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
@@ -204,3 +208,18 @@ class StatusOptions(usage.Options):
         out.write(f"connections: {len(status['connections'])}\n")
         for peer in status["connections"]:
             out.write(f"  {peer}\n")
+        dht = status.get("dht")
+        if dht is not None:
+            out.write(
+                f"DHT:         {dht['routing_table']} contacts in {dht['buckets']} buckets, "
+                f"{dht['records']} records held\n"
+            )
+            own = dht["own_record"]
+            if own is not None:
+                out.write(
+                    f"own record:  sequence {own['sequence']}, "
+                    f"stored at {own['stored_at']} nodes\n"
+                )
+            out.write(f"known peers: {len(dht['known_peers'])}\n")
+            for peer in dht["known_peers"]:
+                out.write(f"  {peer}\n")

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any
 
-from twisted.application.service import MultiService
+from twisted.application.service import IService, MultiService
 from twisted.internet.defer import Deferred, DeferredList
 from twisted.internet.interfaces import IListeningPort
 from twisted.logger import Logger
@@ -18,6 +18,7 @@ from twisted.python.filepath import FilePath
 
 from ..channel import MAX_PING_DATA, ConnectionPool, Ping
 from ..control import BadRequest, ControlService, peer_from_body
+from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..transport import ITransport, split_address
@@ -27,6 +28,12 @@ from ._listen import ListeningService
 class ListenFailed(DigitalSpringError):
     """
     The node could not listen on one of its addresses.
+    """
+
+
+class NoDHT(DigitalSpringError):
+    """
+    The node runs without a DHT.
     """
 
 
@@ -40,6 +47,7 @@ class Node(MultiService):
     :ivar identity: the peer's key pair.
     :ivar transports: every transport the node may use, by name.
     :ivar pool: its connections with other peers.
+    :ivar dht: its Kademlia node, or ``None`` for a node without one.
     :ivar ready: fires once the node listens on all its addresses (with
         ``None``), or fails with :class:`ListenFailed`.
     """
@@ -55,6 +63,7 @@ class Node(MultiService):
         pool: ConnectionPool,
         data_dir: FilePath[str] | None = None,
         control: str | None = None,
+        dht: DHT | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -63,15 +72,24 @@ class Node(MultiService):
         :param data_dir: where the control API publishes its address.
         :param control: the endpoint of the control API, or ``None`` for no
             control API.
+        :param dht: the DHT over ``pool``; it publishes the node's record
+            once the node listens.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
         self.reactor = reactor
         self.transports = dict(transports)
         self.pool = pool
+        self.dht = dht
         self.ready: Deferred[None] = Deferred()
         self._listeners: list[ListeningService] = []
+        for transport in self.transports.values():
+            # A transport with a life of its own (tor) starts first, stops last.
+            if IService.providedBy(transport):
+                IService(transport).setServiceParent(self)  # type: ignore[no-untyped-call]
         pool.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if dht is not None:
+            dht.setServiceParent(self)  # type: ignore[no-untyped-call]
         for address in listen:
             name, description = split_address(address)
             listener = ListeningService(self.transports[name], description, pool.server_factory)
@@ -81,6 +99,7 @@ class Node(MultiService):
             routes = {
                 "status": (b"GET", self._control_status),
                 "ping": (b"POST", self._control_ping),
+                "dht-lookup": (b"POST", self._control_dht_lookup),
             }
             ControlService(reactor, data_dir, routes, control).setServiceParent(  # type: ignore[no-untyped-call]
                 self
@@ -124,16 +143,52 @@ class Node(MultiService):
 
     def status(self) -> dict[str, Any]:
         """
-        What the node is: its peer ID, addresses and connected peers.
+        What the node is: its peer ID, addresses and connected peers, and its
+        DHT's routing table.
         """
         return {
             "peer_id": str(self.peer_id),
             "addresses": self.addresses(),
             "connections": sorted(str(peer) for peer in self.pool.connections()),
+            "dht": None if self.dht is None else self.dht.status(),
+        }
+
+    async def dht_lookup(self, peer_id: PeerID) -> dict[str, Any]:
+        """
+        Look up a peer's record in the DHT, for ``dspring dht lookup``.
+
+        :returns: ``{"found": ..., "record": ..., "hops": ..., "rpcs": ...,
+            "duration_ms": ..., "path": [...]}``; ``record`` is ``None`` when
+            it was not found.
+        :raises NoDHT: when the node runs without a DHT.
+        """
+        if self.dht is None:
+            raise NoDHT("this node runs without a DHT")
+        result = await self.dht.find_peer(peer_id)
+        return {
+            "peer": str(peer_id),
+            "found": result.found is not None,
+            "record": None if result.found is None else result.found.record.as_json(),
+            "hops": result.hops,
+            "rpcs": result.rpcs,
+            "duration_ms": result.duration * 1000,
+            "deadline_reached": result.deadline_reached,
+            "path": [
+                {
+                    "peer": str(hop.peer_id),
+                    "hop": hop.hop,
+                    "outcome": hop.outcome,
+                    "rtt_ms": hop.rtt * 1000,
+                }
+                for hop in result.path
+            ],
         }
 
     async def _control_status(self, body: dict[str, Any]) -> dict[str, Any]:
         return self.status()
+
+    async def _control_dht_lookup(self, body: dict[str, Any]) -> dict[str, Any]:
+        return await self.dht_lookup(peer_from_body(body))
 
     async def _control_ping(self, body: dict[str, Any]) -> dict[str, Any]:
         peer_id = peer_from_body(body)
@@ -161,6 +216,8 @@ class Node(MultiService):
             peer_id=str(self.peer_id),
             addresses=addresses,
         )
+        if self.dht is not None:
+            self.dht.addresses_changed()
         self.ready.callback(None)
 
     def _cannot_listen(self, failure: Failure) -> None:

@@ -19,6 +19,14 @@ DEFAULT_DATA_DIR = "~/.dspring"
 #: Where a node listens unless told otherwise.
 DEFAULT_LISTEN = "tcp:7655"
 
+#: Where an onion-only node listens unless told otherwise: an onion
+#: service on port 7655, with the key kept in the data directory.
+DEFAULT_ONION_LISTEN = "tor:7655"
+
+#: The file in the data directory that lists bootstrap peers, one
+#: ``PEER_ID@TRANSPORT:ADDRESS`` a line (``#`` starts a comment).
+BOOTSTRAP_FILE_NAME = "bootstrap.txt"
+
 
 class BadOption(DigitalSpringError):
     """
@@ -54,6 +62,33 @@ class BootstrapPeer:
 
     def __str__(self) -> str:
         return f"{self.peer_id}@{self.address}"
+
+
+def read_bootstrap_file(data_dir: FilePath[str]) -> list[BootstrapPeer]:
+    """
+    The bootstrap peers listed in ``DATA_DIR/bootstrap.txt``; none when the
+    file is missing.
+
+    :raises BadOption: naming the line that cannot be read.
+    """
+    path = data_dir.child(BOOTSTRAP_FILE_NAME)
+    try:
+        with open(path.path, encoding="utf-8") as f:
+            lines = f.read(1024 * 1024).splitlines()
+    except FileNotFoundError:
+        return []
+    except (OSError, UnicodeDecodeError) as e:
+        raise BadOption(f"cannot read {path.path}: {e}") from None
+    peers = []
+    for number, line in enumerate(lines, 1):
+        text = line.split("#", 1)[0].strip()
+        if not text:
+            continue
+        try:
+            peers.append(BootstrapPeer.parse(text))
+        except BadOption as e:
+            raise BadOption(f"{path.path}, line {number}: {e}") from None
+    return peers
 
 
 def data_dir_path(text: str) -> FilePath[str]:
