@@ -454,6 +454,27 @@ class PrivateTorNetwork:
                 )
             await deferLater(self._reactor, interval, lambda: None)
 
+    def client_torrc_options(self) -> list[str]:
+        """
+        The torrc lines that let a tor started outside this network (a
+        node's own tor, given them as ``--tor-option``) join it as a client.
+        Call after :meth:`start`.
+        """
+        if not self._dir_authorities:
+            raise TorNetworkError("start the network before asking how to join it")
+        return [
+            "TestingTorNetwork 1",
+            *self._dir_authorities,
+            f"EntryNodes {self._entry_nodes}",
+            "PathsNeededToBuildCircuits 0.67",
+            "ClientUseIPv6 0",
+            "AddressDisableIPv6 1",
+            "Sandbox 0",
+            "ShutdownWaitLength 0",
+            'GeoIPFile ""',
+            'GeoIPv6File ""',
+        ]
+
     def add_client(self, name: str) -> Deferred[TorClient]:
         """
         Start another client tor (for example to publish an onion service or

@@ -3,7 +3,7 @@ Transports: how byte streams reach peers (tcp, tor, memory, or a plugin's).
 """
 
 from ._clock import SimulatedCall, SimulatedClock
-from ._interfaces import ITransport, ITransportPlugin
+from ._interfaces import IOnionService, ITorControl, ITransport, ITransportPlugin
 from ._memory import (
     MemoryAddress,
     MemoryConnection,
@@ -24,11 +24,31 @@ from ._plugins import (
     transport_plugins,
 )
 from ._tcp import TCPTransport, TCPTransportPlugin
+from ._tor import (
+    ListenDescription,
+    OnionAddress,
+    OnionListeningPort,
+    TorClientAddress,
+    TorTransport,
+    TorTransportPlugin,
+)
+from ._torcontrol import TxtorconControl, attach_tor, launch_tor
+from ._torerrors import (
+    OnionServiceUnreachable,
+    TorNotFound,
+    TorStreamFailed,
+    TorStreamTimeout,
+    TorUnavailable,
+)
+from ._torkey import onion_host, parse_onion_address
 
 __all__ = [
+    "IOnionService",
+    "ITorControl",
     "ITransport",
     "ITransportPlugin",
     "InvalidAddress",
+    "ListenDescription",
     "MemoryAddress",
     "MemoryConnection",
     "MemoryHost",
@@ -36,15 +56,30 @@ __all__ = [
     "MemoryNetwork",
     "MemoryTransport",
     "MemoryTransportPlugin",
+    "OnionAddress",
+    "OnionListeningPort",
+    "OnionServiceUnreachable",
     "SimulatedCall",
     "SimulatedClock",
     "TCPTransport",
     "TCPTransportPlugin",
+    "TorClientAddress",
+    "TorNotFound",
+    "TorStreamFailed",
+    "TorStreamTimeout",
+    "TorTransport",
+    "TorTransportPlugin",
+    "TorUnavailable",
     "TransportConfigError",
     "TransportContext",
     "TransportError",
+    "TxtorconControl",
     "UnknownTransport",
+    "attach_tor",
     "get_transport_plugin",
+    "launch_tor",
+    "onion_host",
+    "parse_onion_address",
     "split_address",
     "transport_plugins",
 ]

@@ -12,7 +12,12 @@ from zope.interface import Attribute, Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
-    from twisted.internet.interfaces import IListeningPort, IProtocol, IProtocolFactory
+    from twisted.internet.interfaces import (
+        IListeningPort,
+        IProtocol,
+        IProtocolFactory,
+        IStreamClientEndpoint,
+    )
 
     from ._plugins import TransportContext
 
@@ -99,4 +104,67 @@ class ITransportPlugin(IPlugin):
         :returns: a provider of :class:`ITransport`.
         :raises TransportConfigError: when ``context.options`` cannot be
             used.
+        """
+
+
+class IOnionService(Interface):
+    """
+    An onion service that a tor publishes for us (see :class:`ITorControl`).
+    """
+
+    hostname = Attribute("Its ``.onion`` host name: a ``str``, lowercase.")
+
+    def remove() -> Deferred[None]:
+        """
+        Stop publishing the service: tor forgets it and closes its circuits.
+
+        :returns: a ``Deferred`` that fires once tor has removed it (or
+            had already, with its control connection).
+        """
+
+
+class ITorControl(Interface):
+    """
+    A running tor as the ``tor`` transport uses it: it publishes onion
+    services and opens streams to them.
+
+    This is our interface, not txtorcon's: the real implementation wraps
+    txtorcon, and a fake of ours stands in for it in tests that need no tor.
+    """
+
+    def publish_onion(virtual_port: int, local_port: int, seed: bytes) -> Deferred[IOnionService]:
+        """
+        Publish an ephemeral v3 onion service whose key is the Ed25519 key
+        made from ``seed``, forwarding its ``virtual_port`` to
+        ``127.0.0.1:local_port``.
+
+        :param seed: the 32-byte Ed25519 seed of the service's key.
+        :returns: a ``Deferred`` that fires with the :class:`IOnionService`
+            once its descriptor has been uploaded at least once.
+        :raises twisted.internet.error.CannotListenError: (through the
+            Deferred) when tor refuses the service (e.g. it already
+            publishes that key).
+        """
+
+    def onion_endpoint(host: str, port: int) -> IStreamClientEndpoint:
+        """
+        A client endpoint for ``port`` of the onion service ``host``, whose
+        connections go through tor.
+
+        Its ``connect`` fails with
+        :class:`~digitalspring.transport.OnionServiceUnreachable` (a
+        ``ConnectionRefusedError``) when no service answers at ``host`` or
+        nothing listens on ``port``, with ``TimeoutError`` when tor gives up,
+        and with another ``ConnectError`` otherwise.  Connections it makes
+        end with Twisted's usual reasons (``ConnectionDone``,
+        ``ConnectionLost``, ``ConnectionAborted``).
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Let go of tor: the onion services published through this control
+        go away, and a tor we launched is stopped.
+
+        :returns: a ``Deferred`` that fires once the control connection is
+            closed and a launched tor has exited.
         """

@@ -1,11 +1,12 @@
 """
-Digital Spring's built-in transports, ``tcp`` and ``memory``, as plugins.
+Digital Spring's built-in transports, ``tcp``, ``memory`` and ``tor``, as plugins.
 
 Kept trivial on purpose: an import error here is silent and breaks every
 ``getPlugins`` caller.
 """
 
-from digitalspring.transport import MemoryTransportPlugin, TCPTransportPlugin
+from digitalspring.transport import MemoryTransportPlugin, TCPTransportPlugin, TorTransportPlugin
 
 tcp = TCPTransportPlugin()
 memory = MemoryTransportPlugin()
+tor = TorTransportPlugin()

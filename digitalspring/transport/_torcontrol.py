@@ -1,0 +1,482 @@
+# -*- test-case-name: tests.test_tor_network -*-
+"""
+The real :class:`ITorControl`: txtorcon, talking to a tor we launched or to
+one we attach to through its control port.
+
+Everything the ``tor`` transport needs of txtorcon is in this module, so the
+rest of our code (and its tests' fake) depends on our interface only.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Sequence
+from contextlib import suppress
+from typing import Any
+
+import txtorcon
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.error import CannotListenError, ConnectError, ProcessExitedAlready
+from twisted.internet.interfaces import (
+    IProtocol,
+    IProtocolFactory,
+    IStreamClientEndpoint,
+)
+from twisted.internet.protocol import ProcessProtocol
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
+from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
+from txtorcon.socks import SocksError
+from zope.interface import implementer
+
+from ._interfaces import IOnionService, ITorControl
+from ._torerrors import (
+    OnionServiceUnreachable,
+    TorNotFound,
+    TorStreamFailed,
+    TorStreamTimeout,
+    TorUnavailable,
+)
+from ._torkey import tor_private_key
+
+_PROGRESS = re.compile(r"\bPROGRESS=(\d+)")
+
+#: SOCKS5 replies (RFC 1928, and tor's ``ExtendedErrors`` for onion
+#: services) that mean nobody answers at the onion address.
+_UNREACHABLE = {
+    0x04: "host unreachable",
+    0x05: "connection refused",
+    0xF0: "descriptor not found",
+    0xF2: "introduction failed",
+    0xF6: "invalid onion address",
+}
+_TIMED_OUT = {
+    0x06: "TTL expired",
+    0xF7: "introduction timed out",
+}
+
+#: Options the launched tor's own configuration sets; overriding them from
+#: ``--tor-option`` would cut the node off from its tor.
+RESERVED_TORRC_KEYS = frozenset(
+    key.lower()
+    for key in (
+        "DataDirectory",
+        "ControlPort",
+        "ControlPortWriteToFile",
+        "CookieAuthentication",
+        "RunAsDaemon",
+        "__OwningControllerProcess",
+    )
+)
+
+
+# -- Streams -----------------------------------------------------------------
+
+
+class _ReasonWrapper(ProtocolWrapper):
+    """
+    Gives the wrapped protocol the reason its connection ended, which
+    txtorcon's SOCKS layer wraps in a ``SocksError``.
+    """
+
+    def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
+        error = reason.value
+        if isinstance(error, SocksError) and isinstance(error.message, Failure):
+            reason = error.message
+        super().connectionLost(reason)  # type: ignore[no-untyped-call]
+
+
+class _ReasonFactory(WrappingFactory[_ReasonWrapper]):
+    protocol = _ReasonWrapper
+
+    def __init__(self, wrapped: IProtocolFactory) -> None:
+        super().__init__(wrapped)  # type: ignore[no-untyped-call]
+        self.inner: IProtocol | None = None
+
+    def buildProtocol(self, addr: Any) -> _ReasonWrapper:
+        wrapper = super().buildProtocol(addr)
+        self.inner = wrapper.wrappedProtocol
+        return wrapper
+
+
+def _connect_failure(error: BaseException, host: str, port: int) -> Exception:
+    """
+    Our error for a failed SOCKS connect to ``host:port``.
+    """
+    where = f"{host}:{port}"
+    if isinstance(error, SocksError):
+        code = error.code
+        if code in _UNREACHABLE:
+            return OnionServiceUnreachable(
+                f"no onion service answers at {where} (tor: {_UNREACHABLE[code]})"
+            )
+        if code in _TIMED_OUT:
+            return TorStreamTimeout(f"tor timed out reaching {where} ({_TIMED_OUT[code]})")
+        return TorStreamFailed(f"tor could not reach {where}: {error}")
+    if isinstance(error, ConnectError):
+        return TorStreamFailed(f"cannot reach tor's SOCKS port to dial {where}: {error}")
+    return TorStreamFailed(f"tor could not reach {where}: {error!r}")
+
+
+@implementer(IStreamClientEndpoint)
+class _OnionEndpoint:
+    """
+    txtorcon's SOCKS endpoint, with our errors and Twisted's connection-loss
+    reasons.
+    """
+
+    def __init__(self, socks: IStreamClientEndpoint, host: str, port: int) -> None:
+        self._socks = socks
+        self._host = host
+        self._port = port
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        wrapping = _ReasonFactory(protocolFactory)
+
+        def connected(_: object) -> IProtocol:
+            assert wrapping.inner is not None
+            return wrapping.inner
+
+        def failed(failure: Failure) -> Failure:
+            error = _connect_failure(failure.value, self._host, self._port)  # type: ignore[arg-type]
+            return Failure(error)  # type: ignore[no-untyped-call]
+
+        connecting: Deferred[Any] = self._socks.connect(wrapping)
+        return connecting.addCallbacks(connected, failed)
+
+
+# -- Onion services ----------------------------------------------------------
+
+
+@implementer(IOnionService)
+class _Onion:
+    log = Logger()
+
+    def __init__(self, service: Any) -> None:
+        self._service = service
+        self.hostname = str(service.hostname).lower()
+
+    def remove(self) -> Deferred[None]:
+        async def remove() -> None:
+            try:
+                await self._service.remove()
+            except Exception as e:
+                # Gone already, with its control connection.
+                self.log.debug("onion service {host} not removed: {error}",
+                               host=self.hostname, error=str(e))
+
+        return Deferred.fromCoroutine(remove())
+
+
+# -- A launched tor ------------------------------------------------------------
+
+
+class _ExitWatcher(ProcessProtocol):
+    def __init__(self) -> None:
+        self.ended: Deferred[None] = Deferred()
+        self.exited = False
+
+    def processEnded(self, reason: Failure) -> None:
+        self.exited = True
+        self.ended.callback(None)
+
+
+class LaunchedTor:
+    """
+    A tor process the node started; its log (notice level) goes to
+    ``tor.log`` beside its torrc, with no pipe to us.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, watcher: _ExitWatcher, pid: int, log_path: str) -> None:
+        self._reactor = reactor
+        self._watcher = watcher
+        self.pid = pid
+        self.log_path = log_path
+
+    @property
+    def running(self) -> bool:
+        """
+        Whether it has not exited yet.
+        """
+        return not self._watcher.exited
+
+    def log_tail(self, lines: int = 15) -> str:
+        """
+        The end of its log, for error messages.
+        """
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return "\n".join(f.read().splitlines()[-lines:])
+        except OSError as e:
+            return f"(no tor log: {e})"
+
+    async def stop(self, timeout: float = 10.0) -> None:
+        """
+        SIGTERM, then SIGKILL after ``timeout`` seconds; returns once it has
+        exited.
+        """
+        for signal, wait in (("TERM", timeout), ("KILL", 5.0)):
+            if not self.running:
+                return
+            transport = self._watcher.transport
+            assert transport is not None
+            with suppress(ProcessExitedAlready):
+                transport.signalProcess(signal)
+            deadline = self._reactor.seconds() + wait
+            while self.running and self._reactor.seconds() < deadline:
+                await deferLater(self._reactor, 0.05, lambda: None)
+        self.log.info("tor (PID {pid}) stopped", pid=self.pid)
+
+
+def find_tor(tor_binary: str | None = None) -> str:
+    """
+    The tor program to launch: ``tor_binary``, or ``tor`` on ``PATH`` or in
+    ``/usr/sbin`` and ``/usr/bin`` (where Debian's ``tor`` package puts it).
+
+    :raises TorNotFound: if there is none.
+    """
+    if tor_binary is not None:
+        if not os.access(tor_binary, os.X_OK):
+            raise TorNotFound(f"{tor_binary} is not an executable tor program")
+        return tor_binary
+    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/bin"])
+    found = shutil.which("tor", path=search)
+    if found is None:
+        raise TorNotFound("no tor program found; install it with: apt-get install tor")
+    return found
+
+
+def launch_torrc(tor_dir: FilePath[str], extra: Sequence[str]) -> list[str]:
+    """
+    The configuration of a tor the node launches: its data in
+    ``tor_dir/data``, control and SOCKS ports on 127.0.0.1 chosen by tor,
+    cookie authentication, and ``extra`` lines (``--tor-option``) last.
+    """
+    return [
+        f"DataDirectory {tor_dir.child('data').path}",
+        "ControlPort 127.0.0.1:auto",
+        f"ControlPortWriteToFile {tor_dir.child('control-port').path}",
+        "CookieAuthentication 1",
+        "SocksPort 127.0.0.1:auto ExtendedErrors",
+        "RunAsDaemon 0",
+        # It exits by itself if we die without stopping it.
+        f"__OwningControllerProcess {os.getpid()}",
+        "Log notice stdout",
+        *extra,
+    ]
+
+
+async def launch_tor(
+    reactor: Any,
+    tor_dir: FilePath[str],
+    *,
+    tor_binary: str | None = None,
+    torrc_options: Sequence[str] = (),
+    timeout: float = 180.0,
+) -> TxtorconControl:
+    """
+    Start a tor of our own with its data below ``tor_dir``, connect to its
+    control port and wait for its 100 % bootstrap.
+
+    :param torrc_options: extra configuration lines, ``Key Value``.
+    :param timeout: seconds for it to open its control port and bootstrap.
+    :raises TorNotFound: when there is no tor to run.
+    :raises TorUnavailable: when it exits or does not bootstrap in time; the
+        message ends with its log.
+    """
+    binary = find_tor(tor_binary)
+    data = tor_dir.child("data")
+    data.makedirs(ignoreExistingDirectory=True)
+    os.chmod(tor_dir.path, 0o700)
+    os.chmod(data.path, 0o700)
+    port_file = tor_dir.child("control-port")
+    if port_file.exists():
+        port_file.remove()
+    torrc = tor_dir.child("torrc")
+    torrc.setContent(("\n".join(launch_torrc(tor_dir, torrc_options)) + "\n").encode("utf-8"))
+    log_path = tor_dir.child("tor.log").path
+    watcher = _ExitWatcher()
+    log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    null_fd = os.open(os.devnull, os.O_RDONLY)
+    try:
+        process = reactor.spawnProcess(
+            watcher,
+            binary,
+            [binary, "-f", torrc.path, "--ignore-missing-torrc"],
+            env={"HOME": tor_dir.path, "PATH": "/usr/sbin:/usr/bin:/sbin:/bin", "LANG": "C"},
+            path=tor_dir.path,
+            childFDs={0: null_fd, 1: log_fd, 2: log_fd},
+        )
+    finally:
+        os.close(log_fd)
+        os.close(null_fd)
+    launched = LaunchedTor(reactor, watcher, process.pid, log_path)
+    Logger().info("launched {binary} (PID {pid}) with its data in {dir}",
+                  binary=binary, pid=launched.pid, dir=data.path)
+    deadline = reactor.seconds() + timeout
+    try:
+        while not port_file.exists() or not port_file.getContent().endswith(b"\n"):
+            _check_alive(launched, reactor, deadline, "its control port")
+            await deferLater(reactor, 0.05, lambda: None)
+        text = port_file.getContent().decode("ascii").strip()
+        port = int(text.rpartition(":")[2])
+        tor = await txtorcon.connect(reactor, TCP4ClientEndpoint(reactor, "127.0.0.1", port))
+        control = TxtorconControl(reactor, tor, launched)
+        try:
+            # Tor exits when this connection closes, whatever happens to us.
+            await tor.protocol.queue_command("TAKEOWNERSHIP")
+            await control.wait_bootstrapped(deadline)
+        except BaseException:
+            await control.close()
+            raise
+    except BaseException:
+        await launched.stop()
+        raise
+    return control
+
+
+def _check_alive(launched: LaunchedTor, reactor: Any, deadline: float, what: str) -> None:
+    if not launched.running:
+        raise TorUnavailable(
+            f"tor exited while the node waited for {what}; its log:\n" + launched.log_tail()
+        )
+    if reactor.seconds() > deadline:
+        raise TorUnavailable(
+            f"timed out waiting for {what} of tor (PID {launched.pid}); its log:\n"
+            + launched.log_tail()
+        )
+
+
+async def attach_tor(
+    reactor: Any,
+    endpoint: IStreamClientEndpoint,
+    description: str,
+    password: str | None = None,
+    timeout: float = 180.0,
+) -> TxtorconControl:
+    """
+    Connect to a running tor's control port, authenticate (with tor's
+    cookie file, or ``password``) and wait for its 100 % bootstrap.
+
+    :param description: how the user named the endpoint, for messages.
+    :raises TorUnavailable: when it cannot be reached, refuses us, or does
+        not bootstrap in time.
+    """
+    password_function = None if password is None else (lambda: password)
+    try:
+        tor = await txtorcon.connect(reactor, endpoint, password_function=password_function)
+    except Exception as e:
+        raise TorUnavailable(f"cannot use the tor control port {description}: {e}") from None
+    control = TxtorconControl(reactor, tor, None)
+    try:
+        await control.wait_bootstrapped(reactor.seconds() + timeout)
+    except BaseException:
+        await control.close()
+        raise
+    return control
+
+
+# -- The control -------------------------------------------------------------
+
+
+@implementer(ITorControl)
+class TxtorconControl:
+    """
+    :class:`ITorControl` through txtorcon.
+
+    :param tor: a connected ``txtorcon.Tor``.
+    :param launched: the tor process, when we launched it.
+    """
+
+    log = Logger()
+
+    def __init__(self, reactor: Any, tor: Any, launched: LaunchedTor | None) -> None:
+        self._reactor = reactor
+        self._tor = tor
+        self.launched = launched
+        self._closed = False
+
+    async def bootstrap_progress(self) -> int:
+        """
+        How far (percent) tor has bootstrapped.
+        """
+        info = await self._tor.protocol.get_info("status/bootstrap-phase")
+        match = _PROGRESS.search(str(info.get("status/bootstrap-phase", "")))
+        return int(match.group(1)) if match else 0
+
+    async def wait_bootstrapped(self, deadline: float) -> None:
+        """
+        Return once tor has bootstrapped to 100 %.
+
+        :raises TorUnavailable: if it has not by ``deadline`` (reactor
+            seconds), or a launched tor exited.
+        """
+        last = -1
+        while True:
+            progress = await self.bootstrap_progress()
+            if progress != last:
+                self.log.info("tor bootstrapped {progress}%", progress=progress)
+                last = progress
+            if progress >= 100:
+                return
+            if self.launched is not None:
+                _check_alive(self.launched, self._reactor, deadline, "the bootstrap")
+            elif self._reactor.seconds() > deadline:
+                raise TorUnavailable(f"tor did not bootstrap in time (at {progress}%)")
+            await deferLater(self._reactor, 0.2, lambda: None)
+
+    def publish_onion(self, virtual_port: int, local_port: int, seed: bytes) -> Deferred[Any]:
+        """
+        See :meth:`ITorControl.publish_onion`.
+        """
+
+        async def publish() -> IOnionService:
+            try:
+                service = await self._tor.create_onion_service(
+                    ports=[(virtual_port, f"127.0.0.1:{local_port}")],
+                    version=3,
+                    private_key=tor_private_key(seed),
+                    await_all_uploads=False,
+                )
+            except Exception as e:
+                raise CannotListenError(  # type: ignore[no-untyped-call]
+                    "onion", virtual_port, e
+                ) from None
+            return _Onion(service)
+
+        return Deferred.fromCoroutine(publish())
+
+    def onion_endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
+        """
+        See :meth:`ITorControl.onion_endpoint`.
+        """
+        return _OnionEndpoint(self._tor.stream_via(host, port), host, port)
+
+    def close(self) -> Deferred[None]:
+        """
+        See :meth:`ITorControl.close`.
+        """
+        if self._closed:
+            return succeed(None)
+        self._closed = True
+        return Deferred.fromCoroutine(self._close())
+
+    async def _close(self) -> None:
+        protocol = self._tor.protocol
+        if protocol.transport is not None and protocol.transport.connected:
+            disconnected = protocol.when_disconnected()
+            protocol.transport.loseConnection()
+            try:
+                await disconnected
+            except Exception as e:
+                # txtorcon reports even the hang-up we asked for as an error.
+                self.log.debug("tor control connection closed: {error}", error=str(e))
+        if self.launched is not None:
+            await self.launched.stop()

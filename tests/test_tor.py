@@ -1,0 +1,534 @@
+"""
+Tests for the ``tor`` transport that need no tor: onion addresses and keys,
+the plugin's options, ``twistd dspring``'s tor options, and the transport
+itself over the fake tor control (which passes the conformance suite).
+
+The same transport over a real tor, on a private Tor network, is tested in
+``tests.test_tor_network``.
+"""
+
+from __future__ import annotations
+
+import os
+import stat
+from typing import Any
+
+from hypothesis import given
+from hypothesis import strategies as st
+from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
+from nacl.signing import SigningKey
+from twisted.application.service import IService
+from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.interfaces import IListeningPort, IReactorTime
+from twisted.internet.protocol import Factory, Protocol
+from twisted.internet.task import Clock
+from twisted.plugin import getPlugins
+from twisted.python import usage
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+from zope.interface.verify import verifyObject
+
+from digitalspring.identity import encode_onion
+from digitalspring.tap import Options, build_transports
+from digitalspring.testing import (
+    FakeOnionNetwork,
+    FakeOnionService,
+    FakeTorControl,
+    TransportConformanceMixin,
+)
+from digitalspring.transport import (
+    InvalidAddress,
+    IOnionService,
+    ITorControl,
+    ITransport,
+    ITransportPlugin,
+    ListenDescription,
+    OnionAddress,
+    OnionServiceUnreachable,
+    TorClientAddress,
+    TorTransport,
+    TorTransportPlugin,
+    TransportConfigError,
+    TransportContext,
+    TransportError,
+    TxtorconControl,
+    onion_host,
+    parse_onion_address,
+)
+from digitalspring.transport._torcontrol import _connect_failure, launch_torrc
+from digitalspring.transport._torkey import (
+    expanded_secret_key,
+    load_or_create_seed,
+    tor_private_key,
+)
+
+#: The onion address of tor's own website, as published.
+_TORPROJECT = "2gzyxa5ihm7nsggfxnu52rck2vv4rvmdlkiu3zzui5du4xyclen53wid.onion"
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class OnionAddressTests(SynchronousTestCase):
+    """
+    ``tor`` addresses are ``ONION.onion:PORT``, version 3 only, checked
+    before anything is dialled.
+    """
+
+    def test_valid(self) -> None:
+        """
+        A v3 onion address with a port parses; upper case is folded.
+        """
+        self.assertEqual(parse_onion_address(f"{_TORPROJECT}:80"), (_TORPROJECT, 80))
+        self.assertEqual(parse_onion_address(f"{_TORPROJECT.upper()}:1"), (_TORPROJECT, 1))
+
+    def test_bad_checksum(self) -> None:
+        """
+        One changed character breaks the checksum, which is reported.
+        """
+        typo = ("a" if _TORPROJECT[0] != "a" else "b") + _TORPROJECT[1:]
+        with self.assertRaises(InvalidAddress) as caught:
+            parse_onion_address(f"{typo}:80")
+        self.assertIn("checksum", str(caught.exception))
+
+    def test_v2_refused(self) -> None:
+        """
+        A 16-character (version 2) onion address is refused, saying so.
+        """
+        with self.assertRaises(InvalidAddress) as caught:
+            parse_onion_address("expyuzz4wqqyqhjn.onion:80")
+        self.assertIn("version 2", str(caught.exception))
+
+    def test_malformed(self) -> None:
+        """
+        Missing ports, bad ports, other hosts, wrong lengths, subdomains and
+        non-base32 characters are all refused.
+        """
+        for bad in [
+            "",
+            _TORPROJECT,
+            f"{_TORPROJECT}:",
+            f"{_TORPROJECT}:0",
+            f"{_TORPROJECT}:65536",
+            f"{_TORPROJECT}:http",
+            ":80",
+            "127.0.0.1:80",
+            "example.org:443",
+            f"www.{_TORPROJECT}:80",
+            f"{_TORPROJECT[:-7]}.onion:80",
+            f"{_TORPROJECT[:55]}1.onion:80",
+            f"{_TORPROJECT[:-6]}:80",
+        ]:
+            with self.assertRaises(InvalidAddress, msg=bad):
+                parse_onion_address(bad)
+
+    @given(st.binary(min_size=32, max_size=32), st.integers(1, 65535))
+    def test_round_trip(self, key: bytes, port: int) -> None:
+        """
+        Any Ed25519 public key's onion address parses back to itself.
+        """
+        host = encode_onion(key) + ".onion"
+        self.assertEqual(parse_onion_address(f"{host}:{port}"), (host, port))
+
+    @given(st.text(max_size=80))
+    def test_arbitrary_text(self, text: str) -> None:
+        """
+        Arbitrary text either parses or raises ``InvalidAddress``, nothing
+        else.
+        """
+        try:
+            parse_onion_address(text)
+        except InvalidAddress:
+            pass
+
+
+class OnionKeyTests(SynchronousTestCase):
+    """
+    Onion service keys: what tor is given, and how they are kept.
+    """
+
+    @given(st.binary(min_size=32, max_size=32))
+    def test_expanded_key_matches_public_key(self, seed: bytes) -> None:
+        """
+        The expanded secret key given to tor holds the scalar of the seed's
+        public key, so the address tor publishes is :func:`onion_host`.
+        """
+        expanded = expanded_secret_key(seed)
+        public = bytes(SigningKey(seed).verify_key)
+        self.assertEqual(crypto_scalarmult_ed25519_base_noclamp(expanded[:32]), public)
+        self.assertEqual(onion_host(seed), encode_onion(public) + ".onion")
+        self.assertTrue(tor_private_key(seed).startswith("ED25519-V3:"))
+
+    def test_seed_kept(self) -> None:
+        """
+        The seed is created once, readable by its owner only, and read back
+        unchanged.
+        """
+        path = FilePath(self.mktemp()).child("tor").child("onion-default.key")
+        seed = load_or_create_seed(path)
+        self.assertEqual(len(seed), 32)
+        self.assertEqual(stat.S_IMODE(os.stat(path.path).st_mode), 0o600)
+        self.assertEqual(load_or_create_seed(path), seed)
+
+    def test_bad_key_file(self) -> None:
+        """
+        A key file of the wrong size is refused with a message naming it,
+        not replaced.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"short")
+        with self.assertRaises(TransportConfigError) as caught:
+            load_or_create_seed(path)
+        self.assertIn(path.path, str(caught.exception))
+        self.assertEqual(path.getContent(), b"short")
+
+
+class ListenDescriptionTests(SynchronousTestCase):
+    """
+    ``tor`` listening descriptions: ``PORT[:key=NAME]``.
+    """
+
+    def test_parse(self) -> None:
+        """
+        A port, optionally with a key name.
+        """
+        self.assertEqual(ListenDescription.parse("80"), ListenDescription(80, "default"))
+        self.assertEqual(ListenDescription.parse("7655:key=chat"), ListenDescription(7655, "chat"))
+
+    def test_bad(self) -> None:
+        """
+        Port 0, bad ports and unknown or malformed parameters are refused.
+        """
+        for bad in ["", "0", "-1", "70000", "80:nokey", "80:port=1", "80:key=a/b", "80:key="]:
+            with self.assertRaises(InvalidAddress, msg=bad):
+                ListenDescription.parse(bad)
+
+
+class SocksErrorTests(SynchronousTestCase):
+    """
+    What a failed SOCKS connect through tor becomes.
+    """
+
+    def test_mapping(self) -> None:
+        """
+        Refused, unreachable and onion-not-found replies are
+        ``OnionServiceUnreachable`` (a ``ConnectionRefusedError``); the
+        TTL and introduction timeouts are ``TimeoutError``; others a plain
+        ``ConnectError``; all of them ``TransportError``\\ s.
+        """
+        from twisted.internet.error import ConnectError
+        from twisted.internet.error import TimeoutError as ConnectTimeout
+        from txtorcon.socks import SocksError
+
+        for code in (0x04, 0x05, 0xF0, 0xF2):
+            error = _connect_failure(SocksError(code=code), "x.onion", 1)
+            self.assertIsInstance(error, ConnectionRefusedError)
+            self.assertIsInstance(error, OnionServiceUnreachable)
+        for code in (0x06, 0xF7):
+            self.assertIsInstance(
+                _connect_failure(SocksError(code=code), "x.onion", 1), ConnectTimeout
+            )
+        for code in (0x01, 0xF3, 0x77):
+            error = _connect_failure(SocksError(code=code), "x.onion", 1)
+            self.assertIsInstance(error, ConnectError)
+            self.assertNotIsInstance(error, ConnectionRefusedError)
+            self.assertIsInstance(error, TransportError)
+        socks_port_refused = _connect_failure(ConnectionRefusedError(), "x.onion", 1)
+        self.assertNotIsInstance(socks_port_refused, ConnectionRefusedError)
+        self.assertIn("SOCKS port", str(socks_port_refused))
+
+
+class TorPluginTests(SynchronousTestCase):
+    """
+    The ``tor`` plugin and its options.
+    """
+
+    def _make(self, data_dir: bool = True, **options: Any) -> TorTransport:
+        context = TransportContext(
+            Clock(), FilePath(self.mktemp()) if data_dir else None, options
+        )
+        return TorTransportPlugin().make_transport(context)
+
+    def test_discovered(self) -> None:
+        """
+        ``getPlugins`` finds the ``tor`` plugin, which provides
+        ``ITransportPlugin``.
+        """
+        found = {p.name: p for p in getPlugins(ITransportPlugin)}
+        self.assertIsInstance(found["tor"], TorTransportPlugin)
+        self.assertTrue(verifyObject(ITransportPlugin, found["tor"]))
+
+    def test_make_transport(self) -> None:
+        """
+        Launching or attaching, the plugin makes a ``TorTransport``, an
+        ``ITransport`` and an ``IService``; nothing happens before it is
+        used.
+        """
+        for transport in [self._make(), self._make(control="tcp:127.0.0.1:9051")]:
+            self.assertTrue(verifyObject(ITransport, transport))
+            self.assertTrue(IService.providedBy(transport))
+            self.assertEqual(transport.published_addresses(), [])
+
+    def test_bad_options(self) -> None:
+        """
+        Malformed or reserved tor options, tor options with a control
+        endpoint, a bad endpoint, a password without an endpoint, a launched
+        tor without a data directory, and a bad timeout are refused.
+        """
+        for data_dir, options in [
+            (True, {"torrc": ["NoValue"]}),
+            (True, {"torrc": ["Bad-Key 1"]}),
+            (True, {"torrc": ["SocksPort 1\nControlPort 2"]}),
+            (True, {"torrc": ["DataDirectory /tmp"]}),
+            (True, {"torrc": ["controlport 9999"]}),
+            (True, {"control": "tcp:127.0.0.1:9051", "torrc": ["TestingTorNetwork 1"]}),
+            (True, {"control": "tcp:127.0.0.1:9051", "tor_binary": "/usr/sbin/tor"}),
+            (True, {"control": "nonsense:1"}),
+            (True, {"control_password": "x"}),
+            (False, {}),
+            (True, {"timeout": 0}),
+        ]:
+            with self.assertRaises(TransportConfigError, msg=repr(options)):
+                self._make(data_dir, **options)
+
+    def test_onion_only_control(self) -> None:
+        """
+        In onion-only mode, the control endpoint must be a UNIX socket or a
+        loopback IP address: not a host name, nor an address elsewhere.
+        """
+        for good in ["tcp:127.0.0.1:9051", "tcp:127.5.6.7:9051", "unix:/run/tor/control"]:
+            self._make(control=good, onion_only=True)
+        for bad in ["tcp:192.0.2.1:9051", "tcp:localhost:9051", "tcp:tor.example:9051"]:
+            with self.assertRaises(TransportConfigError, msg=bad):
+                self._make(control=bad, onion_only=True)
+
+    def test_launch_torrc(self) -> None:
+        """
+        A launched tor keeps its data below the node's, listens on 127.0.0.1
+        only, and gets the extra lines last.
+        """
+        tor_dir = FilePath("/data/tor")
+        lines = launch_torrc(tor_dir, ["TestingTorNetwork 1"])
+        self.assertIn("DataDirectory /data/tor/data", lines)
+        self.assertIn("ControlPort 127.0.0.1:auto", lines)
+        self.assertIn("SocksPort 127.0.0.1:auto ExtendedErrors", lines)
+        self.assertEqual(lines[-1], "TestingTorNetwork 1")
+
+
+class TapTorOptionsTests(SynchronousTestCase):
+    """
+    ``twistd dspring``'s tor options.
+    """
+
+    def _parse(self, *argv: str) -> Options:
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), *argv])
+        return options
+
+    def test_onion_only(self) -> None:
+        """
+        ``--onion-only`` listens on an onion service by default and builds
+        no ``tcp`` transport, only ``tor``.
+        """
+        options = self._parse("--onion-only", "--tor-control", "tcp:127.0.0.1:9051")
+        self.assertEqual(options["listen"], ["tor:7655"])
+        transports = build_transports(options, Clock())
+        self.assertEqual(sorted(transports), ["tor"])
+
+    def test_onion_only_refuses_tcp(self) -> None:
+        """
+        ``--onion-only`` with a ``tcp`` listener or ``--advertise`` is a
+        usage error.
+        """
+        for extra in (["--listen", "tcp:7000"], ["--advertise", "example.org"]):
+            with self.assertRaises(usage.UsageError, msg=extra):
+                self._parse("--onion-only", *extra)
+
+    def test_tor_options(self) -> None:
+        """
+        ``--tor-option`` is repeatable and reaches the tor transport, which
+        is built next to ``tcp``.
+        """
+        options = self._parse(
+            "--tor-option", "TestingTorNetwork 1", "--tor-option", "ClientUseIPv6 0",
+            "--listen", "tor:80",
+        )
+        self.assertEqual(options["tor-option"], ["TestingTorNetwork 1", "ClientUseIPv6 0"])
+        self.assertEqual(sorted(build_transports(options, Clock())), ["tcp", "tor"])
+
+    def test_password_file(self) -> None:
+        """
+        The control password is read from ``--tor-control-password-file``.
+        """
+        path = FilePath(self.mktemp())
+        path.setContent(b"s3cret\n")
+        options = self._parse(
+            "--tor-control", "tcp:127.0.0.1:9051", "--tor-control-password-file", path.path
+        )
+        from digitalspring.tap import _transport_options
+
+        tor = _transport_options("tor", options)
+        self.assertEqual(tor["control_password"], "s3cret")
+        self.assertEqual(tor["control"], "tcp:127.0.0.1:9051")
+
+
+class InterfaceTests(SynchronousTestCase):
+    """
+    The tor controls and onion services provide our interfaces.
+    """
+
+    def test_verify(self) -> None:
+        """
+        ``TxtorconControl`` and ``FakeTorControl`` provide ``ITorControl``;
+        the fake's onion service provides ``IOnionService``.
+        """
+        self.assertTrue(verifyObject(ITorControl, TxtorconControl(Clock(), object(), None)))
+        fake = FakeTorControl(Clock(), FakeOnionNetwork())
+        self.assertTrue(verifyObject(ITorControl, fake))
+        service = self.successResultOf(fake.publish_onion(80, 1, bytes(32)))
+        self.assertIsInstance(service, FakeOnionService)
+        self.assertTrue(verifyObject(IOnionService, service))
+
+
+class FakeTorConformanceTests(TransportConformanceMixin, TestCase):
+    """
+    The ``tor`` transport over the fake tor control, on the real reactor.
+    """
+
+    listen_description = "80"
+
+    def setUp(self) -> None:
+        self.network = FakeOnionNetwork()
+
+    @property
+    def clock(self) -> IReactorTime:
+        return _reactor()  # type: ignore[no-any-return]
+
+    def make_transport(self) -> ITransport:
+        control = FakeTorControl(_reactor(), self.network)
+        transport = TorTransport(_reactor(), lambda: succeed(control))
+        self.addCleanup(transport.close)
+        return transport
+
+    def run_scenario(self, scenario: Deferred[None]) -> Deferred[None]:
+        return scenario
+
+
+class TorTransportTests(TestCase):
+    """
+    The ``tor`` transport's own behaviour, over the fake tor control.
+    """
+
+    def setUp(self) -> None:
+        self.network = FakeOnionNetwork()
+        self.reactor = _reactor()
+        self.reached = 0
+
+    def _transport(self, key_dir: FilePath[str] | None = None) -> TorTransport:
+        control = FakeTorControl(self.reactor, self.network)
+
+        def reach() -> Deferred[ITorControl]:
+            self.reached += 1
+            return succeed(control)
+
+        transport = TorTransport(self.reactor, reach, key_dir)
+        self.addCleanup(transport.close)
+        return transport
+
+    async def test_address_kept_across_restarts(self) -> None:
+        """
+        With a key directory, a transport made again (a restarted node)
+        publishes the same onion address; another key name gives another.
+        """
+        key_dir = FilePath(self.mktemp())
+        first = self._transport(key_dir)
+        await first.listen("80", Factory.forProtocol(Protocol))
+        [address] = first.published_addresses()
+        await first.close()
+        self.assertEqual(self.network.services, {})
+        again = self._transport(key_dir)
+        await again.listen("80", Factory.forProtocol(Protocol))
+        self.assertEqual(again.published_addresses(), [address])
+        await again.listen("81:key=other", Factory.forProtocol(Protocol))
+        self.assertNotEqual(again.published_addresses()[1].split(":")[0], address.split(":")[0])
+
+    async def test_key_in_use(self) -> None:
+        """
+        Two listeners cannot share one key.
+        """
+        transport = self._transport(FilePath(self.mktemp()))
+        await transport.listen("80", Factory.forProtocol(Protocol))
+        with self.assertRaises(CannotListenError):
+            await transport.listen("81", Factory.forProtocol(Protocol))
+
+    async def test_bad_address_not_dialled(self) -> None:
+        """
+        Malformed, bad-checksum and v2 addresses fail with
+        ``InvalidAddress`` before tor is even reached.
+        """
+        transport = self._transport()
+        typo = ("a" if _TORPROJECT[0] != "a" else "b") + _TORPROJECT[1:]
+        for bad in [f"{typo}:80", "expyuzz4wqqyqhjn.onion:80", "example.org:80", "x"]:
+            with self.assertRaises(InvalidAddress, msg=bad):
+                await transport.connect(bad, Factory.forProtocol(Protocol))
+        self.assertEqual(self.network.dialled, [])
+        self.assertEqual(self.reached, 0)
+
+    async def test_addresses(self) -> None:
+        """
+        The client's peer and the server's host are the onion address; the
+        server's peer and the client's host are the anonymous tor client.
+        """
+        server = self._transport()
+        accepted: list[Protocol] = []
+
+        class Accept(Protocol):
+            def connectionMade(self) -> None:
+                accepted.append(self)
+
+        port = await server.listen("80", Factory.forProtocol(Accept))
+        self.assertTrue(verifyObject(IListeningPort, port))
+        [address] = server.published_addresses()
+        client = await self._transport().connect(address, Factory.forProtocol(Protocol))
+        assert client.transport is not None  # type: ignore[attr-defined]
+        host, onion_port = parse_onion_address(address)
+        self.assertEqual(client.transport.getPeer(), OnionAddress(host, onion_port))  # type: ignore[attr-defined]
+        self.assertEqual(client.transport.getHost(), TorClientAddress())  # type: ignore[attr-defined]
+        self.assertEqual(port.getHost(), OnionAddress(host, onion_port))
+        client.transport.loseConnection()  # type: ignore[attr-defined]
+        while not accepted:
+            await Deferred.fromCoroutine(_sleep(self.reactor, 0.01))
+        self.assertEqual(accepted[0].transport.getPeer(), TorClientAddress())  # type: ignore[union-attr]
+        accepted[0].transport.loseConnection()  # type: ignore[union-attr]
+
+    async def test_offline_service(self) -> None:
+        """
+        Dialling an onion service that is not published fails with
+        ``OnionServiceUnreachable``, a ``ConnectionRefusedError``.
+        """
+        transport = self._transport()
+        with self.assertRaises(OnionServiceUnreachable):
+            await transport.connect(f"{_TORPROJECT}:80", Factory.forProtocol(Protocol))
+
+    async def test_closed(self) -> None:
+        """
+        A closed transport refuses to listen or connect, and its services
+        are gone.
+        """
+        transport = self._transport()
+        await transport.listen("80", Factory.forProtocol(Protocol))
+        await transport.close()
+        self.assertEqual(transport.published_addresses(), [])
+        self.assertEqual(self.network.services, {})
+        with self.assertRaises(TransportError):
+            await transport.listen("80", Factory.forProtocol(Protocol))
+
+
+async def _sleep(reactor: Any, seconds: float) -> None:
+    from twisted.internet.task import deferLater
+
+    await deferLater(reactor, seconds, lambda: None)
