@@ -5,6 +5,7 @@ transport and a fake clock.
 
 from __future__ import annotations
 
+from itertools import pairwise
 from typing import Any
 
 from hypothesis import given, settings
@@ -337,6 +338,17 @@ class FramingTests(SynchronousTestCase):
         pair.pump.flush()
         self.assertEqual(pair.server_app.received, payload)
 
+    def test_flush_is_one_transport_write(self) -> None:
+        """
+        All the frames of one flush reach the transport in a single write,
+        not a write or two per frame.
+        """
+        pair = Pair()
+        pair.client_wire.writes.clear()
+        pair.client.write(b"z" * 200000)
+        self.assertEqual(len(pair.client_wire.writes), 1)
+        self.assertEqual(len(self._frames(pair.client_wire.writes[0])), 4)
+
     def test_one_frame_per_turn(self) -> None:
         """
         Many small writes in one reactor turn leave as one frame, flushed
@@ -482,6 +494,29 @@ class BadInputTests(SynchronousTestCase):
             if pair.server_app.lost is None:
                 pair.server.dataReceived(b"x")
         self.assertEqual(self._lost(pair), FrameTimeout)
+
+    def test_frames_straddling_reads_keep_flowing(self) -> None:
+        """
+        A long stream in which every read ends inside a frame is not
+        dropped: each frame has the frame timeout from when it began, not
+        from when the inbox was last empty.
+        """
+        pair = Pair()
+        pair.client_wire.writes.clear()
+        for i in range(20):
+            pair.client.write(b"%02d" % i * 50)
+            pair.clock.advance(0)
+        wire = pair.client_wire.getOutBuffer()
+        frame = len(wire) // 20
+        cuts = [0, *range(frame // 2, len(wire), frame), len(wire)]
+        for start, stop in pairwise(cuts):
+            pair.server.dataReceived(wire[start:stop])
+            self.assertTrue(pair.server._inbox or stop == len(wire))
+            pair.clock.advance(10)
+        self.assertIsNone(pair.server_app.lost)
+        self.assertEqual(
+            bytes(pair.server_app.received), b"".join(b"%02d" % i * 50 for i in range(20))
+        )
 
     def test_truncated_handshake(self) -> None:
         """

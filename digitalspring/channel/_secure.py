@@ -27,6 +27,8 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
+from collections.abc import Iterable
+from struct import Struct
 from typing import Any
 
 from attrs import frozen
@@ -66,6 +68,7 @@ PREAMBLE_LENGTH = len(MAGIC) + 2
 
 MAX_FRAME = 65535
 TAG_LENGTH = 16
+_frame_header = Struct(">H").pack
 #: The most plaintext one transport frame carries.
 MAX_PLAINTEXT = MAX_FRAME - TAG_LENGTH
 #: Handshake messages are small; anything larger is not a handshake.
@@ -333,10 +336,12 @@ class SecureChannelProtocol(Protocol):
     def dataReceived(self, data: bytes) -> None:
         if self._state is _CLOSED:
             return
-        self._inbox += data
         self._receiving = True
         try:
-            self._process()
+            if self._state is _PREAMBLE:
+                data = self._take_preamble(data)
+            if data:
+                self._read_frames(data)
         except (ChannelError, NoiseError) as e:
             self._fail(e)
         finally:
@@ -361,41 +366,112 @@ class SecureChannelProtocol(Protocol):
 
     # -- reading ----------------------------------------------------------
 
-    def _process(self) -> None:
-        inbox = self._inbox
-        if self._state is _PREAMBLE:
-            if len(inbox) < PREAMBLE_LENGTH:
-                if not MAGIC.startswith(bytes(inbox[: len(MAGIC)])):
-                    raise NotAChannel("the peer does not speak the Digital Spring channel")
-                return
-            self._read_preamble(bytes(inbox[:PREAMBLE_LENGTH]))
-            del inbox[:PREAMBLE_LENGTH]
-        offset = 0
-        end = len(inbox)
-        while self._state is not _CLOSED and end - offset >= 2:
-            length = (inbox[offset] << 8) | inbox[offset + 1]
-            if self._state is _HANDSHAKE:
-                if not 32 <= length <= MAX_HANDSHAKE_FRAME:
-                    raise BadFrame(f"a handshake frame of {length} bytes is impossible")
-            elif length < TAG_LENGTH:
-                raise BadFrame(f"a frame of {length} bytes is too small to be a Noise message")
-            if end - offset - 2 < length:
-                break
-            frame = bytes(inbox[offset + 2 : offset + 2 + length])
-            offset += 2 + length
-            self._frame(frame)
-        if offset:
-            del inbox[:offset]
-        self._watch_partial_frame()
+    def _take_preamble(self, data: bytes) -> bytes:
+        """
+        Collect the preamble and read it once whole.
 
-    def _watch_partial_frame(self) -> None:
+        :returns: what follows the preamble in the bytes received so far.
+        """
+        inbox = self._inbox
+        inbox += data
+        if len(inbox) < PREAMBLE_LENGTH:
+            if not MAGIC.startswith(bytes(inbox[: len(MAGIC)])):
+                raise NotAChannel("the peer does not speak the Digital Spring channel")
+            return b""
+        self._read_preamble(bytes(inbox[:PREAMBLE_LENGTH]))
+        rest = bytes(inbox[PREAMBLE_LENGTH:])
+        inbox.clear()
+        return rest
+
+    def _read_frames(self, data: bytes) -> None:
+        """
+        Handle every frame that ``data`` completes, then keep what is left
+        of a frame that has only begun.
+
+        Each frame is copied once on its way to Noise: sliced out of
+        ``data``, or joined from the inbox and ``data`` when it spans reads.
+        Only the unfinished frame at the end waits in the inbox, so the
+        inbox never holds more than one frame.
+        """
+        inbox = self._inbox
+        offset = 0
+        completed = False
+        if inbox:
+            offset = self._finish_frame(data)
+            if offset < 0:
+                return
+            completed = True
+        end = len(data)
+        while end - offset >= 2 and self._state is not _CLOSED:
+            start = offset + 2
+            stop = start + self._frame_length(data[offset], data[offset + 1])
+            if stop > end:
+                break
+            offset = stop
+            completed = True
+            self._frame(data[start:stop])
+        if offset < end and self._state is not _CLOSED:
+            inbox += memoryview(data)[offset:] if offset else data
+        self._watch_partial_frame(completed)
+
+    def _finish_frame(self, data: bytes) -> int:
+        """
+        Complete the frame begun in the inbox with the start of ``data``,
+        and handle it.
+
+        :returns: where the rest of ``data`` starts, or -1 if all of it
+            went to the inbox and the frame is still unfinished.
+        """
+        inbox = self._inbox
+        taken = 0
+        if len(inbox) < 2:
+            taken = 2 - len(inbox)
+            inbox += data[:taken]
+            if len(inbox) < 2:
+                self._watch_partial_frame(False)
+                return -1
+        missing = 2 + self._frame_length(inbox[0], inbox[1]) - len(inbox)
+        stop = taken + missing
+        if stop > len(data):
+            inbox += memoryview(data)[taken:]
+            self._watch_partial_frame(False)
+            return -1
+        del inbox[:2]
+        frame = b"".join((inbox, memoryview(data)[taken:stop]))
+        inbox.clear()
+        self._frame(frame)
+        return stop
+
+    def _frame_length(self, high: int, low: int) -> int:
+        """
+        The length of the frame whose 2-byte header is ``high``, ``low``.
+
+        :raises BadFrame: if no frame may be that long in this state.
+        """
+        length = (high << 8) | low
+        if self._state is _HANDSHAKE:
+            if not 32 <= length <= MAX_HANDSHAKE_FRAME:
+                raise BadFrame(f"a handshake frame of {length} bytes is impossible")
+        elif length < TAG_LENGTH:
+            raise BadFrame(f"a frame of {length} bytes is too small to be a Noise message")
+        return length
+
+    def _watch_partial_frame(self, completed: bool) -> None:
+        """
+        Give the frame that has begun in the inbox ``frame_timeout`` to
+        finish, counted from when it began: from now if a frame completed
+        in this read (so a new one began), else from earlier.
+        """
+        timer = self._frame_timer
         if self._inbox and self._state is _OPEN:
-            if self._frame_timer is None:
+            if timer is None:
                 self._frame_timer = self._clock.callLater(
                     self._settings.frame_timeout, self._frame_timed_out
                 )
-        elif self._frame_timer is not None:
-            self._frame_timer.cancel()
+            elif completed:
+                timer.reset(self._settings.frame_timeout)
+        elif timer is not None:
+            timer.cancel()
             self._frame_timer = None
 
     def _read_preamble(self, preamble: bytes) -> None:
@@ -509,7 +585,7 @@ class SecureChannelProtocol(Protocol):
         if self._pattern_code == PATTERN_IK:
             if self.initiator:
                 # Key confirmation: only the real dialler can send this.
-                self._send_frame(b"")
+                self._send_frames(b"")
                 self._open()
             else:
                 self._state = _CONFIRM
@@ -592,34 +668,47 @@ class SecureChannelProtocol(Protocol):
             self._flush_call = None
         if not self._outbox or self._state is not _OPEN:
             return
-        data = b"".join(self._outbox) if len(self._outbox) > 1 else self._outbox[0]
-        self._outbox.clear()
+        outbox = self._outbox
+        data = b"".join(outbox) if len(outbox) > 1 else outbox[0]
+        outbox.clear()
         self._outbox_length = 0
         try:
-            if len(data) <= MAX_PLAINTEXT:
-                self._send_frame(data)
-            else:
-                view = memoryview(data)
-                for start in range(0, len(data), MAX_PLAINTEXT):
-                    self._send_frame(bytes(view[start : start + MAX_PLAINTEXT]))
+            self._send_frames(data)
         except NonceExhausted as e:
             self._fail(BadFrame(f"the channel used up its nonces ({e})"))
 
-    def _send_frame(self, plaintext: bytes) -> None:
+    def _send_frames(self, data: bytes) -> None:
+        """
+        Send ``data`` as frames of at most :data:`MAX_PLAINTEXT` bytes of
+        plaintext, all in one write to the transport.
+        """
+        if len(data) <= MAX_PLAINTEXT:
+            chunks: Iterable[bytes] = (data,)
+        else:
+            view = memoryview(data)
+            chunks = (
+                bytes(view[start : start + MAX_PLAINTEXT])
+                for start in range(0, len(data), MAX_PLAINTEXT)
+            )
         send = self._send
         assert send is not None
-        ciphertext = send.encrypt_with_ad(b"", plaintext)
-        self.transport.writeSequence(  # type: ignore[union-attr]
-            [len(ciphertext).to_bytes(2, "big"), ciphertext]
-        )
-        self._sent_frames += 1
-        self._sent_bytes += len(ciphertext)
-        if (
-            self._sent_frames >= self._settings.rekey_frames
-            or self._sent_bytes >= self._settings.rekey_bytes
-        ):
-            send.rekey()
-            self._sent_frames = self._sent_bytes = 0
+        encrypt = send.encrypt_with_ad
+        rekey_frames, rekey_bytes = self._settings.rekey_frames, self._settings.rekey_bytes
+        wire: list[bytes] = []
+        try:
+            for chunk in chunks:
+                ciphertext = encrypt(b"", chunk)
+                wire += (_frame_header(len(ciphertext)), ciphertext)
+                self._sent_frames += 1
+                self._sent_bytes += len(ciphertext)
+                if self._sent_frames >= rekey_frames or self._sent_bytes >= rekey_bytes:
+                    send.rekey()
+                    self._sent_frames = self._sent_bytes = 0
+        finally:
+            # Frames encrypted before a failure still leave, as they used
+            # their nonces.
+            if wire:
+                self.transport.writeSequence(wire)  # type: ignore[union-attr]
 
     def loseConnection(self) -> None:
         if self.disconnecting:
