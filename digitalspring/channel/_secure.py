@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import copy
 from collections import OrderedDict
-from collections.abc import Iterable
 from struct import Struct
 from typing import Any
 
@@ -683,32 +682,39 @@ class SecureChannelProtocol(Protocol):
         plaintext, all in one write to the transport.
         """
         if len(data) <= MAX_PLAINTEXT:
-            chunks: Iterable[bytes] = (data,)
-        else:
-            view = memoryview(data)
-            chunks = (
-                bytes(view[start : start + MAX_PLAINTEXT])
-                for start in range(0, len(data), MAX_PLAINTEXT)
+            ciphertext = self._encrypt(data)
+            self.transport.writeSequence(  # type: ignore[union-attr]
+                [_frame_header(len(ciphertext)), ciphertext]
             )
-        send = self._send
-        assert send is not None
-        encrypt = send.encrypt_with_ad
-        rekey_frames, rekey_bytes = self._settings.rekey_frames, self._settings.rekey_bytes
+            return
+        view = memoryview(data)
         wire: list[bytes] = []
         try:
-            for chunk in chunks:
-                ciphertext = encrypt(b"", chunk)
+            for start in range(0, len(data), MAX_PLAINTEXT):
+                ciphertext = self._encrypt(bytes(view[start : start + MAX_PLAINTEXT]))
                 wire += (_frame_header(len(ciphertext)), ciphertext)
-                self._sent_frames += 1
-                self._sent_bytes += len(ciphertext)
-                if self._sent_frames >= rekey_frames or self._sent_bytes >= rekey_bytes:
-                    send.rekey()
-                    self._sent_frames = self._sent_bytes = 0
         finally:
-            # Frames encrypted before a failure still leave, as they used
+            # Frames encrypted before a failure still leave: they used
             # their nonces.
             if wire:
                 self.transport.writeSequence(wire)  # type: ignore[union-attr]
+
+    def _encrypt(self, plaintext: bytes) -> bytes:
+        """
+        The next frame's ciphertext, rekeying when the budget is spent.
+        """
+        send = self._send
+        assert send is not None
+        ciphertext = send.encrypt_with_ad(b"", plaintext)
+        self._sent_frames += 1
+        self._sent_bytes += len(ciphertext)
+        if (
+            self._sent_frames >= self._settings.rekey_frames
+            or self._sent_bytes >= self._settings.rekey_bytes
+        ):
+            send.rekey()
+            self._sent_frames = self._sent_bytes = 0
+        return ciphertext
 
     def loseConnection(self) -> None:
         if self.disconnecting:
