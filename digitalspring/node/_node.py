@@ -205,7 +205,14 @@ class Node(MultiService):
             assert listener.listening is not None, "started services listen"
             listening.append(listener.listening)
         d = DeferredList(listening, consumeErrors=True, fireOnOneErrback=True)
-        d.addCallbacks(self._listening, self._cannot_listen)
+        # Say "ready" (and publish) from the running reactor, not from inside
+        # startService: twistd starts services before the reactor installs
+        # its signal handlers, and whoever waits for "ready" may then send
+        # SIGTERM at once and expect a clean shutdown.
+        d.addCallbacks(
+            lambda ports: self.reactor.callLater(0, self._listening, ports),
+            self._cannot_listen,
+        )
 
     def _listening(self, ports: list[tuple[bool, IListeningPort]]) -> None:
         addresses = self.addresses()
