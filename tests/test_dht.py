@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from hypothesis import given
+from hypothesis import strategies as st
 from twisted.internet.defer import Deferred
 from twisted.logger import LogEvent, globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
@@ -29,11 +31,14 @@ from digitalspring.dht import (
     Store,
     ValueRejected,
     ValueTooLarge,
+    decode_contacts,
+    encode_contacts,
     encode_record,
     id_bytes,
     node_id,
     sign_record,
 )
+from digitalspring.dht._rpc import Origin
 from digitalspring.dht._simulation import DHTSimulation, SimulatedNode
 from digitalspring.directory import IPeerDirectory, UnknownPeer
 from digitalspring.identity import Identity, PeerID
@@ -517,3 +522,45 @@ class EclipseTests(SynchronousTestCase):
             flooded += len(flood_entries)
         # The flood did reach the table, within its limits.
         self.assertGreater(flooded, 0)
+
+
+class ContactsCodecTests(SynchronousTestCase):
+    @given(
+        st.lists(
+            st.tuples(
+                st.binary(min_size=32, max_size=32),
+                st.lists(st.text(min_size=1, max_size=60), max_size=8),
+            ),
+            max_size=32,
+        )
+    )
+    def test_round_trip(self, entries: list[tuple[bytes, list[str]]]) -> None:
+        """
+        Up to 32 contacts with up to 8 addresses each decode to what was
+        encoded.
+        """
+        contacts = [Contact(PeerID(key), addresses) for key, addresses in entries]
+        decoded = decode_contacts(encode_contacts(contacts))
+        self.assertEqual(
+            [(c.peer_id, c.addresses) for c in decoded],
+            [(c.peer_id, c.addresses) for c in contacts],
+        )
+
+    @given(st.binary(max_size=2000))
+    def test_garbage(self, data: bytes) -> None:
+        """
+        Any bytes decode to a list of contacts (maybe empty) without an
+        exception, and what decodes encodes back to a prefix of the input's
+        meaning.
+        """
+        contacts = decode_contacts(data)
+        self.assertLessEqual(len(contacts), 32)
+        decode_contacts(encode_contacts(contacts))
+
+    @given(st.lists(st.text(max_size=80), max_size=12))
+    def test_origin(self, addresses: list[str]) -> None:
+        """
+        The origin argument keeps at most 8 addresses and round-trips them.
+        """
+        origin = Origin()
+        self.assertEqual(origin.fromString(origin.toString(addresses)), tuple(addresses[:8]))
