@@ -227,7 +227,8 @@ class SocksErrorTests(SynchronousTestCase):
         for code in (0x04, 0x05, 0xF0, 0xF2):
             error = _connect_failure(SocksError(code=code), "x.onion", 1)
             self.assertIsInstance(error, ConnectionRefusedError)
-            self.assertIsInstance(error, OnionServiceUnreachable)
+            assert isinstance(error, OnionServiceUnreachable)
+            self.assertEqual(error.service_found, code == 0x05)
         for code in (0x06, 0xF7):
             self.assertIsInstance(
                 _connect_failure(SocksError(code=code), "x.onion", 1), ConnectTimeout
@@ -410,7 +411,7 @@ class FakeTorConformanceTests(TransportConformanceMixin, TestCase):
 
     def make_transport(self) -> ITransport:
         control = FakeTorControl(_reactor(), self.network)
-        transport = TorTransport(_reactor(), lambda: succeed(control))
+        transport = TorTransport(_reactor(), lambda: succeed(control), retry_delay=0.01)
         self.addCleanup(transport.close)
         return transport
 
@@ -435,7 +436,7 @@ class TorTransportTests(TestCase):
             self.reached += 1
             return succeed(control)
 
-        transport = TorTransport(self.reactor, reach, key_dir)
+        transport = TorTransport(self.reactor, reach, key_dir, retry_delay=0.01)
         self.addCleanup(transport.close)
         return transport
 
@@ -508,11 +509,14 @@ class TorTransportTests(TestCase):
     async def test_offline_service(self) -> None:
         """
         Dialling an onion service that is not published fails with
-        ``OnionServiceUnreachable``, a ``ConnectionRefusedError``.
+        ``OnionServiceUnreachable``, a ``ConnectionRefusedError``, after
+        two more tries.
         """
         transport = self._transport()
         with self.assertRaises(OnionServiceUnreachable):
             await transport.connect(f"{_TORPROJECT}:80", Factory.forProtocol(Protocol))
+        # Tried again twice: the descriptor might have been on its way.
+        self.assertEqual(self.network.dialled, [(_TORPROJECT, 80)] * 3)
 
     async def test_closed(self) -> None:
         """

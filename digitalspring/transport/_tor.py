@@ -29,6 +29,7 @@ from twisted.internet.interfaces import (
     IProtocolFactory,
     IStreamClientEndpoint,
 )
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
@@ -39,6 +40,7 @@ from ._address import parse_port
 from ._interfaces import IOnionService, ITorControl, ITransport, ITransportPlugin
 from ._plugins import InvalidAddress, TransportConfigError, TransportContext, TransportError
 from ._torcontrol import RESERVED_TORRC_KEYS, attach_tor, launch_tor
+from ._torerrors import OnionServiceUnreachable
 from ._torkey import load_or_create_seed, new_seed, onion_host, parse_onion_address
 
 #: The name of the onion service key used when a listening description
@@ -220,6 +222,9 @@ class TorTransport(Service):
     :param reach_tor: makes the :class:`ITorControl` (launching or
         attaching to tor); called once, on first use.
     :param key_dir: where onion service keys are kept, or ``None``.
+    :param retries: how many times to dial an onion service again when tor
+        found no descriptor for it or could not introduce us.
+    :param retry_delay: seconds between those attempts.
     """
 
     name = "tor"
@@ -230,8 +235,13 @@ class TorTransport(Service):
         reactor: Any,
         reach_tor: Callable[[], Deferred[ITorControl]],
         key_dir: FilePath[str] | None = None,
+        *,
+        retries: int = 2,
+        retry_delay: float = 1.0,
     ) -> None:
         self._reactor = reactor
+        self._retries = retries
+        self._retry_delay = retry_delay
         self._reach_tor = reach_tor
         self._key_dir = key_dir
         self._control: ITorControl | None = None
@@ -375,10 +385,23 @@ class TorTransport(Service):
 
     async def _connect(self, host: str, port: int, factory: IProtocolFactory) -> IProtocol:
         control = await self._tor()
-        wrapping = _AddressingFactory(factory, TorClientAddress(), OnionAddress(host, port))
-        await control.onion_endpoint(host, port).connect(wrapping)
-        assert wrapping.inner is not None
-        return wrapping.inner
+        attempt = 0
+        while True:
+            wrapping = _AddressingFactory(factory, TorClientAddress(), OnionAddress(host, port))
+            try:
+                await control.onion_endpoint(host, port).connect(wrapping)
+            except OnionServiceUnreachable as e:
+                # A descriptor published a moment ago may not have reached
+                # the directory tor asked; tor asks another one next time.
+                if e.service_found or attempt >= self._retries:
+                    raise
+                attempt += 1
+                self.log.debug("{address} unreachable ({error}); trying again",
+                               address=f"{host}:{port}", error=str(e))
+                await deferLater(self._reactor, self._retry_delay, lambda: None)
+                continue
+            assert wrapping.inner is not None
+            return wrapping.inner
 
     def published_addresses(self) -> list[str]:
         """

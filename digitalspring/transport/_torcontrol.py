@@ -113,7 +113,8 @@ def _connect_failure(error: BaseException, host: str, port: int) -> Exception:
         code = error.code
         if code in _UNREACHABLE:
             return OnionServiceUnreachable(
-                f"no onion service answers at {where} (tor: {_UNREACHABLE[code]})"
+                f"no onion service answers at {where} (tor: {_UNREACHABLE[code]})",
+                service_found=code == 0x05,
             )
         if code in _TIMED_OUT:
             return TorStreamTimeout(f"tor timed out reaching {where} ({_TIMED_OUT[code]})")

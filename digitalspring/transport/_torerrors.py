@@ -32,7 +32,15 @@ class OnionServiceUnreachable(_ConnectFailure, ConnectionRefusedError):
     """
     No onion service answers at that address: it is offline, was never
     published, or nothing listens on that port.
+
+    :ivar service_found: whether the service itself answered (and refused
+        the port); if not, its descriptor may just not have reached the
+        directory tor asked, and trying again can help.
     """
+
+    def __init__(self, message: str, service_found: bool = False) -> None:
+        super().__init__(message)
+        self.service_found = service_found
 
 
 class TorStreamTimeout(_ConnectFailure, ConnectTimeout):
