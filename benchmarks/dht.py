@@ -154,7 +154,7 @@ def run(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--nodes", type=int, default=10_000)
-    parser.add_argument("--lookups", type=int, default=1000, help="lookups per phase")
+    parser.add_argument("--lookups", type=int, default=2000, help="lookups per phase")
     parser.add_argument("--records", type=int, default=1000, help="records published")
     parser.add_argument("--seed", type=int, default=1)
     args = parser.parse_args()
