@@ -361,6 +361,31 @@ class CipherStateTests(SynchronousTestCase):
         self.assertEqual(cipher.nonce, 0)
 
 
+class CipherBackendTests(SynchronousTestCase):
+    @settings(max_examples=50)
+    @given(
+        st.binary(min_size=32, max_size=32),
+        st.lists(st.tuples(st.binary(max_size=64), st.binary(max_size=3000)), max_size=8),
+    )
+    def test_backends_agree(self, key: bytes, messages: list[tuple[bytes, bytes]]) -> None:
+        """
+        A transport (bulk) cipher state, on OpenSSL, and a handshake one, on
+        libsodium, give the same ciphertexts, decrypt each other's, reject
+        the same tampering with DecryptError, and rekey alike.
+        """
+        bulk, short = CipherState(key, bulk=True), CipherState(key)
+        reader = CipherState(key, bulk=True)
+        for index, (ad, plaintext) in enumerate(messages):
+            ciphertext = bulk.encrypt_with_ad(ad, plaintext)
+            self.assertEqual(short.encrypt_with_ad(ad, plaintext), ciphertext)
+            tampered = bytes([ciphertext[0] ^ 1]) + ciphertext[1:]
+            self.assertRaises(DecryptError, reader.decrypt_with_ad, ad, tampered)
+            self.assertEqual(reader.decrypt_with_ad(ad, ciphertext), plaintext)
+            if index % 3 == 2:
+                for state in (bulk, short, reader):
+                    state.rekey()
+
+
 class ProtocolNameTests(SynchronousTestCase):
     """
     Parsing protocol names into patterns and functions.

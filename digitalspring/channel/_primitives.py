@@ -135,6 +135,11 @@ _scalarmult_base = _lib.crypto_scalarmult_base
 _aead_encrypt = _lib.crypto_aead_chacha20poly1305_ietf_encrypt
 _aead_decrypt = _lib.crypto_aead_chacha20poly1305_ietf_decrypt
 
+# libsodium picks its fastest implementations in sodium_init(); nacl.bindings
+# calls it on import, but nothing says that import happened before ours.
+if _lib.sodium_init() < 0:  # pragma: no cover - only when libsodium is broken
+    raise ImportError("libsodium failed to initialise")
+
 
 # -- DH: Curve25519 ----------------------------------------------------------
 
