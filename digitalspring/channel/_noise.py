@@ -139,7 +139,7 @@ class CipherState:
             raise ValueError("a Noise nonce is a 64-bit unsigned integer")
         self._n = nonce
 
-    def encrypt_with_ad(self, ad: bytes, plaintext: bytes) -> bytes:
+    def encrypt_with_ad(self, ad: bytes, plaintext: bytes | memoryview) -> bytes:
         """
         ``EncryptWithAd(ad, plaintext)``.
 
@@ -149,7 +149,7 @@ class CipherState:
         """
         k = self._k
         if k is None:
-            return plaintext
+            return bytes(plaintext)
         n = self._n
         if n >= MAX_NONCE:
             raise NonceExhausted()
@@ -159,7 +159,7 @@ class CipherState:
             return chachapoly_encrypt(k, _nonce(n), ad, plaintext)
         return aead.encrypt(_nonce(n), plaintext, ad)
 
-    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes) -> bytes:
+    def decrypt_with_ad(self, ad: bytes, ciphertext: bytes | memoryview) -> bytes:
         """
         ``DecryptWithAd(ad, ciphertext)``. The nonce advances only when the
         message authenticates.
@@ -170,7 +170,7 @@ class CipherState:
         """
         k = self._k
         if k is None:
-            return ciphertext
+            return bytes(ciphertext)
         n = self._n
         if n >= MAX_NONCE:
             raise NonceExhausted()

@@ -241,7 +241,9 @@ little-endian integer.
 """
 
 
-def chachapoly_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) -> bytes:
+def chachapoly_encrypt(
+    key: bytes, nonce: bytes, ad: bytes, plaintext: bytes | memoryview
+) -> bytes:
     """
     IETF ChaCha20-Poly1305 encryption: the Noise ``ENCRYPT(k, n, ad,
     plaintext)`` of ChaChaPoly, given ``n`` as :func:`chachapoly_nonce`
@@ -258,7 +260,9 @@ def chachapoly_encrypt(key: bytes, nonce: bytes, ad: bytes, plaintext: bytes) ->
     return _buffer(out, size)[:]  # type: ignore[no-any-return]
 
 
-def chachapoly_decrypt(key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes) -> bytes:
+def chachapoly_decrypt(
+    key: bytes, nonce: bytes, ad: bytes, ciphertext: bytes | memoryview
+) -> bytes:
     """
     IETF ChaCha20-Poly1305 decryption: the Noise ``DECRYPT(k, n, ad,
     ciphertext)`` of ChaChaPoly. Arguments as for :func:`chachapoly_encrypt`.

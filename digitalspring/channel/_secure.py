@@ -387,8 +387,9 @@ class SecureChannelProtocol(Protocol):
         Handle every frame that ``data`` completes, then keep what is left
         of a frame that has only begun.
 
-        Each frame is copied once on its way to Noise: sliced out of
-        ``data``, or joined from the inbox and ``data`` when it spans reads.
+        A frame that ``data`` holds whole goes to Noise as a view of it, not
+        a copy; one that spans reads is joined once from the inbox and
+        ``data``.
         Only the unfinished frame at the end waits in the inbox, so the
         inbox never holds more than one frame.
         """
@@ -401,6 +402,7 @@ class SecureChannelProtocol(Protocol):
                 return
             completed = True
         end = len(data)
+        view = memoryview(data)
         while end - offset >= 2 and self._state is not _CLOSED:
             start = offset + 2
             stop = start + self._frame_length(data[offset], data[offset + 1])
@@ -408,7 +410,7 @@ class SecureChannelProtocol(Protocol):
                 break
             offset = stop
             completed = True
-            self._frame(data[start:stop])
+            self._frame(view[start:stop])
         if offset < end and self._state is not _CLOSED:
             inbox += memoryview(data)[offset:] if offset else data
         self._watch_partial_frame(completed)
@@ -488,7 +490,7 @@ class SecureChannelProtocol(Protocol):
         self._start_handshake(pattern)
         self._state = _HANDSHAKE
 
-    def _frame(self, frame: bytes) -> None:
+    def _frame(self, frame: bytes | memoryview) -> None:
         if self._state is _OPEN:
             recv = self._recv
             assert recv is not None
@@ -511,7 +513,7 @@ class SecureChannelProtocol(Protocol):
             self._count_received(len(frame))
             self._open()
         else:
-            self._read_handshake(frame)
+            self._read_handshake(bytes(frame))
 
     def _count_received(self, length: int) -> None:
         self._recv_frames += 1
@@ -691,7 +693,7 @@ class SecureChannelProtocol(Protocol):
         wire: list[bytes] = []
         try:
             for start in range(0, len(data), MAX_PLAINTEXT):
-                ciphertext = self._encrypt(bytes(view[start : start + MAX_PLAINTEXT]))
+                ciphertext = self._encrypt(view[start : start + MAX_PLAINTEXT])
                 wire += (_frame_header(len(ciphertext)), ciphertext)
         finally:
             # Frames encrypted before a failure still leave: they used
@@ -699,7 +701,7 @@ class SecureChannelProtocol(Protocol):
             if wire:
                 self.transport.writeSequence(wire)  # type: ignore[union-attr]
 
-    def _encrypt(self, plaintext: bytes) -> bytes:
+    def _encrypt(self, plaintext: bytes | memoryview) -> bytes:
         """
         The next frame's ciphertext, rekeying when the budget is spent.
         """
