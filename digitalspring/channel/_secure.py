@@ -388,15 +388,14 @@ class SecureChannelProtocol(Protocol):
         of a frame that has only begun.
 
         A frame that ``data`` holds whole goes to Noise as a view of it, not
-        a copy; one that spans reads is joined once from the inbox and
-        ``data``.
+        a copy; one that spans reads is completed in the inbox and goes as a
+        view of that.
         Only the unfinished frame at the end waits in the inbox, so the
         inbox never holds more than one frame.
         """
-        inbox = self._inbox
         offset = 0
         completed = False
-        if inbox:
+        if self._inbox:
             offset = self._finish_frame(data)
             if offset < 0:
                 return
@@ -412,7 +411,7 @@ class SecureChannelProtocol(Protocol):
             completed = True
             self._frame(view[start:stop])
         if offset < end and self._state is not _CLOSED:
-            inbox += memoryview(data)[offset:] if offset else data
+            self._inbox += view[offset:] if offset else data
         self._watch_partial_frame(completed)
 
     def _finish_frame(self, data: bytes) -> int:
@@ -437,10 +436,12 @@ class SecureChannelProtocol(Protocol):
             inbox += memoryview(data)[taken:]
             self._watch_partial_frame(False)
             return -1
-        del inbox[:2]
-        frame = b"".join((inbox, memoryview(data)[taken:stop]))
-        inbox.clear()
-        self._frame(frame)
+        # The frame is completed in place and handed over as a view; the
+        # inbox starts afresh, so nothing resizes the buffer under the view.
+        inbox += memoryview(data)[taken:stop]
+        self._inbox = bytearray()
+        with memoryview(inbox) as whole, whole[2:] as frame:
+            self._frame(frame)
         return stop
 
     def _frame_length(self, high: int, low: int) -> int:
