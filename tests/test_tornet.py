@@ -289,12 +289,16 @@ class SharedNetworkTests(TestCase):
 
     def test_tors_in_namespace(self) -> None:
         """
-        Every tor runs, inside the loopback-only namespace.
+        Every tor runs, inside the loopback-only namespace: the servers and
+        ``client0``, and any client another test of the run added.
         """
         namespace = self.network.namespace
         if namespace is None:
             raise SkipTest("not root: the network runs without a network namespace")
-        self.assertEqual(len(self.network.pids), AUTHORITIES + DEFAULT_RELAYS + 1)
+        self.assertGreaterEqual(len(self.network.pids), AUTHORITIES + DEFAULT_RELAYS + 1)
+        servers = self.network.processes[: AUTHORITIES + DEFAULT_RELAYS]
+        self.assertTrue(all(p.running for p in servers))
+        self.assertTrue(self.network.client.process.running)
         for pid in self.network.pids:
             self.assertTrue(namespace.contains_pid(pid), pid)
         self.assertFalse(namespace.has_route_to("18.0.0.1"))
