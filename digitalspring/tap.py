@@ -5,7 +5,6 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Any
 
 from twisted.application.service import IService
@@ -294,6 +293,3 @@ def _make_node(options: Options, reactor: Any) -> Node:
 
 
 __all__ = ["Options", "build_transports", "makeService"]
-
-if __name__ == "__main__":  # pragma: no cover
-    sys.exit("run this as: twistd -n dspring [options]")
