@@ -157,6 +157,23 @@ class CLITests(SynchronousTestCase):
 
 
 class ScriptTests(SynchronousTestCase):
+    def test_version(self) -> None:
+        """
+        ``dspring --version``, and a command's ``--version``, name Digital
+        Spring's version, not Twisted's.
+        """
+        from digitalspring import __version__
+
+        for argv in (["--version"], ["ping", "--version"]):
+            result = subprocess.run(
+                [sys.executable, "-m", "digitalspring", *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 0, result.stderr)
+            self.assertEqual(result.stdout, f"dspring (Digital Spring) {__version__}\n")
+
     def test_python_m(self) -> None:
         """
         ``python -m digitalspring`` runs the command with a real process

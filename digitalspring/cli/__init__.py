@@ -13,12 +13,13 @@ from twisted.python import usage
 
 from ..errors import DigitalSpringError
 from ..node._options import DEFAULT_DATA_DIR, data_dir_path
+from ._base import CommandOptions
 from ._dht import DhtOptions
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
 from ._network import ContactsOptions, PingOptions, StatusOptions
 
 
-class Options(usage.Options):
+class Options(CommandOptions):
     """
     The options of ``dspring``, and its subcommands.
     """

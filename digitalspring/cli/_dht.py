@@ -14,6 +14,7 @@ from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
 from ..errors import DigitalSpringError
+from ._base import CommandOptions
 from ._network import _peer_id, _run_async
 
 
@@ -27,7 +28,7 @@ def _when(seconds: int) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(seconds))
 
 
-class DhtLookupOptions(usage.Options):
+class DhtLookupOptions(CommandOptions):
     """
     ``dspring dht lookup PEER_ID``.
     """
@@ -76,7 +77,7 @@ class DhtLookupOptions(usage.Options):
             )
 
 
-class DhtOptions(usage.Options):
+class DhtOptions(CommandOptions):
     """
     ``dspring dht``.
     """

@@ -18,10 +18,11 @@ from ..identity import (
     read_key_file,
 )
 from ..identity import key_file_path as _key_file_path
+from ._base import CommandOptions
 from ._passphrase import ask_passphrase
 
 
-class _NewKeyFileOptions(usage.Options):
+class _NewKeyFileOptions(CommandOptions):
     """
     Options for writing a key file: a passphrase, or explicitly none.
     """
@@ -61,7 +62,7 @@ class InitOptions(_NewKeyFileOptions):
         out.write(f"{identity.peer_id}\n")
 
 
-class IdOptions(usage.Options):
+class IdOptions(CommandOptions):
     """
     ``dspring id``: print the peer ID.
     """
@@ -73,7 +74,7 @@ class IdOptions(usage.Options):
         out.write(f"{read_key_file(_key_file_path(data_dir)).peer_id}\n")
 
 
-class ExportOptions(usage.Options):
+class ExportOptions(CommandOptions):
     """
     ``dspring export FILE``: write an encrypted backup of the identity.
     """

@@ -20,6 +20,7 @@ from ..directory import AddressBook
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID
 from ..transport import InvalidAddress, split_address
+from ._base import CommandOptions
 
 
 def _peer_id(text: str) -> PeerID:
@@ -29,7 +30,7 @@ def _peer_id(text: str) -> PeerID:
         raise usage.UsageError(str(e)) from None
 
 
-class ContactsAddOptions(usage.Options):
+class ContactsAddOptions(CommandOptions):
     """
     ``dspring contacts add PEER_ID ADDRESS``.
     """
@@ -50,7 +51,7 @@ class ContactsAddOptions(usage.Options):
         out.write(f"{self['peer']} {self['address']}\n")
 
 
-class ContactsListOptions(usage.Options):
+class ContactsListOptions(CommandOptions):
     """
     ``dspring contacts list``.
     """
@@ -65,7 +66,7 @@ class ContactsListOptions(usage.Options):
             out.write(f"{peer} {' '.join(addresses)}\n")
 
 
-class ContactsOptions(usage.Options):
+class ContactsOptions(CommandOptions):
     """
     ``dspring contacts``: the address book.
     """
@@ -111,7 +112,7 @@ class PingFailed(DigitalSpringError):
     """
 
 
-class PingOptions(usage.Options):
+class PingOptions(CommandOptions):
     """
     ``dspring ping PEER_ID``.
     """
@@ -181,7 +182,7 @@ class PingOptions(usage.Options):
             raise PingFailed(f"no answer from {peer}")
 
 
-class StatusOptions(usage.Options):
+class StatusOptions(CommandOptions):
     """
     ``dspring status``.
     """
