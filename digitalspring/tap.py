@@ -278,6 +278,7 @@ def _make_node(options: Options, reactor: Any) -> Node:
             for peer in bootstrap
             if peer.peer_id != identity.peer_id
         ],
+        state_dir=options["data-dir"],
     )
     directory.directories.append(DHTDirectory(dht))
     return Node(

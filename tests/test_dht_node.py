@@ -64,8 +64,9 @@ class MakeServiceTests(SynchronousTestCase):
     def test_node_has_dht(self) -> None:
         """
         twistd's service tree has a DHT with the bootstrap peers of the
-        options and of the file, and the pool resolves through the address
-        book first, then the DHT.
+        options and of the file, which keeps its state in the data
+        directory, and the pool resolves through the address book first,
+        then the DHT.
         """
         data_dir = FilePath(self.mktemp())
         data_dir.makedirs()
@@ -89,6 +90,7 @@ class MakeServiceTests(SynchronousTestCase):
             [(B, ("tcp:127.0.0.1:1",)), (C, ("tcp:127.0.0.1:2",))],
         )
         self.assertEqual(node.dht.settings.pow_difficulty, 12)
+        self.assertEqual(node.dht.state_dir, data_dir)
         directory = node.pool.directory
         assert isinstance(directory, DirectoryChain)
         self.assertEqual([type(d) for d in directory.directories], [AddressBook, DHTDirectory])

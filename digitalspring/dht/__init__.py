@@ -39,6 +39,17 @@ from ._rpc import (
     decode_contacts,
     encode_contacts,
 )
+from ._state import (
+    CONTACTS_FILE_NAME,
+    RECORDS_FILE_NAME,
+    DamagedStateFile,
+    SavedContact,
+    SavedRecords,
+    decode_contacts_file,
+    decode_records_file,
+    encode_contacts_file,
+    encode_records_file,
+)
 from ._store import StoredRecord, StoreFull, ValueStore
 from ._value import (
     DEFAULT_DIFFICULTY,
@@ -61,6 +72,7 @@ from ._value import (
 
 __all__ = [
     "CLOCK_SKEW",
+    "CONTACTS_FILE_NAME",
     "DEFAULT_DIFFICULTY",
     "DHT",
     "MAILBOX",
@@ -69,6 +81,7 @@ __all__ = [
     "MAX_VALUE_SIZE",
     "MAX_VALUE_TTL",
     "RECORD",
+    "RECORDS_FILE_NAME",
     "RECORD_DOMAIN",
     "VALUE_DOMAIN",
     "Answer",
@@ -80,6 +93,7 @@ __all__ = [
     "DHTPing",
     "DHTResponder",
     "DHTSettings",
+    "DamagedStateFile",
     "DirectoryChain",
     "FindNode",
     "FindValue",
@@ -99,6 +113,8 @@ __all__ = [
     "RecordRejected",
     "RecordTooLarge",
     "RoutingTable",
+    "SavedContact",
+    "SavedRecords",
     "Store",
     "StoreFull",
     "StoredRecord",
@@ -110,11 +126,15 @@ __all__ = [
     "bucket_index",
     "check_value",
     "decode_contacts",
+    "decode_contacts_file",
     "decode_record",
+    "decode_records_file",
     "decode_value",
     "distance",
     "encode_contacts",
+    "encode_contacts_file",
     "encode_record",
+    "encode_records_file",
     "id_bytes",
     "id_from_bytes",
     "leading_zero_bits",

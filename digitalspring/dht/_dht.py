@@ -6,7 +6,9 @@ It answers the DHT's AMP commands on every connection of the pool, keeps
 the routing table and what this node stores for others, publishes the
 node's own signed record (on start, when its addresses change, and before
 the record expires), and on the injected clock refreshes idle buckets and
-re-replicates the records it holds.
+re-replicates the records it holds.  Given a data directory, it saves its
+contacts and what it holds there (on stop and periodically), and starts
+from them: see :mod:`digitalspring.dht._state`.
 """
 
 from __future__ import annotations
@@ -23,10 +25,11 @@ from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.python.failure import Failure
+from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from ..channel import ConnectionPool, PeerConnection
-from ..identity import PeerID
+from ..identity import PeerID, atomic_write
 from ._ids import id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable
 from ._lookup import Answer, Lookup, LookupResult
@@ -41,6 +44,20 @@ from ._rpc import (
     FindNode,
     FindValue,
     Store,
+)
+from ._state import (
+    CONTACTS_FILE_NAME,
+    MAX_SAVED_RECORDS,
+    MAX_SAVED_VALUES,
+    MAX_STATE_FILE_SIZE,
+    RECORDS_FILE_NAME,
+    DamagedStateFile,
+    SavedContact,
+    SavedRecords,
+    decode_contacts_file,
+    decode_records_file,
+    encode_contacts_file,
+    encode_records_file,
 )
 from ._store import StoredRecord, ValueStore
 from ._value import (
@@ -86,6 +103,9 @@ class DHTSettings:
     :ivar pow_difficulty: leading zero bits asked of small values.
     :ivar bootstrap_retry: seconds between attempts to join while no
         bootstrap peer answers.
+    :ivar save_interval: how often a node with a data directory saves its
+        contacts and what it holds (it also saves on stop, and whenever it
+        signs a record).
     """
 
     k: int = 20
@@ -105,6 +125,7 @@ class DHTSettings:
     max_record_lifetime: float = MAX_LIFETIME
     pow_difficulty: int = DEFAULT_DIFFICULTY
     bootstrap_retry: float = 60.0
+    save_interval: float = 600.0
 
 
 class DHTResponder(amp.CommandLocator):
@@ -206,7 +227,12 @@ class DHT(Service):
         it before the pool starts.
     :param settings: the DHT's parameters.
     :param bootstrap: peers to join the network through.
+    :param state_dir: the directory of the files that keep the DHT's
+        knowledge across restarts, or ``None`` to keep nothing.
     :ivar table: the :class:`~digitalspring.dht.RoutingTable`.
+    :ivar saved_contacts: the contacts saved by the last run, tried when
+        joining like bootstrap peers; each enters the table only once it
+        answers.
     :ivar store: what this node holds for others (and its own record).
     :ivar joined: fires once the first attempt to join has ended.
     """
@@ -218,6 +244,7 @@ class DHT(Service):
         pool: ConnectionPool,
         settings: DHTSettings | None = None,
         bootstrap: Iterable[Contact] = (),
+        state_dir: FilePath[str] | None = None,
     ) -> None:
         self.pool = pool
         self.identity = pool.identity
@@ -243,6 +270,8 @@ class DHT(Service):
             difficulty=settings.pow_difficulty,
         )
         self.bootstrap_contacts = list(bootstrap)
+        self.state_dir = state_dir
+        self.saved_contacts: list[SavedContact] = []
         self.own_record: StoredRecord | None = None
         self.published_at: float = -math.inf
         self.published_to = 0
@@ -256,6 +285,7 @@ class DHT(Service):
         self._publish_call: Any = None
         self._replicated: dict[int, float] = {}
         self._loop: LoopingCall | None = None
+        self._save_loop: LoopingCall | None = None
         pool.locators.append(self._locator)
 
     def _locator(self, connection: PeerConnection) -> DHTResponder:
@@ -447,7 +477,15 @@ class DHT(Service):
         self._publishing = True
         try:
             now = self.clock.seconds()
-            self._sequence = max(self._sequence + 1, int(now * 1000))
+            # Milliseconds outbid the records of earlier runs; the saved
+            # sequence and our record handed back by others do when the
+            # clock went back.
+            held = self.store.record_of(self.peer_id)
+            self._sequence = max(
+                self._sequence + 1,
+                int(now * 1000),
+                0 if held is None else held.record.sequence + 1,
+            )
             record = PeerRecord(
                 self.peer_id,
                 self._sequence,
@@ -457,6 +495,8 @@ class DHT(Service):
             )
             signed = sign_record(record, self.identity)
             self.store.put_record(signed)
+            # Before anyone sees it: a crash must not lose the sequence.
+            self.save_records()
             self.own_record = StoredRecord(record, signed, now)
             self._origin = self._published_addresses = tuple(addresses)
             self.published_at = now
@@ -507,18 +547,28 @@ class DHT(Service):
 
     def startService(self) -> None:
         super().startService()
+        self.load_state()
         self._origin = tuple(self.addresses())
         self._loop = LoopingCall(self._maintain)
         self._loop.clock = self.clock
         self._loop.start(self.settings.maintenance_interval, now=False).addErrback(
             self._log_failure, "DHT upkeep"
         )
+        if self.state_dir is not None:
+            self._save_loop = LoopingCall(self.save_state)
+            self._save_loop.clock = self.clock
+            self._save_loop.start(self.settings.save_interval, now=False).addErrback(
+                self._log_failure, "saving the DHT's state"
+            )
         self._join_network().chainDeferred(self.joined)
 
     def stopService(self) -> Deferred[None]:
         super().stopService()
         if self._loop is not None and self._loop.running:
             self._loop.stop()
+        if self._save_loop is not None and self._save_loop.running:
+            self._save_loop.stop()
+        self.save_state()
         if self._publish_call is not None and self._publish_call.active():
             self._publish_call.cancel()
         return succeed(None)
@@ -528,26 +578,44 @@ class DHT(Service):
         d.addErrback(self._log_failure, "joining the DHT")
         return d
 
+    def join_candidates(self) -> list[Contact]:
+        """
+        Whom to greet when joining: the bootstrap peers, then the contacts
+        saved by the last run (most recently seen first).
+        """
+        seen = {self.peer_id}
+        candidates = []
+        for contact in [*self.bootstrap_contacts, *(s.contact for s in self.saved_contacts)]:
+            if contact.peer_id not in seen:
+                seen.add(contact.peer_id)
+                candidates.append(contact)
+        return candidates
+
     async def _join(self) -> None:
-        if not self.bootstrap_contacts:
+        candidates = self.join_candidates()
+        if not candidates:
             self.log.info("no DHT bootstrap peers: waiting for others to join through this node")
             return
         self._joining = True
         try:
-            pings = [self._ping(contact) for contact in self.bootstrap_contacts]
+            pings = [self._ping(contact) for contact in candidates]
             answers = await DeferredList(pings, consumeErrors=True)
             answered = sum(1 for ok, _ in answers if ok)
             if not answered:
                 self.log.warn(
-                    "no DHT bootstrap peer answered; trying again in {delay} s",
+                    "none of {count} DHT bootstrap peers and saved contacts answered; "
+                    "trying again in {delay} s",
+                    count=len(candidates),
                     delay=self.settings.bootstrap_retry,
                 )
                 self.clock.callLater(self.settings.bootstrap_retry, self._retry_join)
                 return
             await self.find_nodes(id_bytes(self.own_id))
             self.log.info(
-                "joined the DHT through {answered} bootstrap peers: {size} contacts",
+                "joined the DHT through {answered} of {count} bootstrap peers and saved "
+                "contacts: {size} contacts",
                 answered=answered,
+                count=len(candidates),
                 size=len(self.table),
             )
         finally:
@@ -612,8 +680,150 @@ class DHT(Service):
                     self._log_failure, "re-replicating a record"
                 )
         self._replicated = {k: t for k, t in self._replicated.items() if k in self.store.records}
-        if self.bootstrap_contacts and not len(self.table) and not self._joining:
+        if self.join_candidates() and not len(self.table) and not self._joining:
             self._join_network()
+
+    # -- across restarts -----------------------------------------------------------
+
+    def _read_state_file(self, name: str) -> bytes | None:
+        assert self.state_dir is not None
+        path = self.state_dir.child(name)
+        try:
+            with open(path.path, "rb") as f:
+                data = f.read(MAX_STATE_FILE_SIZE + 1)
+        except FileNotFoundError:
+            return None
+        except OSError as e:
+            self.log.warn("ignoring {path}: {reason}", path=path.path, reason=e.strerror)
+            return None
+        if len(data) > MAX_STATE_FILE_SIZE:
+            self.log.warn(
+                "ignoring {path}: larger than {size} bytes",
+                path=path.path,
+                size=MAX_STATE_FILE_SIZE,
+            )
+            return None
+        return data
+
+    def _write_state_file(self, name: str, data: bytes) -> None:
+        assert self.state_dir is not None
+        path = self.state_dir.child(name)
+        try:
+            self.state_dir.makedirs(ignoreExistingDirectory=True)
+            atomic_write(path, data, replace=True)
+        except OSError as e:
+            self.log.warn("cannot save {path}: {reason}", path=path.path, reason=str(e))
+
+    def load_state(self) -> None:
+        """
+        Read what the last run saved, if the DHT has a data directory: its
+        contacts become join candidates, the records and values it held are
+        verified again and kept (an invalid or expired one is dropped, with
+        the reason logged), and its sequence number is never reused.  A
+        damaged file, or another node's, is ignored with a warning.
+        """
+        if self.state_dir is None:
+            return
+        data = self._read_state_file(CONTACTS_FILE_NAME)
+        if data is not None:
+            try:
+                saved = decode_contacts_file(data, self.peer_id)
+            except DamagedStateFile as e:
+                self._ignoring(CONTACTS_FILE_NAME, e)
+            else:
+                self.saved_contacts = [s for s in saved if s.contact.peer_id != self.peer_id]
+                self.log.info("{count} saved DHT contacts to try", count=len(self.saved_contacts))
+        data = self._read_state_file(RECORDS_FILE_NAME)
+        if data is None:
+            return
+        try:
+            held = decode_records_file(data, self.peer_id)
+        except DamagedStateFile as e:
+            self._ignoring(RECORDS_FILE_NAME, e)
+            return
+        self._sequence = max(self._sequence, held.sequence)
+        kept = dropped = 0
+        for signed in held.records:
+            try:
+                self.store.put_record(signed)
+            except RecordRejected as e:
+                dropped += 1
+                self.log.info(
+                    "dropping a saved peer record: {reason}",
+                    reason=str(e),
+                    rejection=e.__class__.__name__,
+                )
+            else:
+                kept += 1
+        for value in held.values:
+            try:
+                self.store.put_value(value)
+            except ValueRejected as e:
+                dropped += 1
+                self.log.info(
+                    "dropping a saved DHT value: {reason}",
+                    reason=str(e),
+                    rejection=e.__class__.__name__,
+                )
+            else:
+                kept += 1
+        self.log.info(
+            "loaded {kept} saved DHT records and values ({dropped} dropped)",
+            kept=kept,
+            dropped=dropped,
+        )
+
+    def _ignoring(self, name: str, reason: DamagedStateFile) -> None:
+        assert self.state_dir is not None
+        self.log.warn(
+            "ignoring {path}: {reason}",
+            path=self.state_dir.child(name).path,
+            reason=str(reason),
+        )
+
+    def save_state(self) -> None:
+        """
+        Save the routing table's contacts and what the node holds, if the
+        DHT has a data directory.  Saved contacts that have not answered
+        this run are kept too, ranked by when they were last seen, so a run
+        that never reached the network does not forget it.
+        """
+        if self.state_dir is None:
+            return
+        seen = {s.contact.peer_id: s for s in self.saved_contacts}
+        for contact, last_seen in self.table.contacts_seen():
+            seen[contact.peer_id] = SavedContact(contact, last_seen)
+        now = self.clock.seconds()
+        self._write_state_file(
+            CONTACTS_FILE_NAME, encode_contacts_file(self.peer_id, seen.values(), now)
+        )
+        self.save_records()
+
+    def save_records(self) -> None:
+        """
+        Save the records and values the node holds (the records closest to
+        its ID first) and the sequence number of its own record.
+        """
+        if self.state_dir is None:
+            return
+        now = self.clock.seconds()
+        live = [
+            (key, held.signed)
+            for key, held in self.store.records.items()
+            if held.record.expires > now
+        ]
+        live.sort(key=lambda item: item[0] ^ self.own_id)
+        values = [
+            data
+            for key in sorted(self.store.values, key=lambda key: key ^ self.own_id)
+            for data in self.store.get_values(key)
+        ]
+        saved = SavedRecords(
+            self._sequence,
+            tuple(signed for _, signed in live[:MAX_SAVED_RECORDS]),
+            tuple(values[:MAX_SAVED_VALUES]),
+        )
+        self._write_state_file(RECORDS_FILE_NAME, encode_records_file(self.peer_id, saved, now))
 
     def _log_failure(self, failure: Failure, what: str) -> None:
         self.log.failure("{what} failed", failure, what=what)

@@ -171,6 +171,12 @@ class RoutingTable:
             for entry in self.buckets[index].entries
         ]
 
+    def contacts_seen(self) -> list[tuple[Contact, float]]:
+        """
+        Every contact with the time we last heard from it.
+        """
+        return [(entry.contact, entry.last_seen) for entry in self._index.values()]
+
     def closest(self, target: int, count: int | None = None) -> list[Contact]:
         """
         The ``count`` (default ``k``) contacts closest to ``target``,
