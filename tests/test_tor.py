@@ -20,9 +20,11 @@ from nacl.signing import SigningKey
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
+from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.filepath import FilePath
@@ -35,6 +37,7 @@ from digitalspring.testing import (
     FakeOnionNetwork,
     FakeOnionService,
     FakeTorControl,
+    TorControlContractMixin,
     TransportConformanceMixin,
 )
 from digitalspring.transport import (
@@ -47,6 +50,7 @@ from digitalspring.transport import (
     OnionAddress,
     OnionServiceUnreachable,
     TorClientAddress,
+    TorStreamTimeout,
     TorTransport,
     TorTransportPlugin,
     TransportConfigError,
@@ -278,7 +282,8 @@ class TorPluginTests(SynchronousTestCase):
         """
         Malformed or reserved tor options, tor options with a control
         endpoint, a bad endpoint, a password without an endpoint, a launched
-        tor without a data directory, and a bad timeout are refused.
+        tor without a data directory, and a bad timeout or connect timeout
+        are refused.
         """
         for data_dir, options in [
             (True, {"torrc": ["NoValue"]}),
@@ -292,6 +297,8 @@ class TorPluginTests(SynchronousTestCase):
             (True, {"control_password": "x"}),
             (False, {}),
             (True, {"timeout": 0}),
+            (True, {"connect_timeout": 0}),
+            (True, {"connect_timeout": "10"}),
         ]:
             with self.assertRaises(TransportConfigError, msg=repr(options)):
                 self._make(data_dir, **options)
@@ -393,6 +400,22 @@ class InterfaceTests(SynchronousTestCase):
         service = self.successResultOf(fake.publish_onion(80, 1, bytes(32)))
         self.assertIsInstance(service, FakeOnionService)
         self.assertTrue(verifyObject(IOnionService, service))
+
+
+class FakeTorControlContractTests(TorControlContractMixin, TestCase):
+    """
+    The fake tor control keeps the contract the real one keeps on the
+    private network (``tests.test_tor_network``).
+    """
+
+    def setUp(self) -> None:
+        self.reactor = _reactor()
+        self.network = FakeOnionNetwork()
+
+    async def make_control(self) -> ITorControl:
+        control = FakeTorControl(self.reactor, self.network)
+        self.addCleanup(control.close)
+        return control
 
 
 class FakeTorConformanceTests(TransportConformanceMixin, TestCase):
@@ -530,6 +553,66 @@ class TorTransportTests(TestCase):
         self.assertEqual(self.network.services, {})
         with self.assertRaises(TransportError):
             await transport.listen("80", Factory.forProtocol(Protocol))
+
+
+class ConnectTimeoutTests(SynchronousTestCase):
+    """
+    ``connect`` gives up after its own timeout, on a simulated clock.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.network = FakeOnionNetwork()
+        self.host = onion_host(bytes(32))
+
+    def _transport(self, **kwargs: Any) -> TorTransport:
+        control = FakeTorControl(self.clock, self.network)
+        return TorTransport(self.clock, lambda: succeed(control), **kwargs)
+
+    def _assert_timed_out(self, connecting: Deferred[Any], seconds: float) -> None:
+        self.assertNoResult(connecting)
+        self.clock.advance(seconds - 0.1)
+        self.assertNoResult(connecting)
+        self.clock.advance(0.1)
+        error = self.failureResultOf(connecting, TorStreamTimeout).value
+        self.assertIsInstance(error, ConnectTimeout)
+        self.assertIsInstance(error, TransportError)
+        self.assertIn(f"{self.host}:80", str(error))
+
+    def test_default(self) -> None:
+        """
+        A dial that tor keeps trying fails with ``TorStreamTimeout`` (a
+        ``TimeoutError``) after 60 seconds, not tor's two minutes.
+        """
+        self.network.unresponsive.add(self.host)
+        connecting = self._transport().connect(f"{self.host}:80", Factory.forProtocol(Protocol))
+        self._assert_timed_out(connecting, 60)
+
+    def test_covers_retries(self) -> None:
+        """
+        The timeout bounds the whole attempt, waits between retries
+        included.
+        """
+        transport = self._transport(connect_timeout=5, retry_delay=4)
+        connecting = transport.connect(f"{self.host}:80", Factory.forProtocol(Protocol))
+        self.clock.advance(0)
+        self.assertEqual(len(self.network.dialled), 1)
+        self._assert_timed_out(connecting, 5)
+        self.assertEqual(len(self.network.dialled), 2)
+
+    def test_plugin_option(self) -> None:
+        """
+        The plugin's ``connect_timeout`` option sets it, and it also bounds
+        the wait for tor: here a control port that never answers.
+        """
+        reactor = MemoryReactorClock()
+        self.clock = reactor  # type: ignore[assignment]
+        transport = TorTransportPlugin().make_transport(TransportContext(
+            reactor, None, {"control": "tcp:127.0.0.1:9051", "connect_timeout": 5}
+        ))
+        connecting = transport.connect(f"{self.host}:80", Factory.forProtocol(Protocol))
+        self._assert_timed_out(connecting, 5)
+        self.assertEqual(self.network.dialled, [])
 
 
 async def _sleep(reactor: Any, seconds: float) -> None:

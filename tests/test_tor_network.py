@@ -14,7 +14,8 @@ import ipaddress
 import os
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import CancelledError, Deferred
+from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import (
     ConnectionAborted,
     ConnectionDone,
@@ -22,7 +23,7 @@ from twisted.internet.error import (
     ConnectionRefusedError,
 )
 from twisted.internet.interfaces import IReactorTime
-from twisted.internet.protocol import Factory
+from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
@@ -35,6 +36,7 @@ from digitalspring.testing import (
     PrivateTorNetwork,
     RecordingProtocol,
     TorClient,
+    TorControlContractMixin,
     TransportConformanceMixin,
     echo_factory,
     enter_shared_tor_network,
@@ -42,10 +44,12 @@ from digitalspring.testing import (
     scenario,
 )
 from digitalspring.transport import (
+    ITorControl,
     ITransport,
     TorTransport,
     TorTransportPlugin,
     TransportContext,
+    attach_tor,
     onion_host,
     parse_onion_address,
 )
@@ -155,6 +159,43 @@ class TorConformanceTests(TransportConformanceMixin, TestCase):
                 pass
             else:
                 self.fail(f"connected to {target}, where nothing listens")
+
+
+class TxtorconControlContractTests(TorControlContractMixin, TestCase):
+    """
+    The real tor control, attached to a client tor of the private network,
+    keeps the contract the fake keeps (``tests.test_tor``).
+    """
+
+    timeout = 60
+
+    async def setUp(self) -> None:  # type: ignore[override]
+        self.reactor = _reactor()
+        self.network = await enter_shared_tor_network(self, self.reactor)
+
+    async def make_control(self) -> ITorControl:
+        port = self.network.client.control_port
+        control = await attach_tor(
+            self.reactor, TCP4ClientEndpoint(self.reactor, "127.0.0.1", port), f"port {port}"
+        )
+        self.addCleanup(control.close)
+        return control
+
+    async def test_cancel_after_socks_connected(self) -> None:
+        """
+        A dial cancelled while tor looks for the service (after the SOCKS
+        connection is up) fails with ``CancelledError`` and closes the SOCKS
+        connection: trial would fail the test on the open socket.
+        """
+        control = await self.make_control()
+        dialling = control.onion_endpoint(onion_host(new_seed()), 80).connect(
+            Factory.forProtocol(Protocol)
+        )
+        # Tor takes ~0.5 s to find no descriptor; the SOCKS handshake, ~1 ms.
+        await deferLater(self.reactor, 0.1, lambda: None)
+        dialling.cancel()
+        with self.assertRaises(CancelledError):
+            await dialling
 
 
 class LaunchedTorTests(TestCase):

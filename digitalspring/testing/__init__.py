@@ -5,6 +5,7 @@ loopback (see ``docs/tor-test-network.rst``).
 """
 
 from ..transport._clock import drive
+from ._torcontract import TorControlContractMixin
 from ._torcontrol import (
     NamespacedEndpoint,
     PublishedOnion,
@@ -49,6 +50,7 @@ __all__ = [
     "RecordingProtocol",
     "StartupTimings",
     "TorClient",
+    "TorControlContractMixin",
     "TorNetworkError",
     "TorNotInstalled",
     "TorProcess",

@@ -17,7 +17,7 @@ from contextlib import suppress
 from typing import Any
 
 import txtorcon
-from twisted.internet.defer import Deferred, succeed
+from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import TCP4ClientEndpoint
 from twisted.internet.error import CannotListenError, ConnectError, ProcessExitedAlready
 from twisted.internet.interfaces import (
@@ -125,30 +125,90 @@ def _connect_failure(error: BaseException, host: str, port: int) -> Exception:
 
 
 @implementer(IStreamClientEndpoint)
-class _OnionEndpoint:
+class _SocksPort:
     """
-    txtorcon's SOCKS endpoint, with our errors and Twisted's connection-loss
-    reasons.
+    The tor's SOCKS port, for one dial, which :meth:`abort` closes at any
+    stage.  (txtorcon's endpoints do not pass a cancel on, which would
+    leave the SOCKS connection open, waiting for tor's reply.)
     """
 
-    def __init__(self, socks: IStreamClientEndpoint, host: str, port: int) -> None:
-        self._socks = socks
+    def __init__(self, tor: Any) -> None:
+        self._tor = tor
+        self._connecting: Deferred[IProtocol] | None = None
+        self._protocol: IProtocol | None = None
+        self._aborted = False
+
+    def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
+        async def connect() -> IProtocol:
+            # Known already (TxtorconControl.find_socks_port); never
+            # cancelled, as txtorcon would log that as an error.
+            endpoint = await self._tor._default_socks_endpoint()
+            if self._aborted:
+                raise CancelledError()
+            self._connecting = endpoint.connect(protocolFactory)
+            try:
+                self._protocol = await self._connecting
+            finally:
+                self._connecting = None
+            if self._aborted:
+                self._close()
+            return self._protocol
+
+        return Deferred.fromCoroutine(connect())
+
+    def abort(self) -> None:
+        """
+        Close the connection to the SOCKS port, or stop making it.
+        """
+        self._aborted = True
+        if self._connecting is not None:
+            self._connecting.cancel()
+        self._close()
+
+    def _close(self) -> None:
+        transport = getattr(self._protocol, "transport", None)
+        if transport is not None:
+            transport.abortConnection()
+
+
+@implementer(IStreamClientEndpoint)
+class _OnionEndpoint:
+    """
+    txtorcon's SOCKS endpoint, with our errors, Twisted's connection-loss
+    reasons, and a cancel that closes the SOCKS connection.
+    """
+
+    def __init__(self, tor: Any, host: str, port: int) -> None:
+        self._tor = tor
         self._host = host
         self._port = port
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         wrapping = _ReasonFactory(protocolFactory)
+        socks = _SocksPort(self._tor)
+        def cancel(result: Deferred[IProtocol]) -> None:
+            # It fails with CancelledError at once; txtorcon's Deferred
+            # then fails as the SOCKS connection closes, unheard.
+            result.errback(CancelledError())
+            socks.abort()
 
-        def connected(_: object) -> IProtocol:
+        result: Deferred[IProtocol] = Deferred(cancel)
+
+        def connected(_: object) -> None:
             assert wrapping.inner is not None
-            return wrapping.inner
+            if not result.called:
+                result.callback(wrapping.inner)
 
-        def failed(failure: Failure) -> Failure:
+        def failed(failure: Failure) -> None:
+            if result.called:
+                return
             error = _connect_failure(failure.value, self._host, self._port)  # type: ignore[arg-type]
-            return Failure(error)  # type: ignore[no-untyped-call]
+            result.errback(error)
 
-        connecting: Deferred[Any] = self._socks.connect(wrapping)
-        return connecting.addCallbacks(connected, failed)
+        endpoint = self._tor.stream_via(self._host, self._port, socks_endpoint=socks)
+        connecting: Deferred[Any] = endpoint.connect(wrapping)
+        connecting.addCallbacks(connected, failed)
+        return result
 
 
 # -- Onion services ----------------------------------------------------------
@@ -158,11 +218,16 @@ class _OnionEndpoint:
 class _Onion:
     log = Logger()
 
-    def __init__(self, service: Any) -> None:
+    def __init__(self, service: Any, published: list[_Onion]) -> None:
         self._service = service
+        self._published = published
         self.hostname = str(service.hostname).lower()
 
     def remove(self) -> Deferred[None]:
+        if self not in self._published:
+            return succeed(None)
+        self._published.remove(self)
+
         async def remove() -> None:
             try:
                 await self._service.remove()
@@ -334,6 +399,7 @@ async def launch_tor(
             # Tor exits when this connection closes, whatever happens to us.
             await tor.protocol.queue_command("TAKEOWNERSHIP")
             await control.wait_bootstrapped(deadline)
+            await control.find_socks_port()
         except BaseException:
             await control.close()
             raise
@@ -378,6 +444,7 @@ async def attach_tor(
     control = TxtorconControl(reactor, tor, None)
     try:
         await control.wait_bootstrapped(reactor.seconds() + timeout)
+        await control.find_socks_port()
     except BaseException:
         await control.close()
         raise
@@ -403,6 +470,7 @@ class TxtorconControl:
         self._tor = tor
         self.launched = launched
         self._closed = False
+        self._published: list[_Onion] = []
 
     async def bootstrap_progress(self) -> int:
         """
@@ -411,6 +479,15 @@ class TxtorconControl:
         info = await self._tor.protocol.get_info("status/bootstrap-phase")
         match = _PROGRESS.search(str(info.get("status/bootstrap-phase", "")))
         return int(match.group(1)) if match else 0
+
+    async def find_socks_port(self) -> None:
+        """
+        Learn the tor's SOCKS port now (txtorcon asks tor, and adds one if
+        it has none), so that no dial waits on the control connection:
+        a dial cancelled then would leave txtorcon to log the cancel as an
+        error.
+        """
+        await self._tor._default_socks_endpoint()
 
     async def wait_bootstrapped(self, deadline: float) -> None:
         """
@@ -438,6 +515,13 @@ class TxtorconControl:
         See :meth:`ITorControl.publish_onion`.
         """
 
+        if self._closed:
+            return fail(
+                CannotListenError(  # type: ignore[no-untyped-call]
+                    "onion", virtual_port, "the tor control connection is closed"
+                )
+            )
+
         async def publish() -> IOnionService:
             try:
                 service = await self._tor.create_onion_service(
@@ -450,7 +534,9 @@ class TxtorconControl:
                 raise CannotListenError(  # type: ignore[no-untyped-call]
                     "onion", virtual_port, e
                 ) from None
-            return _Onion(service)
+            onion = _Onion(service, self._published)
+            self._published.append(onion)
+            return onion
 
         return Deferred.fromCoroutine(publish())
 
@@ -458,7 +544,7 @@ class TxtorconControl:
         """
         See :meth:`ITorControl.onion_endpoint`.
         """
-        return _OnionEndpoint(self._tor.stream_via(host, port), host, port)
+        return _OnionEndpoint(self._tor, host, port)
 
     def close(self) -> Deferred[None]:
         """
@@ -470,6 +556,10 @@ class TxtorconControl:
         return Deferred.fromCoroutine(self._close())
 
     async def _close(self) -> None:
+        # Tor would forget them with the connection, but only once it has
+        # noticed the hang-up; when close fires they must be gone.
+        for onion in list(self._published):
+            await onion.remove()
         protocol = self._tor.protocol
         if protocol.transport is not None and protocol.transport.connected:
             disconnected = protocol.when_disconnected()
