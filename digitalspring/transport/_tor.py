@@ -14,7 +14,7 @@ from typing import Any
 from attrs import frozen
 from twisted.application.service import Service
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred, fail, maybeDeferred
+from twisted.internet.defer import CancelledError, Deferred, fail, maybeDeferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
     TCP6ClientEndpoint,
@@ -40,7 +40,7 @@ from ._address import parse_port
 from ._interfaces import IOnionService, ITorControl, ITransport, ITransportPlugin
 from ._plugins import InvalidAddress, TransportConfigError, TransportContext, TransportError
 from ._torcontrol import RESERVED_TORRC_KEYS, attach_tor, launch_tor
-from ._torerrors import OnionServiceUnreachable
+from ._torerrors import OnionServiceUnreachable, TorStreamTimeout
 from ._torkey import load_or_create_seed, new_seed, onion_host, parse_onion_address
 
 #: The name of the onion service key used when a listening description
@@ -225,6 +225,10 @@ class TorTransport(Service):
     :param retries: how many times to dial an onion service again when tor
         found no descriptor for it or could not introduce us.
     :param retry_delay: seconds between those attempts.
+    :param connect_timeout: seconds before :meth:`connect` gives up, with
+        :class:`TorStreamTimeout` (a ``TimeoutError``), whatever it waits
+        for: tor itself, the onion service, or the next attempt.  Tor's own
+        timeouts can take two minutes.
     """
 
     name = "tor"
@@ -238,8 +242,10 @@ class TorTransport(Service):
         *,
         retries: int = 2,
         retry_delay: float = 1.0,
+        connect_timeout: float = 60.0,
     ) -> None:
         self._reactor = reactor
+        self._connect_timeout = connect_timeout
         self._retries = retries
         self._retry_delay = retry_delay
         self._reach_tor = reach_tor
@@ -381,7 +387,17 @@ class TorTransport(Service):
             host, port = parse_onion_address(address)
         except InvalidAddress as e:
             return fail(e)
-        return Deferred.fromCoroutine(self._connect(host, port, factory))
+        connecting = Deferred.fromCoroutine(self._connect(host, port, factory))
+        timeout = self._connect_timeout
+
+        def timed_out(result: Any, _: float) -> Any:
+            if isinstance(result, Failure) and result.check(CancelledError):  # type: ignore[no-untyped-call]
+                raise TorStreamTimeout(
+                    f"no connection to {address} within {timeout:g} seconds"
+                )
+            return result
+
+        return connecting.addTimeout(timeout, self._reactor, onTimeoutCancel=timed_out)
 
     async def _connect(self, host: str, port: int, factory: IProtocolFactory) -> IProtocol:
         control = await self._tor()
@@ -471,7 +487,9 @@ class TorTransportPlugin:
       ``PATH``);
     - ``torrc``: extra ``Key Value`` lines for a launched tor's torrc;
     - ``onion_only``: refuse a control endpoint that is not on this machine;
-    - ``timeout``: seconds for tor to start and bootstrap (default 180).
+    - ``timeout``: seconds for tor to start and bootstrap (default 180);
+    - ``connect_timeout``: seconds before a connection attempt fails with
+      ``TimeoutError`` (default 60).
     """
 
     name: str = "tor"
@@ -486,6 +504,9 @@ class TorTransportPlugin:
         timeout = options.get("timeout", 180.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise TransportConfigError(f"bad tor timeout {timeout!r}")
+        connect_timeout = options.get("connect_timeout", 60.0)
+        if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
+            raise TransportConfigError(f"bad tor connect_timeout {connect_timeout!r}")
         torrc = check_torrc_options(options.get("torrc", ()))
         control = options.get("control")
         password = options.get("control_password")
@@ -533,4 +554,4 @@ class TorTransportPlugin:
                     )
                 )
 
-        return TorTransport(reactor, reach, tor_dir)
+        return TorTransport(reactor, reach, tor_dir, connect_timeout=float(connect_timeout))
