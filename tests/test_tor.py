@@ -19,6 +19,11 @@ from nacl.bindings import crypto_scalarmult_ed25519_base_noclamp
 from nacl.signing import SigningKey
 from twisted.application.service import IService
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IListeningPort, IReactorTime
@@ -60,7 +65,11 @@ from digitalspring.transport import (
     onion_host,
     parse_onion_address,
 )
-from digitalspring.transport._torcontrol import _connect_failure, launch_torrc
+from digitalspring.transport._torcontrol import (
+    _connect_failure,
+    _socks_endpoint,
+    launch_torrc,
+)
 from digitalspring.transport._torkey import (
     expanded_secret_key,
     load_or_create_seed,
@@ -245,6 +254,28 @@ class SocksErrorTests(SynchronousTestCase):
         socks_port_refused = _connect_failure(ConnectionRefusedError(), "x.onion", 1)
         self.assertNotIsInstance(socks_port_refused, ConnectionRefusedError)
         self.assertIn("SOCKS port", str(socks_port_refused))
+
+
+class SocksListenerTests(SynchronousTestCase):
+    """
+    Tor's SOCKS port, from its ``net/listeners/socks``.
+    """
+
+    def test_listeners(self) -> None:
+        """
+        The first listener is used: IPv4, IPv6 or a UNIX socket; none, and
+        tor is asked to add one.
+        """
+        first = _socks_endpoint(Clock(), '"127.0.0.1:40123" "unix:/run/tor/socks"')
+        assert isinstance(first, TCP4ClientEndpoint)
+        self.assertEqual((first._host, first._port), ("127.0.0.1", 40123))
+        ipv6 = _socks_endpoint(Clock(), '"[::1]:9050"')
+        assert isinstance(ipv6, TCP6ClientEndpoint)
+        self.assertEqual((ipv6._host, ipv6._port), ("::1", 9050))
+        unix = _socks_endpoint(Clock(), '"unix:/run/tor/socks"')
+        assert isinstance(unix, UNIXClientEndpoint)
+        self.assertEqual(unix._path, "/run/tor/socks")
+        self.assertIsNone(_socks_endpoint(Clock(), ""))
 
 
 class TorPluginTests(SynchronousTestCase):

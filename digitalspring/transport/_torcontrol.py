@@ -18,7 +18,11 @@ from typing import Any
 
 import txtorcon
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
-from twisted.internet.endpoints import TCP4ClientEndpoint
+from twisted.internet.endpoints import (
+    TCP4ClientEndpoint,
+    TCP6ClientEndpoint,
+    UNIXClientEndpoint,
+)
 from twisted.internet.error import CannotListenError, ConnectError, ProcessExitedAlready
 from twisted.internet.interfaces import (
     IProtocol,
@@ -132,8 +136,8 @@ class _SocksPort:
     leave the SOCKS connection open, waiting for tor's reply.)
     """
 
-    def __init__(self, tor: Any) -> None:
-        self._tor = tor
+    def __init__(self, control: TxtorconControl) -> None:
+        self._control = control
         self._connecting: Deferred[IProtocol] | None = None
         self._protocol: IProtocol | None = None
         self._aborted = False
@@ -142,7 +146,7 @@ class _SocksPort:
         async def connect() -> IProtocol:
             # Known already (TxtorconControl.find_socks_port); never
             # cancelled, as txtorcon would log that as an error.
-            endpoint = await self._tor._default_socks_endpoint()
+            endpoint = await self._control.find_socks_port()
             if self._aborted:
                 raise CancelledError()
             self._connecting = endpoint.connect(protocolFactory)
@@ -178,14 +182,15 @@ class _OnionEndpoint:
     reasons, and a cancel that closes the SOCKS connection.
     """
 
-    def __init__(self, tor: Any, host: str, port: int) -> None:
+    def __init__(self, control: TxtorconControl, tor: Any, host: str, port: int) -> None:
+        self._control = control
         self._tor = tor
         self._host = host
         self._port = port
 
     def connect(self, protocolFactory: IProtocolFactory) -> Deferred[IProtocol]:
         wrapping = _ReasonFactory(protocolFactory)
-        socks = _SocksPort(self._tor)
+        socks = _SocksPort(self._control)
         def cancel(result: Deferred[IProtocol]) -> None:
             # It fails with CancelledError at once; txtorcon's Deferred
             # then fails as the SOCKS connection closes, unheard.
@@ -209,6 +214,26 @@ class _OnionEndpoint:
         connecting: Deferred[Any] = endpoint.connect(wrapping)
         connecting.addCallbacks(connected, failed)
         return result
+
+
+def _socks_endpoint(reactor: Any, listeners: str) -> IStreamClientEndpoint | None:
+    """
+    An endpoint for the first of tor's SOCKS listeners, as
+    ``net/listeners/socks`` lists them (``"127.0.0.1:9050" "unix:/path"``).
+    """
+    for listener in listeners.replace('"', " ").split():
+        if listener.startswith("unix:"):
+            return UNIXClientEndpoint(  # type: ignore[no-untyped-call]
+                reactor, listener[len("unix:"):]
+            )
+        host, _, port = listener.rpartition(":")
+        if host.startswith("[") and port.isdigit():
+            return TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
+                reactor, host.strip("[]"), int(port)
+            )
+        if host and port.isdigit():
+            return TCP4ClientEndpoint(reactor, host, int(port))
+    return None
 
 
 # -- Onion services ----------------------------------------------------------
@@ -471,6 +496,7 @@ class TxtorconControl:
         self.launched = launched
         self._closed = False
         self._published: list[_Onion] = []
+        self._socks: IStreamClientEndpoint | None = None
 
     async def bootstrap_progress(self) -> int:
         """
@@ -480,14 +506,22 @@ class TxtorconControl:
         match = _PROGRESS.search(str(info.get("status/bootstrap-phase", "")))
         return int(match.group(1)) if match else 0
 
-    async def find_socks_port(self) -> None:
+    async def find_socks_port(self) -> IStreamClientEndpoint:
         """
-        Learn the tor's SOCKS port now (txtorcon asks tor, and adds one if
-        it has none), so that no dial waits on the control connection:
-        a dial cancelled then would leave txtorcon to log the cancel as an
-        error.
+        The tor's SOCKS port, asked of tor once (``net/listeners/socks``:
+        the port it bound, which txtorcon cannot read from an ``auto``
+        configuration).  Only a tor without one gets one added, by txtorcon.
+        Attaching and launching ask it, so that no dial waits on the
+        control connection.
         """
-        await self._tor._default_socks_endpoint()
+        if self._socks is None:
+            info = await self._tor.protocol.get_info("net/listeners/socks")
+            self._socks = _socks_endpoint(
+                self._reactor, str(info.get("net/listeners/socks", ""))
+            )
+            if self._socks is None:
+                self._socks = await self._tor._default_socks_endpoint()
+        return self._socks
 
     async def wait_bootstrapped(self, deadline: float) -> None:
         """
@@ -544,7 +578,7 @@ class TxtorconControl:
         """
         See :meth:`ITorControl.onion_endpoint`.
         """
-        return _OnionEndpoint(self._tor, host, port)
+        return _OnionEndpoint(self, self._tor, host, port)
 
     def close(self) -> Deferred[None]:
         """
