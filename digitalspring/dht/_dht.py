@@ -743,30 +743,24 @@ class DHT(Service):
             return
         self._sequence = max(self._sequence, held.sequence)
         kept = dropped = 0
-        for signed in held.records:
-            try:
-                self.store.put_record(signed)
-            except RecordRejected as e:
-                dropped += 1
-                self.log.info(
-                    "dropping a saved peer record: {reason}",
-                    reason=str(e),
-                    rejection=e.__class__.__name__,
-                )
-            else:
-                kept += 1
-        for value in held.values:
-            try:
-                self.store.put_value(value)
-            except ValueRejected as e:
-                dropped += 1
-                self.log.info(
-                    "dropping a saved DHT value: {reason}",
-                    reason=str(e),
-                    rejection=e.__class__.__name__,
-                )
-            else:
-                kept += 1
+        held_kinds: tuple[tuple[Any, Any, type[Exception], str], ...] = (
+            (held.records, self.store.put_record, RecordRejected, "peer record"),
+            (held.values, self.store.put_value, ValueRejected, "DHT value"),
+        )
+        for items, put, rejected, what in held_kinds:
+            for item in items:
+                try:
+                    put(item)
+                except rejected as e:
+                    dropped += 1
+                    self.log.info(
+                        "dropping a saved {what}: {reason}",
+                        what=what,
+                        reason=str(e),
+                        rejection=e.__class__.__name__,
+                    )
+                else:
+                    kept += 1
         self.log.info(
             "loaded {kept} saved DHT records and values ({dropped} dropped)",
             kept=kept,
