@@ -266,6 +266,29 @@ class SimulatedClockTests(_ClockBehaviour, SynchronousTestCase):
         clock.run_until_idle()
         self.assertEqual(clock.calls_run, 1000)
 
+    def test_compaction_during_a_run_runs_each_call_once(self) -> None:
+        """
+        A call that reschedules another often enough to make the clock compact
+        its heap in the middle of ``advance`` does not make the calls still
+        pending run twice, nor lose the calls scheduled after it.
+        """
+        clock = SimulatedClock()
+        ran: list[str] = []
+
+        def churn() -> None:
+            ran.append("churn")
+            for _ in range(3000):
+                moved.reset(1)
+
+        clock.callLater(1, churn)
+        clock.callLater(2, ran.append, "later")
+        moved = clock.callLater(5, ran.append, "moved")
+        clock.advance(10)
+        clock.run_until_idle()
+        self.assertEqual(sorted(ran), ["churn", "later", "moved"])
+        self.assertEqual(clock.calls_run, 3)
+        self.assertEqual(clock.pending(), 0)
+
     def test_same_as_task_clock_on_random_schedules(self) -> None:
         """
         On random schedules of calls, cancels and resets stepped one due

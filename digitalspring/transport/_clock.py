@@ -272,12 +272,14 @@ class SimulatedClock:
         """
         self._dead += 1
         if self._dead > _COMPACT_MINIMUM and self._dead * 2 > len(self._heap):
-            self._heap = [
-                entry
-                for entry in self._heap
-                if entry[2]._seq == entry[1] and not entry[2].cancelled
+            # In place: a run in progress (_run_through, _drop_dead) holds
+            # this very list, and must go on popping from the compacted heap
+            # rather than from a stale copy whose calls would run again.
+            heap = self._heap
+            heap[:] = [
+                entry for entry in heap if entry[2]._seq == entry[1] and not entry[2].cancelled
             ]
-            heapq.heapify(self._heap)
+            heapq.heapify(heap)
             self._dead = 0
 
     def _reschedule(self, call: SimulatedCall, time: float) -> None:
