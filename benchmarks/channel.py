@@ -101,6 +101,9 @@ class Server(Protocol):
     own write.
     """
 
+    #: Set by makeConnection; a producer-capable transport under every wrapper.
+    transport: Any
+
     def connectionMade(self) -> None:
         self._header = b""
         self._mode = b""
@@ -137,6 +140,9 @@ class Client(Protocol):
     It starts once the connection is usable: at once, or for TLS (which
     connects its protocol before its handshake) when the handshake is done.
     """
+
+    #: Set by makeConnection; a producer-capable transport under every wrapper.
+    transport: Any
 
     def __init__(self) -> None:
         self.result: Deferred[float] = Deferred()
@@ -310,7 +316,9 @@ class _One(Factory):
         return self._protocol
 
 
-def wrap(kind: str, factory: Factory, server: bool, reactor: Any, tls: Any) -> IProtocolFactory:
+def wrap(
+    kind: str, factory: Factory[Any], server: bool, reactor: Any, tls: Any
+) -> IProtocolFactory:
     """
     ``factory`` behind ``kind``'s wrapper.
     """
@@ -354,7 +362,9 @@ def serve(reactor: Any) -> None:
     pem = crypto.dump_certificate(crypto.FILETYPE_PEM, cert).decode("ascii")
     sys.stdout.write(json.dumps({"ports": ports, "cert": pem}) + "\n")
     sys.stdout.flush()
-    stdio.StandardIO(_StopOnEOF(reactor), stdout=os.open(os.devnull, os.O_WRONLY))
+    stdio.StandardIO(  # type: ignore[no-untyped-call,call-arg]
+        _StopOnEOF(reactor), stdout=os.open(os.devnull, os.O_WRONLY)
+    )
     reactor.run()
 
 

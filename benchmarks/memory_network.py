@@ -122,10 +122,10 @@ def run(hosts: int, seed: int) -> dict[str, Any]:
         network.add_host(name, upload_bps=10_000_000, download_bps=50_000_000)
         transport = transports[name] = network.transport(name)
 
-        def receiver(name: str = name) -> Receiver:
+        def build_receiver(name: str = name) -> Receiver:
             return Receiver(seed, name, tally)
 
-        factory = Factory.forProtocol(receiver)
+        factory = Factory.forProtocol(build_receiver)
         factory.noisy = False
         transport.listen(str(PORT), factory)
 

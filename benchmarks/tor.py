@@ -37,9 +37,10 @@ import time
 from typing import Any
 
 from twisted.internet.defer import Deferred
-from twisted.internet.interfaces import IProtocol, IProtocolFactory
+from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import react
+from zope.interface import implementer
 
 from digitalspring.channel import SecureChannelFactory, SecureChannelProtocol
 from digitalspring.identity import Identity
@@ -137,9 +138,10 @@ async def send_bulk(reactor: Any, dial: Dial, size: int) -> float:
     await sender.send(payload)
     seconds = reactor.seconds() - began
     sender.transport.loseConnection()
-    return size / seconds / 1e6
+    return float(size / seconds / 1e6)
 
 
+@implementer(IStreamClientEndpoint)
 class Dial:
     """
     A client endpoint: a transport dialling one address, raw or through the
@@ -218,7 +220,7 @@ async def run(reactor: Any, args: argparse.Namespace, namespace: NetworkNamespac
             ratios.append(bulk["noise"][-1] / bulk["raw"][-1])
 
         def median(kind: str, figure: str) -> float:
-            return statistics.median(getattr(m, figure) for m in results[kind])
+            return float(statistics.median(getattr(m, figure) for m in results[kind]))
 
         figures = {
             "noise_MBps": round(statistics.median(bulk["noise"]), 3),
