@@ -56,7 +56,7 @@ class PeerConnection(amp.AMP, TimeoutMixin):
     Layers add their commands as command locators: a callable per layer that
     takes the connection and returns an :class:`amp.CommandLocator` whose
     responders serve it.  The connection closes itself after the pool's idle
-    timeout without boxes in either direction.
+    timeout without use (see :attr:`last_active`).
     """
 
     log = Logger()
@@ -79,6 +79,26 @@ class PeerConnection(amp.AMP, TimeoutMixin):
     def __repr__(self) -> str:
         return f"<PeerConnection {getattr(self, 'peer_id', None)}>"
 
+    #: When the connection was last in use, in the pool's clock's seconds:
+    #: when a command other than the peer's Ping went either way, or an
+    #: answer to one of ours came back.  The idle timeout counts from it, so
+    #: a peer cannot hold the connection open with Pings alone.
+    last_active: float = 0.0
+
+    @property
+    def requests_in_flight(self) -> int:
+        """
+        Requests not answered yet, ours and the peer's.
+        """
+        return len(self._outstandingRequests) + self._serving
+
+    _serving = 0
+
+    def makeConnection(self, transport: Any) -> None:
+        # Not AMP.makeConnection: it logs every connection at info level, and
+        # the pool logs each connection once.
+        amp.BinaryBoxProtocol.makeConnection(self, transport)
+
     def connectionMade(self) -> None:
         channel = ISecureChannel(self.transport)
         self.peer_id = channel.peer_id
@@ -86,21 +106,42 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         super().connectionMade()
         self._locators = [make(self) for make in self._locator_factories]
         self.setTimeout(self.pool.idle_timeout)
+        self.last_active = self.pool.clock.seconds()
         self.pool._connection_made(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.setTimeout(None)
-        super().connectionLost(reason)
+        # Not AMP.connectionLost, which logs at info level (see makeConnection).
+        amp.BinaryBoxProtocol.connectionLost(self, reason)
+        self.transport = None
         self.pool._connection_lost(self, reason)
 
-    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+    def _active(self) -> None:
+        self.last_active = self.pool.clock.seconds()
         self.resetTimeout()
+
+    def ampBoxReceived(self, box: amp.AmpBox) -> None:
+        command = box.get(amp.COMMAND)
+        if command is None:
+            if box.get(amp.ANSWER, box.get(amp.ERROR)) in self._outstandingRequests:
+                self._active()
+        elif command != Ping.commandName:
+            self._active()
         super().ampBoxReceived(box)
+
+    def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
+        self._serving += 1
+        answer: Deferred[amp.AmpBox] = super().dispatchCommand(box)
+        return answer.addBoth(self._served)
+
+    def _served(self, result: Any) -> Any:
+        self._serving -= 1
+        return result
 
     def _sendBoxCommand(
         self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True
     ) -> Deferred[Any] | None:
-        self.resetTimeout()
+        self._active()
         return super()._sendBoxCommand(command, box, requiresAnswer)  # type: ignore[no-any-return]
 
     def timeoutConnection(self) -> None:
