@@ -13,7 +13,7 @@ from twisted.python import usage
 from twisted.python.failure import Failure
 
 from .channel import ConnectionPool
-from .control import DEFAULT_CONTROL
+from .control import DEFAULT_CONTROL, BadControlEndpoint, check_control_endpoint, unix_control
 from .dht import DHT, Contact, DHTDirectory, DHTSettings, DirectoryChain
 from .directory import AddressBook
 from .errors import DigitalSpringError
@@ -67,9 +67,11 @@ class Options(usage.Options):
         [
             "control",
             None,
-            DEFAULT_CONTROL,
-            "Endpoint of the local control API that the dspring command uses "
-            "(loopback only; its address and token go to DATA_DIR/control.json).",
+            None,
+            "Endpoint of the local control API that the dspring command uses: on loopback "
+            f"or a UNIX socket only (default {DEFAULT_CONTROL}; with --onion-only a UNIX "
+            "socket only, default unix:DATA_DIR/control.sock). Its address and token go to "
+            "DATA_DIR/control.json.",
         ],
         [
             "idle-timeout",
@@ -174,6 +176,13 @@ class Options(usage.Options):
             if self["advertise"]:
                 raise usage.UsageError("--advertise is for tcp, which --onion-only does not use")
         self["data-dir"] = data_dir_path(self["data-dir"])
+        if self["control"] is None:
+            onion = self["onion-only"]
+            self["control"] = unix_control(self["data-dir"]) if onion else DEFAULT_CONTROL
+        try:
+            check_control_endpoint(self["control"], onion_only=self["onion-only"])
+        except BadControlEndpoint as e:
+            raise usage.UsageError(str(e)) from None
 
 
 def _transport_options(name: str, options: Options) -> dict[str, Any]:

@@ -2,15 +2,38 @@
 The node's local control API, and the client the ``dspring`` command uses.
 """
 
-from ._api import CONTROL_FILE_NAME, DEFAULT_CONTROL, BadRequest, ControlService, peer_from_body
-from ._client import ControlClient, NodeNotRunning
+from ._api import (
+    CONTROL_FILE_NAME,
+    CONTROL_SOCKET_NAME,
+    DEFAULT_CONTROL,
+    IDLE_TIMEOUT,
+    MAX_BODY,
+    MAX_CONNECTIONS,
+    MAX_IN_FLIGHT,
+    BadControlEndpoint,
+    BadRequest,
+    ControlService,
+    check_control_endpoint,
+    peer_from_body,
+    unix_control,
+)
+from ._client import ControlClient, ControlError, NodeNotRunning
 
 __all__ = [
     "CONTROL_FILE_NAME",
+    "CONTROL_SOCKET_NAME",
     "DEFAULT_CONTROL",
+    "IDLE_TIMEOUT",
+    "MAX_BODY",
+    "MAX_CONNECTIONS",
+    "MAX_IN_FLIGHT",
+    "BadControlEndpoint",
     "BadRequest",
     "ControlClient",
+    "ControlError",
     "ControlService",
     "NodeNotRunning",
+    "check_control_endpoint",
     "peer_from_body",
+    "unix_control",
 ]

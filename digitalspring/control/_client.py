@@ -9,9 +9,13 @@ import json
 from io import BytesIO
 from typing import Any
 
+from twisted.internet.endpoints import UNIXClientEndpoint
+from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.python.filepath import FilePath
-from twisted.web.client import Agent, FileBodyProducer, readBody
+from twisted.web.client import URI, Agent, FileBodyProducer, readBody
 from twisted.web.http_headers import Headers
+from twisted.web.iweb import IAgentEndpointFactory
+from zope.interface import implementer
 
 from ..errors import DigitalSpringError
 from ._api import CONTROL_FILE_NAME
@@ -29,9 +33,24 @@ class ControlError(DigitalSpringError):
     """
 
 
+@implementer(IAgentEndpointFactory)
+class _UNIXSocket:
+    """
+    Sends every request of an ``Agent`` to one UNIX socket.
+    """
+
+    def __init__(self, reactor: Any, path: str) -> None:
+        self._reactor = reactor
+        self._path = path
+
+    def endpointForURI(self, uri: URI) -> IStreamClientEndpoint:
+        return UNIXClientEndpoint(self._reactor, self._path)
+
+
 class ControlClient:
     """
-    Talks to the node of a data directory through its control API.
+    Talks to the node of a data directory through its control API, on the
+    TCP address or the UNIX socket that ``DATA_DIR/control.json`` names.
     """
 
     def __init__(self, reactor: Any, data_dir: FilePath[str]) -> None:
@@ -40,6 +59,7 @@ class ControlClient:
             document = json.loads(control.getContent())
             self._url = str(document["url"]).encode("ascii")
             self._token = str(document["token"]).encode("ascii")
+            unix = document.get("unix")
         except FileNotFoundError:
             raise NodeNotRunning(
                 f"no node is running on {data_dir.path} (start it with: "
@@ -47,7 +67,10 @@ class ControlClient:
             ) from None
         except (OSError, ValueError, KeyError, TypeError, UnicodeError) as e:
             raise NodeNotRunning(f"cannot read {control.path}: {e}") from None
-        self._agent = Agent(reactor)
+        if unix is None:
+            self._agent = Agent(reactor)
+        else:
+            self._agent = Agent.usingEndpointFactory(reactor, _UNIXSocket(reactor, str(unix)))
 
     async def call(self, path: str, body: dict[str, Any] | None = None) -> dict[str, Any]:
         """
