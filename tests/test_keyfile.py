@@ -2,6 +2,7 @@
 Tests for the key file and the identity store of a data directory.
 """
 
+import json
 import os
 import stat
 
@@ -15,6 +16,7 @@ from digitalspring.identity import (
     BadPassphrase,
     CorruptKeyFile,
     Identity,
+    KdfParams,
     KeyFile,
     KeyFileError,
     KeyFileExists,
@@ -22,6 +24,7 @@ from digitalspring.identity import (
     NotAKeyFile,
     PassphraseRequired,
     UnsupportedKeyFile,
+    _keyfile,
     create_identity,
     encode_key_file,
     export_identity,
@@ -31,6 +34,13 @@ from digitalspring.identity import (
     load_or_create_identity,
     read_key_file,
     write_key_file,
+)
+from digitalspring.identity._keyfile import (
+    DEFAULT_KDF,
+    MAGIC,
+    MAX_MEMLIMIT,
+    MAX_OPSLIMIT,
+    _checksum,
 )
 
 
@@ -158,20 +168,93 @@ class KeyFileTests(SynchronousTestCase):
         data = encode_key_file(self.identity, None).replace(b'"version": 1', b'"version": 2')
         self.assertRaises(UnsupportedKeyFile, KeyFile.parse, data)
 
-    def test_absurd_kdf_limits(self) -> None:
+    def _crafted(self, opslimit: object, memlimit: object) -> bytes:
         """
-        A key file asking for an absurd KDF cost is refused before any work.
+        A key file of ours with its KDF limits changed and its checksum made
+        to match, as anyone can (the checksum is not keyed).
         """
-        import json
-
-        from digitalspring.identity._keyfile import MAGIC, _checksum
-
         fields = json.loads(encode_key_file(self.identity, "pw", FAST_KDF)[len(MAGIC) :])
         del fields["checksum"]
-        fields["kdf"]["memlimit"] = 2**60
+        fields["kdf"]["opslimit"] = opslimit
+        fields["kdf"]["memlimit"] = memlimit
         fields["checksum"] = _checksum(fields)
-        data = MAGIC + json.dumps(fields).encode()
-        self.assertRaises(UnsupportedKeyFile, KeyFile.parse(data).open, "pw")
+        return MAGIC + json.dumps(fields).encode()
+
+    def _never_derive(self) -> list[KdfParams]:
+        """
+        Replace argon2id with a stand-in that records what it was asked and
+        derives a wrong key, so a test can tell whether the KDF would have
+        run, and at what cost, without paying for it.
+        """
+        asked: list[KdfParams] = []
+
+        def derive(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
+            asked.append(params)
+            return bytes(32)
+
+        self.patch(_keyfile, "_derive", derive)
+        return asked
+
+    def test_absurd_kdf_limits(self) -> None:
+        """
+        A key file asking for an absurd KDF cost, or for limits that are not
+        numbers, is refused before any work.
+        """
+        crafted = [
+            self._crafted(opslimit, memlimit)
+            for opslimit, memlimit in [
+                (FAST_KDF.opslimit, 2**60),
+                (0, FAST_KDF.memlimit),
+                ("3", FAST_KDF.memlimit),
+                (FAST_KDF.opslimit, None),
+                (1.5, FAST_KDF.memlimit),
+            ]
+        ]
+        asked = self._never_derive()
+        for data in crafted:
+            self.assertRaises(UnsupportedKeyFile, KeyFile.parse(data).open, "pw")
+        self.assertEqual(asked, [])
+
+    def test_kdf_cost_above_what_we_write(self) -> None:
+        """
+        The attack of issue 8: a crafted file handed to ``dspring import``
+        asks for opslimit 64 and 4 GiB, which argon2id allows and which used
+        to be accepted, costing minutes and 4 GiB before the passphrase was
+        found wrong.  Anything above what Digital Spring writes
+        (``DEFAULT_KDF``) is now refused with a clear error before argon2id
+        runs, and nothing is imported; the cost we write is still accepted.
+        """
+        default = DEFAULT_KDF
+        self.assertEqual((MAX_OPSLIMIT, MAX_MEMLIMIT), (default.opslimit, default.memlimit))
+        backup = self.path.child("crafted.key")
+        backup.setContent(self._crafted(64, 4 * 1024**3))
+        above = [
+            self._crafted(default.opslimit + 1, default.memlimit),
+            self._crafted(default.opslimit, default.memlimit + 1024),
+        ]
+        at_the_bound = self._crafted(default.opslimit, default.memlimit)
+        asked = self._never_derive()
+        data_dir = self.path.child("data")
+        e = self.assertRaises(UnsupportedKeyFile, import_identity, data_dir, backup, "pw", None)
+        self.assertIn("opslimit=64", str(e))
+        self.assertIn("not written by Digital Spring", str(e))
+        self.assertFalse(key_file_path(data_dir).exists())
+        for data in above:
+            self.assertRaises(UnsupportedKeyFile, KeyFile.parse(data).open, "pw")
+        self.assertEqual(asked, [])
+        self.assertRaises(BadPassphrase, KeyFile.parse(at_the_bound).open, "pw")
+        self.assertEqual(asked, [default])
+
+    def test_never_writes_what_it_would_not_read(self) -> None:
+        """
+        A key file is not written with a KDF cost above what is read back.
+        """
+        costly = KdfParams(MAX_OPSLIMIT + 1, MAX_MEMLIMIT)
+        self.assertRaises(UnsupportedKeyFile, encode_key_file, self.identity, "pw", costly)
+        self.assertRaises(
+            UnsupportedKeyFile, write_key_file, self.key, self.identity, "pw", costly
+        )
+        self.assertFalse(self.key.exists())
 
     @settings(max_examples=200)
     @given(st.binary(max_size=400))

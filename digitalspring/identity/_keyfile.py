@@ -47,10 +47,13 @@ UNENCRYPTED = "none"
 #: mistaken path (a disk image, a log) from being read into memory.
 MAX_SIZE = 64 * 1024
 
-#: Bounds on the KDF cost a file may ask for, so that a crafted file cannot
-#: make us spend minutes or gigabytes before we can say the passphrase is wrong.
-MAX_MEMLIMIT = 4 * 1024**3
-MAX_OPSLIMIT = 64
+#: The most KDF cost a key file may ask for: what Digital Spring itself
+#: writes (:data:`DEFAULT_KDF`, libsodium's "moderate" level: 3 passes over
+#: 256 MiB, about a second).  A file asking for more was not written by us;
+#: it is refused before argon2 runs, so that a crafted file handed to
+#: ``dspring import`` costs no more than opening one of our own.
+MAX_OPSLIMIT = argon2id.OPSLIMIT_MODERATE
+MAX_MEMLIMIT = argon2id.MEMLIMIT_MODERATE
 
 
 class KeyFileError(DigitalSpringError):
@@ -108,11 +111,13 @@ class KdfParams:
     The cost of deriving a key from a passphrase (argon2id).
 
     The default, libsodium's "moderate" level, takes about a second and
-    256 MiB; tests use :data:`FAST_KDF`.
+    256 MiB, and is also the most a key file may ask for
+    (:data:`MAX_OPSLIMIT`, :data:`MAX_MEMLIMIT`); tests use
+    :data:`FAST_KDF`.
     """
 
-    opslimit: int = argon2id.OPSLIMIT_MODERATE
-    memlimit: int = argon2id.MEMLIMIT_MODERATE
+    opslimit: int = MAX_OPSLIMIT
+    memlimit: int = MAX_MEMLIMIT
 
 
 #: What new key files use unless told otherwise.
@@ -128,6 +133,29 @@ def _passphrase_bytes(passphrase: str | bytes) -> bytes:
     if not passphrase:
         raise KeyFileError("the passphrase is empty")
     return passphrase
+
+
+def _kdf_params(opslimit: object, memlimit: object) -> KdfParams:
+    """
+    KDF limits that a key file may use: whole numbers from argon2id's
+    minimum up to what Digital Spring writes.
+
+    :raises UnsupportedKeyFile: for anything else.
+    """
+    if not (
+        isinstance(opslimit, int)
+        and isinstance(memlimit, int)
+        and argon2id.OPSLIMIT_MIN <= opslimit <= MAX_OPSLIMIT
+        and argon2id.MEMLIMIT_MIN <= memlimit <= MAX_MEMLIMIT
+    ):
+        raise UnsupportedKeyFile(
+            f"the key file asks for a passphrase KDF cost (opslimit={opslimit!r}, "
+            f"memlimit={memlimit!r}) outside what Digital Spring writes and reads "
+            f"(opslimit {argon2id.OPSLIMIT_MIN} to {MAX_OPSLIMIT}, memlimit "
+            f"{argon2id.MEMLIMIT_MIN // 1024} KiB to {MAX_MEMLIMIT // 1024**2} MiB), "
+            f"so it was not written by Digital Spring; it is not opened"
+        )
+    return KdfParams(opslimit, memlimit)
 
 
 def _derive(passphrase: bytes, salt: bytes, params: KdfParams) -> bytes:
@@ -168,7 +196,10 @@ def encode_key_file(
 
     :param passphrase: what encrypts the file; ``None`` writes the secret
         seed in clear.
+    :param kdf: at most :data:`DEFAULT_KDF`, as no more is read back.
     :raises KeyFileError: when the passphrase is empty.
+    :raises UnsupportedKeyFile: when ``kdf`` asks for more than a key file
+        may.
     """
     fields: dict[str, Any] = {
         "version": VERSION,
@@ -178,6 +209,7 @@ def encode_key_file(
         fields["encryption"] = UNENCRYPTED
         fields["seed"] = _b64(identity.seed)
     else:
+        kdf = _kdf_params(kdf.opslimit, kdf.memlimit)
         salt = random_bytes(argon2id.SALTBYTES)
         box = SecretBox(_derive(_passphrase_bytes(passphrase), salt, kdf))
         fields["encryption"] = ENCRYPTED
@@ -244,6 +276,8 @@ class KeyFile:
             passphrase was given.
         :raises BadPassphrase: when the passphrase is wrong.
         :raises CorruptKeyFile: when the secret does not match the peer ID.
+        :raises UnsupportedKeyFile: when the file asks for a KDF cost above
+            :data:`DEFAULT_KDF` (before any of that cost is spent).
         """
         if not self.encrypted:
             seed = _unb64(self.fields, "seed", 32)
@@ -255,20 +289,10 @@ class KeyFile:
             kdf = self.fields.get("kdf")
             if not isinstance(kdf, dict):
                 raise CorruptKeyFile("the key file's 'kdf' is missing")
-            opslimit, memlimit = kdf.get("opslimit"), kdf.get("memlimit")
-            if not (
-                isinstance(opslimit, int)
-                and isinstance(memlimit, int)
-                and argon2id.OPSLIMIT_MIN <= opslimit <= MAX_OPSLIMIT
-                and argon2id.MEMLIMIT_MIN <= memlimit <= MAX_MEMLIMIT
-            ):
-                raise UnsupportedKeyFile(
-                    "key file KDF limits out of range: "
-                    f"opslimit={opslimit!r} memlimit={memlimit!r}"
-                )
+            params = _kdf_params(kdf.get("opslimit"), kdf.get("memlimit"))
             salt = _unb64(kdf, "salt", argon2id.SALTBYTES)
             sealed = _unb64(self.fields, "box")
-            key = _derive(_passphrase_bytes(passphrase), salt, KdfParams(opslimit, memlimit))
+            key = _derive(_passphrase_bytes(passphrase), salt, params)
             try:
                 seed = SecretBox(key).decrypt(sealed)
             except CryptoError:
