@@ -33,6 +33,7 @@ from digitalspring.channel import (
     SecureChannelFactory,
     SecureChannelProtocol,
     VersionMismatch,
+    _secure,
 )
 from digitalspring.identity import Identity
 
@@ -254,6 +255,25 @@ class HandshakeTests(SynchronousTestCase):
         fresh.clock.advance(31)
         self.assertIsNone(fresh.server_app.connected_peer)
         self.assertEqual(_error(fresh.server_results), HandshakeTimeout)
+
+    def test_sign_flipped_identity_refused(self) -> None:
+        """
+        The holder of P who claims -P (the same X25519 static key, so the
+        handshake itself succeeds) is refused with HandshakeFailed: one key
+        pair proves one peer ID.  Finding 7 of issue 8.
+        """
+        flipped = ALICE.peer_id.public_key[:31] + bytes([ALICE.peer_id.public_key[31] ^ 0x80])
+        honest = _secure._payload
+        self.patch(
+            _secure,
+            "_payload",
+            lambda identity: flipped if identity is ALICE else honest(identity),
+        )
+        for pattern in ("IK", "XX"):
+            pair = Pair(pattern=pattern)
+            self.assertEqual(_error(pair.server_results), HandshakeFailed, pattern)
+            self.assertIn("sign bit", str(pair.server_results[0].value))  # type: ignore[union-attr]
+            self.assertIsNone(pair.server_app.connected_peer)
 
     def test_low_order_ephemeral(self) -> None:
         """

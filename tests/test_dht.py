@@ -528,7 +528,9 @@ class ContactsCodecTests(SynchronousTestCase):
     @given(
         st.lists(
             st.tuples(
-                st.binary(min_size=32, max_size=32),
+                st.binary(min_size=32, max_size=32).map(
+                    lambda seed: Identity.from_seed(seed).peer_id.public_key
+                ),
                 st.lists(st.text(min_size=1, max_size=60), max_size=8),
             ),
             max_size=32,

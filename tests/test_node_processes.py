@@ -5,7 +5,7 @@ Real node processes talking to each other over TCP on 127.0.0.1.
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from digitalspring.identity import PeerID
+from digitalspring.identity import Identity
 
 from ._nodes import NodeProcess
 
@@ -50,7 +50,7 @@ class PingTests(SynchronousTestCase):
         non-zero with one line of error.
         """
         alice = self.start("alice")
-        stranger = str(PeerID(bytes(range(32))))
+        stranger = str(Identity.from_seed(bytes(range(32))).peer_id)
         ping = alice.dspring("ping", "-c", "1", stranger)
         self.assertEqual(ping.returncode, 1)
         self.assertIn("no address is known", ping.stdout)
@@ -63,7 +63,7 @@ class PingTests(SynchronousTestCase):
         """
         node = NodeProcess(self.workdir, "idle")
         node.stop()
-        ping = node.dspring("ping", "-c", "1", str(PeerID(bytes(32))))
+        ping = node.dspring("ping", "-c", "1", str(Identity.from_seed(bytes(32)).peer_id))
         self.assertEqual(ping.returncode, 1)
         self.assertIn("no node is running", ping.stderr)
 
@@ -117,7 +117,7 @@ class DHTTests(SynchronousTestCase):
         non-zero.
         """
         alone = self.start("alone")
-        stranger = str(PeerID(bytes(range(32))))
+        stranger = str(Identity.from_seed(bytes(range(32))).peer_id)
         lookup = alone.dspring("dht", "lookup", stranger)
         self.assertEqual(lookup.returncode, 1)
         self.assertIn("not found in 0 hops", lookup.stdout)

@@ -16,7 +16,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
-from digitalspring.identity import FAST_KDF, PeerID, create_identity
+from digitalspring.identity import FAST_KDF, Identity, PeerID, create_identity
 from digitalspring.node import Node
 from digitalspring.tap import Options, makeService
 
@@ -43,7 +43,7 @@ class OptionsTests(SynchronousTestCase):
         """
         --listen and --bootstrap may be given several times.
         """
-        peer = str(PeerID(bytes(32)))
+        peer = str(Identity.from_seed(bytes(32)).peer_id)
         options = _parse(
             "--listen",
             "tcp:1",

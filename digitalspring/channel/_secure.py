@@ -31,7 +31,6 @@ from struct import Struct
 from typing import Any
 
 from attrs import frozen
-from nacl.exceptions import CryptoError
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -48,7 +47,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..errors import DigitalSpringError
-from ..identity import Identity, PeerID
+from ..identity import Identity, InvalidPeerID, PeerID
 from ._interfaces import ISecureChannel
 from ._noise import CipherState, HandshakeState, NoiseProtocol
 from ._primitives import KeyPair, NoiseError, NonceExhausted
@@ -229,12 +228,13 @@ def _proven_peer(payload: bytes, remote_static: bytes | None) -> PeerID:
     """
     if len(payload) < 32 or remote_static is None:
         raise HandshakeFailed("the peer sent no identity in its handshake")
-    peer_id = PeerID(payload[:32])
     try:
-        matches = peer_id.x25519_public_key == remote_static
-    except CryptoError:  # libsodium rejects keys that are not Ed25519 points
-        matches = False
-    if not matches:
+        peer_id = PeerID(payload[:32])
+    except InvalidPeerID as e:
+        # Among them the sign-flipped twin of a real key, which has the same
+        # static key: one key pair proves one peer ID, never two.
+        raise HandshakeFailed(f"the peer claims an invalid identity: {e}") from None
+    if peer_id.x25519_public_key != remote_static:
         raise HandshakeFailed("the peer's identity does not match its handshake key")
     return peer_id
 

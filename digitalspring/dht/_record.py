@@ -30,7 +30,7 @@ from typing import Any
 from attrs import field, frozen
 
 from ..errors import DigitalSpringError
-from ..identity import BadSignature, Identity, PeerID
+from ..identity import BadSignature, Identity, InvalidPeerID, PeerID
 from ..transport import InvalidAddress, split_address
 
 #: What a record signature signs before the encoding: domain separation.
@@ -228,7 +228,10 @@ def decode_record(body: bytes) -> PeerRecord:
     version = reader.varint()
     if version != RECORD_VERSION:
         raise MalformedRecord(f"record version {version} is not {RECORD_VERSION}")
-    peer_id = PeerID(reader.take(32))
+    try:
+        peer_id = PeerID(reader.take(32))
+    except InvalidPeerID as e:
+        raise MalformedRecord(f"the record's peer ID is invalid: {e}") from None
     sequence, issued, expires = reader.varint(), reader.varint(), reader.varint()
     addresses = []
     for raw in reader.items("addresses", MAX_ADDRESS):

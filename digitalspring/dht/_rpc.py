@@ -24,9 +24,10 @@ from typing import Any
 from twisted.protocols import amp
 
 from ..errors import DigitalSpringError
-from ..identity import PeerID
+from ..identity import InvalidPeerID, PeerID
 from ._record import MAX_ADDRESS, RecordRejected
 from ._routing import Contact
+from ._store import StoreRefused
 from ._value import ValueRejected
 
 #: The most contacts in one answer.
@@ -88,7 +89,10 @@ def decode_contacts(data: bytes) -> list[Contact]:
                     raise IndexError
                 addresses.append(raw.decode("utf-8"))
                 offset += 1 + size
-            contacts.append(Contact(PeerID(key), addresses))
+            try:
+                contacts.append(Contact(PeerID(key), addresses))
+            except InvalidPeerID:
+                continue  # not a key any peer can have: skip the contact
     except (IndexError, UnicodeDecodeError):
         pass
     return contacts
@@ -173,7 +177,9 @@ class Store(amp.Command):
     commandName = b"dht-store"
     arguments = [(b"kind", amp.Unicode()), (b"data", amp.String()), (b"origin", Origin())]
     response = [(b"stored", amp.Boolean())]
+    # StoreRefused first: StoreFull is also a ValueRejected.
     errors = {
+        StoreRefused: b"DHT_STORE_REFUSED",
         BadDHTRequest: b"DHT_BAD_REQUEST",
         RecordRejected: b"DHT_RECORD_REJECTED",
         ValueRejected: b"DHT_VALUE_REJECTED",

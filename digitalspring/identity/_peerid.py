@@ -6,11 +6,22 @@ key.
 The text form reuses Tor's v3 onion encoding, so a typo is caught by a
 checksum: ``base32(pubkey || checksum[:2] || 0x03)`` in 56 lowercase
 characters, where ``checksum = SHA3-256(".onion checksum" || pubkey || 0x03)``.
+
+One static key, one peer ID.  The Noise static key is the X25519 form of the
+Ed25519 key, and that form forgets the sign of x: a key ``P`` and its
+negation ``-P`` have the same static key, so a handshake that proves one
+would prove both.  A peer ID is therefore only valid in one form: the sign
+bit (the top bit of the last byte) clear, ``y`` reduced below ``2**255 - 19``,
+and a point of the prime-order group (libsodium refuses the others when it
+maps the key to X25519; a key with a torsion component could otherwise sign
+as a third ID).  An :class:`Identity` derives its key pair from its seed so
+that its key is always in that form.
 """
 
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import re
 
@@ -21,6 +32,7 @@ from nacl.bindings import (
 )
 from nacl.exceptions import BadSignatureError, CryptoError
 from nacl.signing import SigningKey, VerifyKey
+from nacl.utils import random as random_bytes
 
 from ..errors import DigitalSpringError
 
@@ -36,10 +48,62 @@ class InvalidPeerID(DigitalSpringError):
     """
 
 
+class NonCanonicalPeerID(InvalidPeerID):
+    """
+    The key is not in the one form a peer ID may take (sign bit clear, y
+    reduced, a point of the prime-order group): the key pair behind it would
+    prove a second peer ID, or it is no usable key at all.  A key file made
+    by a Digital Spring from before this rule may hold such a peer ID: make a
+    new identity (``dspring init``) and give your contacts the new peer ID.
+    """
+
+
 class BadSignature(DigitalSpringError):
     """
     A signature does not match the peer's key and the signed message.
     """
+
+
+_FIELD_PRIME = 2**255 - 19
+_SIGN_BIT = 0x80
+
+
+@functools.lru_cache(maxsize=4096)
+def _x25519_public_key(public_key: bytes) -> bytes:
+    """
+    libsodium's X25519 form of an Ed25519 public key, remembered for the
+    peers seen lately: it costs a scalar multiplication (the prime-order
+    check), and the same peers come back again and again.
+
+    :raises CryptoError: when the key is not a point of the prime-order group.
+    """
+    return crypto_sign_ed25519_pk_to_curve25519(public_key)
+
+
+def _check_canonical(public_key: bytes) -> None:
+    """
+    Check that ``public_key`` is in the one form a peer ID may take.
+
+    :raises NonCanonicalPeerID: saying what is wrong.
+    """
+    if public_key[31] & _SIGN_BIT:
+        raise NonCanonicalPeerID(
+            f"{encode_onion(public_key)} is not a valid peer ID: its key's sign bit is set, "
+            "so the same key pair would also prove a second peer ID; an identity made by an "
+            "older Digital Spring can have this: make a new one (dspring init)"
+        )
+    if int.from_bytes(public_key, "little") >= _FIELD_PRIME:
+        raise NonCanonicalPeerID(
+            f"{encode_onion(public_key)} is not a valid peer ID: its key is not reduced "
+            "modulo 2**255 - 19"
+        )
+    try:
+        _x25519_public_key(public_key)
+    except CryptoError:
+        raise NonCanonicalPeerID(
+            f"{encode_onion(public_key)} is not a valid peer ID: its key is not a point of "
+            "Ed25519's prime-order group"
+        ) from None
 
 
 def _checksum(public_key: bytes) -> bytes:
@@ -89,14 +153,19 @@ class PeerID:
     A peer's identity as others see it: its Ed25519 public key.
 
     ``str(peer_id)`` is the 56-character text form; :meth:`parse` reads it.
+    Only canonical keys make a peer ID (see the module's docstring).
+
+    :raises InvalidPeerID: for a key that is not 32 bytes long.
+    :raises NonCanonicalPeerID: for a key that is not canonical.
     """
 
     public_key: bytes = field(repr=False)
 
     @public_key.validator
-    def _check_length(self, attribute: object, value: bytes) -> None:
+    def _check_key(self, attribute: object, value: bytes) -> None:
         if len(value) != 32:
             raise InvalidPeerID(f"an Ed25519 public key has 32 bytes, not {len(value)}")
+        _check_canonical(bytes(value))
 
     @classmethod
     def parse(cls, text: str) -> PeerID:
@@ -118,7 +187,7 @@ class PeerID:
         """
         The X25519 form of the key: the peer's Noise static public key.
         """
-        return crypto_sign_ed25519_pk_to_curve25519(self.public_key)
+        return _x25519_public_key(self.public_key)
 
     def verify(self, message: bytes, signature: bytes) -> None:
         """
@@ -132,14 +201,32 @@ class PeerID:
             raise BadSignature(f"the signature is not {self}'s") from e
 
 
+def _canonical_signing_key(seed: bytes) -> SigningKey:
+    """
+    The Ed25519 key pair that an identity's 32-byte ``seed`` stands for: the
+    one ``seed`` makes when its public key is canonical, else the one the
+    BLAKE2b hash of ``seed`` stands for, in turn (about two tries; each try
+    has an even chance).
+    """
+    key = SigningKey(seed)
+    while bytes(key.verify_key)[31] & _SIGN_BIT:
+        seed = hashlib.blake2b(seed, digest_size=32, person=b"dspring-peerid").digest()
+        key = SigningKey(seed)
+    return key
+
+
 @frozen
 class Identity:
     """
     A peer's own key pair: what signs its records and proves it in the
     secure channel.  Keep it secret; :mod:`digitalspring.identity` stores it
     in an encrypted key file.
+
+    :ivar seed: the 32-byte secret the key pair is derived from (see
+        :func:`_canonical_signing_key`).
     """
 
+    seed: bytes = field(repr=False)
     signing_key: SigningKey = field(repr=False)
 
     @classmethod
@@ -147,21 +234,14 @@ class Identity:
         """
         A fresh identity from the operating system's random source.
         """
-        return cls(SigningKey.generate())
+        return cls.from_seed(random_bytes(32))
 
     @classmethod
     def from_seed(cls, seed: bytes) -> Identity:
         """
-        The identity whose 32-byte Ed25519 seed is ``seed``.
+        The identity whose 32-byte secret seed is ``seed``.
         """
-        return cls(SigningKey(seed))
-
-    @property
-    def seed(self) -> bytes:
-        """
-        The 32-byte secret seed that the key pair is derived from.
-        """
-        return bytes(self.signing_key)
+        return cls(bytes(seed), _canonical_signing_key(seed))
 
     @property
     def peer_id(self) -> PeerID:
@@ -172,7 +252,7 @@ class Identity:
         """
         The X25519 form of the secret key: the Noise static private key.
         """
-        secret = self.seed + bytes(self.signing_key.verify_key)
+        secret = bytes(self.signing_key) + bytes(self.signing_key.verify_key)
         return crypto_sign_ed25519_sk_to_curve25519(secret)
 
     def sign(self, message: bytes) -> bytes:
