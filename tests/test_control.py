@@ -28,6 +28,7 @@ from twisted.internet.endpoints import (
 )
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -659,6 +660,26 @@ class ControlAPITests(TestCase):
             code, _, _ = await api.send(_request("GET", "/v1/status", host, api.token))
             self.assertEqual(code, expected, host)
         self.assertEqual(len(api.calls), 3)
+
+    async def test_unix_path_too_long(self) -> None:
+        """
+        A socket path longer than a UNIX socket may have (as in a deep data
+        directory) is logged as a reason the node has no control API, and
+        leaves nothing running nor any control file behind.
+        """
+        data_dir = FilePath(tempfile.mkdtemp(prefix="ds-"))
+        self.addCleanup(shutil.rmtree, data_dir.path)
+        deep = data_dir.child("d" * 100)
+        deep.makedirs()
+        seen: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(seen.append)
+        self.addCleanup(globalLogPublisher.removeObserver, seen.append)
+        api = await self._start(deep, unix_control(deep))
+        self.assertFalse(deep.child(CONTROL_FILE_NAME).exists())
+        [error] = [e for e in seen if e.get("log_level") == LogLevel.error]
+        self.assertIn("cannot serve the control API", formatEvent(error))
+        self.assertIn("too long", formatEvent(error))
+        self.assertIsNone(api.service.stopService())
 
 
 # The node's own routes, through the client the dspring command uses.

@@ -402,16 +402,24 @@ class ControlService(Service):
             api, requestFactory=_ControlRequest, timeout=IDLE_TIMEOUT, reactor=self.reactor
         )
         site.noisy = False
-        self._starting = serverFromString(self.reactor, self.endpoint).listen(
-            _BoundedConnections(site)
+        factory = _BoundedConnections(site)
+        self._starting = serverFromString(self.reactor, self.endpoint).listen(factory)
+        self._starting.addCallbacks(
+            self._listening,
+            self._cannot_listen,
+            callbackArgs=(api, token),
+            errbackArgs=(factory,),
         )
-        self._starting.addCallback(self._listening, api, token)
-        self._starting.addErrback(
-            lambda f: self.log.error(
-                "cannot serve the control API on {endpoint}: {reason}",
-                endpoint=self.endpoint,
-                reason=f.getErrorMessage(),
-            )
+
+    def _cannot_listen(self, failure: Failure, factory: _BoundedConnections) -> None:
+        # A UNIX port starts its factory before it binds, and leaves it
+        # started (the site's clock ticking) when binding fails.
+        if factory.numPorts:
+            factory.doStop()
+        self.log.error(
+            "cannot serve the control API on {endpoint}: {reason}",
+            endpoint=self.endpoint,
+            reason=failure.getErrorMessage(),
         )
 
     def _listening(self, port: IListeningPort, api: _ControlAPI, token: bytes) -> None:
