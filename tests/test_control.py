@@ -19,6 +19,7 @@ import tempfile
 from collections.abc import Callable
 from typing import Any
 
+from twisted.internet.address import IPv4Address
 from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -26,8 +27,10 @@ from twisted.internet.endpoints import (
     UNIXClientEndpoint,
     connectProtocol,
 )
+from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
 from twisted.python.failure import Failure
@@ -37,6 +40,7 @@ from twisted.trial.unittest import SynchronousTestCase, TestCase
 from digitalspring.control import (
     CONTROL_FILE_NAME,
     DEFAULT_CONTROL,
+    IDLE_TIMEOUT,
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_IN_FLIGHT,
@@ -163,6 +167,34 @@ class ControlEndpointTests(SynchronousTestCase):
         endpoint = serverFromString(None, description)
         self.assertEqual(endpoint._address, "/srv/a:b=c\\d/control.sock")
         self.assertEqual(endpoint._mode, 0o600)
+
+
+class IdleTimeoutTests(SynchronousTestCase):
+    """
+    A connection that sends nothing is not kept for ever.
+    """
+
+    def test_idle_connection_closed(self) -> None:
+        """
+        A connection left idle is closed after ``IDLE_TIMEOUT`` seconds on
+        the node's own clock (Twisted's default is twelve hours).
+        """
+        reactor = MemoryReactorClock()
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        service = ControlService(reactor, data_dir, {})
+        service.startService()
+        self.addCleanup(service.stopService)
+        [(_, factory, _, interface)] = reactor.tcpServers
+        self.assertEqual(interface, "127.0.0.1")
+        protocol = factory.buildProtocol(IPv4Address("TCP", "127.0.0.1", 40000))
+        transport = StringTransport()
+        protocol.makeConnection(transport)
+        reactor.advance(IDLE_TIMEOUT - 1)
+        self.assertFalse(transport.disconnecting)
+        reactor.advance(1)
+        self.assertTrue(transport.disconnecting)
+        protocol.connectionLost(Failure(ConnectionDone()))
 
 
 class TwistdControlOptionTests(SynchronousTestCase):
