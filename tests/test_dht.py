@@ -21,10 +21,8 @@ from digitalspring.dht import (
     RECORD_DOMAIN,
     Contact,
     DHTDirectory,
-    DHTPing,
     DHTSettings,
     DirectoryChain,
-    FindNode,
     IDistributedHashTable,
     PeerRecord,
     RecordRejected,
@@ -34,12 +32,11 @@ from digitalspring.dht import (
     decode_contacts,
     encode_contacts,
     encode_record,
-    id_bytes,
     node_id,
     sign_record,
 )
 from digitalspring.dht._rpc import Origin
-from digitalspring.dht._simulation import DHTSimulation, SimulatedNode
+from digitalspring.dht._simulation import DHTSimulation
 from digitalspring.directory import IPeerDirectory, UnknownPeer
 from digitalspring.identity import Identity, PeerID
 
@@ -204,6 +201,7 @@ class ServiceTests(SynchronousTestCase):
         late.dht.bootstrap_contacts = [lone.contact]
         sim.start([1])
         sim.run(late.dht.joined)
+        sim.clock.advance(1)  # the lone node dials the newcomer back
         self.assertIn(late.identity.peer_id, lone.dht.table)
         self.assertIn(lone.identity.peer_id, late.dht.table)
         sim.clock.advance(5)
@@ -475,53 +473,6 @@ def _weakest(sim: DHTSimulation) -> bytes:
         if leading_zero_bits(work_hash(bytes(32), b"x", expires, nonce)) == 0:
             return MailboxValue(bytes(32), b"x", expires, nonce).encode()
     raise AssertionError("no weak nonce")
-
-
-class EclipseTests(SynchronousTestCase):
-    def test_flood_from_one_subnet(self) -> None:
-        """
-        Sixty fresh identities claiming addresses in one /24 each contact a
-        node, again and again: the node's live contacts all stay in its
-        table, and the flood holds at most two places per bucket.
-        """
-        settings = DHTSettings(k=20, stale_after=60.0, maintenance_interval=1e9)
-        sim = DHTSimulation(90, settings, seed=3, latency=0.01)
-        victim = sim.nodes[0]
-        honest = sim.nodes[1:30]
-        attackers = sim.nodes[30:]
-        sim.start()
-        for node in honest:
-            sim.run(node.dht._call(victim.contact, DHTPing))
-        before = {c.peer_id for c in victim.dht.table.contacts()}
-        self.assertEqual(len(before), len(honest))
-
-        def flood(node: SimulatedNode, n: int) -> Deferred[Any]:
-            async def go() -> Any:
-                connection = await node.pool.connect(
-                    victim.identity.peer_id, victim.contact.addresses
-                )
-                origin = (f"tcp:198.51.100.{n}:7000",)
-                await connection.callRemote(DHTPing, origin=origin)
-                return await connection.callRemote(
-                    FindNode, key=id_bytes(victim.dht.own_id), origin=origin
-                )
-
-            return Deferred.fromCoroutine(go())
-
-        for _ in range(3):
-            sim.clock.advance(120)
-            for n, node in enumerate(attackers, 1):
-                sim.run(flood(node, n))
-            sim.clock.advance(10)
-        after = {c.peer_id for c in victim.dht.table.contacts()}
-        self.assertTrue(before <= after, "a live contact was pushed out")
-        flooded = 0
-        for bucket in victim.dht.table.buckets.values():
-            flood_entries = [e for e in bucket.entries if "198.51.100" in e.nets]
-            self.assertLessEqual(len(flood_entries), 2)
-            flooded += len(flood_entries)
-        # The flood did reach the table, within its limits.
-        self.assertGreater(flooded, 0)
 
 
 class ContactsCodecTests(SynchronousTestCase):

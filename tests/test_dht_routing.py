@@ -79,12 +79,20 @@ class IdTests(SynchronousTestCase):
 
     def test_subnets(self) -> None:
         """
-        Only IPv4 TCP addresses have a /24.
+        IPv4 addresses count in their /24, IPv6 ones in their /48, memory
+        hosts each on their own; DNS names and onion services in none.
         """
         c = Contact(
-            OWN, ("tcp:10.1.2.3:7000", "tcp:[::1]:7000", "tcp:example.com:1", "memory:a:1")
+            OWN,
+            (
+                "tcp:10.1.2.3:7000",
+                "tcp:[2001:db8:1:2::7]:7000",
+                "tcp:example.com:1",
+                "memory:a:1",
+                "tor:" + "a" * 56 + ".onion:1",
+            ),
         )
-        self.assertEqual(subnets(c), frozenset({"10.1.2"}))
+        self.assertEqual(subnets(c), frozenset({"10.1.2", "2001:db8:1::/48", "memory:a"}))
 
 
 class RoutingTableTests(SynchronousTestCase):

@@ -8,6 +8,7 @@ from ._directory import DHTDirectory, DirectoryChain
 from ._ids import bucket_index, distance, id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable
 from ._lookup import Answer, Hop, Lookup, LookupResult
+from ._origin import DialBackFailed, DialBacks, check_origin
 from ._record import (
     CLOCK_SKEW,
     MAX_LIFETIME,
@@ -27,7 +28,7 @@ from ._record import (
     sign_record,
     verify_record,
 )
-from ._routing import Bucket, Contact, RoutingTable, subnets
+from ._routing import Bucket, Contact, RoutingTable, network_of, subnets
 from ._rpc import (
     MAILBOX,
     RECORD,
@@ -50,7 +51,15 @@ from ._state import (
     encode_contacts_file,
     encode_records_file,
 )
-from ._store import StoredRecord, StoreFull, ValueStore
+from ._store import (
+    NotAmongClosest,
+    QuotaExceeded,
+    Quotas,
+    StoredRecord,
+    StoreFull,
+    StoreRefused,
+    ValueStore,
+)
 from ._value import (
     DEFAULT_DIFFICULTY,
     MAX_VALUE_SIZE,
@@ -94,6 +103,8 @@ __all__ = [
     "DHTResponder",
     "DHTSettings",
     "DamagedStateFile",
+    "DialBackFailed",
+    "DialBacks",
     "DirectoryChain",
     "FindNode",
     "FindValue",
@@ -106,7 +117,10 @@ __all__ = [
     "MalformedRecord",
     "MalformedValue",
     "NonCanonicalRecord",
+    "NotAmongClosest",
     "PeerRecord",
+    "QuotaExceeded",
+    "Quotas",
     "RecordExpired",
     "RecordFromFuture",
     "RecordLifetimeTooLong",
@@ -117,6 +131,7 @@ __all__ = [
     "SavedRecords",
     "Store",
     "StoreFull",
+    "StoreRefused",
     "StoredRecord",
     "ValueExpired",
     "ValueRejected",
@@ -124,6 +139,7 @@ __all__ = [
     "ValueTTLTooLong",
     "ValueTooLarge",
     "bucket_index",
+    "check_origin",
     "check_value",
     "decode_contacts",
     "decode_contacts_file",
@@ -138,6 +154,7 @@ __all__ = [
     "id_bytes",
     "id_from_bytes",
     "leading_zero_bits",
+    "network_of",
     "node_id",
     "random_id_in_bucket",
     "sign_record",

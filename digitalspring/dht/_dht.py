@@ -9,18 +9,29 @@ the record expires), and on the injected clock refreshes idle buckets and
 re-replicates the records it holds.  Given a data directory, it saves its
 contacts and what it holds there (on stop and periodically), and starts
 from them: see :mod:`digitalspring.dht._state`.
+
+Every peer may be hostile.  A contact enters the routing table only with
+addresses this node proved (:mod:`digitalspring.dht._origin`); a store is
+kept only when this node is among the nodes closest to its key, within the
+storing peer's quota and the store's (:class:`~digitalspring.dht.Quotas`);
+newcomers get the records they should hold a bounded amount of work per
+reactor turn (:mod:`digitalspring.dht._handoff`); and only records this
+node is responsible for are re-replicated, a few per upkeep run.
 """
 
 from __future__ import annotations
 
+import hashlib
+import heapq
 import math
 from collections.abc import Callable, Iterable
 from typing import Any
 
-from attrs import frozen
+from attrs import field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
+from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger
 from twisted.protocols import amp
@@ -28,16 +39,28 @@ from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
+from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool, PeerConnection
 from ..identity import PeerID, atomic_write
+from ..transport import InvalidAddress, split_address
+from ._handoff import Handoff
 from ._ids import id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable
 from ._lookup import Answer, Lookup, LookupResult
+from ._origin import (
+    DialBackFailed,
+    DialBacks,
+    check_origin,
+    dialled_address,
+    source_network,
+    source_of,
+)
 from ._record import CLOCK_SKEW, MAX_LIFETIME, PeerRecord, RecordRejected, sign_record
 from ._record import verify_record as _verify_record
 from ._routing import Contact, RoutingTable
 from ._rpc import (
     MAILBOX,
+    MAX_ADDRESSES,
     RECORD,
     BadDHTRequest,
     DHTPing,
@@ -59,7 +82,7 @@ from ._state import (
     encode_contacts_file,
     encode_records_file,
 )
-from ._store import StoredRecord, ValueStore
+from ._store import NotAmongClosest, Quotas, StoredRecord, StoreRefused, ValueStore
 from ._value import (
     DEFAULT_DIFFICULTY,
     MAX_VALUE_SIZE,
@@ -73,6 +96,9 @@ from ._value import (
 
 #: The most bytes of values one FindValue answer carries.
 _MAX_VALUES_ANSWER = 48 * 1024
+
+#: Errors that are answers: the peer is alive, if not agreeable.
+_ANSWERS = (RecordRejected, ValueRejected, BadDHTRequest, StoreRefused)
 
 
 @frozen
@@ -106,6 +132,19 @@ class DHTSettings:
     :ivar save_interval: how often a node with a data directory saves its
         contacts and what it holds (it also saves on stop, and whenever it
         signs a record).
+    :ivar store_slack: a store is refused when ``k + store_slack`` contacts
+        of the routing table are closer to its key than this node.
+    :ivar quotas: how much the node keeps for others, per peer, per source
+        address and in all.
+    :ivar replicate_per_run: the most records re-replicated per upkeep run.
+    :ivar handoff_batch: the most (record, newcomer) checks per reactor
+        turn when handing newcomers their records.
+    :ivar dialback_rate: dial-backs per second in all, after a burst of
+        ``dialback_burst``.
+    :ivar dialback_source_burst: dial-backs for claims from one source
+        address at once, then one per ``dialback_source_interval`` seconds.
+    :ivar dialback_queue: the most dial-backs waiting.
+    :ivar dialback_concurrency: the most dial-backs at once.
     """
 
     k: int = 20
@@ -126,6 +165,16 @@ class DHTSettings:
     pow_difficulty: int = DEFAULT_DIFFICULTY
     bootstrap_retry: float = 60.0
     save_interval: float = 600.0
+    store_slack: int = 10
+    quotas: Quotas = field(factory=Quotas)
+    replicate_per_run: int = 8
+    handoff_batch: int = 256
+    dialback_rate: float = 2.0
+    dialback_burst: int = 16
+    dialback_source_burst: int = 4
+    dialback_source_interval: float = 30.0
+    dialback_queue: int = 64
+    dialback_concurrency: int = 4
 
 
 class DHTResponder(amp.CommandLocator):
@@ -140,7 +189,7 @@ class DHTResponder(amp.CommandLocator):
         self.connection = connection
 
     def _heard(self, origin: tuple[str, ...]) -> None:
-        self.dht.table.observe(Contact(self.connection.peer_id, origin))
+        self.dht.talked(self.connection, origin)
 
     def _key(self, key: bytes) -> int:
         try:
@@ -182,12 +231,18 @@ class DHTResponder(amp.CommandLocator):
     @Store.responder
     def store(self, kind: str, data: bytes, origin: tuple[str, ...]) -> dict[str, Any]:
         self._heard(origin)
-        peer = str(self.connection.peer_id)
+        dht = self.dht
+        storer = self.connection.peer_id
+        peer = str(storer)
+        there = _peer_address(self.connection)
+        source = None if there is None else source_of(there)
         if kind == RECORD:
             try:
-                record, kept = self.dht.store.put_record(data)
-            except RecordRejected as e:
-                self.log.info(
+                dht.check_closest(_record_key(data), dht.store.records)
+                record, kept = dht.store.put_record(data, storer, source)
+            except (RecordRejected, StoreRefused) as e:
+                dht.peer_log.info(
+                    e.__class__.__name__,
                     "rejected a peer record from {peer}: {reason}",
                     peer=peer,
                     reason=str(e),
@@ -204,9 +259,12 @@ class DHTResponder(amp.CommandLocator):
             return {"stored": kept}
         if kind == MAILBOX:
             try:
-                self.dht.store.put_value(data)
-            except ValueRejected as e:
-                self.log.info(
+                if len(data) >= 32:
+                    dht.check_closest(int.from_bytes(data[:32], "big"), dht.store.values)
+                dht.store.put_value(data, storer, source)
+            except (ValueRejected, StoreRefused) as e:
+                dht.peer_log.info(
+                    e.__class__.__name__,
                     "rejected a DHT value from {peer}: {reason}",
                     peer=peer,
                     reason=str(e),
@@ -215,6 +273,23 @@ class DHTResponder(amp.CommandLocator):
                 raise
             return {"stored": True}
         raise BadDHTRequest(f"no such kind of DHT value: {kind[:40]!r}")
+
+
+def _peer_address(connection: PeerConnection) -> IAddress | None:
+    transport = connection.transport
+    return None if transport is None else transport.getPeer()
+
+
+def _record_key(signed: bytes) -> int | None:
+    """
+    The key a signed record would be kept under (the node ID of the key
+    after its version byte), read before the record is verified so that a
+    refusal costs no signature check; ``None`` if it is too short (it will
+    not verify).
+    """
+    if len(signed) < 33:
+        return None
+    return int.from_bytes(hashlib.blake2b(signed[1:33], digest_size=32).digest(), "big")
 
 
 @implementer(IDistributedHashTable)
@@ -268,7 +343,31 @@ class DHT(Service):
             skew=settings.clock_skew,
             max_lifetime=settings.max_record_lifetime,
             difficulty=settings.pow_difficulty,
+            quotas=settings.quotas,
         )
+        self.handoff = Handoff(
+            self.clock,
+            self.table,
+            self.store,
+            settings.k,
+            self._hand_over,
+            batch=settings.handoff_batch,
+        )
+        self.dialbacks = DialBacks(
+            self.clock,
+            self._dial_back,
+            self._dialled_back,
+            rate=settings.dialback_rate,
+            burst=settings.dialback_burst,
+            source_burst=settings.dialback_source_burst,
+            source_interval=settings.dialback_source_interval,
+            max_pending=settings.dialback_queue,
+            concurrency=settings.dialback_concurrency,
+        )
+        #: Log lines that peers cause, at a bounded rate.
+        self.peer_log = RateLimitedLog(self.log, self.clock)
+        #: Refusals and dropped claims so far, by reason (see ``status()``).
+        self.refused = {"not_closest": 0, "origin_addresses": 0}
         self.bootstrap_contacts = list(bootstrap)
         self.state_dir = state_dir
         self.saved_contacts: list[SavedContact] = []
@@ -322,31 +421,30 @@ class DHT(Service):
         async def call() -> Any:
             connection = await pool.connect(contact.peer_id, contact.addresses)
             try:
-                return await connection.callRemote(command, origin=origin, **kw)
-            except (ConnectionLost, ConnectionDone):
-                # When both peers dial each other at once, the pool keeps one
-                # connection and closes the other, with our request in it.
-                live = pool.connections().get(contact.peer_id)
-                if live is None or live is connection:
-                    raise
-                return await live.callRemote(command, origin=origin, **kw)
+                try:
+                    result = await connection.callRemote(command, origin=origin, **kw)
+                except (ConnectionLost, ConnectionDone):
+                    # When both peers dial each other at once, the pool keeps one
+                    # connection and closes the other, with our request in it.
+                    live = pool.connections().get(contact.peer_id)
+                    if live is None or live is connection:
+                        raise
+                    connection = live
+                    result = await live.callRemote(command, origin=origin, **kw)
+            except _ANSWERS:
+                # It answered, if not what we hoped.
+                self.talked(connection, contact.addresses)
+                raise
+            self.talked(connection, contact.addresses)
+            return result
 
         d = Deferred.fromCoroutine(call())
         d.addTimeout(self.settings.rpc_timeout, self.clock)
-        d.addCallbacks(
-            self._call_ok, self._call_failed, callbackArgs=(contact,), errbackArgs=(contact,)
-        )
+        d.addErrback(self._call_failed, contact)
         return d
 
-    def _call_ok(self, result: Any, contact: Contact) -> Any:
-        self.table.observe(contact)
-        return result
-
     def _call_failed(self, failure: Failure, contact: Contact) -> Failure:
-        if failure.check(RecordRejected, ValueRejected, BadDHTRequest):
-            # It answered, if not what we hoped.
-            self.table.observe(contact)
-        else:
+        if not failure.check(*_ANSWERS):
             self.table.failed(contact.peer_id)
         return failure
 
@@ -416,6 +514,130 @@ class DHT(Service):
                 values.append(value.value)
         return Answer(tuple(answer["contacts"]), tuple(values) or None)
 
+    # -- whom the table holds, and where -------------------------------------------
+
+    def talked(self, connection: PeerConnection, claimed: tuple[str, ...]) -> None:
+        """
+        A peer answered us or asked us something over ``connection``,
+        claiming (or being said by others) to listen at ``claimed``.
+
+        A contact in the table with those addresses is just seen again.  On
+        a connection we dialled, the address we reached is proved: the
+        contact enters the table with it.  Otherwise the claim is checked
+        against where the connection came from (see
+        :func:`~digitalspring.dht._origin.check_origin`), and what is left is
+        dialled back, if the table would take the contact, before it enters.
+        """
+        peer_id = connection.peer_id
+        table = self.table
+        known = table.get(peer_id)
+        if known is not None and (not claimed or claimed == known.addresses):
+            table.observe(known)
+            return
+        there = _peer_address(connection)
+        if there is None:
+            return
+        if connection.initiator:
+            reached = dialled_address(there)
+            if reached is not None:
+                others = () if known is None else known.addresses
+                addresses = (reached, *(a for a in others if a != reached and a in claimed))
+                table.observe(Contact(peer_id, addresses[:MAX_ADDRESSES]), source_network(there))
+                return
+        if known is not None:
+            table.observe(known)
+            claimed = tuple(a for a in claimed if a not in known.addresses)
+            if not claimed:
+                return
+        elif not claimed:
+            return
+        kept, dropped = check_origin(claimed, there)
+        self.refused["origin_addresses"] += dropped
+        if dropped:
+            self.peer_log.info(
+                "origin-dropped",
+                "{peer} claims addresses that are not where it connected from ({source})",
+                peer=str(peer_id),
+                source=str(there),
+            )
+        kept = tuple(a for a in kept if self._can_dial(a))
+        if not kept:
+            return
+        nets = source_network(there)
+        if known is None and not table.wants(Contact(peer_id, kept), nets):
+            return
+        self.dialbacks.request(peer_id, kept, source_of(there), nets)
+
+    def _can_dial(self, address: str) -> bool:
+        try:
+            name, _ = split_address(address)
+        except InvalidAddress:
+            return False
+        return name in self.pool.transports
+
+    def _dial_back(self, peer_id: PeerID, address: str) -> Deferred[IAddress]:
+        """
+        Dial ``address`` expecting ``peer_id`` (Noise IK): fires with the
+        other end's address once the handshake proved the peer.  The
+        connection joins the pool like any other (the pool keeps one per
+        peer).
+        """
+        pool = self.pool
+
+        async def dial() -> IAddress:
+            name, description = split_address(address)
+            transport = pool.transports.get(name)
+            if transport is None:
+                raise DialBackFailed(f"this node has no {name} transport")
+            # The pool's dialling factory: the connection joins the pool.
+            factory: Any = getattr(pool, "channel_factory", pool.server_factory)
+            channel: Any = await transport.connect(description, factory.for_dialling(peer_id))
+            await channel.when_secured()
+            there: IAddress = channel.getPeer()
+            return there
+
+        d = Deferred.fromCoroutine(dial())
+        d.addTimeout(self.settings.rpc_timeout, self.clock)
+        return d
+
+    def _dialled_back(
+        self, peer_id: PeerID, proved: tuple[str, ...], nets: frozenset[str]
+    ) -> None:
+        if not proved or not self.running:
+            return
+        known = self.table.get(peer_id)
+        others = () if known is None else known.addresses
+        addresses = (*proved, *(a for a in others if a not in proved))
+        self.table.observe(Contact(peer_id, addresses[:MAX_ADDRESSES]), nets)
+
+    def check_closest(self, key: int | None, held: Any) -> None:
+        """
+        Refuse to keep something under ``key`` unless this node is among the
+        closest to it: fewer than ``k + store_slack`` contacts of the table
+        are closer.  A key already held passes (it was close when first
+        stored, and a newer version costs nothing more).
+
+        :param held: the store's keys of that kind.
+        :raises NotAmongClosest: otherwise.
+        """
+        if key is None or key in held:
+            return
+        limit = self.settings.k + self.settings.store_slack
+        if self.table.closer_than_self(key, limit) >= limit:
+            self.refused["not_closest"] += 1
+            raise NotAmongClosest(
+                f"this node knows {limit} nodes closer to that key; store it there"
+            )
+
+    def responsible_for(self, key: int) -> bool:
+        """
+        Whether this node is among the ``k`` closest to ``key`` that its
+        table knows: whether it should keep re-replicating what it holds
+        under ``key``.
+        """
+        k = self.settings.k
+        return self.table.closer_than_self(key, k) < k
+
     # -- lookups -------------------------------------------------------------------
 
     def lookup(
@@ -434,9 +656,11 @@ class DHT(Service):
         """
         settings = self.settings
         self.table.touch(target)
+        # Twice k seeds: when the closest contacts we know are dead, the
+        # lookup goes on with the next ones instead of ending empty-handed.
         return Lookup(
             target,
-            self.table.closest(target),
+            self.table.closest(target, 2 * settings.k),
             query,
             self.clock,
             self.own_id,
@@ -571,6 +795,8 @@ class DHT(Service):
         self.save_state()
         if self._publish_call is not None and self._publish_call.active():
             self._publish_call.cancel()
+        self.handoff.stop()
+        self.dialbacks.stop()
         return succeed(None)
 
     def _join_network(self) -> Deferred[None]:
@@ -629,30 +855,19 @@ class DHT(Service):
             self._join_network()
 
     def _contact_added(self, contact: Contact) -> None:
-        if self.running:
-            self.clock.callLater(0, self._welcome, contact)
-
-    def _welcome(self, contact: Contact) -> None:
         """
         A contact entered the routing table: hand it what it should hold
-        (what we hold for keys it is now among the closest to, when we are
-        the closest we know), and publish our record if nobody has it yet.
+        (see :class:`~digitalspring.dht._handoff.Handoff`), and publish our
+        record if nobody has it yet.
         """
-        if not self.running or contact.peer_id not in self.table:
+        if not self.running:
             return
         if self.own_record is not None and self.published_to == 0:
             self._publish_soon(1.0)
-        k = self.settings.k
-        for key, held in list(self.store.records.items()):
-            closest = self.table.closest(key, k)
-            others = [c for c in closest if c.peer_id != contact.peer_id]
-            if contact not in closest:
-                continue
-            if others and others[0].node_id ^ key < self.own_id ^ key:
-                continue
-            self._call(contact, Store, kind=RECORD, data=held.signed).addErrback(
-                lambda failure: None
-            )
+        self.handoff.welcome(contact)
+
+    def _hand_over(self, contact: Contact, held: StoredRecord) -> None:
+        self._call(contact, Store, kind=RECORD, data=held.signed).addErrback(lambda failure: None)
 
     def _maintain(self) -> None:
         if not self.running:
@@ -669,19 +884,41 @@ class DHT(Service):
         for index in self.table.stale_buckets(self.settings.refresh_interval):
             target = random_id_in_bucket(self.own_id, index)
             self.lookup(target, self._ask_nodes(id_bytes(target)))
-        interval = self.settings.replicate_interval
-        for key, held in list(self.store.records.items()):
-            if held.record.peer_id == self.peer_id:
-                continue
-            last = max(held.received, self._replicated.get(key, -math.inf))
-            if now - last >= interval:
-                self._replicated[key] = now
-                Deferred.fromCoroutine(self._replicate(key, RECORD, held.signed)).addErrback(
-                    self._log_failure, "re-replicating a record"
-                )
-        self._replicated = {k: t for k, t in self._replicated.items() if k in self.store.records}
+        self._rereplicate(now)
         if self.join_candidates() and not len(self.table) and not self._joining:
             self._join_network()
+
+    def _rereplicate(self, now: float) -> None:
+        """
+        Store again, at the ``k`` closest nodes, the records held for others
+        that nobody stored here for ``replicate_interval``: the longest
+        waiting first, at most ``replicate_per_run`` of them, and only those
+        this node is responsible for (the others wait another interval
+        without costing a lookup; at most sixteen times as many are looked
+        at per run).
+        """
+        interval = self.settings.replicate_interval
+        replicated = self._replicated
+        due = [
+            (last, key, held)
+            for key, held in self.store.records.items()
+            if held.record.peer_id != self.peer_id
+            and now - (last := max(held.received, replicated.get(key, -math.inf))) >= interval
+        ]
+        budget = self.settings.replicate_per_run
+        # Junk that was close once waits its turn too, a bounded number of
+        # responsibility checks per run.
+        for _, key, held in heapq.nsmallest(16 * budget, due, key=lambda item: item[0]):
+            if not budget:
+                break
+            replicated[key] = now
+            if not self.responsible_for(key):
+                continue
+            budget -= 1
+            Deferred.fromCoroutine(self._replicate(key, RECORD, held.signed)).addErrback(
+                self._log_failure, "re-replicating a record"
+            )
+        self._replicated = {k: t for k, t in replicated.items() if k in self.store.records}
 
     # -- across restarts -----------------------------------------------------------
 
@@ -833,6 +1070,9 @@ class DHT(Service):
             "known_peers": [str(contact.peer_id) for contact in self.table.contacts()],
             "records": len(self.store.records),
             "values": sum(len(held) for held in self.store.values.values()),
+            "store_bytes": self.store.record_bytes + self.store.value_bytes,
+            "refused": {**self.refused, **self.store.refused},
+            "dial_backs": {**self.dialbacks.counts, "waiting": len(self.dialbacks)},
             "own_record": None
             if own is None
             else {

@@ -10,18 +10,21 @@ a newcomer waits in the bucket's bounded replacement cache; only when the
 least-recently-seen contact has not been heard from for ``stale_after``
 seconds is it pinged, and only if it fails to answer is it replaced.  No
 bucket (and no replacement cache) holds more than ``subnet_limit`` contacts
-with a TCP address in one IPv4 /24, so one network cannot fill a table with
-fresh identities.
+in one network (an IPv4 /24, an IPv6 /48, or one host of the memory
+transport), so one network cannot fill a table with fresh identities.  The
+networks counted are those of addresses the DHT proved (see
+:mod:`digitalspring.dht._origin`), never what a peer claims.
 """
 
 from __future__ import annotations
 
 import heapq
+import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
 
 from attrs import define, field, frozen
-from twisted.internet.abstract import isIPAddress
+from twisted.internet.abstract import isIPAddress, isIPv6Address
 from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -54,10 +57,31 @@ class Contact:
 _NONE: frozenset[str] = frozenset()
 
 
+def network_of(name: str, host: str) -> str | None:
+    """
+    The network that the subnet limit counts a host in: ``"a.b.c"`` for
+    the IPv4 /24 of a ``tcp`` address, ``"2001:db8:1::/48"`` for the /48
+    of an IPv6 one, ``"memory:HOST"`` for a host
+    of the memory transport (one simulated host, one network), and
+    ``None`` for names nobody can count (DNS names, onion services).
+    """
+    if name == "tcp":
+        if host.startswith("["):
+            host = host[1:-1]
+        if isIPAddress(host):
+            return host.rsplit(".", 1)[0]
+        if isIPv6Address(host) and "%" not in host:
+            return str(ipaddress.IPv6Network((host, 48), strict=False))
+        return None
+    if name == "memory":
+        return f"memory:{host}"
+    return None
+
+
 def subnets(contact: Contact) -> frozenset[str]:
     """
-    The IPv4 /24 networks of a contact's TCP addresses, as ``"a.b.c"``.
-    Other addresses (DNS names, onion services, memory hosts) have none.
+    The networks (see :func:`network_of`) of a contact's addresses.  DNS
+    names and onion services have none.
     """
     found: set[str] = set()
     for address in contact.addresses:
@@ -65,9 +89,9 @@ def subnets(contact: Contact) -> frozenset[str]:
             name, rest = split_address(address)
         except InvalidAddress:
             continue
-        host = rest.rpartition(":")[0]
-        if name == "tcp" and isIPAddress(host):
-            found.add(host.rsplit(".", 1)[0])
+        net = network_of(name, rest.rpartition(":")[0])
+        if net is not None:
+            found.add(net)
     return frozenset(found) if found else _NONE
 
 
@@ -213,10 +237,76 @@ class RoutingTable:
         since = self.clock.seconds() - interval
         return sorted(i for i, bucket in self.buckets.items() if bucket.touched <= since)
 
-    def observe(self, contact: Contact) -> bool:
+    def closer_than_self(self, target: int, limit: int, exclude: PeerID | None = None) -> int:
+        """
+        How many contacts (counting up to ``limit``) are closer to
+        ``target`` than this node is: all those of the bucket that holds
+        ``target``, and those of nearer buckets on its side.  The work is
+        bounded by the contacts of those buckets, never the whole table for a
+        key far from us.
+
+        :param exclude: a peer not to count.
+        """
+        mine = self.own_id ^ target
+        if not mine:
+            return 0
+        top = mine.bit_length() - 1
+        count = 0
+        for index in range(top, -1, -1):
+            bucket = self.buckets.get(index)
+            if bucket is None:
+                continue
+            for entry in bucket.entries:
+                if index == top or entry.contact.node_id ^ target < mine:
+                    if entry.contact.peer_id != exclude:
+                        count += 1
+                        if count >= limit:
+                            return count
+        return count
+
+    def rank_of(self, contact: Contact, target: int, limit: int) -> int:
+        """
+        How many other contacts (counting up to ``limit``) are closer to
+        ``target`` than ``contact``.
+        """
+        theirs = contact.node_id ^ target
+        count = 0
+        for entry in self._index.values():
+            if entry.contact.node_id ^ target < theirs and entry.contact != contact:
+                count += 1
+                if count >= limit:
+                    break
+        return count
+
+    def wants(self, contact: Contact, nets: frozenset[str] = _NONE) -> bool:
+        """
+        Whether ``contact`` (not in the table) would find a place in its
+        bucket or the bucket's replacement cache, were its addresses proved:
+        what makes it worth proving them.
+        """
+        if contact.node_id == self.own_id or contact.peer_id in self._index:
+            return False
+        nets = nets | subnets(contact)
+        bucket = self.buckets.get(bucket_index(self.own_id, contact.node_id))
+        if bucket is None:
+            return True
+        if _crowded(bucket.entries, nets, self.subnet_limit):
+            return False
+        if len(bucket.entries) < self.k:
+            return True
+        waiting = [e for e in bucket.replacements if e.contact.peer_id != contact.peer_id]
+        return len(waiting) < self.replacement_size and not _crowded(
+            waiting, nets, self.subnet_limit
+        )
+
+    def observe(self, contact: Contact, nets: frozenset[str] = _NONE) -> bool:
         """
         We just talked to ``contact``: it answered us, or asked us something.
+        Its addresses must be proved ones (they are what the table serves
+        to others).
 
+        :param nets: networks to count it in besides those of its addresses
+            (the network it connected from).
         :returns: whether it is in the table now.
         """
         if contact.node_id == self.own_id:
@@ -228,7 +318,7 @@ class RoutingTable:
             entry.failures = 0
             if contact.addresses and contact.addresses != entry.contact.addresses:
                 entry.contact = contact
-                entry.nets = subnets(contact)
+                entry.nets = subnets(contact) | nets
             entries = self.buckets[entry.index].entries
             if entries[-1] is not entry:
                 entries.remove(entry)
@@ -239,7 +329,7 @@ class RoutingTable:
             return False
         index = bucket_index(self.own_id, contact.node_id)
         bucket = self.bucket_for(contact.node_id)
-        entry = _Entry(contact, index, now, nets=subnets(contact))
+        entry = _Entry(contact, index, now, nets=subnets(contact) | nets)
         if _crowded(bucket.entries, entry.nets, self.subnet_limit):
             self.log.debug(
                 "not adding {peer}: bucket {index} has {limit} contacts from its network",

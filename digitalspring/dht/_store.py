@@ -10,15 +10,41 @@ from typing import Any
 
 from attrs import frozen
 
+from ..errors import DigitalSpringError
 from ..identity import PeerID
 from ._ids import node_id
 from ._record import CLOCK_SKEW, MAX_LIFETIME, PeerRecord, verify_record
 from ._value import DEFAULT_DIFFICULTY, MAX_VALUE_TTL, MailboxValue, ValueRejected, check_value
 
+#: What the store counts for one item besides its bytes: the objects that
+#: hold it (measured at about 400 bytes for a small record), rounded up.
+ITEM_OVERHEAD = 512
 
-class StoreFull(ValueRejected):
+
+class StoreRefused(DigitalSpringError):
     """
-    The node keeps no more DHT values now.
+    This node will not keep that record or value; the nodes closest to its
+    key should.
+    """
+
+
+class NotAmongClosest(StoreRefused):
+    """
+    This node is not among the nodes closest to the key it was asked to
+    keep something under.
+    """
+
+
+class QuotaExceeded(StoreRefused):
+    """
+    The peer (or its network) already has as many records or values kept
+    at this node as it may.
+    """
+
+
+class StoreFull(StoreRefused, ValueRejected):
+    """
+    The node keeps no more DHT records or values now.
     """
 
 
@@ -33,13 +59,65 @@ class StoredRecord:
     received: float
 
 
+@frozen
+class Quotas:
+    """
+    How much one node keeps for others.
+
+    :ivar peer_records: records one storing peer may have kept here.
+    :ivar peer_values: values one storing peer may have kept here.
+    :ivar source_records: records the peers of one source address may have
+        kept here.
+    :ivar source_values: values the peers of one source address may have
+        kept here.
+    :ivar records: records in all.
+    :ivar values: values in all.
+    :ivar record_bytes: what the records may cost in all, counted as twice
+        their size (the bytes and the decoded record) plus
+        :data:`ITEM_OVERHEAD` each.
+    :ivar value_bytes: the same for values.
+    :ivar values_per_key: values under one key.
+    """
+
+    peer_records: int = 64
+    peer_values: int = 256
+    source_records: int = 256
+    source_values: int = 1024
+    records: int = 10_000
+    values: int = 10_000
+    record_bytes: int = 16 * 1024 * 1024
+    value_bytes: int = 8 * 1024 * 1024
+    values_per_key: int = 16
+
+
+def _cost(data: bytes) -> int:
+    return 2 * len(data) + ITEM_OVERHEAD
+
+
+class _Usage:
+    __slots__ = ("records", "values")
+
+    def __init__(self) -> None:
+        self.records = 0
+        self.values = 0
+
+
+_Charge = tuple[str | None, str | None, int]
+
+
 class ValueStore:
     """
-    The records and values a node holds, keyed by 256-bit DHT key.
+    The records and values a node holds, keyed by 256-bit DHT key, each
+    charged to the peer that stored it and to that peer's source address
+    (see :class:`Quotas`).
 
     :param clock: an ``IReactorTime`` whose ``seconds()`` is Unix time (or
         a simulation's time).
     :param difficulty: the proof of work asked of values.
+    :param max_records: overrides ``quotas.records``.
+    :param max_values: overrides ``quotas.values``.
+    :param values_per_key: overrides ``quotas.values_per_key``.
+    :ivar refused: refusals so far, by reason.
     """
 
     def __init__(
@@ -49,42 +127,135 @@ class ValueStore:
         max_lifetime: float = MAX_LIFETIME,
         difficulty: int = DEFAULT_DIFFICULTY,
         max_value_ttl: float = MAX_VALUE_TTL,
-        max_records: int = 100_000,
-        max_values: int = 10_000,
-        values_per_key: int = 16,
+        max_records: int | None = None,
+        max_values: int | None = None,
+        values_per_key: int | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
+        quotas = quotas or Quotas()
         self.clock = clock
         self.skew = skew
         self.max_lifetime = max_lifetime
         self.difficulty = difficulty
         self.max_value_ttl = max_value_ttl
-        self.max_records = max_records
-        self.max_values = max_values
-        self.values_per_key = values_per_key
+        self.quotas = quotas
+        self.max_records = quotas.records if max_records is None else max_records
+        self.max_values = quotas.values if max_values is None else max_values
+        self.values_per_key = quotas.values_per_key if values_per_key is None else values_per_key
         self.records: dict[int, StoredRecord] = {}
         self.values: dict[int, dict[bytes, MailboxValue]] = {}
+        self.record_bytes = 0
+        self.value_bytes = 0
+        self.refused = {"peer_quota": 0, "source_quota": 0, "full": 0}
         self._value_count = 0
+        self._record_charges: dict[int, _Charge] = {}
+        self._value_charges: dict[tuple[int, bytes], _Charge] = {}
+        self._usage: dict[str, _Usage] = {}
 
-    def put_record(self, signed: bytes) -> tuple[PeerRecord, bool]:
+    # -- accounting --------------------------------------------------------------------
+
+    def usage(self, account: str) -> tuple[int, int]:
+        """
+        The records and values charged to ``account``: ``"peer:PEER_ID"``
+        or ``"source:SOURCE"``.
+        """
+        found = self._usage.get(account)
+        return (0, 0) if found is None else (found.records, found.values)
+
+    def _admit(self, storer: PeerID | None, source: str | None, records: bool) -> _Charge:
+        q = self.quotas
+        peer = None if storer is None else f"peer:{storer}"
+        net = None if source is None else f"source:{source}"
+        for account, limit, reason in (
+            (peer, q.peer_records if records else q.peer_values, "peer_quota"),
+            (net, q.source_records if records else q.source_values, "source_quota"),
+        ):
+            if account is None:
+                continue
+            used = self._usage.get(account)
+            if used is not None and (used.records if records else used.values) >= limit:
+                self.refused[reason] += 1
+                who = "peer" if reason == "peer_quota" else "network"
+                kind = "records" if records else "values"
+                raise QuotaExceeded(f"this {who} has {limit} {kind} kept here already")
+        return peer, net, 0
+
+    def _charge(self, charge: _Charge, records: bool, sign: int) -> None:
+        for account in charge[:2]:
+            if account is None:
+                continue
+            used = self._usage.get(account)
+            if used is None:
+                used = self._usage[account] = _Usage()
+            if records:
+                used.records += sign
+            else:
+                used.values += sign
+            if not used.records and not used.values:
+                del self._usage[account]
+
+    # -- records -----------------------------------------------------------------------
+
+    def put_record(
+        self, signed: bytes, storer: PeerID | None = None, source: str | None = None
+    ) -> tuple[PeerRecord, bool]:
         """
         Keep a signed peer record if it is valid and newer than the one we
-        hold (the highest sequence number wins).
+        hold (the highest sequence number wins).  A new key is charged to
+        ``storer`` and ``source``; a newer version of a record held stays
+        charged to whoever stored the first.
 
+        :param storer: the peer that asked (``None``: this node itself).
+        :param source: the source address it asked from, if known.
         :returns: the record, and whether it was kept.
         :raises RecordRejected: (a subclass saying why) when it is not valid.
+        :raises StoreRefused: (a subclass saying why) when it is valid but
+            beyond a quota.
         """
         now = self.clock.seconds()
         record = verify_record(signed, now, self.skew, self.max_lifetime)
         key = node_id(record.peer_id)
         held = self.get_record(key)
-        if held is not None and held.record.sequence >= record.sequence:
-            return record, held.signed == signed
-        if held is None and len(self.records) >= self.max_records:
-            self.expire()
-            if len(self.records) >= self.max_records:
+        if held is not None:
+            if held.record.sequence > record.sequence:
                 return record, False
+            if held.record.sequence == record.sequence:
+                return record, held.signed == signed
+            old = self._record_charges.get(key, (None, None, 0))
+            charge = (old[0], old[1], _cost(signed))
+            if self.record_bytes - old[2] + charge[2] > self.quotas.record_bytes:
+                self._full("records")
+            self.record_bytes += charge[2] - old[2]
+            self._record_charges[key] = charge
+            self.records[key] = StoredRecord(record, signed, now)
+            return record, True
+        charge = self._admit(storer, source, records=True)
+        charge = (charge[0], charge[1], _cost(signed))
+        if (
+            len(self.records) >= self.max_records
+            or self.record_bytes + charge[2] > self.quotas.record_bytes
+        ):
+            self.expire()
+            if (
+                len(self.records) >= self.max_records
+                or self.record_bytes + charge[2] > self.quotas.record_bytes
+            ):
+                self._full("records")
         self.records[key] = StoredRecord(record, signed, now)
+        self._record_charges[key] = charge
+        self.record_bytes += charge[2]
+        self._charge(charge, True, 1)
         return record, True
+
+    def _full(self, what: str) -> None:
+        self.refused["full"] += 1
+        raise StoreFull(f"this node holds as many DHT {what} as it will")
+
+    def _drop_record(self, key: int) -> None:
+        del self.records[key]
+        charge = self._record_charges.pop(key, (None, None, 0))
+        self.record_bytes -= charge[2]
+        self._charge(charge, True, -1)
 
     def get_record(self, key: int) -> StoredRecord | None:
         """
@@ -92,7 +263,7 @@ class ValueStore:
         """
         held = self.records.get(key)
         if held is not None and held.record.expires <= self.clock.seconds():
-            del self.records[key]
+            self._drop_record(key)
             return None
         return held
 
@@ -102,28 +273,44 @@ class ValueStore:
         """
         return self.get_record(node_id(peer_id))
 
-    def put_value(self, data: bytes) -> MailboxValue:
+    # -- values ------------------------------------------------------------------------
+
+    def put_value(
+        self, data: bytes, storer: PeerID | None = None, source: str | None = None
+    ) -> MailboxValue:
         """
-        Keep a small value if its size, expiry and proof of work are right.
+        Keep a small value if its size, expiry and proof of work are right,
+        charged to ``storer`` and ``source``.
 
         :returns: the value.
         :raises ValueRejected: (a subclass saying why) otherwise.
+        :raises StoreRefused: (a subclass saying why) when it is valid but
+            beyond a quota.
         """
         value = check_value(data, self.clock.seconds(), self.difficulty, self.max_value_ttl)
         key = int.from_bytes(value.key, "big")
-        held = self.values.setdefault(key, {})
-        if data in held:
+        held = self.values.get(key)
+        if held is not None and data in held:
             return value
-        if len(held) >= self.values_per_key or self._value_count >= self.max_values:
+        charge = self._admit(storer, source, records=False)
+        charge = (charge[0], charge[1], _cost(data))
+        if not self._value_room(key, charge[2]):
             self.expire()
-            held = self.values.setdefault(key, {})
-            if len(held) >= self.values_per_key or self._value_count >= self.max_values:
-                if not held:
-                    del self.values[key]
-                raise StoreFull("this node holds as many DHT values as it will")
-        held[data] = value
+            if not self._value_room(key, charge[2]):
+                self._full("values")
+        self.values.setdefault(key, {})[data] = value
+        self._value_charges[key, data] = charge
         self._value_count += 1
+        self.value_bytes += charge[2]
+        self._charge(charge, False, 1)
         return value
+
+    def _value_room(self, key: int, cost: int) -> bool:
+        return (
+            len(self.values.get(key, ())) < self.values_per_key
+            and self._value_count < self.max_values
+            and self.value_bytes + cost <= self.quotas.value_bytes
+        )
 
     def get_values(self, key: int) -> list[bytes]:
         """
@@ -137,11 +324,15 @@ class ValueStore:
         Forget everything that expired.
         """
         now = self.clock.seconds()
-        self.records = {k: r for k, r in self.records.items() if r.record.expires > now}
+        for key in [k for k, r in self.records.items() if r.record.expires <= now]:
+            self._drop_record(key)
         for key in list(self.values):
-            held = {d: v for d, v in self.values[key].items() if v.expires > now}
-            if held:
-                self.values[key] = held
-            else:
+            held = self.values[key]
+            for data in [d for d, v in held.items() if v.expires <= now]:
+                del held[data]
+                charge = self._value_charges.pop((key, data), (None, None, 0))
+                self._value_count -= 1
+                self.value_bytes -= charge[2]
+                self._charge(charge, False, -1)
+            if not held:
                 del self.values[key]
-        self._value_count = sum(len(held) for held in self.values.values())
