@@ -10,9 +10,11 @@ from typing import Any
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IProtocol
 from twisted.internet.protocol import Factory, Protocol
 from twisted.internet.task import Clock
+from twisted.logger import LogLevel, globalLogPublisher
 from twisted.python.failure import Failure
 from twisted.test.iosim import FakeTransport, IOPump, connect
 from twisted.trial.unittest import SynchronousTestCase
@@ -32,7 +34,9 @@ from digitalspring.channel import (
     ReplayedHandshake,
     SecureChannelFactory,
     SecureChannelProtocol,
+    Truncated,
     VersionMismatch,
+    WriteStalled,
     _secure,
 )
 from digitalspring.identity import Identity
@@ -217,9 +221,9 @@ class HandshakeTests(SynchronousTestCase):
         """
         pair = Pair(greet=False)
         wire = pair.client_wire.getOutBuffer()
-        pair.server.dataReceived(b"DSPRING\x02" + wire[8:])
+        pair.server.dataReceived(b"DSPRING\x01" + wire[8:])
         self.assertEqual(_error(pair.server_results), VersionMismatch)
-        self.assertIn("version 2", str(pair.server_results[0].value))  # type: ignore[union-attr]
+        self.assertIn("version 1", str(pair.server_results[0].value))  # type: ignore[union-attr]
 
     def test_prologue_binds_preamble(self) -> None:
         """
@@ -602,15 +606,79 @@ class RekeyTests(SynchronousTestCase):
 class LifecycleTests(SynchronousTestCase):
     def test_close_delivers_pending(self) -> None:
         """
-        loseConnection sends what was written before it, then closes; the
-        other side's wrapped protocol sees a clean close.
+        loseConnection sends what was written before it, then the
+        authenticated end of stream (an empty transport frame), then closes;
+        both wrapped protocols see a clean close.
         """
         pair = Pair()
+        pair.client_wire.writes.clear()
         pair.client.write(b"bye")
         pair.client.loseConnection()
+        self.assertEqual(
+            [len(w) for w in pair.client_wire.writes],
+            [2 + 3 + _secure.TAG_LENGTH, 2 + _secure.TAG_LENGTH],
+        )
         pair.pump.flush()
         self.assertEqual(pair.server_app.received, b"bye")
-        self.assertIsNotNone(pair.server_app.lost)
+        assert pair.server_app.lost is not None and pair.client_app.lost is not None
+        self.assertIsInstance(pair.server_app.lost.value, ConnectionDone)
+        self.assertIsInstance(pair.client_app.lost.value, ConnectionDone)
+
+    def test_fin_at_frame_boundary_is_truncation(self) -> None:
+        """
+        A stream cut at a frame boundary (the transport closes, no end of
+        stream) reaches the wrapped protocol as Truncated, after the data
+        that did arrive, and is counted.  Finding 6 of issue 8.
+        """
+        pair = Pair()
+        pair.client.write(b"the first half")
+        pair.pump.flush()
+        pair.client_wire.loseConnection()
+        pair.pump.flush()
+        self.assertEqual(pair.server_app.received, b"the first half")
+        assert pair.server_app.lost is not None
+        self.assertIsInstance(pair.server_app.lost.value, Truncated)
+        self.assertEqual(pair.server_factory.failures["Truncated"], 1)
+
+    def test_connection_lost_without_end_is_truncation(self) -> None:
+        """
+        A connection that is lost (reset, aborted) without the end of
+        stream is Truncated too, and the message keeps the transport's
+        reason.
+        """
+        pair = Pair()
+        pair.server.connectionLost(Failure(ConnectionLost("reset by peer")))
+        assert pair.server_app.lost is not None
+        self.assertIsInstance(pair.server_app.lost.value, Truncated)
+        self.assertIn("reset by peer", str(pair.server_app.lost.value))
+
+    def test_data_after_end_refused(self) -> None:
+        """
+        Frames after the peer's end of stream are refused with BadFrame,
+        not delivered.
+        """
+        pair = Pair()
+        send, _ = pair.client.cipher_states_for_testing()
+        assert send is not None
+        end = send.encrypt_with_ad(b"", b"")
+        more = send.encrypt_with_ad(b"", b"smuggled")
+        pair.server.dataReceived(
+            len(end).to_bytes(2, "big") + end + len(more).to_bytes(2, "big") + more
+        )
+        self.assertEqual(pair.server_app.received, b"")
+        assert pair.server_app.lost is not None
+        self.assertIsInstance(pair.server_app.lost.value, BadFrame)
+
+    def test_close_that_never_leaves_is_cut_off(self) -> None:
+        """
+        A closing channel whose last bytes the peer never takes is aborted
+        after the write stall timeout instead of lingering.
+        """
+        pair = Pair()
+        pair.client.loseConnection()
+        pair.clock.advance(61)
+        assert pair.client_app.lost is not None
+        self.assertIsInstance(pair.client_app.lost.value, WriteStalled)
 
     def test_factory_returns_channel(self) -> None:
         """
@@ -623,3 +691,50 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIsInstance(protocol, SecureChannelProtocol)
         dialling = factory.for_dialling(ALICE.peer_id)
         self.assertIs(dialling.replay_cache, factory.replay_cache)
+        self.assertIs(dialling.failures, factory.failures)
+        self.assertIs(dialling.failure_log, factory.failure_log)
+
+
+class FailureLogTests(SynchronousTestCase):
+    def test_failures_counted_and_logged_at_a_bounded_rate(self) -> None:
+        """
+        Every failed channel is counted by error class in the factory's
+        ``failures`` (shared with its dialling copies), but a flood of them
+        logs a bounded number of warnings.  Finding 9 of issue 8.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        clock = Clock()
+        server_factory = SecureChannelFactory(
+            BOB, Factory.forProtocol(Recorder), clock, initiator=False
+        )
+        dialling = server_factory.for_dialling(CAROL.peer_id)
+        for _ in range(3):
+            dial = dialling.buildProtocol(None)  # type: ignore[arg-type]
+            assert dial is not None
+            dial.makeConnection(FakeTransport(dial, isServer=False))
+        clock.advance(31)
+        self.assertEqual(server_factory.failures["HandshakeTimeout"], 3)
+        for _ in range(500):
+            pair = Pair(greet=False, clock=clock, server_factory=server_factory)
+            pair.client_wire.getOutBuffer()
+            pair.server.dataReceived(b"GET / HTTP/1.1\r\n\r\n")
+        self.assertEqual(server_factory.failures["NotAChannel"], 500)
+        warnings = [e for e in events if e.get("log_level") == LogLevel.warn]
+        self.assertEqual(len(warnings), 3 + 10)  # each kind's burst, no more
+
+    def test_open_is_logged_at_debug(self) -> None:
+        """
+        An opening channel logs nothing louder than debug.
+        """
+        events: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(events.append)
+        self.addCleanup(globalLogPublisher.removeObserver, events.append)
+        pair = Pair()
+        pair.client.loseConnection()
+        pair.pump.flush()
+        self.assertEqual(
+            [e for e in events if e.get("log_level", LogLevel.debug) > LogLevel.debug], []
+        )
+

@@ -2,7 +2,17 @@
 Secure channels: the Noise Protocol Framework over any byte stream.
 """
 
-from ._amp import MAX_PING_DATA, PeerConnection, Ping
+from ._amp import (
+    BOX_TIMEOUT,
+    MAX_BOX_BYTES,
+    MAX_BOX_KEYS,
+    MAX_PING_DATA,
+    MAX_REQUESTS_IN_FLIGHT,
+    BoxTimeout,
+    BoxTooLarge,
+    PeerConnection,
+    Ping,
+)
 from ._interfaces import ISecureChannel
 from ._noise import (
     PATTERNS,
@@ -39,16 +49,24 @@ from ._secure import (
     ReplayedHandshake,
     SecureChannelFactory,
     SecureChannelProtocol,
+    Truncated,
     VersionMismatch,
+    WriteStalled,
 )
 
 __all__ = [
+    "BOX_TIMEOUT",
+    "MAX_BOX_BYTES",
+    "MAX_BOX_KEYS",
     "MAX_FRAME",
     "MAX_PING_DATA",
     "MAX_PLAINTEXT",
+    "MAX_REQUESTS_IN_FLIGHT",
     "PATTERNS",
     "BackingOff",
     "BadFrame",
+    "BoxTimeout",
+    "BoxTooLarge",
     "ChannelError",
     "ChannelSettings",
     "CipherState",
@@ -79,5 +97,7 @@ __all__ = [
     "SecureChannelProtocol",
     "SymmetricState",
     "UnsupportedProtocol",
+    "Truncated",
     "VersionMismatch",
+    "WriteStalled",
 ]

@@ -1,6 +1,13 @@
 # -*- test-case-name: tests.test_pool -*-
 """
 AMP inside the secure channel: the connection every layer's commands use.
+
+Twisted's box parser bounds keys (255 bytes) and values (65535 bytes) but not
+boxes: a peer could send one box that never ends.  A :class:`PeerConnection`
+bounds the box being received to :data:`MAX_BOX_KEYS` keys,
+:data:`MAX_BOX_BYTES` bytes and :data:`BOX_TIMEOUT` seconds, and the
+requests it serves at once to :data:`MAX_REQUESTS_IN_FLIGHT`; past those it
+stops reading (requests) or closes the connection (boxes).
 """
 
 from __future__ import annotations
@@ -9,19 +16,48 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.interfaces import IDelayedCall, IPushProducer
 from twisted.logger import Logger
 from twisted.protocols import amp
 from twisted.protocols.policies import TimeoutMixin
 from twisted.python.failure import Failure
+from zope.interface import implementer
 
 from ..identity import PeerID
 from ._interfaces import ISecureChannel
+from ._secure import ChannelError
 
 if TYPE_CHECKING:
     from ._pool import ConnectionPool
 
 #: The most bytes a Ping may carry: well inside AMP's 65535-byte value limit.
 MAX_PING_DATA = 1024
+
+#: The most keys one box may have.  Commands have a handful of arguments
+#: (AMP adds ``_command`` and ``_ask``); 64 leaves room to grow.
+MAX_BOX_KEYS = 64
+#: The most bytes of keys and values (with their 2-byte lengths) one box may
+#: have.  The largest boxes are DHT answers (a record of at most 4 KiB and a
+#: contact list in one value of at most 64 KiB) and multicast fragments (at
+#: most 65,000 bytes in one value): 256 KiB holds four full values.
+MAX_BOX_BYTES = 256 * 1024
+#: Seconds a box may take from its first key to its end: 256 KiB at 4.4 KB/s.
+BOX_TIMEOUT = 60.0
+#: The most requests of the peer served at once (responders whose answer is
+#: not sent yet); over it, the connection stops reading until one is done.
+MAX_REQUESTS_IN_FLIGHT = 64
+
+
+class BoxTooLarge(ChannelError):
+    """
+    The peer sent an AMP box with more keys or bytes than any command needs.
+    """
+
+
+class BoxTimeout(ChannelError):
+    """
+    The peer began an AMP box and did not finish it in time.
+    """
 
 
 class PingData(amp.Argument):
@@ -49,6 +85,7 @@ class Ping(amp.Command):
     response = [(b"data", PingData())]
 
 
+@implementer(IPushProducer)
 class PeerConnection(amp.AMP, TimeoutMixin):
     """
     The AMP connection with one peer, inside a secure channel.
@@ -57,6 +94,10 @@ class PeerConnection(amp.AMP, TimeoutMixin):
     takes the connection and returns an :class:`amp.CommandLocator` whose
     responders serve it.  The connection closes itself after the pool's idle
     timeout without use (see :attr:`last_active`).
+
+    It is its channel's streaming producer: when the channel's transport
+    cannot take more (the peer does not read our answers), it stops parsing
+    the peer's boxes, so a peer that does not read stops getting answers.
     """
 
     log = Logger()
@@ -94,6 +135,22 @@ class PeerConnection(amp.AMP, TimeoutMixin):
 
     _serving = 0
 
+    # Why parsing is paused: "output" (the channel's transport is full) and
+    # "requests" (MAX_REQUESTS_IN_FLIGHT served at once).
+    _pauses: frozenset[str] = frozenset()
+    _parse_call: IDelayedCall | None = None
+    _box_keys = 0
+    _box_bytes = 0
+    _box_timer: IDelayedCall | None = None
+
+    @property
+    def buffered_bytes(self) -> int:
+        """
+        The bytes received and not yet handled: unparsed input and the box
+        being received.
+        """
+        return len(self._unprocessed) + self._box_bytes
+
     def makeConnection(self, transport: Any) -> None:
         # Not AMP.makeConnection: it logs every connection at info level, and
         # the pool logs each connection once.
@@ -107,10 +164,16 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         self._locators = [make(self) for make in self._locator_factories]
         self.setTimeout(self.pool.idle_timeout)
         self.last_active = self.pool.clock.seconds()
+        self.transport.registerProducer(self, True)  # type: ignore[union-attr]
         self.pool._connection_made(self)
 
     def connectionLost(self, reason: Failure) -> None:  # type: ignore[override]
         self.setTimeout(None)
+        self.paused = True
+        for call in (self._box_timer, self._parse_call):
+            if call is not None and call.active():
+                call.cancel()
+        self._box_timer = self._parse_call = None
         # Not AMP.connectionLost, which logs at info level (see makeConnection).
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
@@ -132,11 +195,101 @@ class PeerConnection(amp.AMP, TimeoutMixin):
     def dispatchCommand(self, box: amp.AmpBox) -> Deferred[amp.AmpBox]:
         self._serving += 1
         answer: Deferred[amp.AmpBox] = super().dispatchCommand(box)
-        return answer.addBoth(self._served)
+        answer.addBoth(self._served)
+        if self._serving >= MAX_REQUESTS_IN_FLIGHT:
+            self._pause("requests")
+        return answer
 
     def _served(self, result: Any) -> Any:
         self._serving -= 1
+        if self._serving < MAX_REQUESTS_IN_FLIGHT:
+            self._resume("requests")
         return result
+
+    # -- bounded boxes ---------------------------------------------------
+
+    def proto_init(self, string: bytes) -> str:
+        self._box_timer = self.callLater(BOX_TIMEOUT, self._box_timed_out)
+        return super().proto_init(string)  # type: ignore[no-any-return]
+
+    def proto_key(self, string: bytes) -> str:
+        if not string:
+            # The end of the box.
+            self._box_keys = self._box_bytes = 0
+            if self._box_timer is not None and self._box_timer.active():
+                self._box_timer.cancel()
+            self._box_timer = None
+        else:
+            self._box_keys += 1
+            self._box_bytes += 2 + len(string)
+            if self._box_keys > MAX_BOX_KEYS:
+                return self._refuse(BoxTooLarge(f"an AMP box of over {MAX_BOX_KEYS} keys"))
+        return super().proto_key(string)  # type: ignore[no-any-return]
+
+    def proto_value(self, string: bytes) -> str:
+        self._box_bytes += 2 + len(string)
+        if self._box_bytes > MAX_BOX_BYTES:
+            return self._refuse(BoxTooLarge(f"an AMP box of over {MAX_BOX_BYTES} bytes"))
+        return super().proto_value(string)  # type: ignore[no-any-return]
+
+    def _box_timed_out(self) -> None:
+        self._box_timer = None
+        self._refuse(BoxTimeout(f"an AMP box took over {BOX_TIMEOUT} s"))
+
+    def _refuse(self, error: ChannelError) -> str:
+        """
+        Drop the connection because of ``error``, which ``connectionLost``
+        then carries to everyone waiting for an answer.
+        """
+        self.paused = True  # Parse nothing more.
+        self._currentBox = None
+        if self.transport is not None:
+            ISecureChannel(self.transport).abort_with(error)
+        return "init"
+
+    # -- flow control: the channel's producer ------------------------------
+
+    def pauseProducing(self) -> None:
+        """
+        The channel's transport is full: parse no more of the peer's boxes.
+        """
+        self._pause("output")
+
+    def resumeProducing(self) -> None:
+        self._resume("output")
+
+    def stopProducing(self) -> None:
+        # The channel is closing; connectionLost follows.
+        self.paused = True
+
+    def _pause(self, reason: str) -> None:
+        if not self._pauses:
+            self.paused = True
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            if self._box_timer is not None:
+                # A box we stopped reading is not late by the peer's doing.
+                self._box_timer.cancel()
+                self._box_timer = None
+        self._pauses |= {reason}
+
+    def _resume(self, reason: str) -> None:
+        if reason not in self._pauses:
+            return
+        self._pauses -= {reason}
+        if self._pauses or self.transport is None:
+            return
+        self.paused = False
+        if self._currentBox is not None and self._box_timer is None:
+            self._box_timer = self.callLater(BOX_TIMEOUT, self._box_timed_out)
+        self.transport.resumeProducing()  # type: ignore[attr-defined]
+        if self._parse_call is None:
+            # Not now: this runs inside a responder's callback or a write.
+            self._parse_call = self.callLater(0, self._parse_held)
+
+    def _parse_held(self) -> None:
+        self._parse_call = None
+        if not self.paused:
+            self.dataReceived(b"")
 
     def _sendBoxCommand(
         self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True

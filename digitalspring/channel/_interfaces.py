@@ -24,3 +24,11 @@ class ISecureChannel(Interface):
     )
     initiator = Attribute("``True`` on the side that dialled.")
     pattern = Attribute("The Noise handshake pattern used: ``'IK'`` or ``'XX'``.")
+
+    def abort_with(error: Exception) -> None:
+        """
+        Close the channel at once because the peer broke a rule of the
+        protocol inside it: the wrapped protocol's ``connectionLost`` carries
+        ``error`` (a :class:`digitalspring.channel.ChannelError`), and the
+        channel counts and logs it with its own failures, at a bounded rate.
+        """

@@ -10,7 +10,7 @@ transport provides :class:`ISecureChannel`.
 The wire format (``docs/channel.rst`` has it in full):
 
 * The dialler first sends a 9-byte preamble in clear: ``b"DSPRING"``, the
-  channel version (1) and the handshake pattern (1 = IK, 2 = XX).
+  channel version (2) and the handshake pattern (1 = IK, 2 = XX).
 * Then both sides send frames: a 2-byte big-endian length and that many bytes
   (at most 65535) of a Noise handshake or transport message.
 * The Noise prologue is ``b"Digital Spring channel\\0"`` followed by the
@@ -21,12 +21,22 @@ The wire format (``docs/channel.rst`` has it in full):
   XX's first message has an empty payload.
 * With IK, the dialler sends an empty transport frame right after the
   handshake, so the responder never trusts a replayed first message.
+* Once open, an empty transport frame is the authenticated end of stream:
+  :meth:`SecureChannelProtocol.loseConnection` sends it before closing the
+  transport, and a connection that ends without it reaches the wrapped
+  protocol as :class:`Truncated`.
+
+Flow control: the channel registers with its transport as a streaming
+producer.  While the transport's write buffer is full (the peer does not
+read), the channel stops reading from the peer and pauses the wrapped
+protocol's producer; a peer that reads nothing for ``write_stall_timeout``
+seconds is dropped with :class:`WriteStalled`.
 """
 
 from __future__ import annotations
 
 import copy
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from struct import Struct
 from typing import Any
 
@@ -42,10 +52,11 @@ from twisted.internet.interfaces import (
     ITransport,
 )
 from twisted.internet.protocol import Factory, Protocol
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
+from .._ratelimit import RateLimitedLog
 from ..errors import DigitalSpringError
 from ..identity import Identity, InvalidPeerID, PeerID
 from ._interfaces import ISecureChannel
@@ -53,7 +64,9 @@ from ._noise import CipherState, HandshakeState, NoiseProtocol
 from ._primitives import KeyPair, NoiseError, NonceExhausted
 
 MAGIC = b"DSPRING"
-VERSION = 1
+#: Version 2 added the authenticated end of stream; a version 1 peer would
+#: look like one that truncates every connection, so the two do not talk.
+VERSION = 2
 PATTERN_IK = 1
 PATTERN_XX = 2
 _PATTERN_NAMES = {PATTERN_IK: "IK", PATTERN_XX: "XX"}
@@ -134,6 +147,20 @@ class FrameTimeout(ChannelError):
     """
 
 
+class Truncated(ChannelError):
+    """
+    The connection ended without the peer's authenticated end of stream:
+    what arrived may have been cut short, by a fault or by someone on the
+    path.
+    """
+
+
+class WriteStalled(ChannelError):
+    """
+    The peer stopped reading what this node sends, for too long.
+    """
+
+
 @frozen
 class ChannelSettings:
     """
@@ -146,6 +173,9 @@ class ChannelSettings:
     :ivar rekey_bytes: ciphertext bytes between rekeys (likewise).
     :ivar replay_window: how many first IK messages are remembered to
         refuse replays.
+    :ivar write_stall_timeout: seconds the transport's write buffer may stay
+        full (the peer reads nothing), and a closing channel may wait for
+        its last bytes to leave, before the connection is dropped.
     """
 
     handshake_timeout: float = 30.0
@@ -153,6 +183,7 @@ class ChannelSettings:
     rekey_frames: int = REKEY_FRAMES
     rekey_bytes: int = REKEY_BYTES
     replay_window: int = 65536
+    write_stall_timeout: float = 60.0
 
 
 class _ReplayCache:
@@ -239,6 +270,29 @@ def _proven_peer(payload: bytes, remote_static: bytes | None) -> PeerID:
     return peer_id
 
 
+@implementer(IPushProducer)
+class _OutputGate:
+    """
+    What a channel registers with its transport as a streaming producer:
+    the transport pauses it while its write buffer is full.  A separate
+    object, because the channel's own ``pauseProducing`` is the wrapped
+    protocol's way to stop reading.
+    """
+
+    def __init__(self, channel: SecureChannelProtocol) -> None:
+        self._channel = channel
+
+    def pauseProducing(self) -> None:
+        self._channel._output_blocked()
+
+    def resumeProducing(self) -> None:
+        self._channel._output_drained()
+
+    def stopProducing(self) -> None:
+        # The connection is going; connectionLost follows and tidies up.
+        pass
+
+
 # Protocol states.
 _PREAMBLE = "awaiting preamble"
 _HANDSHAKE = "handshaking"
@@ -292,6 +346,15 @@ class SecureChannelProtocol(Protocol):
         self._recv_frames = self._recv_bytes = 0
         self._settings = factory.settings
         self._clock = factory.clock
+        # Why reading from the peer is paused: "wrapped" (the wrapped
+        # protocol asked) and "output" (the transport's write buffer is full).
+        self._read_pauses: set[str] = set()
+        self._deliver_call: IDelayedCall | None = None
+        self._stall_timer: IDelayedCall | None = None
+        self._gate: _OutputGate | None = None
+        self._producer: IPushProducer | None = None
+        self._output_full = False
+        self._end_received = False
 
     def __repr__(self) -> str:
         peer = self.peer_id or self.expected_peer
@@ -324,6 +387,8 @@ class SecureChannelProtocol(Protocol):
 
     def connectionMade(self) -> None:
         self.factory.channels.add(self)
+        self._gate = _OutputGate(self)
+        self.transport.registerProducer(self._gate, True)  # type: ignore[union-attr]
         self._timeout = self._clock.callLater(
             self._settings.handshake_timeout, self._handshake_timed_out
         )
@@ -334,6 +399,11 @@ class SecureChannelProtocol(Protocol):
 
     def dataReceived(self, data: bytes) -> None:
         if self._state is _CLOSED:
+            return
+        if self._read_pauses or self._deliver_call is not None:
+            # Held while paused (bounded by what one read brings before the
+            # transport stops reading), and behind the data held before.
+            self._inbox += data
             return
         self._receiving = True
         try:
@@ -352,10 +422,21 @@ class SecureChannelProtocol(Protocol):
         state, self._state = self._state, _CLOSED
         self._cancel_timers()
         self.factory.channels.discard(self)
+        self._inbox = bytearray()
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            producer.stopProducing()
         if state is _CLOSED:
             # _fail has told everyone already.
             return
         if state is _OPEN:
+            if not (self._end_received or self.disconnecting):
+                error = Truncated(
+                    "the connection ended without the peer's authenticated end of stream "
+                    f"({reason.getErrorMessage()})"
+                )
+                self._count_failure(error, LogLevel.info)
+                reason = Failure(error)  # type: ignore[no-untyped-call]
             self.wrappedProtocol.connectionLost(reason)
         else:
             self._reason = HandshakeFailed(
@@ -402,7 +483,7 @@ class SecureChannelProtocol(Protocol):
             completed = True
         end = len(data)
         view = memoryview(data)
-        while end - offset >= 2 and self._state is not _CLOSED:
+        while end - offset >= 2 and self._state is not _CLOSED and not self._read_pauses:
             start = offset + 2
             stop = start + self._frame_length(data[offset], data[offset + 1])
             if stop > end:
@@ -465,7 +546,7 @@ class SecureChannelProtocol(Protocol):
         in this read (so a new one began), else from earlier.
         """
         timer = self._frame_timer
-        if self._inbox and self._state is _OPEN:
+        if self._inbox and self._state is _OPEN and not self._read_pauses:
             if timer is None:
                 self._frame_timer = self._clock.callLater(
                     self._settings.frame_timeout, self._frame_timed_out
@@ -500,8 +581,13 @@ class SecureChannelProtocol(Protocol):
             except NoiseError as e:
                 raise BadFrame(f"a frame did not authenticate ({e})") from None
             self._count_received(len(frame))
+            if self._end_received:
+                raise BadFrame("the peer sent data after its end of stream")
             if plaintext:
                 self.wrappedProtocol.dataReceived(plaintext)
+            else:
+                self._end_received = True
+                self.loseConnection()
         elif self._state is _CONFIRM:
             recv = self._recv
             assert recv is not None
@@ -615,13 +701,8 @@ class SecureChannelProtocol(Protocol):
         if not isinstance(error, ChannelError):
             error = BadFrame(str(error) or type(error).__name__)
         self._reason = error
-        self.log.warn(
-            "closing secure channel with {peer}: {reason}",
-            peer=str(self.peer_id or self.expected_peer or self.getPeer()),
-            reason=str(error),
-            error_type=type(error).__name__,
-        )
-        self._inbox.clear()
+        self._count_failure(error, LogLevel.warn)
+        self._inbox = bytearray()
         was_open = self._state is _OPEN
         self._state = _CLOSED
         self._cancel_timers()
@@ -632,6 +713,31 @@ class SecureChannelProtocol(Protocol):
             self._notify(error)
         self.transport.abortConnection()  # type: ignore[union-attr]
 
+    def _count_failure(self, error: ChannelError, level: LogLevel) -> None:
+        """
+        Count ``error`` in the factory's :attr:`~SecureChannelFactory.failures`
+        and log it, at a bounded rate per kind of error: a peer can cause
+        failures as fast as it can connect.
+        """
+        kind = type(error).__name__
+        self.factory.failures[kind] += 1
+        self.factory.failure_log.emit(
+            level,
+            kind,
+            "closing secure channel with {peer}: {reason}",
+            peer=str(self.peer_id or self.expected_peer or self.getPeer()),
+            reason=str(error),
+            error_type=kind,
+        )
+
+    def abort_with(self, error: Exception) -> None:
+        """
+        Close the channel at once because of ``error``: the wrapped
+        protocol's ``connectionLost`` carries it, and it is counted and
+        logged like the channel's own failures.
+        """
+        self._fail(error)
+
     def _handshake_timed_out(self) -> None:
         self._timeout = None
         self._fail(HandshakeTimeout(f"no handshake after {self._settings.handshake_timeout} s"))
@@ -640,11 +746,89 @@ class SecureChannelProtocol(Protocol):
         self._frame_timer = None
         self._fail(FrameTimeout(f"a frame took over {self._settings.frame_timeout} s"))
 
+    def _write_stalled(self) -> None:
+        self._stall_timer = None
+        self._fail(
+            WriteStalled(
+                f"the peer read nothing for {self._settings.write_stall_timeout} s"
+            )
+        )
+
     def _cancel_timers(self) -> None:
-        for call in (self._timeout, self._frame_timer, self._flush_call):
+        for call in (
+            self._timeout,
+            self._frame_timer,
+            self._flush_call,
+            self._deliver_call,
+            self._stall_timer,
+        ):
             if call is not None and call.active():
                 call.cancel()
         self._timeout = self._frame_timer = self._flush_call = None
+        self._deliver_call = self._stall_timer = None
+
+    # -- flow control -----------------------------------------------------
+
+    def _pause_reading(self, reason: str) -> None:
+        if not self._read_pauses and self._state is not _CLOSED:
+            self.transport.pauseProducing()  # type: ignore[union-attr]
+            if self._frame_timer is not None:
+                # A frame held up by our pause is not the peer's delay.
+                self._frame_timer.cancel()
+                self._frame_timer = None
+        self._read_pauses.add(reason)
+
+    def _resume_reading(self, reason: str) -> None:
+        if reason not in self._read_pauses:
+            return
+        self._read_pauses.discard(reason)
+        if self._read_pauses or self._state is _CLOSED or self.disconnecting:
+            return
+        self.transport.resumeProducing()  # type: ignore[union-attr]
+        if self._inbox and self._deliver_call is None:
+            # Not now: this may run inside the wrapped protocol's code.
+            self._deliver_call = self._clock.callLater(0, self._deliver_held)
+
+    def _deliver_held(self) -> None:
+        self._deliver_call = None
+        if self._read_pauses or self._state is _CLOSED:
+            return
+        held, self._inbox = bytes(self._inbox), bytearray()
+        self.dataReceived(held)
+
+    def _output_blocked(self) -> None:
+        """
+        The transport's write buffer is full: stop reading the peer's
+        requests and stop the wrapped protocol's producer until it drains.
+        """
+        if self._output_full or self._state is _CLOSED:
+            return
+        self._output_full = True
+        self._stall_timer = self._clock.callLater(
+            self._settings.write_stall_timeout, self._write_stalled
+        )
+        self._pause_reading("output")
+        if self._producer is not None:
+            self._producer.pauseProducing()
+
+    def _output_drained(self) -> None:
+        if not self._output_full:
+            return
+        self._output_full = False
+        if self._stall_timer is not None and self._stall_timer.active():
+            self._stall_timer.cancel()
+        self._stall_timer = None
+        self._resume_reading("output")
+        if self._producer is not None and self._state is _OPEN:
+            self._producer.resumeProducing()
+
+    @property
+    def buffered_bytes(self) -> int:
+        """
+        The bytes the channel holds: received and not yet handed on, and
+        written by the wrapped protocol and not yet encrypted.
+        """
+        return len(self._inbox) + self._outbox_length
 
     # -- writing: ITransport for the wrapped protocol --------------------
 
@@ -720,10 +904,29 @@ class SecureChannelProtocol(Protocol):
         return ciphertext
 
     def loseConnection(self) -> None:
+        """
+        Send what was written, then the authenticated end of stream, then
+        close the transport; a peer that does not take the last bytes within
+        ``write_stall_timeout`` is cut off.
+        """
         if self.disconnecting:
             return
         self._flush()
+        if self._state is _OPEN:
+            try:
+                self._send_frames(b"")
+            except NonceExhausted as e:
+                self._fail(BadFrame(f"the channel used up its nonces ({e})"))
+                return
+            self._stall_timer = self._stall_timer or self._clock.callLater(
+                self._settings.write_stall_timeout, self._write_stalled
+            )
         self.disconnecting = True
+        if self._gate is not None:
+            # Nothing is read any more; a transport must not wait for a
+            # paused producer before it closes.
+            self._gate = None
+            self.transport.unregisterProducer()  # type: ignore[union-attr]
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def abortConnection(self) -> None:
@@ -737,16 +940,37 @@ class SecureChannelProtocol(Protocol):
         return self.transport.getHost()  # type: ignore[union-attr]
 
     def registerProducer(self, producer: Any, streaming: bool) -> None:
-        self.transport.registerProducer(producer, streaming)  # type: ignore[union-attr]
+        """
+        Register the wrapped protocol's producer: paused while the
+        transport's write buffer is full, resumed when it drains.
+
+        :raises RuntimeError: when a producer is registered already.
+        :raises ValueError: for a pull producer (``streaming`` false): no
+            protocol here needs one.
+        """
+        if self._producer is not None:
+            raise RuntimeError(f"{self._producer!r} is registered already")
+        if not streaming:
+            raise ValueError("the secure channel takes streaming producers only")
+        if self._state is _CLOSED:
+            producer.stopProducing()
+            return
+        self._producer = producer
+        if self._output_full:
+            producer.pauseProducing()
 
     def unregisterProducer(self) -> None:
-        self.transport.unregisterProducer()  # type: ignore[union-attr]
+        self._producer = None
 
     def pauseProducing(self) -> None:
-        self.transport.pauseProducing()  # type: ignore[union-attr]
+        """
+        Stop handing received data to the wrapped protocol and reading from
+        the peer, until :meth:`resumeProducing`.
+        """
+        self._pause_reading("wrapped")
 
     def resumeProducing(self) -> None:
-        self.transport.resumeProducing()  # type: ignore[union-attr]
+        self._resume_reading("wrapped")
 
     def stopProducing(self) -> None:
         self.transport.stopProducing()  # type: ignore[union-attr]
@@ -780,6 +1004,12 @@ class SecureChannelFactory(Factory):
     # One factory per dial would log "Starting factory" every time.
     noisy = False
 
+    #: Channels that failed, by error class name (``"HandshakeFailed"``,
+    #: ``"Truncated"``, ...), shared with the dialling copies.
+    failures: Counter[str]
+    #: Where failures are logged, at a bounded rate per kind.
+    failure_log: RateLimitedLog
+
     def __init__(
         self,
         identity: Identity,
@@ -804,6 +1034,8 @@ class SecureChannelFactory(Factory):
         #: Every connected channel of this factory and its dialling copies,
         #: open or still in its handshake.
         self.channels = _ChannelSet() if channels is None else channels
+        self.failures = Counter()
+        self.failure_log = RateLimitedLog(SecureChannelProtocol.log, clock)
         self._pattern = _pattern_code(pattern, expected_peer, initiator)
 
     def buildProtocol(self, addr: IAddress) -> SecureChannelProtocol | None:  # type: ignore[override]
@@ -819,7 +1051,8 @@ class SecureChannelFactory(Factory):
     ) -> SecureChannelFactory:
         """
         A factory for dialling ``expected_peer`` that shares this one's
-        identity, keys, settings, replay cache and set of channels.
+        identity, keys, settings, replay cache, set of channels, failure
+        counts and log budget.
         """
         dialling = copy.copy(self)
         dialling.initiator = True
