@@ -95,6 +95,13 @@ class Options(usage.Options):
             "(default: 127.0.0.1).",
         ],
         [
+            "source-address",
+            None,
+            None,
+            "IP address to open tcp connections from (default: the system's choice); "
+            "peers count connections by the address they come from.",
+        ],
+        [
             "tor-control",
             None,
             None,
@@ -175,6 +182,10 @@ class Options(usage.Options):
                 )
             if self["advertise"]:
                 raise usage.UsageError("--advertise is for tcp, which --onion-only does not use")
+            if self["source-address"]:
+                raise usage.UsageError(
+                    "--source-address is for tcp, which --onion-only does not use"
+                )
         self["data-dir"] = data_dir_path(self["data-dir"])
         if self["control"] is None:
             onion = self["onion-only"]
@@ -186,8 +197,9 @@ class Options(usage.Options):
 
 
 def _transport_options(name: str, options: Options) -> dict[str, Any]:
-    if name == "tcp" and options["advertise"]:
-        return {"advertise": options["advertise"]}
+    if name == "tcp":
+        tcp = {"advertise": options["advertise"], "source": options["source-address"]}
+        return {key: value for key, value in tcp.items() if value}
     if name == "tor":
         tor: dict[str, Any] = {
             "control": options["tor-control"],

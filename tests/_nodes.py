@@ -1,9 +1,11 @@
 """
-Real node processes for tests: ``twistd -n dspring`` on 127.0.0.1.
+Real node processes for tests: ``twistd -n dspring`` on loopback addresses.
 """
 
 from __future__ import annotations
 
+import itertools
+import os
 import re
 import subprocess
 import sys
@@ -13,14 +15,30 @@ from twisted.python.filepath import FilePath
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
+_hosts = itertools.count()
+
+
+def loopback_address() -> str:
+    """
+    An address of 127.0.0.0/8 that no other node of this test process
+    uses: 127.0.N.M, N from the process ID (test runs side by side rarely
+    share one) and M counting, never 127.0.0.1.  Linux routes all of
+    127.0.0.0/8 to the loopback interface, so each node and each attacker
+    of a test gets an address of its own, and per-address limits count
+    them as different peers, as they would be.
+    """
+    return f"127.0.{os.getpid() % 254 + 1}.{next(_hosts) % 252 + 2}"
+
 
 class NodeProcess:
     """
     A ``twistd -n dspring`` process with an unencrypted identity, listening
-    on a free TCP port of 127.0.0.1.
+    on a free TCP port of an address of its own (:func:`loopback_address`),
+    and dialling from that address.
     """
 
     def __init__(self, workdir: FilePath[str], name: str, *extra: str) -> None:
+        self.host = loopback_address()
         self.dir = workdir.child(name)
         self.dir.makedirs(ignoreExistingDirectory=True)
         self.data_dir = self.dir.child("data")
@@ -38,7 +56,9 @@ class NodeProcess:
                 self.data_dir.path,
                 "--no-passphrase",
                 "--listen",
-                "tcp:0:interface=127.0.0.1",
+                f"tcp:0:interface={self.host}",
+                "--source-address",
+                self.host,
                 *extra,
             ],
             stdout=subprocess.PIPE,

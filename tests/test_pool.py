@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 
 from digitalspring.channel import (
     BackingOff,
+    ConnectionLimits,
     ConnectionPool,
     PeerConnection,
     PeerUnreachable,
@@ -41,16 +42,38 @@ class Directory:
         return succeed(self.addresses[peer_id])
 
 
-class Network:
+class Echo(amp.Command):
     """
-    Nodes with connection pools on one memory network.
+    A command other than Ping: what a layer's traffic looks like.
     """
 
-    def __init__(self, latency: float = 0.01, idle_timeout: float = 300.0) -> None:
+    arguments = [(b"data", amp.String())]
+    response = [(b"data", amp.String())]
+
+
+class EchoLocator(amp.CommandLocator):
+    @Echo.responder
+    def echo(self, data: bytes) -> dict[str, bytes]:
+        return {"data": data}
+
+
+class Network:
+    """
+    Nodes with connection pools on one memory network; each answers
+    :class:`Echo`.
+    """
+
+    def __init__(
+        self,
+        latency: float = 0.01,
+        idle_timeout: float = 300.0,
+        limits: ConnectionLimits | None = None,
+    ) -> None:
         self.clock = SimulatedClock()
         self.network = MemoryNetwork(self.clock, latency=latency, seed=1)
         self.directory = Directory()
         self.idle_timeout = idle_timeout
+        self.limits = limits
 
     def node(self, name: str, seed: bytes | None = None) -> ConnectionPool:
         self.network.add_host(name)
@@ -62,7 +85,9 @@ class Network:
             {"memory": transport},
             self.directory,
             idle_timeout=self.idle_timeout,
+            limits=self.limits,
         )
+        pool.locators.append(lambda connection: EchoLocator())
         transport.listen("1", pool.server_factory)
         self.directory.addresses[identity.peer_id] = [f"memory:{name}:1"]
         pool.startService()
@@ -159,12 +184,34 @@ class PoolTests(SynchronousTestCase):
         connection = net.result(alice.connect(bob.identity.peer_id))
         for _ in range(5):
             net.clock.advance(6)
-            net.result(connection.callRemote(Ping, data=b""))
+            net.result(connection.callRemote(Echo, data=b""))
         self.assertEqual(len(alice.connections()), 1)
+        self.assertEqual(len(bob.connections()), 1)
         net.clock.advance(11)
         net.clock.run_until_idle(limit=5)
         self.assertEqual(alice.connections(), {})
         self.assertEqual(bob.connections(), {})
+
+    def test_pings_do_not_keep_a_connection_open(self) -> None:
+        """
+        The attack: a peer holds a connection slot forever by sending a Ping
+        just before each idle timeout.  The listener closes the connection
+        one idle timeout after its last other use, however often the peer
+        pings.
+        """
+        net = Network(idle_timeout=10)
+        alice, bob = net.node("alice"), net.node("bob")
+        connection = net.result(alice.connect(bob.identity.peer_id))
+        net.result(connection.callRemote(Echo, data=b"last use"))
+        used = net.clock.seconds()
+        while alice.connections():
+            net.clock.advance(9)
+            if connection.transport is not None:
+                connection.callRemote(Ping, data=b"")
+            net.clock.run_until_idle(limit=5)
+            self.assertLess(net.clock.seconds() - used, 20, "the pings kept it open")
+        self.assertEqual(bob.connections(), {})
+        self.assertLessEqual(net.clock.seconds() - used, 10 + 9)
 
     def test_unknown_peer(self) -> None:
         """

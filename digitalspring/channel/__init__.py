@@ -2,6 +2,7 @@
 Secure channels: the Noise Protocol Framework over any byte stream.
 """
 
+from ._admission import Admission, AdmissionFactory, ConnectionLimits, TokenBucket, source_key
 from ._amp import (
     BOX_TIMEOUT,
     MAX_BOX_BYTES,
@@ -63,6 +64,8 @@ __all__ = [
     "MAX_PLAINTEXT",
     "MAX_REQUESTS_IN_FLIGHT",
     "PATTERNS",
+    "Admission",
+    "AdmissionFactory",
     "BackingOff",
     "BadFrame",
     "BoxTimeout",
@@ -70,6 +73,7 @@ __all__ = [
     "ChannelError",
     "ChannelSettings",
     "CipherState",
+    "ConnectionLimits",
     "ConnectionPool",
     "DecryptError",
     "FrameTimeout",
@@ -96,8 +100,10 @@ __all__ = [
     "SecureChannelFactory",
     "SecureChannelProtocol",
     "SymmetricState",
-    "UnsupportedProtocol",
+    "TokenBucket",
     "Truncated",
+    "UnsupportedProtocol",
     "VersionMismatch",
     "WriteStalled",
+    "source_key",
 ]

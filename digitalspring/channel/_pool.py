@@ -10,17 +10,26 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
-from twisted.internet.interfaces import IAddress
+from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 
+from .._ratelimit import RateLimitedLog
 from ..directory import IPeerDirectory
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..transport import ITransport, TransportError, split_address
+from ._admission import Admission, AdmissionFactory, ConnectionLimits, KeyedBuckets
 from ._amp import PeerConnection
 from ._secure import ChannelError, ChannelSettings, SecureChannelFactory, SecureChannelProtocol
+
+#: Why the pool closed an authenticated inbound connection at once, by the
+#: reason counted in ``dspring status``.
+REFUSED_AFTER_HANDSHAKE = {
+    "peer-rate": "the peer reconnects too often",
+    "connections": "the node has as many connections as it keeps",
+}
 
 
 class PeerUnreachable(DigitalSpringError):
@@ -36,6 +45,8 @@ class BackingOff(PeerUnreachable):
 
 
 class _ConnectionFactory(Factory):
+    noisy = False
+
     def __init__(self, pool: ConnectionPool) -> None:
         self.pool = pool
 
@@ -50,11 +61,24 @@ class ConnectionPool(Service):
 
     When both peers dial each other at once, both keep the connection
     dialled by the peer whose ID sorts first, and close the other.
-    Connections close after ``idle_timeout`` seconds without traffic.  A peer
-    that could not be reached is not dialled again before a backoff delay
-    that doubles with each failure.
+    Connections close after ``idle_timeout`` seconds without use (a peer's
+    Pings do not count).  A peer that could not be reached is not dialled
+    again before a backoff delay that doubles with each failure.
+
+    Every bound of ``limits`` holds: inbound connections are admitted by
+    source address before their handshake (:class:`AdmissionFactory`); once
+    authenticated, a peer that reconnects too often or an inbound connection
+    beyond ``max_connections`` is closed at once; above ``high_water`` live
+    connections, the inbound ones idle longest (past their grace period,
+    with no request in flight) are closed down to ``low_water``.
 
     :ivar server_factory: the factory a node listens with.
+    :ivar channel_factory: the secure channel factory behind it, which
+        dials.
+    :ivar admission: the counts of inbound connections, and refusals by
+        reason.
+    :ivar trimmed: how many idle connections were closed to stay under
+        ``high_water``.
     :ivar locators: callables that give each connection a layer's
         :class:`amp.CommandLocator`; append before starting.
     """
@@ -71,6 +95,7 @@ class ConnectionPool(Service):
         backoff_base: float = 1.0,
         backoff_max: float = 300.0,
         channel_settings: ChannelSettings | None = None,
+        limits: ConnectionLimits | None = None,
     ) -> None:
         self.identity = identity
         self.clock = clock
@@ -79,10 +104,24 @@ class ConnectionPool(Service):
         self.idle_timeout = idle_timeout
         self.backoff_base = backoff_base
         self.backoff_max = backoff_max
+        self.limits = limits = limits or ConnectionLimits()
         self.locators: list[Callable[[PeerConnection], Any]] = []
-        self.server_factory = SecureChannelFactory(
+        self.channel_factory = SecureChannelFactory(
             identity, _ConnectionFactory(self), clock, initiator=False, settings=channel_settings
         )
+        self._log = RateLimitedLog(self.log, clock)
+        self.admission = Admission(limits, clock.seconds())
+        self.server_factory = AdmissionFactory(
+            self.channel_factory, clock, self.admission, log=self._log
+        )
+        self._sharing_source = self.server_factory.sharing_source()
+        self.trimmed = 0
+        self._peer_rates = KeyedBuckets(
+            limits.peer_rate, limits.peer_burst, limits.tracked_addresses
+        )
+        # One info line per connection, but a flood of them stays bounded.
+        self._connected_log = RateLimitedLog(self.log, clock, burst=50, per_second=1.0)
+        self._connected_at: dict[PeerID, float] = {}
         self._connections: dict[PeerID, PeerConnection] = {}
         self._waiting: dict[PeerID, list[Deferred[PeerConnection]]] = {}
         self._dialling: set[PeerID] = set()
@@ -93,6 +132,35 @@ class ConnectionPool(Service):
         The live connection of every connected peer.
         """
         return dict(self._connections)
+
+    def listening_factory(self, transport: ITransport) -> IProtocolFactory:
+        """
+        The factory to listen with on ``transport``: :attr:`server_factory`,
+        or for a transport whose inbound connections all come from one
+        source address (its ``shares_source_address`` is true, as for tor's
+        onion services), one without the per-address limits.
+        """
+        if getattr(transport, "shares_source_address", False):
+            return self._sharing_source
+        return self.server_factory
+
+    def status(self) -> dict[str, Any]:
+        """
+        Counts for ``dspring status``: live connections each way, inbound
+        handshakes under way, connections refused by reason, idle ones
+        trimmed, and secure channels that failed, by error.
+        """
+        inbound = sum(1 for c in self._connections.values() if not c.initiator)
+        # SecureChannelFactory.failures: a Counter of failed channels by error.
+        failures: Mapping[str, int] = getattr(self.channel_factory, "failures", {})
+        return {
+            "inbound": inbound,
+            "outbound": len(self._connections) - inbound,
+            "handshaking": self.admission.handshaking,
+            "refused": dict(sorted(self.admission.refused.items())),
+            "trimmed": self.trimmed,
+            "channel_failures": dict(sorted(failures.items())),
+        }
 
     def connect(
         self, peer_id: PeerID, addresses: Sequence[str] | None = None
@@ -134,7 +202,7 @@ class ConnectionPool(Service):
             )
         if addresses is None:
             addresses = await self.directory.resolve(peer_id)
-        factory = self.server_factory.for_dialling(peer_id)
+        factory = self.channel_factory.for_dialling(peer_id)
         errors = []
         for address in addresses:
             if peer_id in self._connections:
@@ -166,7 +234,9 @@ class ConnectionPool(Service):
             count = self._failures.get(peer_id, (0, 0.0))[0] + 1
             delay = min(self.backoff_base * 2 ** (count - 1), self.backoff_max)
             self._failures[peer_id] = (count, self.clock.seconds() + delay)
-        self.log.info(
+        # Peers can make the DHT dial addresses that do not answer.
+        self._log.info(
+            "dial-failed",
             "cannot connect to {peer}: {reason}",
             peer=str(peer_id),
             reason=failure.getErrorMessage(),
@@ -179,6 +249,19 @@ class ConnectionPool(Service):
         if not self.running:
             connection.transport.loseConnection()  # type: ignore[union-attr]
             return
+        if not connection.initiator:
+            reason = self._refusal(connection)
+            if reason is not None:
+                self.admission.refused[reason] += 1
+                self._log.info(
+                    "refused:" + reason,
+                    "closed a connection from {peer}: {why}",
+                    peer=str(peer_id),
+                    why=REFUSED_AFTER_HANDSHAKE[reason],
+                    reason=reason,
+                )
+                connection.transport.loseConnection()  # type: ignore[union-attr]
+                return
         existing = self._connections.get(peer_id)
         if existing is not None and existing is not connection:
             keep = self._preferred(existing, connection)
@@ -192,11 +275,65 @@ class ConnectionPool(Service):
             drop.transport.loseConnection()  # type: ignore[union-attr]
         else:
             self._connections[peer_id] = connection
+        if self._connections[peer_id] is connection:
+            self._connected_at[peer_id] = self.clock.seconds()
+            self._connected_log.info(
+                "connected",
+                "connected with {peer} ({direction}, {address})",
+                peer=str(peer_id),
+                direction="outbound" if connection.initiator else "inbound",
+                address=str(connection.transport.getPeer()),  # type: ignore[union-attr]
+            )
         self._dialling.discard(peer_id)
         self._failures.pop(peer_id, None)
         live = self._connections[peer_id]
         for d in self._waiting.pop(peer_id, []):
             d.callback(live)
+        self._trim()
+
+    def _refusal(self, connection: PeerConnection) -> str | None:
+        """
+        Why an authenticated inbound connection must be closed at once, or
+        ``None``.
+        """
+        if not self._peer_rates.take(connection.peer_id, self.clock.seconds()):
+            return "peer-rate"
+        if connection.peer_id not in self._connections:
+            if len(self._connections) >= self.limits.max_connections:
+                self._trim()
+            if len(self._connections) >= self.limits.max_connections:
+                return "connections"
+        return None
+
+    def _trim(self) -> None:
+        """
+        Above ``high_water`` live connections, close the inbound ones that
+        have been idle longest, down to ``low_water``; never one in its
+        grace period or with a request in flight.
+        """
+        limits = self.limits
+        excess = len(self._connections) - limits.low_water
+        if len(self._connections) <= limits.high_water:
+            return
+        settled = self.clock.seconds() - limits.grace_period
+        idle = sorted(
+            (
+                c
+                for peer_id, c in self._connections.items()
+                if not c.initiator
+                and c.requests_in_flight == 0
+                and self._connected_at[peer_id] <= settled
+            ),
+            key=lambda c: c.last_active,
+        )
+        for connection in idle[:excess]:
+            self.trimmed += 1
+            self.log.debug(
+                "closing idle {peer}: too many connections", peer=str(connection.peer_id)
+            )
+            del self._connections[connection.peer_id]
+            del self._connected_at[connection.peer_id]
+            connection.transport.loseConnection()  # type: ignore[union-attr]
 
     def _preferred(self, a: PeerConnection, b: PeerConnection) -> PeerConnection:
         """
@@ -213,7 +350,8 @@ class ConnectionPool(Service):
         peer_id = connection.peer_id
         if self._connections.get(peer_id) is connection:
             del self._connections[peer_id]
+            del self._connected_at[peer_id]
 
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]
-        return self.server_factory.close_all()
+        return self.channel_factory.close_all()

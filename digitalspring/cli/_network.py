@@ -182,6 +182,14 @@ class PingOptions(CommandOptions):
             raise PingFailed(f"no answer from {peer}")
 
 
+def _counts(counts: dict[str, int]) -> str:
+    """
+    ``"12 (address-rate 10, handshakes 2)"``: a total and its parts.
+    """
+    parts = ", ".join(f"{name} {count}" for name, count in counts.items())
+    return f"{sum(counts.values())} ({parts})" if parts else "0"
+
+
 class StatusOptions(CommandOptions):
     """
     ``dspring status``.
@@ -189,8 +197,9 @@ class StatusOptions(CommandOptions):
 
     synopsis = ""
     longdesc = (
-        "Show the running node's peer ID, addresses and connected peers, and the size "
-        "of its DHT routing table with the peers in it."
+        "Show the running node's peer ID, addresses and connected peers, the connections "
+        "it refused (by reason) or trimmed and the secure channels that failed (by error), "
+        "and the size of its DHT routing table with the peers in it."
     )
     optFlags = [["json", None, "Print the status as JSON."]]
 
@@ -206,9 +215,20 @@ class StatusOptions(CommandOptions):
             return
         out.write(f"peer ID:     {status['peer_id']}\n")
         out.write(f"addresses:   {' '.join(status['addresses']) or '(none)'}\n")
-        out.write(f"connections: {len(status['connections'])}\n")
+        network = status.get("network")
+        if network is None:
+            out.write(f"connections: {len(status['connections'])}\n")
+        else:
+            out.write(
+                f"connections: {len(status['connections'])} ({network['inbound']} inbound, "
+                f"{network['outbound']} outbound; {network['handshaking']} inbound handshakes)\n"
+            )
         for peer in status["connections"]:
             out.write(f"  {peer}\n")
+        if network is not None:
+            out.write(f"refused:     {_counts(network['refused'])}\n")
+            out.write(f"trimmed:     {network['trimmed']} idle connections\n")
+            out.write(f"failed channels: {_counts(network['channel_failures'])}\n")
         dht = status.get("dht")
         if dht is not None:
             out.write(

@@ -92,7 +92,8 @@ class Node(MultiService):
             dht.setServiceParent(self)  # type: ignore[no-untyped-call]
         for address in listen:
             name, description = split_address(address)
-            listener = ListeningService(self.transports[name], description, pool.server_factory)
+            transport = self.transports[name]
+            listener = ListeningService(transport, description, pool.listening_factory(transport))
             listener.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._listeners.append(listener)
         if control is not None and data_dir is not None:
@@ -143,13 +144,16 @@ class Node(MultiService):
 
     def status(self) -> dict[str, Any]:
         """
-        What the node is: its peer ID, addresses and connected peers, and its
-        DHT's routing table.
+        What the node is: its peer ID, addresses and connected peers, the
+        counts of its connections (live, refused by reason, trimmed, failed
+        channels; see :meth:`ConnectionPool.status`), and its DHT's routing
+        table.
         """
         return {
             "peer_id": str(self.peer_id),
             "addresses": self.addresses(),
             "connections": sorted(str(peer) for peer in self.pool.connections()),
+            "network": self.pool.status(),
             "dht": None if self.dht is None else self.dht.status(),
         }
 

@@ -81,10 +81,19 @@ class TCPTransport:
     """
 
     name = "tcp"
+    #: Each inbound connection comes from its peer's own address, so the
+    #: per-address connection limits apply (see
+    #: :meth:`digitalspring.channel.ConnectionPool.listening_factory`).
+    shares_source_address = False
     log = Logger()
 
     def __init__(
-        self, reactor: Any, *, advertise: str | None = None, connect_timeout: float = 30.0
+        self,
+        reactor: Any,
+        *,
+        advertise: str | None = None,
+        connect_timeout: float = 30.0,
+        source: str | None = None,
     ) -> None:
         """
         :param reactor: an ``IReactorTCP`` and ``IReactorTime``.
@@ -92,10 +101,15 @@ class TCPTransport:
             interface (``0.0.0.0`` or ``::``); ``127.0.0.1`` when ``None``.
         :param connect_timeout: seconds before a connection attempt fails
             with ``TimeoutError``.
+        :param source: the IP address to dial from, for addresses of its
+            family; the system's choice when ``None``.  Peers count
+            connections by source address, and check a peer's claimed
+            address against it.
         """
         self._reactor = reactor
         self._advertise = advertise
         self._connect_timeout = connect_timeout
+        self._source = source
         self._ports: list[_PublishedPort] = []
 
     def listen(self, description: str, factory: IProtocolFactory) -> Deferred[IListeningPort]:
@@ -134,15 +148,22 @@ class TCPTransport:
         except InvalidAddress:
             return fail()
         endpoint: IStreamClientEndpoint
+        source = self._source
         if isIPv6Address(host):
+            bind = (source, 0) if source is not None and isIPv6Address(source) else None
             endpoint = TCP6ClientEndpoint(  # type: ignore[no-untyped-call]
-                self._reactor, host, port, self._connect_timeout
+                self._reactor, host, port, self._connect_timeout, bind
             )
         elif isIPAddress(host):
-            endpoint = TCP4ClientEndpoint(self._reactor, host, port, self._connect_timeout)
+            bind = (source, 0) if source is not None and isIPAddress(source) else None
+            endpoint = TCP4ClientEndpoint(self._reactor, host, port, self._connect_timeout, bind)
         else:
             endpoint = HostnameEndpoint(
-                self._reactor, host.encode("ascii"), port, self._connect_timeout
+                self._reactor,
+                host.encode("ascii"),
+                port,
+                self._connect_timeout,
+                None if source is None else (source, 0),
             )
         return endpoint.connect(factory)
 
@@ -165,8 +186,8 @@ class TCPTransport:
 class TCPTransportPlugin:
     """
     The ``tcp`` transport plugin.  Its options: ``advertise``, the host
-    name or address to publish for wildcard listeners, and
-    ``connect_timeout`` in seconds.
+    name or address to publish for wildcard listeners, ``connect_timeout``
+    in seconds, and ``source``, the IP address to dial from.
     """
 
     name: str = "tcp"
@@ -189,4 +210,13 @@ class TCPTransportPlugin:
         timeout = context.options.get("connect_timeout", 30.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise TransportConfigError(f"bad tcp connect_timeout {timeout!r}")
-        return TCPTransport(context.reactor, advertise=advertise, connect_timeout=float(timeout))
+        source = context.options.get("source")
+        if source is not None and not (
+            isinstance(source, str) and (isIPAddress(source) or isIPv6Address(source))
+        ):
+            raise TransportConfigError(
+                f"tcp option 'source' must be an IP address, not {source!r}"
+            )
+        return TCPTransport(
+            context.reactor, advertise=advertise, connect_timeout=float(timeout), source=source
+        )
