@@ -21,6 +21,7 @@ from twisted.internet.protocol import ClientFactory, Protocol
 from twisted.internet.task import Clock, deferLater
 from twisted.logger import globalLogPublisher
 from twisted.protocols import amp
+from twisted.python import usage
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -38,7 +39,14 @@ from digitalspring.channel import (
 from digitalspring.channel._admission import KeyedBuckets
 from digitalspring.channel._secure import MAGIC, PATTERN_IK, VERSION
 from digitalspring.identity import Identity
-from digitalspring.transport import MemoryAddress, TCPTransport
+from digitalspring.tap import Options, build_transports
+from digitalspring.transport import (
+    MemoryAddress,
+    TCPTransport,
+    TransportConfigError,
+    TransportContext,
+    get_transport_plugin,
+)
 
 from ._nodes import NodeProcess, loopback_address
 from .test_pool import Directory, Echo, Network
@@ -494,6 +502,44 @@ class MemoryFloodTests(SynchronousTestCase):
         )
         self.assertEqual(status["trimmed"], 0)
         self.assertIsInstance(status["channel_failures"], dict)
+
+
+class SourceAddressTests(SynchronousTestCase):
+    """
+    ``--source-address``: the address a node dials from, which peers count
+    its connections against.
+    """
+
+    def test_option(self) -> None:
+        """
+        ``--source-address`` reaches the tcp transport, which does not
+        declare a shared source address.
+        """
+        options = Options()
+        options.parseOptions(["--data-dir", self.mktemp(), "--source-address", "127.0.3.4"])
+        tcp = build_transports(options, Clock())["tcp"]
+        assert isinstance(tcp, TCPTransport)
+        self.assertEqual(tcp._source, "127.0.3.4")
+        self.assertFalse(tcp.shares_source_address)
+
+    def test_not_an_ip_address(self) -> None:
+        """
+        A source that is not an IP address is a configuration error.
+        """
+        plugin = get_transport_plugin("tcp")
+        context = TransportContext(Clock(), None, {"source": "example.org"})
+        self.assertRaises(TransportConfigError, plugin.make_transport, context)
+
+    def test_onion_only(self) -> None:
+        """
+        An onion-only node has no tcp, so no tcp source address.
+        """
+        options = Options()
+        self.assertRaises(
+            usage.UsageError,
+            options.parseOptions,
+            ["--onion-only", "--source-address", "127.0.3.4"],
+        )
 
 
 async def _until(condition: Callable[[], bool], timeout: float = 10.0) -> None:

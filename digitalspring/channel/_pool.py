@@ -114,7 +114,7 @@ class ConnectionPool(Service):
         self.server_factory = AdmissionFactory(
             self.channel_factory, clock, self.admission, log=self._log
         )
-        self._sharing_source = self.server_factory.sharing_source()
+        self._sharing_source: AdmissionFactory | None = None
         self.trimmed = 0
         self._peer_rates = KeyedBuckets(
             limits.peer_rate, limits.peer_burst, limits.tracked_addresses
@@ -140,9 +140,11 @@ class ConnectionPool(Service):
         source address (its ``shares_source_address`` is true, as for tor's
         onion services), one without the per-address limits.
         """
-        if getattr(transport, "shares_source_address", False):
-            return self._sharing_source
-        return self.server_factory
+        if not getattr(transport, "shares_source_address", False):
+            return self.server_factory
+        if self._sharing_source is None:
+            self._sharing_source = self.server_factory.sharing_source()
+        return self._sharing_source
 
     def status(self) -> dict[str, Any]:
         """
