@@ -43,6 +43,7 @@ from digitalspring.tap import Options, build_transports
 from digitalspring.transport import (
     MemoryAddress,
     TCPTransport,
+    TorClientAddress,
     TransportConfigError,
     TransportContext,
     get_transport_plugin,
@@ -142,12 +143,14 @@ class SourceKeyTests(SynchronousTestCase):
 
     def test_other_addresses(self) -> None:
         """
-        A memory address counts against its host; an address without a
-        host against its kind, shared by all such connections.
+        A memory address counts against its host.  An address that names
+        no source host (a UNIX socket, a tor client) counts against none:
+        only the totals hold it.
         """
         self.assertEqual(source_key(MemoryAddress("mallory", 7)), "mallory")
-        self.assertEqual(source_key(UNIXAddress(b"/tmp/x")), "UNIXAddress")
-        self.assertEqual(source_key(None), "NoneType")
+        self.assertIsNone(source_key(UNIXAddress(b"/tmp/x")))
+        self.assertIsNone(source_key(TorClientAddress()))
+        self.assertIsNone(source_key(None))
 
 
 class AdmissionTests(SynchronousTestCase):

@@ -154,12 +154,14 @@ class KeyedBuckets:
         return bucket.take(now)
 
 
-def source_key(address: IAddress | None) -> str:
+def source_key(address: IAddress | None) -> str | None:
     """
     The source that a connection from ``address`` counts against: the IP
     address; for IPv6 its /64, which one subscriber usually holds whole;
-    the host name of a memory address; for an address without a host, its
-    kind, so that all such connections share one allowance.
+    the host name of a memory address.  ``None`` for an address that names
+    no source host (a UNIX socket; a tor client, which the local tor
+    connects for): per-address limits cannot tell such clients apart, and
+    only the totals hold them.
     """
     if isinstance(address, IPv6Address):
         ip = ipaddress.IPv6Address(address.host.split("%", 1)[0])
@@ -167,9 +169,7 @@ def source_key(address: IAddress | None) -> str:
             return str(ip.ipv4_mapped)
         return str(ipaddress.IPv6Network((ip, 64), strict=False))
     host = getattr(address, "host", None)
-    if isinstance(host, str):
-        return host
-    return type(address).__name__
+    return host if isinstance(host, str) else None
 
 
 class Admission:
@@ -204,9 +204,10 @@ class Admission:
 
     def admit(self, source: str | None, now: float) -> str | None:
         """
-        Count a new inbound connection from ``source`` (``None``: a
-        transport whose connections all share one source address, exempt
-        from the per-address limits), unless it is refused.
+        Count a new inbound connection from ``source`` (``None``: one whose
+        source cannot be told apart from others', as for a transport whose
+        connections all come from one address; exempt from the per-address
+        limits), unless it is refused.
 
         :returns: ``None`` if it may start its handshake, else the reason it
             may not, one of :attr:`REASONS`.
