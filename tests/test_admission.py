@@ -486,7 +486,8 @@ class MemoryFloodTests(SynchronousTestCase):
     def test_status_counts(self) -> None:
         """
         The pool's status counts live connections each way, handshakes
-        under way and refusals by reason, for ``dspring status``.
+        under way, refusals by reason and failed channels by error, for
+        ``dspring status``.
         """
         net = self.network()
         bob, alice, carol = net.node("bob"), net.node("alice"), net.node("carol")
@@ -504,7 +505,9 @@ class MemoryFloodTests(SynchronousTestCase):
             },
         )
         self.assertEqual(status["trimmed"], 0)
-        self.assertIsInstance(status["channel_failures"], dict)
+        self.assertEqual(status["channel_failures"], {})
+        self.flood(net, "eve", 1, send=b"GET / HTTP/1.0\r\n\r\n")
+        self.assertEqual(bob.status()["channel_failures"], {"NotAChannel": 1})
 
 
 class SourceAddressTests(SynchronousTestCase):

@@ -153,8 +153,7 @@ class ConnectionPool(Service):
         trimmed, and secure channels that failed, by error.
         """
         inbound = sum(1 for c in self._connections.values() if not c.initiator)
-        # SecureChannelFactory.failures: a Counter of failed channels by error.
-        failures: Mapping[str, int] = getattr(self.channel_factory, "failures", {})
+        failures = self.channel_factory.failures
         return {
             "inbound": inbound,
             "outbound": len(self._connections) - inbound,
