@@ -28,12 +28,13 @@ from twisted.internet.error import CannotListenError, ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.internet.interfaces import IListeningPort, IReactorTime
 from twisted.internet.protocol import Factory, Protocol
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock
 from twisted.plugin import getPlugins
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
+from txtorcon import TorProtocolError
 from zope.interface.verify import verifyObject
 
 from digitalspring.identity import encode_onion
@@ -69,11 +70,19 @@ from digitalspring.transport._torcontrol import (
     _connect_failure,
     _socks_endpoint,
     launch_torrc,
+    stuck_rendezvous,
 )
 from digitalspring.transport._torkey import (
     expanded_secret_key,
     load_or_create_seed,
     tor_private_key,
+)
+from digitalspring.transport._toronion import (
+    DEFAULT_DEFENCES,
+    DescriptorUploads,
+    OnionDefences,
+    add_onion_command,
+    service_id,
 )
 
 #: The onion address of tor's own website, as published.
@@ -650,3 +659,336 @@ async def _sleep(reactor: Any, seconds: float) -> None:
     from twisted.internet.task import deferLater
 
     await deferLater(reactor, seconds, lambda: None)
+
+
+# -- Publishing: the ADD_ONION command, descriptor uploads, defences ----------
+
+
+class _RecordingFactory(Factory):
+    """
+    A factory that remembers the address each ``buildProtocol`` was given.
+    """
+
+    protocol = Protocol
+
+    def __init__(self) -> None:
+        self.addresses: list[Any] = []
+
+    def buildProtocol(self, addr: Any) -> Protocol | None:
+        self.addresses.append(addr)
+        return super().buildProtocol(addr)
+
+
+class OnionSourceAddressTests(TestCase):
+    """
+    What limits per source address see of onion connections.
+    """
+
+    async def test_inbound_onion_peer_is_tor_client(self) -> None:
+        """
+        The factory behind an onion listener is given a
+        ``TorClientAddress`` (not tor's 127.0.0.1) for each inbound
+        connection, and the connection's ``getPeer()`` is one too: limits
+        per source address can tell onion connections apart, which all
+        come from tor on one loopback address.
+        """
+        reactor = _reactor()
+        network = FakeOnionNetwork()
+        transports = [
+            TorTransport(reactor, lambda: succeed(FakeTorControl(reactor, network)))
+            for _ in range(2)
+        ]
+        for transport in transports:
+            self.addCleanup(transport.close)
+        factory = _RecordingFactory()
+        await transports[0].listen("80", factory)
+        [address] = transports[0].published_addresses()
+        client = await transports[1].connect(address, Factory.forProtocol(Protocol))
+        while not factory.addresses:
+            await deferLater(reactor, 0.01)
+        self.assertEqual(factory.addresses, [TorClientAddress()])
+        assert client.transport is not None
+        client.transport.loseConnection()
+
+
+class AddOnionCommandTests(SynchronousTestCase):
+    """
+    The ``ADD_ONION`` command carries the defences.
+    """
+
+    def test_defences(self) -> None:
+        """
+        By default the command turns on tor's proof of work with our queue
+        rate and burst and closes a client's circuit past 8 streams; each
+        can be left out.
+        """
+        command = add_onion_command("ED25519-V3:KEY", 80, 4321, DEFAULT_DEFENCES)
+        self.assertEqual(
+            command,
+            "ADD_ONION ED25519-V3:KEY Flags=MaxStreamsCloseCircuit MaxStreams=8 "
+            "PoWDefensesEnabled=1 PoWQueueRate=25 PoWQueueBurst=250 "
+            "Port=80,127.0.0.1:4321",
+        )
+        bare = add_onion_command("ED25519-V3:KEY", 80, 4321, OnionDefences(pow=False,
+                                                                           max_streams=0))
+        self.assertEqual(bare, "ADD_ONION ED25519-V3:KEY Port=80,127.0.0.1:4321")
+
+    def test_service_id(self) -> None:
+        """
+        The service id is read from tor's reply, and nothing from a reply
+        without one.
+        """
+        host = "a" * 56
+        self.assertEqual(service_id(f"ServiceID={host}\nOK"), host)
+        self.assertIsNone(service_id("OK"))
+
+
+_HOST = "b" * 56
+_CURRENT, _NEXT = "CurrentBlindedKey", "NextBlindedKey"
+
+
+def _upload(hsdir: str, descriptor: str, host: str = _HOST) -> str:
+    return f"UPLOAD {host} UNKNOWN ${hsdir}~relay {descriptor} HSDIR_INDEX=00"
+
+
+def _uploaded(hsdir: str, host: str = _HOST) -> str:
+    return f"UPLOADED {host} UNKNOWN ${hsdir}~relay"
+
+
+class DescriptorUploadsTests(SynchronousTestCase):
+    """
+    A published service counts as reachable only once clients can fetch
+    the descriptor they look up.
+    """
+
+    def test_next_descriptor_first(self) -> None:
+        """
+        The next time period's descriptor stored first (as happens when
+        its introduction circuits open first) is not enough: a client
+        looks up the current one.  Both stored, with an upload still in
+        flight, is stored but not yet reachable; once it lands, reachable.
+        (txtorcon's ``await_all_uploads=False`` fired at the first upload.)
+        """
+        uploads = DescriptorUploads(_HOST)
+        for hsdir in ("A", "B"):
+            uploads.event(_upload(hsdir, _NEXT))
+        uploads.event(_uploaded("A"))
+        self.assertFalse(uploads.stored)
+        for hsdir in ("C", "D"):
+            uploads.event(_upload(hsdir, _CURRENT))
+        uploads.event(_uploaded("B"))
+        self.assertFalse(uploads.stored)
+        uploads.event(_uploaded("C"))
+        self.assertTrue(uploads.stored)
+        self.assertFalse(uploads.reachable)
+        uploads.event(_uploaded("D"))
+        self.assertTrue(uploads.reachable)
+
+    def test_in_flight(self) -> None:
+        """
+        An upload still in flight keeps the service unreachable; a failed
+        upload counts as landed.
+        """
+        uploads = DescriptorUploads(_HOST)
+        for hsdir, descriptor in (("A", _CURRENT), ("B", _NEXT), ("C", _CURRENT)):
+            uploads.event(_upload(hsdir, descriptor))
+        uploads.event(_uploaded("A"))
+        uploads.event(_uploaded("B"))
+        self.assertTrue(uploads.stored)
+        self.assertFalse(uploads.reachable)
+        self.assertEqual(list(uploads.in_flight()), ["C"])
+        uploads.event(f"FAILED {_HOST} UNKNOWN $C~relay REASON=UPLOAD_REJECTED")
+        self.assertTrue(uploads.reachable)
+
+    def test_other_services_ignored(self) -> None:
+        """
+        Uploads of another service to the same HSDirs, and fetches, do not
+        count (txtorcon matched ``UPLOADED`` events by HSDir alone).
+        """
+        uploads = DescriptorUploads(_HOST)
+        uploads.event(_upload("A", _CURRENT))
+        uploads.event(_upload("A", _NEXT))
+        other = "c" * 56
+        uploads.event(_upload("A", "Other", host=other))
+        uploads.event(_uploaded("A", host=other))
+        uploads.event(f"RECEIVED {_HOST} NO_AUTH $A~relay {_CURRENT}")
+        self.assertFalse(uploads.stored)
+
+
+class _FakeControlProtocol:
+    """
+    Tor's control protocol as :class:`TxtorconControl` uses it to publish:
+    it records commands, answers ``ADD_ONION`` as ``tor`` would (or refuses
+    proof of work, as a tor older than 0.4.8 does) and lets a test send
+    ``HS_DESC`` events.
+    """
+
+    def __init__(self, knows_pow: bool = True) -> None:
+        self.commands: list[str] = []
+        self.listeners: list[Any] = []
+        self._knows_pow = knows_pow
+
+    def add_event_listener(self, event: str, callback: Any) -> Deferred[None]:
+        assert event == "HS_DESC"
+        self.listeners.append(callback)
+        return succeed(None)
+
+    def remove_event_listener(self, event: str, callback: Any) -> Deferred[None]:
+        self.listeners.remove(callback)
+        return succeed(None)
+
+    def queue_command(self, command: str) -> Deferred[str]:
+        self.commands.append(command)
+        if command.startswith("ADD_ONION"):
+            if "PoW" in command and not self._knows_pow:
+                return Deferred.fromCoroutine(_raise(TorProtocolError(
+                    512, 'Bad arguments to ADD_ONION: Unrecognized keyword argument '
+                    '"PoWDefensesEnabled"')))
+            key = command.split()[1]
+            seed = self.seeds[key]
+            return succeed(f"ServiceID={onion_host(seed)[:-6]}\nOK")
+        return succeed("OK")
+
+    seeds: dict[str, bytes] = {}
+
+    def hs_desc(self, text: str) -> None:
+        for listener in list(self.listeners):
+            listener(text)
+
+
+async def _raise(error: Exception) -> Any:
+    raise error
+
+
+class TxtorconPublishTests(SynchronousTestCase):
+    """
+    :class:`TxtorconControl` publishes with our defences and fires once
+    clients can find the service.
+    """
+
+    def _publish(self, protocol: _FakeControlProtocol) -> tuple[Clock, Deferred[Any], str]:
+        clock = Clock()
+        tor = type("Tor", (), {"protocol": protocol})()
+        control = TxtorconControl(clock, tor, None)
+        seed = bytes(range(32))
+        protocol.seeds = {tor_private_key(seed): seed}
+        publishing = control.publish_onion(80, 4321, seed)
+        return clock, publishing, onion_host(seed)[:-6]
+
+    def test_waits_for_both_descriptors(self) -> None:
+        """
+        ``ADD_ONION`` carries the proof-of-work and stream limits; the
+        publish does not fire on the first upload (the next period's
+        descriptor), only once the current one is stored too and nothing
+        is in flight; then the service has the defences tor accepted.
+        """
+        protocol = _FakeControlProtocol()
+        clock, publishing, host = self._publish(protocol)
+        [command] = protocol.commands
+        self.assertIn("PoWDefensesEnabled=1 PoWQueueRate=25 PoWQueueBurst=250", command)
+        self.assertIn("Flags=MaxStreamsCloseCircuit MaxStreams=8", command)
+        protocol.hs_desc(_upload("A", _NEXT, host))
+        protocol.hs_desc(_uploaded("A", host))
+        clock.advance(1)
+        self.assertNoResult(publishing)
+        protocol.hs_desc(_upload("B", _CURRENT, host))
+        protocol.hs_desc(_upload("C", _CURRENT, host))
+        protocol.hs_desc(_uploaded("B", host))
+        clock.advance(1)
+        self.assertNoResult(publishing)
+        protocol.hs_desc(_uploaded("C", host))
+        clock.advance(1)
+        service = self.successResultOf(publishing)
+        self.assertEqual(service.hostname, host + ".onion")
+        self.assertEqual(service.defences, DEFAULT_DEFENCES)
+        self.assertEqual(protocol.listeners, [])
+
+    def test_settles(self) -> None:
+        """
+        An upload still in flight long after both descriptors are stored
+        (an HSDir of Tor's network that does not answer) is not waited for.
+        """
+        protocol = _FakeControlProtocol()
+        clock, publishing, host = self._publish(protocol)
+        for hsdir, descriptor in (("A", _CURRENT), ("B", _NEXT), ("C", _NEXT)):
+            protocol.hs_desc(_upload(hsdir, descriptor, host))
+        protocol.hs_desc(_uploaded("A", host))
+        protocol.hs_desc(_uploaded("B", host))
+        clock.pump([1.0] * 5)
+        self.assertNoResult(publishing)
+        clock.pump([1.0] * 7)
+        self.successResultOf(publishing)
+
+    def test_tor_without_pow(self) -> None:
+        """
+        A tor that does not know proof of work is asked again without it
+        (the stream limit stays), and the service says so.
+        """
+        protocol = _FakeControlProtocol(knows_pow=False)
+        clock, publishing, host = self._publish(protocol)
+        first, second = protocol.commands
+        self.assertIn("PoWDefensesEnabled=1", first)
+        self.assertNotIn("PoW", second)
+        self.assertIn("MaxStreams=8", second)
+        for hsdir, descriptor in (("A", _CURRENT), ("B", _NEXT)):
+            protocol.hs_desc(_upload(hsdir, descriptor, host))
+            protocol.hs_desc(_uploaded(hsdir, host))
+        clock.advance(1)
+        service = self.successResultOf(publishing)
+        self.assertFalse(service.defences.pow)
+
+
+class StuckRendezvousTests(SynchronousTestCase):
+    """
+    A dial whose introduction was acknowledged by a service that never
+    joins the rendezvous (tor used the cached descriptor of a restarted
+    service) gets its rendezvous circuit closed, rather than waiting for
+    tor's two-minute ``SocksTimeout``.
+    """
+
+    _STATUS = "\n".join([
+        f"7 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_ESTABLISHED_WAITING "
+        f"REND_QUERY={_HOST} TIME_CREATED=x",
+        f"8 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED REND_QUERY={_HOST}",
+        "9 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_ESTABLISHED_WAITING "
+        f"REND_QUERY={'c' * 56}",
+        "10 BUILT $A,$B PURPOSE=GENERAL",
+    ])
+
+    def test_parse(self) -> None:
+        """
+        Only acknowledged-and-waiting rendezvous circuits to that host are
+        stuck.
+        """
+        self.assertEqual(stuck_rendezvous(self._STATUS, _HOST), ["7"])
+        self.assertEqual(stuck_rendezvous("", _HOST), [])
+
+    def test_closed_while_dialling(self) -> None:
+        """
+        Every 30 s of a dial that has not connected, its stuck rendezvous
+        circuits are closed; once the dial ends, nothing more is checked.
+        """
+        clock = Clock()
+        protocol = _FakeControlProtocol()
+        status = self._STATUS
+
+        def get_info(key: str) -> Deferred[dict[str, str]]:
+            protocol.commands.append(f"GETINFO {key}")
+            return succeed({key: status})
+
+        protocol.get_info = get_info  # type: ignore[attr-defined]
+        never: Deferred[Any] = Deferred()
+        endpoint = type("Endpoint", (), {"connect": lambda self, factory: never})()
+        tor = type("Tor", (), {"protocol": protocol,
+                               "stream_via": lambda self, *a, **kw: endpoint})()
+        control = TxtorconControl(clock, tor, None)
+        dialling = control.onion_endpoint(_HOST + ".onion", 80).connect(
+            Factory.forProtocol(Protocol))
+        clock.advance(29)
+        self.assertEqual(protocol.commands, [])
+        clock.advance(1)
+        self.assertEqual(protocol.commands, ["GETINFO circuit-status", "CLOSECIRCUIT 7"])
+        never.errback(ConnectionRefusedError())
+        self.failureResultOf(dialling)
+        clock.advance(60)
+        self.assertEqual(len(protocol.commands), 2)

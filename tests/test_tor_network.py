@@ -54,6 +54,7 @@ from digitalspring.transport import (
     parse_onion_address,
 )
 from digitalspring.transport._torkey import load_or_create_seed, new_seed
+from digitalspring.transport._toronion import DEFAULT_DEFENCES
 
 
 def _reactor() -> Any:
@@ -181,6 +182,33 @@ class TxtorconControlContractTests(TorControlContractMixin, TestCase):
         self.addCleanup(control.close)
         return control
 
+    async def test_defences_accepted(self) -> None:
+        """
+        This tor (0.4.9) takes the onion service defences we ask for in
+        ``ADD_ONION`` -- proof of work with our queue rate and burst, and
+        the per-client stream limit -- rather than refusing them (as a tor
+        without proof of work does, and we would publish without it); the
+        service is reachable with them on.
+        """
+        control = await self.make_control()
+        served: list[_Closing] = []
+        local = self.reactor.listenTCP(
+            0, Factory.forProtocol(lambda: served.append(_Closing()) or served[-1]),
+            interface="127.0.0.1",
+        )
+        self.addCleanup(local.stopListening)
+        service = await control.publish_onion(80, local.getHost().port, new_seed())
+        self.assertEqual(service.defences, DEFAULT_DEFENCES)  # type: ignore[attr-defined]
+        self.assertTrue(DEFAULT_DEFENCES.pow and DEFAULT_DEFENCES.max_streams)
+        client = _Closing()
+        await control.onion_endpoint(service.hostname, 80).connect(
+            Factory.forProtocol(lambda: client)
+        )
+        await client.lost
+        for protocol in served:
+            await protocol.lost
+        await service.remove()
+
     async def test_cancel_after_socks_connected(self) -> None:
         """
         A dial cancelled while tor looks for the service (after the SOCKS
@@ -196,6 +224,23 @@ class TxtorconControlContractTests(TorControlContractMixin, TestCase):
         dialling.cancel()
         with self.assertRaises(CancelledError):
             await dialling
+
+
+class _Closing(Protocol):
+    """
+    Closes its connection as soon as it is made; ``lost`` fires once it is
+    gone.
+    """
+
+    def __init__(self) -> None:
+        self.lost: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.loseConnection()
+
+    def connectionLost(self, reason: object = None) -> None:
+        self.lost.callback(None)
 
 
 class LaunchedTorTests(TestCase):

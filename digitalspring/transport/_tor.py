@@ -76,6 +76,12 @@ class TorClientAddress:
     The other end of a connection to an onion service, as the service sees
     it: anonymous, so all such addresses are equal.  It is also what a
     client calls its own end, since nobody sees where it connects from.
+
+    An inbound onion connection's factory gets it as ``buildProtocol``'s
+    address, and its transport's ``getPeer()`` returns it: limits per
+    source address exempt it (every onion client reaches us from tor on
+    127.0.0.1), while tor itself limits streams per client
+    (:class:`~._toronion.OnionDefences`).
     """
 
     def __str__(self) -> str:
@@ -111,7 +117,12 @@ class _AddressingFactory(WrappingFactory[_AddressedProtocol]):
         self.inner: IProtocol | None = None
 
     def buildProtocol(self, addr: Any) -> _AddressedProtocol:
-        wrapper = super().buildProtocol(addr)
+        # The wrapped factory is told who connected as the connection
+        # itself says: for an inbound onion connection a TorClientAddress,
+        # not the 127.0.0.1 of tor's local socket, so that per-address
+        # limits above leave onion connections alone (they all share tor's
+        # address; tor limits them per client, see docs/tor.rst).
+        wrapper = super().buildProtocol(self.peer)
         self.inner = wrapper.wrappedProtocol
         return wrapper
 

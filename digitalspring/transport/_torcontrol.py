@@ -17,6 +17,7 @@ from contextlib import suppress
 from typing import Any
 
 import txtorcon
+from attrs import evolve
 from twisted.internet.defer import CancelledError, Deferred, fail, succeed
 from twisted.internet.endpoints import (
     TCP4ClientEndpoint,
@@ -30,11 +31,12 @@ from twisted.internet.interfaces import (
     IStreamClientEndpoint,
 )
 from twisted.internet.protocol import ProcessProtocol
-from twisted.internet.task import deferLater
+from twisted.internet.task import LoopingCall, deferLater
 from twisted.logger import Logger
 from twisted.protocols.policies import ProtocolWrapper, WrappingFactory
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
+from txtorcon import TorProtocolError
 from txtorcon.socks import SocksError
 from zope.interface import implementer
 
@@ -46,9 +48,26 @@ from ._torerrors import (
     TorStreamTimeout,
     TorUnavailable,
 )
-from ._torkey import tor_private_key
+from ._torkey import onion_host, tor_private_key
+from ._toronion import (
+    DEFAULT_DEFENCES,
+    POW_KEYWORDS,
+    DescriptorUploads,
+    OnionDefences,
+    add_onion_command,
+    service_id,
+)
 
 _PROGRESS = re.compile(r"\bPROGRESS=(\d+)")
+
+#: Seconds a dial waits on a rendezvous whose introduction was
+#: acknowledged before closing it: a live service joins in a few seconds
+#: (its own rendezvous attempts give up after 30).
+REND_PATIENCE = 30.0
+
+#: Seconds a publish waits for HSDir uploads still in flight once both
+#: descriptors are stored somewhere.
+UPLOAD_SETTLE = 10.0
 
 #: SOCKS5 replies (RFC 1928, and tor's ``ExtendedErrors`` for onion
 #: services) that mean nobody answers at the onion address.
@@ -213,7 +232,35 @@ class _OnionEndpoint:
         endpoint = self._tor.stream_via(self._host, self._port, socks_endpoint=socks)
         connecting: Deferred[Any] = endpoint.connect(wrapping)
         connecting.addCallbacks(connected, failed)
+        watchdog = self._control._watch_rendezvous(self._host)
+        result.addBoth(_stop_watching, watchdog)
         return result
+
+
+def _stop_watching(result: Any, watchdog: LoopingCall) -> Any:
+    if watchdog.running:
+        watchdog.stop()
+    return result
+
+
+def stuck_rendezvous(circuit_status: str, host: str) -> list[str]:
+    """
+    The ids of our rendezvous circuits to ``host`` (without ``.onion``)
+    whose introduction was acknowledged but that the service never joined,
+    from ``GETINFO circuit-status``.
+    """
+    stuck = []
+    for line in circuit_status.splitlines():
+        words = line.split()
+        fields = dict(word.split("=", 1) for word in words[1:] if "=" in word)
+        if (
+            words
+            and fields.get("PURPOSE") == "HS_CLIENT_REND"
+            and fields.get("HS_STATE") == "HSCR_ESTABLISHED_WAITING"
+            and fields.get("REND_QUERY") == host
+        ):
+            stuck.append(words[0])
+    return stuck
 
 
 def _socks_endpoint(reactor: Any, listeners: str) -> IStreamClientEndpoint | None:
@@ -241,12 +288,19 @@ def _socks_endpoint(reactor: Any, listeners: str) -> IStreamClientEndpoint | Non
 
 @implementer(IOnionService)
 class _Onion:
+    """
+    An ephemeral onion service we added through a control connection.
+    """
+
     log = Logger()
 
-    def __init__(self, service: Any, published: list[_Onion]) -> None:
-        self._service = service
+    def __init__(self, protocol: Any, host: str, published: list[_Onion],
+                 defences: OnionDefences) -> None:
+        self._protocol = protocol
         self._published = published
-        self.hostname = str(service.hostname).lower()
+        self.hostname = host
+        #: The defences tor accepted for it.
+        self.defences = defences
 
     def remove(self) -> Deferred[None]:
         if self not in self._published:
@@ -255,7 +309,7 @@ class _Onion:
 
         async def remove() -> None:
             try:
-                await self._service.remove()
+                await self._protocol.queue_command(f"DEL_ONION {self.hostname[:-len('.onion')]}")
             except Exception as e:
                 # Gone already, with its control connection.
                 self.log.debug("onion service {host} not removed: {error}",
@@ -486,13 +540,22 @@ class TxtorconControl:
 
     :param tor: a connected ``txtorcon.Tor``.
     :param launched: the tor process, when we launched it.
+    :param defences: what tor is asked to do against floods of connections
+        to our onion services.
     """
 
     log = Logger()
 
-    def __init__(self, reactor: Any, tor: Any, launched: LaunchedTor | None) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        tor: Any,
+        launched: LaunchedTor | None,
+        defences: OnionDefences = DEFAULT_DEFENCES,
+    ) -> None:
         self._reactor = reactor
         self._tor = tor
+        self._defences = defences
         self.launched = launched
         self._closed = False
         self._published: list[_Onion] = []
@@ -557,28 +620,109 @@ class TxtorconControl:
             )
 
         async def publish() -> IOnionService:
+            host = onion_host(seed)
+            uploads = DescriptorUploads(host[: -len(".onion")])
+            protocol = self._tor.protocol
+            await protocol.add_event_listener("HS_DESC", uploads.event)
             try:
-                service = await self._tor.create_onion_service(
-                    ports=[(virtual_port, f"127.0.0.1:{local_port}")],
-                    version=3,
-                    private_key=tor_private_key(seed),
-                    await_all_uploads=False,
-                )
-            except Exception as e:
-                raise CannotListenError(  # type: ignore[no-untyped-call]
-                    "onion", virtual_port, e
-                ) from None
-            onion = _Onion(service, self._published)
-            self._published.append(onion)
+                defences = await self._add_onion(virtual_port, local_port, seed, host)
+                onion = _Onion(protocol, host, self._published, defences)
+                self._published.append(onion)
+                await self._until_reachable(uploads)
+            finally:
+                await protocol.remove_event_listener("HS_DESC", uploads.event)
             return onion
 
         return Deferred.fromCoroutine(publish())
+
+    async def _add_onion(self, virtual_port: int, local_port: int, seed: bytes,
+                         host: str) -> OnionDefences:
+        """
+        ``ADD_ONION``, with our defences; without proof of work if this
+        tor does not know it (older than 0.4.8, or built without it).
+
+        :returns: the defences tor accepted.
+        """
+        defences = self._defences
+        while True:
+            command = add_onion_command(tor_private_key(seed), virtual_port, local_port, defences)
+            try:
+                reply = await self._tor.protocol.queue_command(command)
+            except TorProtocolError as e:
+                if defences.pow and any(word in str(e) for word in POW_KEYWORDS):
+                    self.log.warn(
+                        "this tor has no proof-of-work defence for onion services "
+                        "(tor 0.4.8 or later has): {error}", error=str(e))
+                    defences = evolve(defences, pow=False)
+                    continue
+                raise CannotListenError(  # type: ignore[no-untyped-call]
+                    "onion", virtual_port, e
+                ) from None
+            if service_id(str(reply)) != host[: -len(".onion")]:
+                raise CannotListenError(  # type: ignore[no-untyped-call]
+                    "onion", virtual_port, f"unexpected reply from tor: {reply!r}"
+                )
+            return defences
+
+    async def _until_reachable(self, uploads: DescriptorUploads) -> None:
+        """
+        Return once clients can find the service (see
+        :class:`DescriptorUploads`); uploads still in flight
+        :data:`UPLOAD_SETTLE` seconds after both descriptors were stored
+        are not waited for, as an HSDir of Tor's network may take minutes
+        to fail.
+        """
+        stored_at: float | None = None
+        while not uploads.reachable:
+            now = self._reactor.seconds()
+            if uploads.stored:
+                if stored_at is None:
+                    stored_at = now
+                elif now - stored_at > UPLOAD_SETTLE:
+                    self.log.info("published without waiting for HSDirs {hsdirs}",
+                                  hsdirs=", ".join(uploads.in_flight()))
+                    return
+            await deferLater(self._reactor, 0.05, lambda: None)
 
     def onion_endpoint(self, host: str, port: int) -> IStreamClientEndpoint:
         """
         See :meth:`ITorControl.onion_endpoint`.
         """
         return _OnionEndpoint(self, self._tor, host, port)
+
+    def _watch_rendezvous(self, host: str) -> LoopingCall:
+        """
+        Every :data:`REND_PATIENCE` seconds until cancelled, close our
+        rendezvous circuits to ``host`` that wait for a service that will
+        not come.
+
+        Tor keeps such a circuit (and the streams waiting on it) until its
+        ``SocksTimeout``, two minutes.  It happens when tor used a cached
+        descriptor of a service that has since restarted: the old
+        introduction point still has the old service's circuit for a
+        while (its teardown crosses three relays, which took 14 s on the
+        test network) and acknowledges our introduction, but nothing
+        answers it.  Closed, the circuit is made again; the introduction
+        point then refuses, and tor fetches the new descriptor.
+        """
+
+        async def unstick() -> None:
+            try:
+                info = await self._tor.protocol.get_info("circuit-status")
+                for circuit in stuck_rendezvous(
+                    str(info.get("circuit-status", "")), host[: -len(".onion")]
+                ):
+                    self.log.info("closing rendezvous circuit {id} to {host}, which "
+                                  "the service never joined", id=circuit, host=host)
+                    await self._tor.protocol.queue_command(f"CLOSECIRCUIT {circuit}")
+            except Exception as e:
+                self.log.debug("rendezvous circuits to {host} not checked: {error}",
+                               host=host, error=str(e))
+
+        watchdog = LoopingCall(lambda: Deferred.fromCoroutine(unstick()))
+        watchdog.clock = self._reactor
+        watchdog.start(REND_PATIENCE, now=False)
+        return watchdog
 
     def close(self) -> Deferred[None]:
         """
