@@ -590,8 +590,8 @@ class DHT(Service):
             if transport is None:
                 raise DialBackFailed(f"this node has no {name} transport")
             # The pool's dialling factory: the connection joins the pool.
-            factory: Any = getattr(pool, "channel_factory", pool.server_factory)
-            channel: Any = await transport.connect(description, factory.for_dialling(peer_id))
+            factory = pool.channel_factory.for_dialling(peer_id)
+            channel: Any = await transport.connect(description, factory)
             await channel.when_secured()
             there: IAddress = channel.getPeer()
             return there

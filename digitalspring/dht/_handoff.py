@@ -91,7 +91,7 @@ class Handoff:
         budget = self.batch
         checks = 0
         records = self.store.records
-        while budget > 0:
+        while budget >= max(1, len(self._pass)):
             if self._position >= len(self._keys):
                 if not self._waiting:
                     self._keys = []

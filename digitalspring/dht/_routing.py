@@ -251,17 +251,23 @@ class RoutingTable:
         if not mine:
             return 0
         top = mine.bit_length() - 1
+        skip = -1 if exclude is None else node_id(exclude)
         count = 0
-        for index in range(top, -1, -1):
-            bucket = self.buckets.get(index)
-            if bucket is None:
+        same = self.buckets.get(top)
+        if same is not None:
+            for entry in same.entries:
+                if entry.contact.node_id != skip:
+                    count += 1
+                    if count >= limit:
+                        return count
+        for index, bucket in self.buckets.items():
+            if index >= top:
                 continue
             for entry in bucket.entries:
-                if index == top or entry.contact.node_id ^ target < mine:
-                    if entry.contact.peer_id != exclude:
-                        count += 1
-                        if count >= limit:
-                            return count
+                if entry.contact.node_id ^ target < mine and entry.contact.node_id != skip:
+                    count += 1
+                    if count >= limit:
+                        return count
         return count
 
     def rank_of(self, contact: Contact, target: int, limit: int) -> int:
@@ -272,7 +278,7 @@ class RoutingTable:
         theirs = contact.node_id ^ target
         count = 0
         for entry in self._index.values():
-            if entry.contact.node_id ^ target < theirs and entry.contact != contact:
+            if entry.contact.node_id ^ target < theirs:
                 count += 1
                 if count >= limit:
                     break
