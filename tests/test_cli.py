@@ -3,16 +3,39 @@ Tests for the ``dspring`` command.
 """
 
 import io
+import json
 import os
+import socket
 import subprocess
 import sys
 from collections.abc import Sequence
+from typing import Any
 
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
-from digitalspring.cli import main
-from digitalspring.identity import PeerID, load_identity, read_key_file
+from digitalspring.channel import MAX_PING_DATA
+from digitalspring.cli import Options, main
+from digitalspring.control import CONTROL_FILE_NAME, ControlService
+from digitalspring.identity import Identity, PeerID, load_identity, read_key_file
+
+STRANGER = str(Identity.from_seed(bytes(range(32))).peer_id)
+
+
+def _help(argv: Sequence[str]) -> str:
+    """
+    What ``dspring ARGV --help`` prints.
+    """
+    out = io.StringIO()
+    stdout, sys.stdout = sys.stdout, out
+    try:
+        Options().parseOptions([*argv, "--help"])
+    except SystemExit:
+        pass
+    finally:
+        sys.stdout = stdout
+    return out.getvalue()
 
 
 class CLITests(SynchronousTestCase):
@@ -47,7 +70,14 @@ class CLITests(SynchronousTestCase):
         self.assertEqual((status, err), (0, ""))
         peer_id = PeerID.parse(out.strip())
         status, out, err = self.run_cli("id")
-        self.assertEqual((status, out, err), (0, f"{peer_id}\n", ""))
+        self.assertEqual(
+            (status, out, err),
+            (
+                0,
+                f"{peer_id}\n(no node is running for {self.data_dir.path}, so no addresses)\n",
+                "",
+            ),
+        )
         self.assertEqual(load_identity(self.data_dir, b"secret").peer_id, peer_id)
 
     def test_init_no_passphrase(self) -> None:
@@ -63,7 +93,7 @@ class CLITests(SynchronousTestCase):
         """
         _, first, _ = self.run_cli("init", "--no-passphrase")
         self.assertFailsWith(["init", "--no-passphrase"], 1, "exists already")
-        self.assertEqual(self.run_cli("id")[1], first)
+        self.assertEqual(self.run_cli("id")[1].splitlines()[0], first.strip())
 
     def test_id_without_identity(self) -> None:
         """
@@ -103,7 +133,7 @@ class CLITests(SynchronousTestCase):
             "import", "--backup-passphrase-file", self.backup_pw, "--no-passphrase", backup.path
         )
         self.assertEqual((status, out, err), (0, peer_id, ""))
-        self.assertEqual(self.run_cli("id")[1], peer_id)
+        self.assertEqual(self.run_cli("id")[1].splitlines()[0], peer_id.strip())
 
     def test_export_wrong_passphrase(self) -> None:
         """
@@ -132,6 +162,165 @@ class CLITests(SynchronousTestCase):
         """
         self.assertFailsWith(["import", "--no-passphrase", self.pw], 1, "not a Digital Spring")
 
+    def test_import_missing_backup(self) -> None:
+        """
+        Importing a backup that is not there says there is no such file,
+        not how to create an identity.
+        """
+        missing = FilePath(self.mktemp()).child("nosuch.bak")
+        self.assertFailsWith(["import", "--no-passphrase", missing.path], 1, "no such file")
+        _, _, err = self.run_cli("import", "--no-passphrase", missing.path)
+        self.assertIn(missing.path, err)
+        self.assertNotIn("dspring init", err)
+
+    def test_data_dir_after_command(self) -> None:
+        """
+        ``--data-dir`` (and ``-d``) may follow the command, at any depth.
+        """
+        out, err = io.StringIO(), io.StringIO()
+        status = main(["init", "--data-dir", self.data_dir.path, "--no-passphrase"], out, err)
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        peer_id = out.getvalue().strip()
+        self.assertEqual(load_identity(self.data_dir, None).peer_id, PeerID.parse(peer_id))
+        out = io.StringIO()
+        status = main(
+            ["contacts", "add", "-d", self.data_dir.path, f"{STRANGER}@tcp:127.0.0.1:7702"],
+            out,
+            err,
+        )
+        self.assertEqual((status, err.getvalue()), (0, ""))
+        self.assertTrue(self.data_dir.child("contacts.json").exists())
+
+    def test_data_dir_from_environment(self) -> None:
+        """
+        ``DSPRING_DIR`` names the data directory when no ``--data-dir`` is
+        given; ``--data-dir`` wins over it.
+        """
+        self.patch(os, "environ", dict(os.environ, DSPRING_DIR=self.data_dir.path))
+        out, err = io.StringIO(), io.StringIO()
+        self.assertEqual(main(["init", "--no-passphrase"], out, err), 0, err.getvalue())
+        self.assertTrue(self.data_dir.child("identity.key").exists())
+        other = FilePath(self.mktemp())
+        self.assertEqual(main(["init", "--no-passphrase", "-d", other.path], out, err), 0)
+        self.assertTrue(other.child("identity.key").exists())
+
+    def test_usage_lines(self) -> None:
+        """
+        A command's usage line names the command once, with its own
+        arguments, and ``dspring --help`` promises only commands that exist.
+        """
+        self.assertTrue(
+            _help(["dht", "lookup"]).startswith(
+                "Usage: dspring dht lookup [--json] PEER_ID|NAME\n"
+            )
+        )
+        self.assertTrue(
+            _help(["contacts", "add"]).startswith(
+                "Usage: dspring contacts add [--name NAME] PEER_ID@TRANSPORT:ADDRESS\n"
+            )
+        )
+        self.assertTrue(_help(["contacts"]).startswith("Usage: dspring contacts add|name"))
+        top = _help([])
+        self.assertTrue(top.startswith("Usage: dspring [--data-dir DIR] COMMAND"))
+        self.assertNotIn("message", top)
+        self.assertNotIn("python -m", _help(["contacts"]))
+
+    def test_ping_bad_numbers(self) -> None:
+        """
+        Numbers that are not numbers are named in plain words, with the
+        option and the value.
+        """
+        for argv, text in [
+            (["-c", "abc"], "--count takes a whole number, not 'abc'"),
+            (["-i", "soon"], "--interval takes a number, not 'soon'"),
+            (["-s", "1.5"], "--size takes a whole number, not '1.5'"),
+            (["-c", "-1"], "--count must be 0 or more"),
+            (["-i", "0"], "--interval must be more than 0"),
+        ]:
+            self.assertFailsWith(["ping", *argv, STRANGER], 2, text)
+            self.assertNotIn("enforcement", self.run_cli("ping", *argv, STRANGER)[2])
+
+    def test_ping_oversize(self) -> None:
+        """
+        A ping larger than the channel carries is refused before any
+        attempt; the largest it carries is accepted.
+        """
+        self.assertFailsWith(
+            ["ping", "-s", str(MAX_PING_DATA + 1), STRANGER], 2, f"from 0 to {MAX_PING_DATA}"
+        )
+        options = Options()
+        options.parseOptions(["ping", "-s", str(MAX_PING_DATA), STRANGER])
+        self.assertEqual(options.subOptions["size"], MAX_PING_DATA)
+
+    def test_ping_self(self) -> None:
+        """
+        Pinging the node's own peer ID, or a name for it, is refused before
+        the first attempt (no ``PING`` line, no node contacted).
+        """
+        _, own, _ = self.run_cli("init", "--no-passphrase")
+        own = own.strip()
+        self.assertFailsWith(["ping", own], 1, "this node's own peer ID")
+        self.run_cli("contacts", "add", "--name", "me", f"{own}@tcp:127.0.0.1:7702")
+        self.assertFailsWith(["ping", "me"], 1, "this node's own peer ID")
+
+    def test_unknown_name(self) -> None:
+        """
+        Where a peer ID is taken, text that is neither a peer ID nor a
+        contact's name fails before the node is contacted.
+        """
+        for argv in (
+            ["ping", "carol"],
+            ["dht", "lookup", "carol"],
+            ["contacts", "remove", "carol"],
+        ):
+            self.assertFailsWith(argv, 1, "no contact is named 'carol'")
+
+    def test_contacts(self) -> None:
+        """
+        ``contacts add`` takes ``PEER_ID@ADDRESS`` (as ``--bootstrap`` does)
+        or the peer ID and address apart, and a name; ``contacts name``
+        names or renames; ``contacts list`` shows names and
+        ``PEER_ID@ADDRESS``; ``contacts remove`` takes a name or a peer ID.
+        """
+        bob = str(Identity.from_seed(bytes(31) + b"\x01").peer_id)
+        code, out, err = self.run_cli(
+            "contacts", "add", "--name", "alice", f"{STRANGER}@tcp:127.0.0.1:7702"
+        )
+        self.assertEqual((code, out, err), (0, f"alice  {STRANGER}@tcp:127.0.0.1:7702\n", ""))
+        self.assertEqual(self.run_cli("contacts", "add", bob, "tcp:[::1]:7703")[0], 0)
+        self.assertEqual(self.run_cli("contacts", "add", f"{bob}@tcp:localhost:7704")[0], 0)
+        self.assertEqual(
+            self.run_cli("contacts", "list")[1],
+            f"alice  {STRANGER}@tcp:127.0.0.1:7702\n"
+            f"-  {bob}@tcp:localhost:7704\n"
+            f"-  {bob}@tcp:[::1]:7703\n",
+        )
+        self.assertEqual(self.run_cli("contacts", "name", bob, "bob")[0], 0)
+        self.assertFailsWith(["contacts", "name", "alice", "bob"], 1, "already")
+        self.assertEqual(self.run_cli("contacts", "remove", "alice")[0], 0)
+        self.assertEqual(self.run_cli("contacts", "remove", bob)[0], 0)
+        self.assertEqual(self.run_cli("contacts", "list")[1], "")
+        self.assertFailsWith(["contacts", "remove", bob], 1, "not in the contacts")
+
+    def test_contacts_add_checks_address(self) -> None:
+        """
+        An address is checked when it is added, as its transport will read
+        it: a misspelt transport, a misspelt or missing port, and a missing
+        peer ID are refused with what is wrong, and nothing is written.
+        """
+        for address, text in [
+            (f"{STRANGER}@tpc:127.0.0.1:7702", "unknown transport 'tpc'"),
+            (f"{STRANGER}@tcp:localhost:77o2", "'77o2' is not a port number"),
+            (f"{STRANGER}@tcp:127.0.0.1", "is not of the form HOST:PORT"),
+            (f"{STRANGER}@tor:example.com:7655", "not an onion address"),
+            ("tcp:127.0.0.1:7702", "not of the form PEER_ID@TRANSPORT:ADDRESS"),
+        ]:
+            self.assertFailsWith(["contacts", "add", address], 2, text)
+        self.assertFailsWith(
+            ["contacts", "add", "--name", "1st", f"{STRANGER}@tcp:h:1"], 2, "name"
+        )
+        self.assertFalse(self.data_dir.child("contacts.json").exists())
+
     def test_usage_errors(self) -> None:
         """
         Unknown commands and conflicting options are usage errors (status 2).
@@ -146,9 +335,10 @@ class CLITests(SynchronousTestCase):
         """
         Every option of every command has a help text.
         """
-        from digitalspring.cli import Options
-
-        for name, _, options_class, _ in [("dspring", None, Options, None), *Options.subCommands]:
+        commands = [("dspring", None, Options, None), *Options.subCommands]
+        for command in list(commands):
+            commands.extend(getattr(command[2], "subCommands", []))
+        for name, _, options_class, _ in commands:
             options = options_class()
             for parameter in getattr(options, "optParameters", []):
                 self.assertTrue(parameter[3], f"{name} --{parameter[0]}")
@@ -191,3 +381,114 @@ class ScriptTests(SynchronousTestCase):
         self.assertEqual(result.stdout, "")
         self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
         self.assertIn("no key file", result.stderr)
+
+    def test_stale_control_file(self) -> None:
+        """
+        When the node of a data directory was killed (its control file is
+        left, nothing listens), ``ping`` blames the local node at once, not
+        the peer, and so do ``dht lookup`` and ``id``.
+        """
+        data_dir = FilePath(self.mktemp())
+        self.assertEqual(main(["-d", data_dir.path, "init", "--no-passphrase"], io.StringIO()), 0)
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        data_dir.child(CONTROL_FILE_NAME).setContent(
+            json.dumps({"url": f"http://127.0.0.1:{port}/v1/", "token": "00"}).encode()
+        )
+        stale = f"no node is running for {data_dir.path} (stale control file"
+        for argv in (["ping", "-c", "3", STRANGER], ["dht", "lookup", STRANGER]):
+            result = subprocess.run(
+                [sys.executable, "-m", "digitalspring", "-d", data_dir.path, *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+            self.assertIn(stale, result.stderr)
+            self.assertNotIn("no answer from", result.stderr)
+            self.assertNotIn("seq=2", result.stdout)
+        result = subprocess.run(
+            [sys.executable, "-m", "digitalspring", "-d", data_dir.path, "id"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual((result.returncode, result.stderr), (0, ""))
+        self.assertIn(stale, result.stdout.splitlines()[1])
+
+
+class RunningNodeTests(TestCase):
+    """
+    Commands against a control API served in this process, as a running
+    node serves it, run as ``python -m digitalspring``.
+    """
+
+    async def serve(self, routes: dict[str, Any]) -> FilePath[str]:
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        self.assertEqual(main(["-d", data_dir.path, "init", "--no-passphrase"], io.StringIO()), 0)
+        service = ControlService(self.reactor(), data_dir, routes)
+        service.startService()
+        self.addCleanup(service.stopService)
+        assert service._starting is not None
+        await service._starting
+        return data_dir
+
+    def reactor(self) -> Any:
+        from twisted.internet import reactor
+
+        return reactor
+
+    async def dspring(self, data_dir: FilePath[str], *argv: str) -> tuple[int, str, str]:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "digitalspring", "--data-dir", data_dir.path, *argv],
+            env=dict(os.environ),
+            reactor=self.reactor(),
+        )
+        return code, out.decode(), err.decode()
+
+    async def test_id_prints_addresses(self) -> None:
+        """
+        ``dspring id`` on a running node prints the peer ID, then one
+        ``PEER_ID@ADDRESS`` line for each address the node publishes, in the
+        form ``contacts add`` and ``--bootstrap`` take.
+        """
+        addresses = ["tcp:192.0.2.7:7655", f"tor:{'a' * 56}.onion:7655"]
+        peer: list[str] = []
+
+        async def status(body: dict[str, Any]) -> dict[str, Any]:
+            return {"peer_id": peer[0], "addresses": addresses}
+
+        data_dir = await self.serve({"status": (b"GET", status)})
+        peer.append(str(read_key_file(data_dir.child("identity.key")).peer_id))
+        code, out, err = await self.dspring(data_dir, "id")
+        self.assertEqual((code, err), (0, ""))
+        self.assertEqual(out.splitlines(), [peer[0], *(f"{peer[0]}@{a}" for a in addresses)])
+
+    async def test_lookup_by_name(self) -> None:
+        """
+        ``dht lookup`` of a contact's name asks the node about the peer ID
+        behind the name.
+        """
+        asked: list[dict[str, Any]] = []
+
+        async def lookup(body: dict[str, Any]) -> dict[str, Any]:
+            asked.append(body)
+            return {
+                "peer": body["peer"],
+                "found": False,
+                "record": None,
+                "hops": 0,
+                "rpcs": 0,
+                "duration_ms": 0.0,
+                "path": [],
+            }
+
+        data_dir = await self.serve({"dht-lookup": (b"POST", lookup)})
+        await self.dspring(data_dir, "contacts", "add", "-n", "carol", f"{STRANGER}@tcp:h:1")
+        code, _, _ = await self.dspring(data_dir, "dht", "lookup", "carol")
+        self.assertEqual(code, 1)
+        self.assertEqual(asked, [{"peer": STRANGER}])

@@ -5,6 +5,7 @@ The ``dspring`` command.
 
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Sequence
 from typing import TextIO
@@ -24,19 +25,14 @@ class Options(CommandOptions):
     The options of ``dspring``, and its subcommands.
     """
 
-    synopsis = "dspring [--data-dir DIR] COMMAND [options]"
-    longdesc = "Manage a Digital Spring node: its identity, contacts and messages."
-    optParameters = [
-        [
-            "data-dir",
-            "d",
-            DEFAULT_DATA_DIR,
-            "Directory that holds the node's identity and state.",
-        ],
-    ]
+    synopsis = "[--data-dir DIR] COMMAND [options]"
+    longdesc = (
+        "Manage a Digital Spring node: its identity and contacts, and, through the "
+        "running node, pings, its status and its DHT. Run a node with 'twistd -n dspring'."
+    )
     subCommands = [
         ["init", None, InitOptions, "Create the node's identity."],
-        ["id", None, IdOptions, "Print the node's peer ID."],
+        ["id", None, IdOptions, "Print the node's peer ID and addresses."],
         ["export", None, ExportOptions, "Write an encrypted backup of the identity."],
         ["import", None, ImportOptions, "Restore an identity from a backup."],
         ["contacts", None, ContactsOptions, "Manage the address book of peers."],
@@ -50,6 +46,32 @@ class Options(CommandOptions):
             raise usage.UsageError("a command is needed")
 
 
+def data_dir_option(options: usage.Options) -> str:
+    """
+    The data directory to use: the ``--data-dir`` given last on the command
+    line (before or after the command), else ``$DSPRING_DIR``, else
+    ``~/.dspring``.
+    """
+    chosen = None
+    current: usage.Options | None = options
+    while current is not None:
+        if current.get("data-dir") is not None:
+            chosen = current["data-dir"]
+        current = getattr(current, "subOptions", None)
+    return chosen or os.environ.get("DSPRING_DIR") or DEFAULT_DATA_DIR
+
+
+def _command(options: usage.Options) -> str:
+    """
+    ``dspring contacts add``: the command that was being parsed.
+    """
+    names = ["dspring"]
+    while getattr(options, "subCommand", None) is not None and hasattr(options, "subOptions"):
+        names.append(str(options.subCommand))
+        options = options.subOptions
+    return " ".join(names)
+
+
 def main(
     argv: Sequence[str] | None = None, stdout: TextIO | None = None, stderr: TextIO | None = None
 ) -> int:
@@ -61,14 +83,24 @@ def main(
     """
     out = sys.stdout if stdout is None else stdout
     err = sys.stderr if stderr is None else stderr
+    try:
+        return _run(sys.argv[1:] if argv is None else list(argv), out, err)
+    except BrokenPipeError:
+        # The reader went away (``dspring --help | head``): nothing to say.
+        if out is sys.stdout:
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def _run(argv: list[str], out: TextIO, err: TextIO) -> int:
     options = Options()
     try:
-        options.parseOptions(sys.argv[1:] if argv is None else list(argv))
+        options.parseOptions(argv)
     except usage.UsageError as e:
-        err.write(f"dspring: {e}\n(see 'dspring --help')\n")
+        err.write(f"dspring: {e}\n(see '{_command(options)} --help')\n")
         return 2
     try:
-        options.subOptions.run(data_dir_path(options["data-dir"]), out)
+        options.subOptions.run(data_dir_path(data_dir_option(options)), out)
     except DigitalSpringError as e:
         err.write(f"dspring: error: {e}\n")
         return 1
@@ -78,4 +110,4 @@ def main(
     return 0
 
 
-__all__ = ["Options", "main"]
+__all__ = ["Options", "data_dir_option", "main"]

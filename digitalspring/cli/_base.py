@@ -1,22 +1,55 @@
 # -*- test-case-name: tests.test_cli -*-
 """
-What every ``dspring`` command's options share.
+What every ``dspring`` command's options share, and the way commands talk
+to the running node.
 """
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
 
+from twisted.internet.defer import Deferred
+from twisted.internet.task import react
 from twisted.python import usage
+from twisted.python.filepath import FilePath
 
 from .. import __version__
+from ..control import CONTROL_FILE_NAME, ControlClient, NodeNotRunning
+from ..directory import AddressBook
+from ..identity import PeerID
 
 
 class CommandOptions(usage.Options):
     """
-    Options of ``dspring`` and its commands: ``--version`` names Digital
-    Spring, not Twisted.
+    Options of ``dspring`` and its commands: ``--data-dir`` may be given
+    before or after a command, and ``--version`` names Digital Spring, not
+    Twisted.
     """
+
+    optParameters: list[list[Any]] = [
+        [
+            "data-dir",
+            "d",
+            None,
+            "Directory that holds the node's identity and state "
+            "(default: $DSPRING_DIR, else ~/.dspring).",
+        ],
+    ]
+
+    def getSynopsis(self) -> str:
+        """
+        ``Usage: dspring dht lookup [--json] PEER_ID``: the command's names,
+        then its own synopsis (Twisted's would repeat the parent's).
+        """
+        names: list[str] = []
+        options: usage.Options = self
+        while options.parent is not None:
+            names.append(str(options.parent.subCommand))
+            options = options.parent
+        synopsis = getattr(self, "synopsis", "")
+        return " ".join(["Usage: dspring", *reversed(names), synopsis]).rstrip()
 
     def opt_version(self) -> None:
         """
@@ -24,3 +57,60 @@ class CommandOptions(usage.Options):
         """
         sys.stdout.write(f"dspring (Digital Spring) {__version__}\n")
         sys.exit(0)
+
+
+class NodeGone(NodeNotRunning):
+    """
+    The data directory names a node's control API, but nothing answers
+    there: the node was stopped abruptly, or crashed.
+    """
+
+
+def run_async(work: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
+    """
+    Run a coroutine function of the reactor to completion, turning errors
+    into exceptions the caller handles.
+    """
+    outcome: list[Any] = []
+
+    def main(reactor: Any) -> Deferred[None]:
+        d = Deferred.fromCoroutine(work(reactor))
+        d.addErrback(outcome.append)
+        return d
+
+    try:
+        react(main)
+    except SystemExit as e:
+        if outcome:
+            outcome[0].raiseException()
+        if e.code:
+            raise
+
+
+async def call_node(
+    client: ControlClient, data_dir: FilePath[str], path: str, body: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """
+    Call the node's control API, blaming the local node, not a peer, when
+    it does not answer.
+
+    :raises NodeGone: when the control file is there but nothing answers.
+    :raises ControlError: with the node's message, for an error answer.
+    """
+    try:
+        return await client.call(path, body)
+    except NodeNotRunning as e:
+        raise NodeGone(
+            f"no node is running for {data_dir.path} (stale control file "
+            f"{data_dir.child(CONTROL_FILE_NAME).path}: {e})"
+        ) from None
+
+
+def find_peer(data_dir: FilePath[str], text: str) -> PeerID:
+    """
+    The peer a command-line argument names: a peer ID, or the name of a
+    contact.
+
+    :raises UnknownContact: when it is neither.
+    """
+    return AddressBook.in_data_dir(data_dir).find(text)

@@ -14,8 +14,7 @@ from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
 from ..errors import DigitalSpringError
-from ._base import CommandOptions
-from ._network import _peer_id, _run_async
+from ._base import CommandOptions, call_node, find_peer, run_async
 
 
 class LookupFailed(DigitalSpringError):
@@ -30,10 +29,10 @@ def _when(seconds: int) -> str:
 
 class DhtLookupOptions(CommandOptions):
     """
-    ``dspring dht lookup PEER_ID``.
+    ``dspring dht lookup PEER``.
     """
 
-    synopsis = "[--json] PEER_ID"
+    synopsis = "[--json] PEER_ID|NAME"
     longdesc = (
         "Look up a peer's signed record in the DHT through the running node, and print "
         "the record and the hops the lookup took."
@@ -41,16 +40,18 @@ class DhtLookupOptions(CommandOptions):
     optFlags = [["json", None, "Print the answer as JSON."]]
 
     def parseArgs(self, peer: str) -> None:  # type: ignore[override]
-        self["peer"] = _peer_id(peer)
+        self["peer"] = peer
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        self["peer"] = find_peer(data_dir, self["peer"])
         answer: dict[str, Any] = {}
 
         async def ask(reactor: Any) -> None:
             client = ControlClient(reactor, data_dir)
-            answer.update(await client.call("dht-lookup", {"peer": str(self["peer"])}))
+            body = {"peer": str(self["peer"])}
+            answer.update(await call_node(client, data_dir, "dht-lookup", body))
 
-        _run_async(ask)
+        run_async(ask)
         if self["json"]:
             out.write(json.dumps(answer, indent=1) + "\n")
         else:
@@ -82,7 +83,8 @@ class DhtOptions(CommandOptions):
     ``dspring dht``.
     """
 
-    synopsis = "lookup"
+    synopsis = "lookup [options]"
+    longdesc = "Look into the running node's DHT."
     subCommands = [
         ["lookup", None, DhtLookupOptions, "Look up a peer's record and show the hops."],
     ]

@@ -5,12 +5,16 @@
 
 from __future__ import annotations
 
-from typing import TextIO
+from typing import Any, TextIO
 
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 
+from ..control import CONTROL_FILE_NAME, ControlClient, NodeNotRunning
+from ..errors import DigitalSpringError
 from ..identity import (
+    KeyFile,
+    NoKeyFile,
     create_identity,
     export_identity,
     import_identity,
@@ -18,8 +22,21 @@ from ..identity import (
     read_key_file,
 )
 from ..identity import key_file_path as _key_file_path
-from ._base import CommandOptions
+from ._base import CommandOptions, call_node, run_async
 from ._passphrase import ask_passphrase
+
+
+class NoBackup(DigitalSpringError):
+    """
+    There is no backup file where one was named.
+    """
+
+
+def _read_backup(path: FilePath[str]) -> KeyFile:
+    try:
+        return read_key_file(path)
+    except NoKeyFile:
+        raise NoBackup(f"no such file: {path.path}") from None
 
 
 class _NewKeyFileOptions(CommandOptions):
@@ -64,14 +81,39 @@ class InitOptions(_NewKeyFileOptions):
 
 class IdOptions(CommandOptions):
     """
-    ``dspring id``: print the peer ID.
+    ``dspring id``: print the peer ID, and the addresses of the running node.
     """
 
     synopsis = ""
-    longdesc = "Print the peer ID of the identity in the data directory (needs no passphrase)."
+    longdesc = (
+        "Print the peer ID of the identity in the data directory (needs no passphrase), "
+        "then, when its node runs, one PEER_ID@ADDRESS line for each address it "
+        "publishes: what others give to 'dspring contacts add' or --bootstrap."
+    )
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        out.write(f"{read_key_file(_key_file_path(data_dir)).peer_id}\n")
+        peer_id = read_key_file(_key_file_path(data_dir)).peer_id
+        out.write(f"{peer_id}\n")
+        if not data_dir.child(CONTROL_FILE_NAME).exists():
+            out.write(f"(no node is running for {data_dir.path}, so no addresses)\n")
+            return
+        status: dict[str, Any] = {}
+
+        async def ask(reactor: Any) -> None:
+            status.update(await call_node(ControlClient(reactor, data_dir), data_dir, "status"))
+
+        try:
+            run_async(ask)
+        except NodeNotRunning as e:
+            out.write(f"({e}, so no addresses)\n")
+            return
+        if status["peer_id"] != str(peer_id):
+            out.write(f"(the node running for {data_dir.path} is {status['peer_id']})\n")
+            return
+        for address in status["addresses"]:
+            out.write(f"{peer_id}@{address}\n")
+        if not status["addresses"]:
+            out.write("(the node listens nowhere, so no addresses)\n")
 
 
 class ExportOptions(CommandOptions):
@@ -146,7 +188,7 @@ class ImportOptions(_NewKeyFileOptions):
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         backup_passphrase = None
-        if read_key_file(self["backup"]).encrypted:
+        if _read_backup(self["backup"]).encrypted:
             backup_passphrase = ask_passphrase(
                 "Backup passphrase",
                 self["backup-passphrase-file"],

@@ -10,17 +10,18 @@ import json
 import math
 from typing import Any, TextIO
 
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater, react
+from twisted.internet.task import deferLater
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 
-from ..control import ControlClient
-from ..directory import AddressBook
+from ..channel import MAX_PING_DATA
+from ..control import ControlClient, NodeNotRunning
+from ..directory import AddressBook, Contact, check_address, check_name
 from ..errors import DigitalSpringError
-from ..identity import InvalidPeerID, PeerID
-from ..transport import InvalidAddress, split_address
-from ._base import CommandOptions
+from ..identity import InvalidPeerID, PeerID, key_file_path, read_key_file
+from ..transport import TransportError
+from ._base import CommandOptions, call_node, find_peer
+from ._base import run_async as _run_async
 
 
 def _peer_id(text: str) -> PeerID:
@@ -30,25 +31,113 @@ def _peer_id(text: str) -> PeerID:
         raise usage.UsageError(str(e)) from None
 
 
+def _address(text: str) -> str:
+    try:
+        return check_address(text)
+    except TransportError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _name(text: str) -> str:
+    try:
+        return check_name(text)
+    except DigitalSpringError as e:
+        raise usage.UsageError(str(e)) from None
+
+
+def _number(options: usage.Options, option: str, kind: type[int] | type[float]) -> Any:
+    """
+    Read a number option, with an error in plain words.
+    """
+    value = options[option]
+    if isinstance(value, kind):
+        return value
+    try:
+        options[option] = kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise usage.UsageError(f"--{option} takes {what}, not {value!r}") from None
+    return options[option]
+
+
+def _contact_lines(contact: Contact) -> list[str]:
+    name = contact.name or "-"
+    if not contact.addresses:
+        return [f"{name}  {contact.peer_id} (no address)"]
+    return [f"{name}  {contact.peer_id}@{address}" for address in contact.addresses]
+
+
 class ContactsAddOptions(CommandOptions):
     """
-    ``dspring contacts add PEER_ID ADDRESS``.
+    ``dspring contacts add [--name NAME] PEER_ID@TRANSPORT:ADDRESS``.
     """
 
-    synopsis = "PEER_ID TRANSPORT:ADDRESS"
-    longdesc = "Remember where a peer can be reached, e.g. tcp:127.0.0.1:7655."
+    synopsis = "[--name NAME] PEER_ID@TRANSPORT:ADDRESS"
+    longdesc = (
+        "Remember where a peer can be reached, e.g. PEER_ID@tcp:192.0.2.7:7655, as "
+        "'dspring id' prints it and --bootstrap takes it, and give the peer a name of "
+        "your own. The address is checked as its transport will read it. "
+        "'PEER_ID TRANSPORT:ADDRESS' works too."
+    )
+    optParameters = [
+        ["name", "n", None, "Your name for the peer, usable wherever a peer ID is."],
+    ]
 
-    def parseArgs(self, peer: str, address: str) -> None:  # type: ignore[override]
+    def parseArgs(self, peer: str, address: str | None = None) -> None:  # type: ignore[override]
+        if address is None:
+            peer, sep, address = peer.partition("@")
+            if not sep:
+                raise usage.UsageError(f"{peer!r} is not of the form PEER_ID@TRANSPORT:ADDRESS")
         self["peer"] = _peer_id(peer)
-        try:
-            split_address(address)
-        except InvalidAddress as e:
-            raise usage.UsageError(str(e)) from None
-        self["address"] = address
+        self["address"] = _address(address)
+
+    def postOptions(self) -> None:
+        if self["name"] is not None:
+            _name(self["name"])
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        AddressBook.in_data_dir(data_dir).add(self["peer"], self["address"])
-        out.write(f"{self['peer']} {self['address']}\n")
+        contact = AddressBook.in_data_dir(data_dir).add(
+            self["peer"], self["address"], self["name"]
+        )
+        out.write(f"{contact.name or '-'}  {contact.peer_id}@{self['address']}\n")
+
+
+class ContactsNameOptions(CommandOptions):
+    """
+    ``dspring contacts name PEER NAME``.
+    """
+
+    synopsis = "PEER_ID|NAME NEW_NAME"
+    longdesc = (
+        "Give a peer a name of your own (or a new one), usable wherever a peer ID is. "
+        "Names are yours alone: nothing a peer sends sets or changes them."
+    )
+
+    def parseArgs(self, peer: str, name: str) -> None:  # type: ignore[override]
+        self["peer"] = peer
+        self["name"] = _name(name)
+
+    def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        book = AddressBook.in_data_dir(data_dir)
+        contact = book.set_name(book.find(self["peer"]), self["name"])
+        out.write(f"{contact.name}  {contact.peer_id}\n")
+
+
+class ContactsRemoveOptions(CommandOptions):
+    """
+    ``dspring contacts remove PEER``.
+    """
+
+    synopsis = "PEER_ID|NAME"
+    longdesc = "Forget a peer: its name and its addresses."
+
+    def parseArgs(self, peer: str) -> None:  # type: ignore[override]
+        self["peer"] = peer
+
+    def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        book = AddressBook.in_data_dir(data_dir)
+        contact = book.remove(book.find(self["peer"]))
+        out.write(f"removed {contact.name or '-'}  {contact.peer_id}\n")
 
 
 class ContactsListOptions(CommandOptions):
@@ -57,13 +146,15 @@ class ContactsListOptions(CommandOptions):
     """
 
     synopsis = ""
-    longdesc = "List the peers in the address book with their addresses."
+    longdesc = (
+        "List the contacts: your name for each (or -), then PEER_ID@ADDRESS for each "
+        "of its addresses, best first."
+    )
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        for peer, addresses in sorted(
-            AddressBook.in_data_dir(data_dir).peers().items(), key=lambda item: str(item[0])
-        ):
-            out.write(f"{peer} {' '.join(addresses)}\n")
+        for contact in AddressBook.in_data_dir(data_dir).contacts():
+            for line in _contact_lines(contact):
+                out.write(line + "\n")
 
 
 class ContactsOptions(CommandOptions):
@@ -71,39 +162,24 @@ class ContactsOptions(CommandOptions):
     ``dspring contacts``: the address book.
     """
 
-    synopsis = "add|list"
+    synopsis = "add|name|remove|list [options]"
+    longdesc = (
+        "Manage the address book: the peers you know, your names for them and where "
+        "they can be reached. The running node reads it on every change."
+    )
     subCommands = [
-        ["add", None, ContactsAddOptions, "Add a peer's address."],
-        ["list", None, ContactsListOptions, "List known peers."],
+        ["add", None, ContactsAddOptions, "Add a peer's address (and name it)."],
+        ["name", None, ContactsNameOptions, "Name a peer."],
+        ["remove", None, ContactsRemoveOptions, "Forget a peer."],
+        ["list", None, ContactsListOptions, "List the contacts."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("contacts needs a command: add or list")
+            raise usage.UsageError("contacts needs a command: add, name, remove or list")
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         self.subOptions.run(data_dir, out)
-
-
-def _run_async(work: Any) -> None:
-    """
-    Run a coroutine function of the reactor to completion, turning errors
-    into exceptions the caller handles.
-    """
-    outcome: list[Any] = []
-
-    def main(reactor: Any) -> Deferred[None]:
-        d = Deferred.fromCoroutine(work(reactor))
-        d.addErrback(outcome.append)
-        return d
-
-    try:
-        react(main)
-    except SystemExit as e:
-        if outcome:
-            outcome[0].raiseException()
-        if e.code:
-            raise
 
 
 class PingFailed(DigitalSpringError):
@@ -114,30 +190,42 @@ class PingFailed(DigitalSpringError):
 
 class PingOptions(CommandOptions):
     """
-    ``dspring ping PEER_ID``.
+    ``dspring ping PEER``.
     """
 
-    synopsis = "[-c COUNT] [-i SECONDS] PEER_ID"
+    synopsis = "[-c COUNT] [-i SECONDS] [-s SIZE] PEER_ID|NAME"
     longdesc = (
         "Ping a peer through the running node's secure channel and print round-trip "
         "times, like ping(8). The node finds the peer's address in its address book, "
         "or else in the DHT."
     )
     optParameters = [
-        ["count", "c", 4, "Number of pings to send (0: until interrupted).", int],
-        ["interval", "i", 1.0, "Seconds between pings.", float],
-        ["size", "s", 56, "Bytes of data in each ping (at most 1024).", int],
+        ["count", "c", 4, "Number of pings to send (0: until interrupted)."],
+        ["interval", "i", 1.0, "Seconds between pings."],
+        ["size", "s", 56, f"Bytes of data in each ping (at most {MAX_PING_DATA})."],
     ]
 
     def parseArgs(self, peer: str) -> None:  # type: ignore[override]
-        self["peer"] = _peer_id(peer)
+        self["peer"] = peer
 
     def postOptions(self) -> None:
-        if self["count"] < 0 or self["interval"] <= 0:
-            raise usage.UsageError("--count must be 0 or more and --interval positive")
+        if _number(self, "count", int) < 0:
+            raise usage.UsageError("--count must be 0 or more")
+        if _number(self, "interval", float) <= 0:
+            raise usage.UsageError("--interval must be more than 0 seconds")
+        if not 0 <= _number(self, "size", int) <= MAX_PING_DATA:
+            raise usage.UsageError(f"--size must be from 0 to {MAX_PING_DATA} bytes")
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        peer = str(self["peer"])
+        peer_id = find_peer(data_dir, self["peer"])
+        try:
+            own = read_key_file(key_file_path(data_dir)).peer_id
+        except DigitalSpringError:
+            # No identity, so no node either: the control client says so.
+            own = None
+        if peer_id == own:
+            raise PingFailed(f"{peer_id} is this node's own peer ID; ping another peer")
+        peer = str(peer_id)
         rtts: list[float] = []
         sent = 0
 
@@ -150,7 +238,11 @@ class PingOptions(CommandOptions):
                     await deferLater(reactor, self["interval"], lambda: None)
                 sent += 1
                 try:
-                    answer = await client.call("ping", {"peer": peer, "size": self["size"]})
+                    answer = await call_node(
+                        client, data_dir, "ping", {"peer": peer, "size": self["size"]}
+                    )
+                except NodeNotRunning:
+                    raise
                 except DigitalSpringError as e:
                     out.write(f"seq={sent} {e}\n")
                     continue

@@ -1,4 +1,4 @@
-# -*- test-case-name: tests.test_directory -*-
+# -*- test-case-name: tests.test_contacts -*-
 """
 What a peer directory is: the way from a peer ID to addresses.
 """
