@@ -27,11 +27,16 @@ issue 8 that attack resources; ``benchmarks/_attacks.py`` has the details):
   partial preamble, a partial handshake frame or an authenticated
   65535-byte frame that arrives one byte a second.
 
-The attackers run at ``nice`` 10: on a real network they would not share
-the node's cores, and here the node and the legitimate peer get the CPU
-they need first while the attackers still get all the rest.  The node's
-RSS (``VmRSS`` of ``/proc/PID/status``) is read just before the attack, every
-0.1 s during it, and ``--settle`` seconds after its connections closed.
+The attackers run at ``nice`` 19: on a real network they would not share
+the node's core, and here the node (one thread) gets its core when it needs
+it while the attackers still get every other cycle of the machine.  The
+node's RSS (``VmRSS`` of ``/proc/PID/status``) is read just before the
+attack, every 0.1 s during it, and ``--settle`` seconds after its
+connections closed; an attack that takes the node past ``--rss-limit`` MiB
+(2 GiB) is cut short, to spare the machine.  Each row also says how much
+CPU the node used, how much it logged, what ``dspring status`` counts
+afterwards, and what the attackers counted (connections, handshakes,
+failures by kind).
 
 Targets, for each attack: RSS growth (peak minus before) at most 64 MiB,
 every legitimate ping answered, and their 99th percentile round trip at
@@ -547,7 +552,7 @@ def main(argv: list[str]) -> None:
     parser.add_argument(
         "--settle", type=float, default=2.0, help="seconds before the RSS after an attack"
     )
-    parser.add_argument("--nice", type=int, default=10, help="niceness of the attackers")
+    parser.add_argument("--nice", type=int, default=19, help="niceness of the attackers")
     parser.add_argument(
         "--rss-limit",
         type=float,
