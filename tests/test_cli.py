@@ -471,7 +471,8 @@ class RunningNodeTests(TestCase):
     async def test_lookup_by_name(self) -> None:
         """
         ``dht lookup`` of a contact's name asks the node about the peer ID
-        behind the name.
+        behind the name and, when the DHT has no record of it, says that the
+        peer is in the contacts, which the DHT does not share.
         """
         asked: list[dict[str, Any]] = []
 
@@ -489,6 +490,8 @@ class RunningNodeTests(TestCase):
 
         data_dir = await self.serve({"dht-lookup": (b"POST", lookup)})
         await self.dspring(data_dir, "contacts", "add", "-n", "carol", f"{STRANGER}@tcp:h:1")
-        code, _, _ = await self.dspring(data_dir, "dht", "lookup", "carol")
+        code, _, err = await self.dspring(data_dir, "dht", "lookup", "carol")
         self.assertEqual(code, 1)
         self.assertEqual(asked, [{"peer": STRANGER}])
+        self.assertIn("it is in your contacts", err)
+        self.assertEqual(len(err.splitlines()), 1, err)

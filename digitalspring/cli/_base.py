@@ -17,8 +17,6 @@ from twisted.python.filepath import FilePath
 
 from .. import __version__
 from ..control import CONTROL_FILE_NAME, ControlClient, NodeNotRunning
-from ..directory import AddressBook
-from ..identity import PeerID
 
 
 class CommandOptions(usage.Options):
@@ -104,13 +102,3 @@ async def call_node(
             f"no node is running for {data_dir.path} (stale control file "
             f"{data_dir.child(CONTROL_FILE_NAME).path}: {e})"
         ) from None
-
-
-def find_peer(data_dir: FilePath[str], text: str) -> PeerID:
-    """
-    The peer a command-line argument names: a peer ID, or the name of a
-    contact.
-
-    :raises UnknownContact: when it is neither.
-    """
-    return AddressBook.in_data_dir(data_dir).find(text)

@@ -13,8 +13,9 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
+from ..directory import AddressBook
 from ..errors import DigitalSpringError
-from ._base import CommandOptions, call_node, find_peer, run_async
+from ._base import CommandOptions, call_node, run_async
 
 
 class LookupFailed(DigitalSpringError):
@@ -43,7 +44,8 @@ class DhtLookupOptions(CommandOptions):
         self["peer"] = peer
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        self["peer"] = find_peer(data_dir, self["peer"])
+        book = AddressBook.in_data_dir(data_dir)
+        self["peer"] = book.find(self["peer"])
         answer: dict[str, Any] = {}
 
         async def ask(reactor: Any) -> None:
@@ -57,7 +59,10 @@ class DhtLookupOptions(CommandOptions):
         else:
             self._print(answer, out)
         if not answer["found"]:
-            raise LookupFailed(f"the DHT has no record of {self['peer']}")
+            reason = f"the DHT has no record of {self['peer']}"
+            if self["peer"] in book.peers():
+                reason += "; it is in your contacts, which the node does not share with the DHT"
+            raise LookupFailed(reason)
 
     def _print(self, answer: dict[str, Any], out: TextIO) -> None:
         record = answer["record"]

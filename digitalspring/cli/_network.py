@@ -20,7 +20,7 @@ from ..directory import AddressBook, Contact, check_address, check_name
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID, key_file_path, read_key_file
 from ..transport import TransportError
-from ._base import CommandOptions, call_node, find_peer
+from ._base import CommandOptions, call_node
 from ._base import run_async as _run_async
 
 
@@ -217,7 +217,7 @@ class PingOptions(CommandOptions):
             raise usage.UsageError(f"--size must be from 0 to {MAX_PING_DATA} bytes")
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        peer_id = find_peer(data_dir, self["peer"])
+        peer_id = AddressBook.in_data_dir(data_dir).find(self["peer"])
         try:
             own = read_key_file(key_file_path(data_dir)).peer_id
         except DigitalSpringError:
