@@ -339,6 +339,12 @@ class MemoryFloodTests(SynchronousTestCase):
         alice = net.node("alice")
         connection = net.result(alice.connect(bob.identity.peer_id))
         self.assertEqual(net.result(connection.callRemote(Ping, data=b"x")), {"data": b"x"})
+        self.assertEqual((bob.admission.inbound, bob.admission.handshaking), (5, 4))
+        for protocol in attacker.protocols:
+            if protocol.transport is not None:
+                protocol.transport.loseConnection()
+        net.clock.advance(1)
+        self.assertEqual((bob.admission.inbound, bob.admission.handshaking), (1, 0))
 
     def test_reconnect_flood_from_one_address(self) -> None:
         """
