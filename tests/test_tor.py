@@ -66,6 +66,7 @@ from digitalspring.transport import (
     onion_host,
     parse_onion_address,
 )
+from digitalspring.transport._tor import _AddressingFactory
 from digitalspring.transport._torcontrol import (
     _connect_failure,
     _socks_endpoint,
@@ -285,6 +286,42 @@ class SocksListenerTests(SynchronousTestCase):
         assert isinstance(unix, UNIXClientEndpoint)
         self.assertEqual(unix._path, "/run/tor/socks")
         self.assertIsNone(_socks_endpoint(Clock(), ""))
+
+
+class AddressingFactoryTests(SynchronousTestCase):
+    """
+    The factory that names tor connections by onion and tor-client
+    addresses.
+    """
+
+    def test_refused_connection(self) -> None:
+        """
+        When the wrapped factory refuses a connection (the node's admission
+        control at its total limits returns ``None``), no protocol is built,
+        so the port closes the socket, rather than a wrapper around nothing
+        raising for every connection.
+        """
+
+        class Refusing(Factory):
+            def buildProtocol(self, addr: Any) -> None:
+                self.seen = addr
+
+        refusing = Refusing()
+        factory = _AddressingFactory(refusing, TorClientAddress(), TorClientAddress())
+        self.assertIsNone(factory.buildProtocol(None))
+        self.assertIsInstance(refusing.seen, TorClientAddress)
+
+    def test_accepted_connection(self) -> None:
+        """
+        An accepted connection is named by the addresses the factory was
+        given, and the wrapped protocol is kept as ``inner``.
+        """
+        host, peer = OnionAddress(_TORPROJECT, 80), TorClientAddress()
+        factory = _AddressingFactory(Factory.forProtocol(Protocol), host, peer)
+        wrapper = factory.buildProtocol(None)
+        assert wrapper is not None
+        self.assertIs(factory.inner, wrapper.wrappedProtocol)
+        self.assertEqual((wrapper.getHost(), wrapper.getPeer()), (host, peer))
 
 
 class TorPluginTests(SynchronousTestCase):

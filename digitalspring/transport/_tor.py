@@ -116,15 +116,19 @@ class _AddressingFactory(WrappingFactory[_AddressedProtocol]):
         self.peer = peer
         self.inner: IProtocol | None = None
 
-    def buildProtocol(self, addr: Any) -> _AddressedProtocol:
+    def buildProtocol(self, addr: Any) -> _AddressedProtocol | None:  # type: ignore[override]
         # The wrapped factory is told who connected as the connection
         # itself says: for an inbound onion connection a TorClientAddress,
         # not the 127.0.0.1 of tor's local socket, so that per-address
         # limits above leave onion connections alone (they all share tor's
         # address; tor limits them per client, see docs/tor.rst).
-        wrapper = super().buildProtocol(self.peer)
-        self.inner = wrapper.wrappedProtocol
-        return wrapper
+        inner = self.wrappedFactory.buildProtocol(self.peer)
+        if inner is None:
+            # Refused (the node is at its total limits): no protocol, so the
+            # port closes the socket at once.
+            return None
+        self.inner = inner
+        return self.protocol(self, inner)
 
 
 # -- Listening -----------------------------------------------------------------
