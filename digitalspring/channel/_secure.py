@@ -126,7 +126,15 @@ class HandshakeTimeout(ChannelError):
 class PeerMismatch(ChannelError):
     """
     The peer proved another identity than the one that was dialled.
+
+    :ivar expected: the peer that was dialled.
+    :ivar actual: the peer that answered.
     """
+
+    def __init__(self, expected: PeerID, actual: PeerID) -> None:
+        super().__init__(f"dialled {expected} but the peer is {actual}")
+        self.expected = expected
+        self.actual = actual
 
 
 class ReplayedHandshake(ChannelError):
@@ -655,7 +663,7 @@ class SecureChannelProtocol(Protocol):
         if payload:
             claimed = _proven_peer(payload, handshake.remote_static)
             if self.expected_peer is not None and claimed != self.expected_peer:
-                raise PeerMismatch(f"dialled {self.expected_peer} but the peer is {claimed}")
+                raise PeerMismatch(self.expected_peer, claimed)
             self.peer_id = claimed
         if handshake.complete:
             self._handshake_done()
