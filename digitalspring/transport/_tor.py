@@ -317,6 +317,14 @@ class TorTransport(Service):
 
         self._tor().addErrback(failed)
 
+    def reached(self) -> Deferred[None]:
+        """
+        Fires once tor is reached (launched, or its control port
+        connected), or fails with why not: what a node that was told to
+        use tor waits for before it says it has started.
+        """
+        return self._tor().addCallback(lambda control: None)
+
     def stopService(self) -> Deferred[None]:
         """
         :meth:`close` the transport.
