@@ -13,8 +13,10 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
-from ..directory import AddressBook
+from ..directory import AddressBook, check_address
 from ..errors import DigitalSpringError
+from ..identity import InvalidPeerID, PeerID
+from ..transport import TransportError
 from ._base import CommandOptions, call_node, run_async
 
 
@@ -83,20 +85,65 @@ class DhtLookupOptions(CommandOptions):
             )
 
 
+class DhtJoinOptions(CommandOptions):
+    """
+    ``dspring dht join PEER_ID@TRANSPORT:ADDRESS``.
+    """
+
+    synopsis = "[--json] PEER_ID@TRANSPORT:ADDRESS"
+    longdesc = (
+        "Join the DHT through a peer while the node runs, as --bootstrap does at start: "
+        "the node dials the address expecting that peer ID, adds the peer to its routing "
+        "table, looks up its own ID and refreshes its buckets, then publishes its record. "
+        "'PEER_ID TRANSPORT:ADDRESS' works too."
+    )
+    optFlags = [["json", None, "Print the answer as JSON."]]
+
+    def parseArgs(self, peer: str, address: str | None = None) -> None:  # type: ignore[override]
+        if address is None:
+            peer, sep, address = peer.partition("@")
+            if not sep:
+                raise usage.UsageError(f"{peer!r} is not of the form PEER_ID@TRANSPORT:ADDRESS")
+        try:
+            self["peer"] = PeerID.parse(peer)
+            self["address"] = check_address(address)
+        except (InvalidPeerID, TransportError) as e:
+            raise usage.UsageError(str(e)) from None
+
+    def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        answer: dict[str, Any] = {}
+
+        async def ask(reactor: Any) -> None:
+            client = ControlClient(reactor, data_dir)
+            body = {"peer": str(self["peer"]), "address": self["address"]}
+            answer.update(await call_node(client, data_dir, "dht-join", body))
+
+        run_async(ask)
+        if self["json"]:
+            out.write(json.dumps(answer, indent=1) + "\n")
+            return
+        out.write(
+            f"joined the DHT through {answer['peer']} at {answer['address']}: "
+            f"{answer['contacts']} contacts in the routing table, "
+            f"record stored at {answer['published_to']} nodes\n"
+        )
+
+
 class DhtOptions(CommandOptions):
     """
     ``dspring dht``.
     """
 
-    synopsis = "lookup [options]"
-    longdesc = "Look into the running node's DHT."
+    synopsis = "lookup|join [options]"
+    longdesc = "Look into the running node's DHT, or join it through a peer."
     subCommands = [
         ["lookup", None, DhtLookupOptions, "Look up a peer's record and show the hops."],
+        ["join", None, DhtJoinOptions, "Join the DHT through a peer, without a restart."],
     ]
 
     def postOptions(self) -> None:
         if self.subCommand is None:
-            raise usage.UsageError("dht needs a command: lookup")
+            raise usage.UsageError("dht needs a command: lookup or join")
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         self.subOptions.run(data_dir, out)

@@ -7,6 +7,7 @@ from ._dht import DHT, DHTResponder, DHTSettings
 from ._directory import DHTDirectory, DirectoryChain
 from ._ids import bucket_index, distance, id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable
+from ._join import Joined, JoinFailed, JoinPeerUnreachable, NotADHTNode, WrongPeer
 from ._lookup import Answer, Hop, Lookup, LookupResult
 from ._origin import DialBackFailed, DialBacks, check_origin
 from ._record import (
@@ -111,12 +112,16 @@ __all__ = [
     "Hop",
     "IDistributedHashTable",
     "InsufficientWork",
+    "JoinFailed",
+    "JoinPeerUnreachable",
+    "Joined",
     "Lookup",
     "LookupResult",
     "MailboxValue",
     "MalformedRecord",
     "MalformedValue",
     "NonCanonicalRecord",
+    "NotADHTNode",
     "NotAmongClosest",
     "PeerRecord",
     "QuotaExceeded",
@@ -138,6 +143,7 @@ __all__ = [
     "ValueStore",
     "ValueTTLTooLong",
     "ValueTooLarge",
+    "WrongPeer",
     "bucket_index",
     "check_origin",
     "check_value",

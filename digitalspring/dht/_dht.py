@@ -24,7 +24,7 @@ from __future__ import annotations
 import hashlib
 import heapq
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 from attrs import field, frozen
@@ -44,8 +44,9 @@ from ..channel import ConnectionPool, PeerConnection
 from ..identity import PeerID, atomic_write
 from ..transport import InvalidAddress, split_address
 from ._handoff import Handoff
-from ._ids import id_bytes, id_from_bytes, node_id, random_id_in_bucket
+from ._ids import bucket_index, id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable
+from ._join import Joined, JoinFailed, NotADHTNode, dial_expecting
 from ._lookup import Answer, Lookup, LookupResult
 from ._origin import (
     DialBackFailed,
@@ -378,7 +379,9 @@ class DHT(Service):
         self._origin: tuple[str, ...] = ()
         self._published_addresses: tuple[str, ...] | None = None
         self._sequence = 0
-        self._joining = False
+        #: Joins under way (at start, and through ``dht join``): publishing
+        #: waits for them, to store the record at the nodes they find.
+        self._joining = 0
         self._publishing = False
         self._publish_wanted = False
         self._publish_call: Any = None
@@ -575,12 +578,14 @@ class DHT(Service):
             return False
         return name in self.pool.transports
 
-    def _dial_back(self, peer_id: PeerID, address: str) -> Deferred[IAddress]:
+    def _dial_back(
+        self, peer_id: PeerID, address: str, pattern: str | None = None
+    ) -> Deferred[IAddress]:
         """
-        Dial ``address`` expecting ``peer_id`` (Noise IK): fires with the
-        other end's address once the handshake proved the peer.  The
-        connection joins the pool like any other (the pool keeps one per
-        peer).
+        Dial ``address`` expecting ``peer_id`` (Noise IK, or ``pattern``):
+        fires with the other end's address once the handshake proved the
+        peer.  The connection joins the pool like any other (the pool keeps
+        one per peer).
         """
         pool = self.pool
 
@@ -590,7 +595,7 @@ class DHT(Service):
             if transport is None:
                 raise DialBackFailed(f"this node has no {name} transport")
             # The pool's dialling factory: the connection joins the pool.
-            factory = pool.channel_factory.for_dialling(peer_id)
+            factory = pool.channel_factory.for_dialling(peer_id, pattern)
             channel: Any = await transport.connect(description, factory)
             await channel.when_secured()
             there: IAddress = channel.getPeer()
@@ -645,6 +650,7 @@ class DHT(Service):
         target: int,
         query: Callable[[Contact], Deferred[Answer]],
         find_value: bool = False,
+        seeds: Sequence[Contact] = (),
     ) -> Deferred[LookupResult]:
         """
         Run an iterative lookup for ``target`` from our closest contacts.
@@ -652,6 +658,8 @@ class DHT(Service):
         :param query: what to ask each node.
         :param find_value: whether to stop at the first answer holding a
             value.
+        :param seeds: contacts to ask besides those of the table (a peer
+            joined through, which a full bucket may not have taken).
         :returns: a Deferred that fires with the :class:`LookupResult`.
         """
         settings = self.settings
@@ -660,7 +668,7 @@ class DHT(Service):
         # lookup goes on with the next ones instead of ending empty-handed.
         return Lookup(
             target,
-            self.table.closest(target, 2 * settings.k),
+            [*self.table.closest(target, 2 * settings.k), *seeds],
             query,
             self.clock,
             self.own_id,
@@ -699,6 +707,10 @@ class DHT(Service):
         if not addresses:
             return 0
         self._publishing = True
+        if self._publish_call is not None and self._publish_call.active():
+            # This publication covers the one scheduled.
+            self._publish_call.cancel()
+            self._publish_call = None
         try:
             now = self.clock.seconds()
             # Milliseconds outbid the records of earlier runs; the saved
@@ -822,9 +834,13 @@ class DHT(Service):
         if not candidates:
             self.log.info("no DHT bootstrap peers: waiting for others to join through this node")
             return
-        self._joining = True
+        self._joining += 1
         try:
-            pings = [self._ping(contact) for contact in candidates]
+            bootstrap = {contact.peer_id for contact in self.bootstrap_contacts}
+            pings = [
+                self._greet(contact) if contact.peer_id in bootstrap else self._ping(contact)
+                for contact in candidates
+            ]
             answers = await DeferredList(pings, consumeErrors=True)
             answered = sum(1 for ok, _ in answers if ok)
             if not answered:
@@ -836,7 +852,7 @@ class DHT(Service):
                 )
                 self.clock.callLater(self.settings.bootstrap_retry, self._retry_join)
                 return
-            await self.find_nodes(id_bytes(self.own_id))
+            await self._join_lookups()
             self.log.info(
                 "joined the DHT through {answered} of {count} bootstrap peers and saved "
                 "contacts: {size} contacts",
@@ -845,10 +861,97 @@ class DHT(Service):
                 size=len(self.table),
             )
         finally:
-            self._joining = False
-            if self._publish_wanted:
-                self._publish_wanted = False
-                self._publish_soon(0)
+            self._joined_once()
+
+    def _greet(self, contact: Contact) -> Deferred[Any]:
+        """
+        Ping a bootstrap peer, dialling it first ourselves rather than
+        through the pool, whose backoff grows to minutes while a peer is
+        down: joining retries on its own schedule (``bootstrap_retry``), and
+        a bootstrap peer that was down must be reached at the first retry
+        after it is back.  (Saved contacts, up to 256 of them, keep the
+        pool's backoff.)
+        """
+
+        async def greet() -> Any:
+            if contact.peer_id not in self.pool.connections():
+                errors = []
+                for address in contact.addresses:
+                    try:
+                        await self._dial_back(contact.peer_id, address)
+                        break
+                    except Exception as e:
+                        errors.append(f"{address}: {str(e) or e.__class__.__name__}")
+                else:
+                    raise DialBackFailed(f"cannot reach {contact.peer_id}: " + "; ".join(errors))
+            return await self._ping(contact)
+
+        return Deferred.fromCoroutine(greet())
+
+    def _joined_once(self) -> None:
+        self._joining -= 1
+        if not self._joining and self._publish_wanted:
+            self._publish_wanted = False
+            self._publish_soon(0)
+
+    async def _join_lookups(self, seeds: Sequence[Contact] = ()) -> None:
+        """
+        What a joining node looks up (Kademlia's join): its own ID, which
+        fills the buckets near it and makes it known to the nodes closest to
+        it, then a random ID in each bucket farther than its closest
+        contact, which fills the rest of the table.  In a network of ``N``
+        nodes that is about ``log2(N)`` lookups, run at once.
+
+        :param seeds: contacts to start from besides the table's.
+        """
+        await self.lookup(self.own_id, self._ask_nodes(id_bytes(self.own_id)), seeds=seeds)
+        nearest = self.table.closest(self.own_id, 1)
+        if not nearest:
+            return
+        first = bucket_index(self.own_id, nearest[0].node_id) + 1
+        targets = [random_id_in_bucket(self.own_id, index) for index in range(first, 256)]
+        await DeferredList([self.lookup(t, self._ask_nodes(id_bytes(t))) for t in targets])
+
+    def join(self, peer_id: PeerID, address: str) -> Deferred[Joined]:
+        return Deferred.fromCoroutine(self._join_through(peer_id, address))
+
+    async def _join_through(self, peer_id: PeerID, address: str) -> Joined:
+        """
+        See :meth:`IDistributedHashTable.join`.  The address reached is proved
+        by the handshake, as for any address this node dials; the peer enters
+        the routing table once it answers a DHT ping, as a DHT node.
+        """
+        if peer_id == self.peer_id:
+            raise JoinFailed("a node does not join the DHT through itself")
+        if not self._can_dial(address):
+            raise JoinFailed(f"this node has no transport that dials {address}")
+        there = await dial_expecting(self._dial_back, peer_id, address)
+        reached = dialled_address(there) or address
+        contact = Contact(peer_id, (reached,))
+        try:
+            await self._call(contact, DHTPing)
+        except Exception as e:
+            raise NotADHTNode(
+                f"the peer at {address} does not answer DHT requests "
+                f"({str(e) or e.__class__.__name__})"
+            ) from None
+        if all(known.peer_id != peer_id for known in self.bootstrap_contacts):
+            # Tried again, like a bootstrap peer, whenever the table empties.
+            self.bootstrap_contacts.append(Contact(peer_id, (address,)))
+        self._joining += 1
+        try:
+            await self._join_lookups(seeds=[contact])
+        finally:
+            self._publish_wanted = False
+            self._joined_once()
+        self.log.info(
+            "joined the DHT through {peer} at {address}: {size} contacts",
+            peer=str(peer_id),
+            address=reached,
+            size=len(self.table),
+        )
+        await self.publish()
+        return Joined(peer_id, reached, len(self.table), self.published_to)
 
     def _retry_join(self) -> None:
         if self.running and not len(self.table) and not self._joining:

@@ -13,6 +13,7 @@ if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
 
     from ..identity import PeerID
+    from ._join import Joined
     from ._lookup import LookupResult
 
 
@@ -39,6 +40,28 @@ class IDistributedHashTable(Interface):
         :returns: a Deferred that fires with a
             :class:`~digitalspring.dht.LookupResult` whose ``closest`` lists
             them.  It never fails.
+        """
+
+    def join(peer_id: PeerID, address: str) -> Deferred[Joined]:
+        """
+        Join the network through a peer while running (``dspring dht
+        join``): dial ``address`` expecting ``peer_id``, greet it with a DHT
+        ping (it enters the routing table as any node that answers, at the
+        address the handshake proved), look up this node's own ID and a
+        random ID in each bucket farther than its closest contact, then
+        publish this node's record.  The peer is also tried again, like a
+        bootstrap peer, whenever the routing table is empty.
+
+        :returns: a Deferred that fires with the
+            :class:`~digitalspring.dht.Joined` counts.
+        :raises WrongPeer: (through the Deferred) when another peer answers
+            at ``address``, naming it.
+        :raises JoinPeerUnreachable: (through the Deferred) when nothing
+            there completes a handshake.
+        :raises NotADHTNode: (through the Deferred) when the peer does not
+            answer DHT requests.
+        :raises JoinFailed: (through the Deferred) for this node itself or
+            an address no transport of this node dials.
         """
 
     def publish() -> Deferred[int]:

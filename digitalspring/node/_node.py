@@ -101,6 +101,7 @@ class Node(MultiService):
                 "status": (b"GET", self._control_status),
                 "ping": (b"POST", self._control_ping),
                 "dht-lookup": (b"POST", self._control_dht_lookup),
+                "dht-join": (b"POST", self._control_dht_join),
             }
             ControlService(reactor, data_dir, routes, control).setServiceParent(  # type: ignore[no-untyped-call]
                 self
@@ -193,6 +194,25 @@ class Node(MultiService):
 
     async def _control_dht_lookup(self, body: dict[str, Any]) -> dict[str, Any]:
         return await self.dht_lookup(peer_from_body(body))
+
+    async def _control_dht_join(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        ``dspring dht join``: join the DHT through a peer (see
+        :meth:`~digitalspring.dht.IDistributedHashTable.join`).
+        """
+        peer_id = peer_from_body(body)
+        address = body.get("address")
+        if not isinstance(address, str):
+            raise BadRequest("address is the peer's TRANSPORT:ADDRESS")
+        if self.dht is None:
+            raise NoDHT("this node runs without a DHT")
+        joined = await self.dht.join(peer_id, address)
+        return {
+            "peer": str(joined.peer_id),
+            "address": joined.address,
+            "contacts": joined.contacts,
+            "published_to": joined.published_to,
+        }
 
     async def _control_ping(self, body: dict[str, Any]) -> dict[str, Any]:
         peer_id = peer_from_body(body)
