@@ -5,20 +5,30 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import sys
 from typing import Any
 
 from twisted.application.service import IService
 from twisted.logger import Logger
 from twisted.python import usage
-from twisted.python.failure import Failure
 
 from .channel import ConnectionPool
+from .cli._passphrase import ask_passphrase
 from .control import DEFAULT_CONTROL, BadControlEndpoint, check_control_endpoint, unix_control
 from .dht import DHT, Contact, DHTDirectory, DHTSettings, DirectoryChain
 from .directory import AddressBook
 from .errors import DigitalSpringError
-from .identity import load_or_create_identity
-from .node import Node
+from .identity import (
+    NoKeyFile,
+    PassphraseRequired,
+    ensure_data_dir,
+    key_file_path,
+    load_or_create_identity,
+    read_key_file,
+)
+from .node import DataDirLock, Node
 from .node._options import (
     DEFAULT_DATA_DIR,
     DEFAULT_LISTEN,
@@ -28,8 +38,11 @@ from .node._options import (
     check_listen,
     data_dir_path,
     read_bootstrap_file,
+    read_passphrase_fd,
     read_passphrase_file,
+    read_systemd_credential,
 )
+from .node._startup import StartupReport
 from .transport import (
     ITransport,
     TransportContext,
@@ -48,21 +61,39 @@ class Options(usage.Options):
     synopsis = "[options]"
     longdesc = (
         "Run a Digital Spring node. On first start it creates the node's identity in the "
-        "data directory, encrypted under the passphrase from --passphrase-file (or in clear "
-        "with --no-passphrase), and logs its peer ID and addresses."
+        "data directory, encrypted under a passphrase (asked at the terminal, or given "
+        "with --passphrase-file, --passphrase-fd or --passphrase-credential), or in clear "
+        "with --no-passphrase, and logs its peer ID and addresses. One node runs per data "
+        "directory."
     )
     optParameters = [
         [
             "data-dir",
             "d",
-            DEFAULT_DATA_DIR,
-            "Directory that holds the node's identity and state (created if missing).",
+            None,
+            "Directory that holds the node's identity and state (created if missing; "
+            "default: $DSPRING_DIR, else ~/.dspring).",
         ],
         [
             "passphrase-file",
             None,
             None,
             "File whose first line is the passphrase of the node's key file.",
+        ],
+        [
+            "passphrase-fd",
+            None,
+            None,
+            "Read the passphrase's line from this open file descriptor (a pipe), so that it "
+            "never is in a file.",
+            int,
+        ],
+        [
+            "passphrase-credential",
+            None,
+            None,
+            "Read the passphrase from the systemd credential of this name "
+            "($CREDENTIALS_DIRECTORY/NAME; see LoadCredentialEncrypted= in systemd.exec(5)).",
         ],
         [
             "control",
@@ -169,9 +200,32 @@ class Options(usage.Options):
         """
         self["tor-option"].append(line)
 
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        Under twistd, a usage error is one line and a hint to ``--help``:
+        twistd itself would print its whole help text first.
+        """
+        try:
+            super().parseOptions(options)
+        except usage.UsageError as e:
+            if self.parent is None:
+                raise
+            raise SystemExit(
+                f"twistd dspring: {e}\n(see 'twistd dspring --help' for every option)"
+            ) from None
+
     def postOptions(self) -> None:
-        if self["passphrase-file"] and self["no-passphrase"]:
-            raise usage.UsageError("give either --passphrase-file or --no-passphrase, not both")
+        sources = [
+            f"--{name}"
+            for name in ("passphrase-file", "passphrase-fd", "passphrase-credential")
+            if self[name] is not None
+        ]
+        if self["no-passphrase"]:
+            sources.append("--no-passphrase")
+        if len(sources) > 1:
+            raise usage.UsageError(f"give only one of {', '.join(sources)}")
+        if self["passphrase-fd"] is not None and self["passphrase-fd"] < 0:
+            raise usage.UsageError("--passphrase-fd takes an open file descriptor, 0 or more")
         if not self["listen"]:
             self["listen"] = [DEFAULT_ONION_LISTEN if self["onion-only"] else DEFAULT_LISTEN]
         if self["onion-only"]:
@@ -186,7 +240,9 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--source-address is for tcp, which --onion-only does not use"
                 )
-        self["data-dir"] = data_dir_path(self["data-dir"])
+        self["data-dir"] = data_dir_path(
+            self["data-dir"] or os.environ.get("DSPRING_DIR") or DEFAULT_DATA_DIR
+        )
         if self["control"] is None:
             onion = self["onion-only"]
             self["control"] = unix_control(self["data-dir"]) if onion else DEFAULT_CONTROL
@@ -215,7 +271,16 @@ def _transport_options(name: str, options: Options) -> dict[str, Any]:
 
 
 def _uses_tor(options: Options) -> bool:
-    return bool(options["onion-only"] or options["tor-control"] or options["tor-option"])
+    return any(
+        options[name]
+        for name in (
+            "onion-only",
+            "tor-control",
+            "tor-option",
+            "tor-binary",
+            "tor-control-password-file",
+        )
+    )
 
 
 def build_transports(options: Options, reactor: Any) -> dict[str, ITransport]:
@@ -246,7 +311,11 @@ def makeService(options: Options, reactor: Any = None) -> IService:
     Build a node's service tree from its options.
 
     A problem a user must fix (a missing passphrase, a damaged key file, an
-    unknown transport) ends the program with one line on stderr.
+    unknown transport, a data directory another node runs on) ends the
+    program with one line on stderr, before twistd daemonizes.  Under
+    twistd, a start that fails later (a port in use, no tor) does too, and
+    twistd's parent process waits until the node listens before it exits:
+    see :class:`~digitalspring.node._startup.StartupReport`.
 
     :param reactor: the reactor to run on; the global one when ``None``.
     """
@@ -258,20 +327,82 @@ def makeService(options: Options, reactor: Any = None) -> IService:
         node = _make_node(options, reactor)
     except DigitalSpringError as e:
         raise SystemExit(f"dspring: error: {e}") from None
-
-    def stop(failure: Failure) -> None:
-        reactor.stop()
-
-    node.ready.addErrback(stop)
+    except KeyboardInterrupt:
+        # Ctrl-C at the passphrase prompt.
+        raise SystemExit("dspring: interrupted") from None
+    if options.parent is not None:
+        # Run by twistd, whose options hold its status pipe once it has
+        # daemonized.
+        report = StartupReport(reactor, node.ready, options.parent, sys.stderr, _exit_at_end)
+        report.setServiceParent(node)
     return node
 
 
+def _exit_at_end(status: int) -> None:
+    """
+    End the process with ``status`` once everything else is done: twistd
+    has no way for a service to choose its exit status, and returns 0 once
+    the reactor has stopped, its PID file is removed and its log closed.
+    """
+
+    def exit_now() -> None:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(status)
+
+    atexit.register(exit_now)
+
+
+def _passphrase(options: Options) -> bytes | None:
+    """
+    The key file's passphrase: from the option that gives one, else asked at
+    the terminal when the key file is encrypted (or is yet to be written
+    without --no-passphrase), else none.
+
+    :raises PassphraseRequired: when one is needed and there is no
+        terminal to ask at.
+    """
+    if options["passphrase-file"] is not None:
+        return read_passphrase_file(options["passphrase-file"])
+    if options["passphrase-fd"] is not None:
+        return read_passphrase_fd(options["passphrase-fd"])
+    if options["passphrase-credential"] is not None:
+        return read_systemd_credential(options["passphrase-credential"])
+    if options["no-passphrase"]:
+        return None
+    path = key_file_path(options["data-dir"])
+    try:
+        new = False
+        needed = read_key_file(path).encrypted
+    except NoKeyFile:
+        new = needed = True
+    if not needed:
+        return None
+    if not sys.stdin.isatty():
+        what = "creating one needs" if new else "opening it needs"
+        raise PassphraseRequired(
+            f"{path.path}: {what} a passphrase, and there is no terminal to ask at: give "
+            "--passphrase-file, --passphrase-fd or --passphrase-credential"
+            + (", or --no-passphrase for none" if new else "")
+        )
+    if new:
+        return ask_passphrase(f"New passphrase for {path.path}", None, confirm=True)
+    return ask_passphrase(f"Passphrase of {path.path}", None)
+
+
 def _make_node(options: Options, reactor: Any) -> Node:
-    passphrase = None
-    if options["passphrase-file"]:
-        passphrase = read_passphrase_file(options["passphrase-file"])
+    ensure_data_dir(options["data-dir"])
+    lock = DataDirLock.acquire(options["data-dir"])
+    try:
+        return _make_locked_node(options, reactor, lock)
+    except BaseException:
+        lock.release()
+        raise
+
+
+def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node:
     identity, created = load_or_create_identity(
-        options["data-dir"], passphrase, unencrypted=options["no-passphrase"]
+        options["data-dir"], _passphrase(options), unencrypted=options["no-passphrase"]
     )
     if created:
         log.info(
@@ -311,6 +442,7 @@ def _make_node(options: Options, reactor: Any) -> Node:
         data_dir=options["data-dir"],
         control=options["control"],
         dht=dht,
+        lock=lock,
     )
 
 

@@ -69,7 +69,9 @@ class OptionsTests(SynchronousTestCase):
             (["--listen", "7655"], "TRANSPORT:ADDRESS"),
             (["--bootstrap", "nonsense"], "PEER_ID@"),
             (["--bootstrap", "abc@tcp:127.0.0.1:1"], "56 characters"),
-            (["--no-passphrase", "--passphrase-file", "x"], "not both"),
+            (["--no-passphrase", "--passphrase-file", "x"], "only one of"),
+            (["--passphrase-fd", "3", "--passphrase-credential", "x"], "only one of"),
+            (["--passphrase-fd", "-1"], "file descriptor"),
         ]:
             e = self.assertRaises(usage.UsageError, _parse, *argv)
             self.assertIn(text, str(e))
@@ -89,6 +91,8 @@ class MakeServiceTests(SynchronousTestCase):
             _parse("--data-dir", self.data_dir.path, "--no-passphrase"), reactor
         )
         self.assertIsInstance(node, Node)
+        assert isinstance(node, Node) and node.lock is not None
+        self.addCleanup(node.lock.release)
         self.assertIn("tcp", node.transports)
         self.assertEqual(reactor.tcpServers, [])
         self.assertTrue(self.data_dir.child("identity.key").exists())
@@ -118,6 +122,8 @@ class MakeServiceTests(SynchronousTestCase):
             MemoryReactorClock(),
         )
         self.assertEqual(node.peer_id, identity.peer_id)
+        assert node.lock is not None
+        node.lock.release()
         e = self.assertRaises(
             SystemExit,
             makeService,

@@ -3,6 +3,15 @@ The node: one peer's service tree, and the services that keep it listening.
 """
 
 from ._listen import ListeningService
-from ._node import ListenFailed, Node, NoDHT
+from ._lock import DataDirInUse, DataDirLock
+from ._node import ListenFailed, Node, NoDHT, StartFailed
 
-__all__ = ["ListenFailed", "ListeningService", "NoDHT", "Node"]
+__all__ = [
+    "DataDirInUse",
+    "DataDirLock",
+    "ListenFailed",
+    "ListeningService",
+    "NoDHT",
+    "Node",
+    "StartFailed",
+]

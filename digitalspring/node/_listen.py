@@ -45,6 +45,13 @@ class ListeningService(Service):
         self._port = port
         return port
 
+    @property
+    def port(self) -> IListeningPort | None:
+        """
+        The listening port, once listening.
+        """
+        return self._port
+
     def stopService(self) -> Deferred[Any]:
         super().stopService()  # type: ignore[no-untyped-call]
         listening, self.listening = self.listening, None
@@ -54,8 +61,9 @@ class ListeningService(Service):
             return d if isinstance(d, Deferred) else succeed(None)
         if listening is not None and not listening.called:
             # Stopped before the port came up: drop it when it does.
-            def drop(result: IListeningPort | Failure) -> None:
-                if isinstance(result, Failure):
+            def drop(result: IListeningPort | Failure | None) -> None:
+                # None: the node's DeferredList consumed the failure.
+                if result is None or isinstance(result, Failure):
                     return None
                 self._port = None
                 result.stopListening()

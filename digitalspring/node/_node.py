@@ -5,13 +5,15 @@ The node: the service tree of one peer.
 
 from __future__ import annotations
 
+import ipaddress
 import os
 from collections.abc import Mapping
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 from twisted.application.service import IService, MultiService
+from twisted.internet.address import IPv4Address, IPv6Address
 from twisted.internet.defer import Deferred, DeferredList
-from twisted.internet.interfaces import IListeningPort
+from twisted.internet.error import CannotListenError
 from twisted.logger import Logger
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -23,9 +25,16 @@ from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..transport import ITransport, split_address
 from ._listen import ListeningService
+from ._lock import DataDirLock
 
 
-class ListenFailed(DigitalSpringError):
+class StartFailed(DigitalSpringError):
+    """
+    The node could not start: a transport it was told to use is not there.
+    """
+
+
+class ListenFailed(StartFailed):
     """
     The node could not listen on one of its addresses.
     """
@@ -35,6 +44,18 @@ class NoDHT(DigitalSpringError):
     """
     The node runs without a DHT.
     """
+
+
+@runtime_checkable
+class _Reachable(Protocol):
+    """
+    A transport that reaches something outside the node when it starts
+    (tor): the node has started only once it has.
+    """
+
+    name: str
+
+    def reached(self) -> Deferred[None]: ...
 
 
 class Node(MultiService):
@@ -48,8 +69,12 @@ class Node(MultiService):
     :ivar transports: every transport the node may use, by name.
     :ivar pool: its connections with other peers.
     :ivar dht: its Kademlia node, or ``None`` for a node without one.
-    :ivar ready: fires once the node listens on all its addresses (with
-        ``None``), or fails with :class:`ListenFailed`.
+    :ivar ready: fires once the node listens on all its addresses and has
+        reached tor if it uses tor (with ``None``), or fails with
+        :class:`StartFailed` (:class:`ListenFailed` for an address).
+    :ivar lock: the lock of its data directory, or ``None``.
+    :ivar warnings: what the node found wrong once listening, in words a
+        user reads: an address that only this machine can reach.
     """
 
     log = Logger()
@@ -64,6 +89,7 @@ class Node(MultiService):
         data_dir: FilePath[str] | None = None,
         control: str | None = None,
         dht: DHT | None = None,
+        lock: DataDirLock | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -74,6 +100,8 @@ class Node(MultiService):
             control API.
         :param dht: the DHT over ``pool``; it publishes the node's record
             once the node listens.
+        :param lock: the lock of ``data_dir``, held for this node; let go of
+            once the node has stopped.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
@@ -82,6 +110,8 @@ class Node(MultiService):
         self.pool = pool
         self.dht = dht
         self.ready: Deferred[None] = Deferred()
+        self.warnings: list[str] = []
+        self.lock = lock
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
@@ -153,6 +183,7 @@ class Node(MultiService):
         return {
             "peer_id": str(self.peer_id),
             "addresses": self.addresses(),
+            "warnings": self.warnings,
             "connections": sorted(str(peer) for peer in self.pool.connections()),
             "network": self.pool.status(),
             "dht": None if self.dht is None else self.dht.status(),
@@ -223,22 +254,37 @@ class Node(MultiService):
 
     def startService(self) -> None:
         self.log.info("Digital Spring node {peer_id} starting", peer_id=str(self.peer_id))
+        if self.lock is not None:
+            self.lock.record_pid()
         super().startService()  # type: ignore[no-untyped-call]
-        listening = []
+        waiting: list[Deferred[Any]] = []
         for listener in self._listeners:
             assert listener.listening is not None, "started services listen"
-            listening.append(listener.listening)
-        d = DeferredList(listening, consumeErrors=True, fireOnOneErrback=True)
+            waiting.append(listener.listening)
+        reachable = [t for t in self.transports.values() if isinstance(t, _Reachable)]
+        waiting.extend(transport.reached() for transport in reachable)
+        d = DeferredList(waiting, consumeErrors=True, fireOnOneErrback=True)
         # Say "ready" (and publish) from the running reactor, not from inside
         # startService: twistd starts services before the reactor installs
         # its signal handlers, and whoever waits for "ready" may then send
         # SIGTERM at once and expect a clean shutdown.
         d.addCallbacks(
-            lambda ports: self.reactor.callLater(0, self._listening, ports),
-            self._cannot_listen,
+            lambda results: self.reactor.callLater(0, self._listening),
+            self._cannot_start,
+            errbackArgs=(reachable,),
         )
 
-    def _listening(self, ports: list[tuple[bool, IListeningPort]]) -> None:
+    def stopService(self) -> Deferred[None]:
+        d: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+
+        def release(result: object) -> object:
+            if self.lock is not None:
+                self.lock.release()
+            return result
+
+        return d.addBoth(release)
+
+    def _listening(self) -> None:
         addresses = self.addresses()
         for address in addresses:
             self.log.info("listening on {address}", address=address)
@@ -247,21 +293,73 @@ class Node(MultiService):
             peer_id=str(self.peer_id),
             addresses=addresses,
         )
+        self.warnings = self._unreachable_addresses()
+        for warning in self.warnings:
+            self.log.warn("{problem}", problem=warning)
         if self.dht is not None:
             self.dht.addresses_changed()
         self.ready.callback(None)
 
-    def _cannot_listen(self, failure: Failure) -> None:
+    def _unreachable_addresses(self) -> list[str]:
+        """
+        A warning for each port bound to every interface whose published
+        address is a loopback one (what the tcp transport publishes without
+        ``--advertise``): peers on other machines cannot dial it.
+        """
+        warnings: list[str] = []
+        for listener in self._listeners:
+            bound = None if listener.port is None else listener.port.getHost()
+            if not isinstance(bound, IPv4Address | IPv6Address):
+                continue
+            if not ipaddress.ip_address(bound.host).is_unspecified:
+                continue
+            for address in listener.transport.published_addresses():
+                if _is_loopback_at(address, bound.port):
+                    warnings.append(
+                        f"{listener.transport.name}:{listener.description} listens on every "
+                        f"interface but publishes {listener.transport.name}:{address}, which "
+                        "only this machine can reach: give --advertise HOST, the host name "
+                        "or IP address other machines reach this one at"
+                    )
+        return warnings
+
+    def _cannot_start(self, failure: Failure, reachable: list[_Reachable]) -> None:
         first = failure.value.subFailure  # type: ignore[union-attr]
-        listener = self._listeners[failure.value.index]  # type: ignore[union-attr]
-        reason = first.getErrorMessage()
-        self.log.critical(
-            "cannot listen on {address}: {reason}",
-            address=f"{listener.transport.name}:{listener.description}",
-            reason=reason,
-        )
-        self.ready.errback(
-            ListenFailed(
-                f"cannot listen on {listener.transport.name}:{listener.description}: {reason}"
+        index = failure.value.index  # type: ignore[union-attr]
+        reason = _reason(first)
+        if index < len(self._listeners):
+            listener = self._listeners[index]
+            address = f"{listener.transport.name}:{listener.description}"
+            self.log.critical(
+                "cannot listen on {address}: {reason}", address=address, reason=reason
             )
-        )
+            error: StartFailed = ListenFailed(f"cannot listen on {address}: {reason}")
+        else:
+            name = reachable[index - len(self._listeners)].name
+            self.log.critical("cannot use {name}: {reason}", name=name, reason=reason)
+            error = StartFailed(f"cannot use {name}: {reason}")
+        self.ready.errback(error)
+
+
+def _reason(failure: Failure) -> str:
+    """
+    Why a start failed, in a few words: for a port in use, the system's
+    words ("Address already in use"), not Twisted's sentence around them.
+    """
+    error = failure.value
+    if isinstance(error, CannotListenError) and isinstance(error.socketError, OSError):
+        if error.socketError.strerror:
+            return str(error.socketError.strerror)
+    return failure.getErrorMessage()
+
+
+def _is_loopback_at(address: str, port: int) -> bool:
+    """
+    Whether ``HOST:PORT`` (``[HOST]:PORT`` for IPv6) is a loopback IP
+    address at ``port``.
+    """
+    host, _, number = address.rpartition(":")
+    try:
+        return number == str(port) and ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False

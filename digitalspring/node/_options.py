@@ -110,10 +110,59 @@ def read_passphrase_file(path: str) -> bytes:
             line = f.readline(64 * 1024)
     except OSError as e:
         raise BadOption(f"cannot read the passphrase file {path}: {e.strerror}") from None
+    return _first_line(line, f"the passphrase file {path}")
+
+
+def _first_line(line: bytes, source: str) -> bytes:
     passphrase = line.rstrip(b"\r\n")
     if not passphrase:
-        raise BadOption(f"the passphrase file {path} is empty")
+        raise BadOption(f"{source} is empty")
     return passphrase
+
+
+def read_passphrase_fd(fd: int) -> bytes:
+    """
+    The passphrase on an open file descriptor (a pipe from a secret store,
+    say): its first line, without the line ending.  The descriptor is
+    closed.
+
+    :raises BadOption: when it cannot be read or its first line is empty.
+    """
+    try:
+        with open(fd, "rb", closefd=True) as f:
+            line = f.readline(64 * 1024)
+    except OSError as e:
+        raise BadOption(
+            f"cannot read a passphrase from file descriptor {fd}: {e.strerror}"
+        ) from None
+    return _first_line(line, f"the passphrase on file descriptor {fd}")
+
+
+def read_systemd_credential(name: str) -> bytes:
+    """
+    The passphrase in the systemd credential ``name``: the file of that
+    name in ``$CREDENTIALS_DIRECTORY``, which systemd fills (decrypting
+    ``LoadCredentialEncrypted=``) for the service alone, in memory.
+
+    :raises BadOption: when there are no credentials, no such credential,
+        or it is empty.
+    """
+    directory = os.environ.get("CREDENTIALS_DIRECTORY")
+    if not directory:
+        raise BadOption(
+            f"no systemd credentials ($CREDENTIALS_DIRECTORY is not set) to read "
+            f"{name!r} from: --passphrase-credential is for a systemd service with "
+            f"LoadCredentialEncrypted={name}:FILE"
+        )
+    if not name or "/" in name or name in (".", ".."):
+        raise BadOption(f"{name!r} is not a credential name")
+    path = os.path.join(directory, name)
+    try:
+        with open(path, "rb") as f:
+            line = f.readline(64 * 1024)
+    except OSError as e:
+        raise BadOption(f"cannot read the credential {name!r} ({path}): {e.strerror}") from None
+    return _first_line(line, f"the credential {name!r}")
 
 
 def check_listen(text: str) -> str:
