@@ -86,7 +86,6 @@ class Options(usage.Options):
             None,
             "Read the passphrase's line from this open file descriptor (a pipe), so that it "
             "never is in a file.",
-            int,
         ],
         [
             "passphrase-credential",
@@ -109,14 +108,12 @@ class Options(usage.Options):
             None,
             300.0,
             "Seconds after which a connection without traffic is closed.",
-            float,
         ],
         [
             "dht-difficulty",
             None,
             DHTSettings().pow_difficulty,
             "Proof of work (leading zero bits) asked of small values stored in the DHT.",
-            int,
         ],
         [
             "advertise",
@@ -224,8 +221,12 @@ class Options(usage.Options):
             sources.append("--no-passphrase")
         if len(sources) > 1:
             raise usage.UsageError(f"give only one of {', '.join(sources)}")
-        if self["passphrase-fd"] is not None and self["passphrase-fd"] < 0:
+        if self["passphrase-fd"] is not None and _number(self, "passphrase-fd", int) < 0:
             raise usage.UsageError("--passphrase-fd takes an open file descriptor, 0 or more")
+        if _number(self, "idle-timeout", float) <= 0:
+            raise usage.UsageError("--idle-timeout takes a number of seconds above 0")
+        if _number(self, "dht-difficulty", int) < 0:
+            raise usage.UsageError("--dht-difficulty takes a number of bits, 0 or more")
         if not self["listen"]:
             self["listen"] = [DEFAULT_ONION_LISTEN if self["onion-only"] else DEFAULT_LISTEN]
         if self["onion-only"]:
@@ -250,6 +251,22 @@ class Options(usage.Options):
             check_control_endpoint(self["control"], onion_only=self["onion-only"])
         except BadControlEndpoint as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _number(options: Options, name: str, kind: type[int] | type[float]) -> Any:
+    """
+    Read a number option, with an error in plain words (Twisted's own says
+    "Parameter type enforcement failed").
+    """
+    value = options[name]
+    if not isinstance(value, str):
+        return value
+    try:
+        options[name] = kind(value)
+    except ValueError:
+        what = "a whole number" if kind is int else "a number"
+        raise usage.UsageError(f"--{name} takes {what}, not {value!r}") from None
+    return options[name]
 
 
 def _transport_options(name: str, options: Options) -> dict[str, Any]:

@@ -34,6 +34,7 @@ class OptionsTests(SynchronousTestCase):
         """
         Without options the node uses ~/.dspring and listens on tcp:7655.
         """
+        self.patch(os, "environ", {k: v for k, v in os.environ.items() if k != "DSPRING_DIR"})
         options = _parse()
         self.assertEqual(options["data-dir"].path, os.path.expanduser("~/.dspring"))
         self.assertEqual(options["listen"], ["tcp:7655"])
@@ -75,6 +76,56 @@ class OptionsTests(SynchronousTestCase):
         ]:
             e = self.assertRaises(usage.UsageError, _parse, *argv)
             self.assertIn(text, str(e))
+
+
+    def test_dspring_dir(self) -> None:
+        """
+        ``DSPRING_DIR`` names the data directory when ``--data-dir`` is not
+        given, as it does for ``dspring``; ``--data-dir`` wins.
+        """
+        here = FilePath(self.mktemp())
+        self.patch(os, "environ", dict(os.environ, DSPRING_DIR=here.path))
+        self.assertEqual(_parse()["data-dir"], here)
+        self.assertEqual(_parse("--data-dir", "/elsewhere")["data-dir"].path, "/elsewhere")
+
+    def test_numbers_in_plain_words(self) -> None:
+        """
+        A number option given something else says so in plain words.
+        """
+        for argv, text in [
+            (["--idle-timeout", "abc"], "--idle-timeout takes a number, not 'abc'"),
+            (["--dht-difficulty", "1.5"], "--dht-difficulty takes a whole number, not '1.5'"),
+            (["--passphrase-fd", "x"], "--passphrase-fd takes a whole number, not 'x'"),
+        ]:
+            e = self.assertRaises(usage.UsageError, _parse, *argv)
+            self.assertEqual(str(e), text)
+
+
+class TwistdUsageTests(SynchronousTestCase):
+    def test_one_line_usage_error(self) -> None:
+        """
+        A bad option to ``twistd dspring`` is one line saying what is wrong
+        and one pointing at ``--help`` (twistd printed its whole help text
+        first), with exit status 1.
+        """
+        for argv, text in [
+            (["--listen", "7655"], "bad --listen value"),
+            (["--bogus"], "option --bogus not recognized"),
+            (["--idle-timeout", "abc"], "--idle-timeout takes a number"),
+        ]:
+            result = subprocess.run(
+                [sys.executable, "-c", _TWISTD, "-n", "dspring", *argv],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 1, result.stderr)
+            self.assertEqual(result.stdout, "")
+            lines = result.stderr.splitlines()
+            self.assertEqual(len(lines), 2, result.stderr)
+            self.assertTrue(lines[0].startswith("twistd dspring: "), lines[0])
+            self.assertIn(text, lines[0])
+            self.assertEqual(lines[1], "(see 'twistd dspring --help' for every option)")
 
 
 class MakeServiceTests(SynchronousTestCase):
