@@ -197,7 +197,7 @@ class TerminalPromptTests(SynchronousTestCase):
         ``twistd -n dspring`` at a terminal on a fresh data directory asks
         for a new passphrase twice and writes an encrypted key file.
         """
-        pid, fd = self.spawn("-n")
+        _, fd = self.spawn("-n")
         self.expect(fd, rb"New passphrase for .*identity\.key: ")
         os.write(fd, b"fresh\n")
         self.expect(fd, rb"\(again\): ")
