@@ -7,6 +7,7 @@ what the node warns about once it listens.
 from __future__ import annotations
 
 import io
+import json
 import os
 import signal
 import socket
@@ -17,11 +18,13 @@ from typing import Any
 
 from twisted.internet.defer import Deferred
 from twisted.internet.testing import MemoryReactorClock
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.trial.unittest import SynchronousTestCase
+from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from digitalspring.channel import ConnectionPool
+from digitalspring.control import ControlService
 from digitalspring.dht import DirectoryChain
 from digitalspring.identity import FAST_KDF, Identity, create_identity
 from digitalspring.node import DataDirInUse, DataDirLock, ListenFailed, Node
@@ -400,3 +403,74 @@ class OneNodePerDataDirTests(SynchronousTestCase):
         self.assertEqual(second.peer_id, first.peer_id)
         status = second.dspring("status")
         self.assertEqual(status.returncode, 0, status.stderr)
+
+
+class StatusOutputTests(TestCase):
+    """
+    What ``dspring status`` shows of the addresses a node publishes.
+    """
+
+    async def test_published_and_warned(self) -> None:
+        """
+        ``dspring status`` labels the addresses as the published ones and
+        prints the node's warning about an address only this machine can
+        reach, naming --advertise.
+        """
+        from twisted.internet import reactor
+
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        warning = (
+            "tcp:7655 listens on every interface but publishes tcp:127.0.0.1:7655, which "
+            "only this machine can reach: give --advertise HOST, ..."
+        )
+        status = {
+            "peer_id": str(Identity.from_seed(bytes(32)).peer_id),
+            "addresses": ["tcp:127.0.0.1:7655"],
+            "warnings": [warning],
+            "connections": [],
+            "network": None,
+            "dht": None,
+        }
+
+        async def answer(body: dict[str, Any]) -> dict[str, Any]:
+            return status
+
+        control = ControlService(reactor, data_dir, {"status": (b"GET", answer)})
+        control.startService()
+        self.addCleanup(control.stopService)
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "digitalspring", "-d", data_dir.path, "status"],
+            env=dict(os.environ),
+        )
+        self.assertEqual(code, 0, err)
+        lines = out.decode().splitlines()
+        self.assertIn("addresses:   tcp:127.0.0.1:7655  (published)", lines)
+        self.assertIn(f"warning:     {warning}", lines)
+
+    def test_stale_control_file(self) -> None:
+        """
+        ``dspring status`` for a node killed without cleaning up (its
+        control file left, nothing listening) says no node is running,
+        in one line.
+        """
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        data_dir.child("control.json").setContent(
+            json.dumps({"url": f"http://127.0.0.1:{port}/v1/", "token": "00"}).encode()
+        )
+        result = subprocess.run(
+            [sys.executable, "-m", "digitalspring", "-d", data_dir.path, "status"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        self.assertEqual(result.returncode, 1, result.stderr)
+        self.assertEqual(len(result.stderr.splitlines()), 1, result.stderr)
+        self.assertIn(
+            f"no node is running for {data_dir.path} (stale control file", result.stderr
+        )

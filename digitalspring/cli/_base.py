@@ -13,10 +13,8 @@ from typing import Any
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 from twisted.python import usage
-from twisted.python.filepath import FilePath
 
 from .. import __version__
-from ..control import CONTROL_FILE_NAME, ControlClient, NodeNotRunning
 
 
 class CommandOptions(usage.Options):
@@ -57,13 +55,6 @@ class CommandOptions(usage.Options):
         sys.exit(0)
 
 
-class NodeGone(NodeNotRunning):
-    """
-    The data directory names a node's control API, but nothing answers
-    there: the node was stopped abruptly, or crashed.
-    """
-
-
 def run_async(work: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
     """
     Run a coroutine function of the reactor to completion, turning errors
@@ -83,22 +74,3 @@ def run_async(work: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
             outcome[0].raiseException()
         if e.code:
             raise
-
-
-async def call_node(
-    client: ControlClient, data_dir: FilePath[str], path: str, body: dict[str, Any] | None = None
-) -> dict[str, Any]:
-    """
-    Call the node's control API, blaming the local node, not a peer, when
-    it does not answer.
-
-    :raises NodeGone: when the control file is there but nothing answers.
-    :raises ControlError: with the node's message, for an error answer.
-    """
-    try:
-        return await client.call(path, body)
-    except NodeNotRunning as e:
-        raise NodeGone(
-            f"no node is running for {data_dir.path} (stale control file "
-            f"{data_dir.child(CONTROL_FILE_NAME).path}: {e})"
-        ) from None

@@ -17,7 +17,7 @@ from ..directory import AddressBook, check_address
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID
 from ..transport import TransportError
-from ._base import CommandOptions, call_node, run_async
+from ._base import CommandOptions, run_async
 
 
 class LookupFailed(DigitalSpringError):
@@ -53,7 +53,7 @@ class DhtLookupOptions(CommandOptions):
         async def ask(reactor: Any) -> None:
             client = ControlClient(reactor, data_dir)
             body = {"peer": str(self["peer"])}
-            answer.update(await call_node(client, data_dir, "dht-lookup", body))
+            answer.update(await client.call("dht-lookup", body))
 
         run_async(ask)
         if self["json"]:
@@ -116,7 +116,7 @@ class DhtJoinOptions(CommandOptions):
         async def ask(reactor: Any) -> None:
             client = ControlClient(reactor, data_dir)
             body = {"peer": str(self["peer"]), "address": self["address"]}
-            answer.update(await call_node(client, data_dir, "dht-join", body))
+            answer.update(await client.call("dht-join", body))
 
         run_async(ask)
         if self["json"]:

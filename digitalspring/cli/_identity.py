@@ -22,7 +22,7 @@ from ..identity import (
     read_key_file,
 )
 from ..identity import key_file_path as _key_file_path
-from ._base import CommandOptions, call_node, run_async
+from ._base import CommandOptions, run_async
 from ._passphrase import ask_passphrase
 
 
@@ -100,7 +100,7 @@ class IdOptions(CommandOptions):
         status: dict[str, Any] = {}
 
         async def ask(reactor: Any) -> None:
-            status.update(await call_node(ControlClient(reactor, data_dir), data_dir, "status"))
+            status.update(await ControlClient(reactor, data_dir).call("status"))
 
         try:
             run_async(ask)

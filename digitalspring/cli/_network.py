@@ -20,7 +20,7 @@ from ..directory import AddressBook, Contact, check_address, check_name
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID, key_file_path, read_key_file
 from ..transport import TransportError
-from ._base import CommandOptions, call_node
+from ._base import CommandOptions
 from ._base import run_async as _run_async
 
 
@@ -238,9 +238,7 @@ class PingOptions(CommandOptions):
                     await deferLater(reactor, self["interval"], lambda: None)
                 sent += 1
                 try:
-                    answer = await call_node(
-                        client, data_dir, "ping", {"peer": peer, "size": self["size"]}
-                    )
+                    answer = await client.call("ping", {"peer": peer, "size": self["size"]})
                 except NodeNotRunning:
                     raise
                 except DigitalSpringError as e:
@@ -289,7 +287,9 @@ class StatusOptions(CommandOptions):
 
     synopsis = ""
     longdesc = (
-        "Show the running node's peer ID, addresses and connected peers, the connections "
+        "Show the running node's peer ID, the addresses it publishes (what other peers "
+        "dial; on tcp they see this machine's IP address), what is wrong with them, its "
+        "connected peers, the connections "
         "it refused (by reason) or trimmed and the secure channels that failed (by error), "
         "and the size of its DHT routing table with the peers in it."
     )
@@ -306,7 +306,10 @@ class StatusOptions(CommandOptions):
             out.write(json.dumps(status, indent=1) + "\n")
             return
         out.write(f"peer ID:     {status['peer_id']}\n")
-        out.write(f"addresses:   {' '.join(status['addresses']) or '(none)'}\n")
+        published = " ".join(status["addresses"])
+        out.write(f"addresses:   {published + '  (published)' if published else '(none)'}\n")
+        for warning in status.get("warnings", []):
+            out.write(f"warning:     {warning}\n")
         network = status.get("network")
         if network is None:
             out.write(f"connections: {len(status['connections'])}\n")

@@ -17,7 +17,7 @@ from ._api import (
     peer_from_body,
     unix_control,
 )
-from ._client import ControlClient, ControlError, NodeNotRunning
+from ._client import ControlClient, ControlError, NodeGone, NodeNotRunning
 
 __all__ = [
     "CONTROL_FILE_NAME",
@@ -32,6 +32,7 @@ __all__ = [
     "ControlClient",
     "ControlError",
     "ControlService",
+    "NodeGone",
     "NodeNotRunning",
     "check_control_endpoint",
     "peer_from_body",

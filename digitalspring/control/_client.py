@@ -27,6 +27,13 @@ class NodeNotRunning(DigitalSpringError):
     """
 
 
+class NodeGone(NodeNotRunning):
+    """
+    The data directory names a node's control API, but nothing answers
+    there: the node was stopped abruptly, or crashed.
+    """
+
+
 class ControlError(DigitalSpringError):
     """
     The node answered a control request with an error.
@@ -54,6 +61,7 @@ class ControlClient:
     """
 
     def __init__(self, reactor: Any, data_dir: FilePath[str]) -> None:
+        self._data_dir = data_dir
         control = data_dir.child(CONTROL_FILE_NAME)
         try:
             document = json.loads(control.getContent())
@@ -77,7 +85,8 @@ class ControlClient:
         Call one endpoint: POST with ``body``, or GET without.
 
         :raises ControlError: with the node's message, for an error answer.
-        :raises NodeNotRunning: when the node does not answer.
+        :raises NodeGone: when the node does not answer: the local node is
+            gone, whatever the request was about.
         """
         headers = Headers({b"authorization": [b"Bearer " + self._token]})
         producer = None
@@ -93,11 +102,11 @@ class ControlClient:
             )
             raw = await readBody(response)
         except ConnectionError as e:
-            raise NodeNotRunning(f"the node does not answer: {e}") from None
+            raise self._gone(e) from None
         except Exception as e:
             # Twisted's ConnectError family is not a ConnectionError.
             if type(e).__module__.startswith("twisted.internet.error"):
-                raise NodeNotRunning(f"the node does not answer: {e}") from None
+                raise self._gone(e) from None
             raise
         try:
             document: dict[str, Any] = json.loads(raw)
@@ -106,3 +115,10 @@ class ControlClient:
         if response.code != 200:
             raise ControlError(str(document.get("error", f"HTTP {response.code}")))
         return document
+
+    def _gone(self, error: Exception) -> NodeGone:
+        control = self._data_dir.child(CONTROL_FILE_NAME)
+        return NodeGone(
+            f"no node is running for {self._data_dir.path} (stale control file "
+            f"{control.path}: the node does not answer: {error})"
+        )
