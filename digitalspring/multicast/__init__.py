@@ -95,8 +95,16 @@ from ._membership import (
     make_proof,
 )
 from ._message import SealedMessage, open_message, seal
+from ._neighbours import (
+    DEFAULT_DEGREE,
+    InvalidNeighbourGraph,
+    NeighbourChange,
+    NeighbourGraph,
+    NeighbourGraphError,
+)
 
 __all__ = [
+    "DEFAULT_DEGREE",
     "EPOCH_MAX_AGE",
     "EPOCH_MAX_MESSAGES",
     "FRAGMENT_SIZE",
@@ -126,6 +134,7 @@ __all__ = [
     "FarFutureIndex",
     "FragmentRejected",
     "GroupAccess",
+    "InvalidNeighbourGraph",
     "KeyDelivery",
     "MailboxEpoch",
     "MalformedContent",
@@ -137,6 +146,9 @@ __all__ = [
     "ManifestRejected",
     "MemberEpoch",
     "MembershipNotProven",
+    "NeighbourChange",
+    "NeighbourGraph",
+    "NeighbourGraphError",
     "NonCanonicalManifest",
     "OwnerEpoch",
     "ReceivingChain",
