@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.error import ConnectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -173,6 +174,29 @@ class PoolTests(SynchronousTestCase):
             net.result(alice_side.callRemote(Ping, data=b"x")), {"data": b"x"}
         )
         del a, b
+
+    def test_call_survives_simultaneous_dial(self) -> None:
+        """
+        A request sent on the connection that the simultaneous-dial rule
+        then closes is answered on the connection kept: ``call`` sends it
+        again there, where ``callRemote`` on the closed one fails.
+        """
+        net = Network(latency=0.05)
+        alice, bob = net.node("alice", b"1" * 32), net.node("bob", b"2" * 32)
+        if alice.identity.peer_id.public_key < bob.identity.peer_id.public_key:
+            alice, bob = bob, alice
+        # alice has the larger ID: the connection she dials is the one dropped.
+        dialled: list[PeerConnection] = []
+        alice.connect(bob.identity.peer_id).addCallback(dialled.append)
+        bob.connect(alice.identity.peer_id)
+        net.clock.run_until(lambda: bool(dialled), limit=10)
+        [dropped] = dialled
+        self.assertTrue(dropped.initiator)
+        direct = dropped.callRemote(Ping, data=b"direct")
+        through_pool = alice.call(bob.identity.peer_id, Ping, data=b"pool")
+        self.assertEqual(net.result(Deferred.fromCoroutine(through_pool)), {"data": b"pool"})
+        self.assertIsNot(alice.connections()[bob.identity.peer_id], dropped)
+        self.assertRaises(ConnectionDone, net.result, direct)
 
     def test_idle_close(self) -> None:
         """

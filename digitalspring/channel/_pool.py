@@ -10,9 +10,11 @@ from typing import Any
 
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, succeed
+from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress, IProtocolFactory
 from twisted.internet.protocol import Factory
 from twisted.logger import Logger
+from twisted.protocols import amp
 from twisted.python.failure import Failure
 
 from .._ratelimit import RateLimitedLog
@@ -22,7 +24,13 @@ from ..identity import Identity, PeerID
 from ..transport import ITransport, TransportError, split_address
 from ._admission import Admission, AdmissionFactory, ConnectionLimits, KeyedBuckets
 from ._amp import PeerConnection
-from ._secure import ChannelError, ChannelSettings, SecureChannelFactory, SecureChannelProtocol
+from ._secure import (
+    ChannelError,
+    ChannelSettings,
+    SecureChannelFactory,
+    SecureChannelProtocol,
+    Truncated,
+)
 
 #: Why the pool closed an authenticated inbound connection at once, by the
 #: reason counted in ``dspring status``.
@@ -190,6 +198,36 @@ class ConnectionPool(Service):
             dial = Deferred.fromCoroutine(self._dial(peer_id, addresses))
             dial.addErrback(self._dial_failed, peer_id)
         return d
+
+    async def call(
+        self,
+        peer_id: PeerID,
+        command: type[amp.Command],
+        addresses: Sequence[str] | None = None,
+        **arguments: Any,
+    ) -> Any:
+        """
+        Send ``command`` to ``peer_id`` and wait for its answer, connecting
+        first if need be.
+
+        When both peers dial each other at once, both keep one connection
+        and close the other, and the request may have gone out on the one
+        closed; the peer may even close it before this side has seen the
+        other connection open.  So a request whose connection is lost is
+        sent once more, on the connection :meth:`connect` then gives (the
+        one kept, or a new one).  Commands sent through here must be safe
+        to receive twice.
+
+        :param addresses: as for :meth:`connect`.
+        :returns: the answer, as :meth:`amp.AMP.callRemote` gives it.
+        :raises PeerUnreachable: as :meth:`connect` does.
+        """
+        connection = await self.connect(peer_id, addresses)
+        try:
+            return await connection.callRemote(command, **arguments)
+        except (ConnectionLost, ConnectionDone, Truncated):
+            connection = await self.connect(peer_id, addresses)
+            return await connection.callRemote(command, **arguments)
 
     async def _refuse_self(self) -> PeerConnection:
         raise PeerUnreachable("a node does not connect to itself")

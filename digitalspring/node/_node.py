@@ -163,9 +163,9 @@ class Node(MultiService):
         """
         start = self.reactor.seconds()
         new = peer_id not in self.pool.connections()
-        connection = await self.pool.connect(peer_id)
+        await self.pool.connect(peer_id)
         connected = self.reactor.seconds()
-        await connection.callRemote(Ping, data=os.urandom(size))  # type: ignore[no-untyped-call]
+        await self.pool.call(peer_id, Ping, data=os.urandom(size))
         done = self.reactor.seconds()
         return {
             "rtt_ms": (done - connected) * 1000,
