@@ -164,6 +164,30 @@ _label = st.from_regex(r"\A[a-z][a-z0-9-]{0,20}[a-z]\Z")
 _hostnames = st.lists(_label, min_size=1, max_size=4).map(".".join)
 
 
+class TCPListenDescriptionTests(SynchronousTestCase):
+    """
+    A bad ``tcp`` listening description fails with words about the port.
+    """
+
+    def test_port_not_a_number(self) -> None:
+        """
+        ``77o1`` (a letter o for a zero) fails as "not a port number" with
+        ``InvalidAddress``, before Twisted's parser says only "invalid
+        literal for int()"; so do an empty port and one out of range.
+        """
+        transport = TCPTransport(Clock())
+        for description, words in [
+            ("77o1", "'77o1' is not a port number"),
+            (":interface=127.0.0.1", "'' is not a port number"),
+            ("70000", "port 70000 is out of range"),
+        ]:
+            failure = self.failureResultOf(
+                transport.listen(description, Factory.forProtocol(Protocol)), InvalidAddress
+            )
+            self.assertIn(words, str(failure.value))
+            self.assertNotIn("literal", str(failure.value))
+
+
 class TCPAddressTests(SynchronousTestCase):
     """
     ``tcp`` addresses are ``HOST:PORT``, IPv6 in brackets.

@@ -27,7 +27,7 @@ from twisted.logger import Logger
 from twisted.python.failure import Failure
 from zope.interface import implementer
 
-from ._address import format_tcp_address, parse_tcp_address
+from ._address import format_tcp_address, parse_port, parse_tcp_address
 from ._interfaces import ITransport, ITransportPlugin
 from ._plugins import InvalidAddress, TransportConfigError, TransportContext
 
@@ -117,10 +117,15 @@ class TCPTransport:
         See :meth:`ITransport.listen`.
         """
         try:
+            # The port comes first (``7655:interface=127.0.0.1``); Twisted's
+            # own parser would only say "invalid literal for int()".
+            first = description.split(":", 1)[0]
+            if "=" not in first:
+                parse_port(first, allow_zero=True)
             endpoint = serverFromString(  # type: ignore[no-untyped-call]
                 self._reactor, "tcp:" + description
             )
-        except (ValueError, TypeError, KeyError) as e:
+        except (InvalidAddress, ValueError, TypeError, KeyError) as e:
             return fail(InvalidAddress(f"bad tcp listening description {description!r}: {e}"))
 
         def listening(port: IListeningPort) -> IListeningPort:
