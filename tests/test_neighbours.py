@@ -85,9 +85,7 @@ class _Checks(SynchronousTestCase):
         self.assertTrue(all(target - 1 <= d <= target for d in degrees), (target, degrees))
         self.assertLessEqual(len(short), (len(graph) * target) % 2, (target, degrees))
 
-    def assert_change(
-        self, before: NeighbourGraph[int], change: NeighbourChange[int]
-    ) -> None:
+    def assert_change(self, before: NeighbourGraph[int], change: NeighbourChange[int]) -> None:
         """
         The change lists exactly the edges that differ, and tells exactly
         the remaining members whose neighbours differ.
@@ -145,9 +143,7 @@ class InvariantTests(_Checks):
         size=st.integers(min_value=0, max_value=60),
         churn=st.lists(st.booleans(), min_size=1, max_size=30),
     )
-    def test_changes_per_step(
-        self, degree: int, seed: int, size: int, churn: list[bool]
-    ) -> None:
+    def test_changes_per_step(self, degree: int, seed: int, size: int, churn: list[bool]) -> None:
         """
         One join changes at most 3N/2 edges (N/2 taken apart, N made); one
         leave changes at most N + 3 * ceil(N/2) + 4: its N edges, an edge or

@@ -273,10 +273,7 @@ class NeighbourChange(Generic[M]):
         ones the owner must tell.
         """
         return frozenset(
-            member
-            for edge in self.added | self.removed
-            for member in edge
-            if member in self.graph
+            member for edge in self.added | self.removed for member in edge if member in self.graph
         )
 
 
@@ -451,9 +448,7 @@ class _Work(Generic[M]):
         near_b = self.near(b)
 
         def fits(u: M, v: M) -> bool:
-            return (
-                u not in (a, b) and v not in (a, b) and u not in near_a and v not in near_b
-            )
+            return u not in (a, b) and v not in (a, b) and u not in near_a and v not in near_b
 
         edge = self.pick_edge(self.order if nodes is None else nodes, fits)
         if edge is None:
