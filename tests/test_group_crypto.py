@@ -34,11 +34,11 @@ from digitalspring.multicast import (
     UndecryptableMessage,
     _chain,
     _crypto,
-    age_end,
     close_receiving_chain,
     decode_delivery,
     encode_delivery,
     end_epoch,
+    end_reason,
     file_content,
     invitation_delivery,
     mailbox_epoch,
@@ -165,6 +165,16 @@ class PrimitiveTests(SynchronousTestCase):
                 self.NONCE,
                 self.CIPHERTEXT,
                 b"other",
+            )
+
+    def test_shorter_than_tag_refused(self) -> None:
+        """
+        A ciphertext shorter than its tag is refused like any other that
+        does not decrypt, not with an error from the binding.
+        """
+        for ciphertext in (b"", bytes(15)):
+            self.assertRaises(
+                UndecryptableMessage, _crypto.decrypt, self.KEY, self.NONCE, ciphertext, b""
             )
 
     def test_personalisations_separate(self) -> None:
@@ -528,13 +538,13 @@ class EpochTests(SynchronousTestCase):
         An epoch goes on until it is 7 days old or holds 1,000 messages.
         """
         owner = start_group(GROUP, NOW)
-        self.assertIsNone(age_end(owner, NOW + EPOCH_MAX_AGE - 1))
-        self.assertEqual(age_end(owner, NOW + EPOCH_MAX_AGE), EpochEnd.TOO_OLD)
+        self.assertIsNone(end_reason(owner, NOW + EPOCH_MAX_AGE - 1))
+        self.assertEqual(end_reason(owner, NOW + EPOCH_MAX_AGE), EpochEnd.TOO_OLD)
         full = SendingChain(EPOCH_MAX_MESSAGES - 1, owner.chain.chain_key)
         almost = owner.__class__(owner.keys, full, NOW)
-        self.assertIsNone(age_end(almost, NOW))
+        self.assertIsNone(end_reason(almost, NOW))
         _, after = seal(almost, text_content(NOW, "the last"))
-        self.assertEqual(age_end(after, NOW), EpochEnd.TOO_MANY)
+        self.assertEqual(end_reason(after, NOW), EpochEnd.TOO_MANY)
 
     def test_events_end_an_epoch(self) -> None:
         """
@@ -543,7 +553,7 @@ class EpochTests(SynchronousTestCase):
         """
         owner = start_group(GROUP, NOW)
         for reason in (EpochEnd.MEMBER_REMOVED, EpochEnd.MEMBER_LEFT, EpochEnd.RESTORED):
-            self.assertEqual(age_end(end_epoch(owner, reason), NOW), reason)
+            self.assertEqual(end_reason(end_epoch(owner, reason), NOW), reason)
         twice = end_epoch(end_epoch(owner, EpochEnd.RESTORED), EpochEnd.MEMBER_LEFT)
         self.assertEqual(twice.ending, EpochEnd.RESTORED)
 
@@ -561,7 +571,7 @@ class EpochTests(SynchronousTestCase):
         self.assertEqual(delivery.member.epoch, 1)
         self.assertEqual(delivery.close, CloseStatement(GROUP, 0, 1, sealed.manifest.hash))
         self.assertIsNone(delivery.revealed_seed)
-        self.assertIsNone(age_end(owner, NOW + 1))
+        self.assertIsNone(end_reason(owner, NOW + 1))
         owner = next_epoch(owner, NOW + 2)
         delivery = decode_delivery(encode_delivery(new_epoch_delivery(owner)))
         self.assertEqual(delivery.close, CloseStatement(GROUP, 1, 0, bytes(32)))

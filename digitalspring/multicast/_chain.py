@@ -42,7 +42,8 @@ class ChainRefused(DigitalSpringError):
 
 class DuplicateMessage(ChainRefused):
     """
-    This message of the group was already received.
+    This message of the group was already received (or was sent before this
+    member joined).
     """
 
 
@@ -129,7 +130,9 @@ def receive_message_key(
             if waiting == index:
                 rest = chain.skipped[:position] + chain.skipped[position + 1 :]
                 return key, ReceivingChain(chain.next_index, chain.chain_key, rest, chain.end)
-        raise DuplicateMessage(f"message {index} was already received")
+        raise DuplicateMessage(
+            f"message {index} was already received, or precedes the first one this member reads"
+        )
     if index - chain.next_index + len(chain.skipped) > max_skip:
         raise FarFutureIndex(
             f"message {index} is more than {max_skip} ahead of the messages received"

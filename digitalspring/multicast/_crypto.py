@@ -144,6 +144,8 @@ def decrypt(key: bytes, nonce: bytes, ciphertext: bytes, associated: bytes) -> b
     :raises UndecryptableMessage: when the ciphertext or ``associated``
         were changed, or the key or nonce are not those it was made with.
     """
+    if len(ciphertext) < TAG_SIZE:
+        raise UndecryptableMessage("the message is shorter than its authentication tag")
     try:
         if len(ciphertext) - TAG_SIZE >= FAST_AEAD_FROM:
             aead, short_nonce = _openssl_aead(key, nonce)

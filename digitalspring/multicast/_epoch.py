@@ -73,7 +73,7 @@ class MalformedDelivery(DigitalSpringError):
 class EpochEnd(enum.Enum):
     """
     Why an epoch ends.  The first three are events the service raises
-    (:func:`end_epoch`); the last two are found by :func:`age_end`.
+    (:func:`end_epoch`); the last two are found by :func:`end_reason`.
     """
 
     MEMBER_REMOVED = "member removed"
@@ -250,7 +250,7 @@ def start_group(group_id: bytes, now: int) -> OwnerEpoch:
     return OwnerEpoch(keys, SendingChain(0, keys.chain_key), now)
 
 
-def age_end(owner: OwnerEpoch, now: int) -> EpochEnd | None:
+def end_reason(owner: OwnerEpoch, now: int) -> EpochEnd | None:
     """
     Why the epoch must end before the owner sends again at ``now``: an
     event the service raised, its age, or its number of messages; ``None``

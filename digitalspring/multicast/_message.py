@@ -54,7 +54,7 @@ def seal(
     ``content`` sealed as the next message of the owner's epoch, and the
     owner's state after it (its chain one step on, its last hash that of
     this manifest).  The caller checks first that the epoch need not end
-    (:func:`~digitalspring.multicast.age_end`).
+    (:func:`~digitalspring.multicast.end_reason`).
 
     :raises ContentTooLarge: when the content is too large.
     :raises ValueError: when ``fragment_size`` is out of range, or the epoch
