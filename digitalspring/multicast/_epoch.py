@@ -34,7 +34,7 @@ from __future__ import annotations
 
 import enum
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 
 from ..errors import DigitalSpringError
 from ._chain import ReceivingChain, SendingChain
@@ -273,16 +273,7 @@ def end_epoch(owner: OwnerEpoch, reason: EpochEnd) -> OwnerEpoch:
     """
     if owner.ending is not None:
         return owner
-    return OwnerEpoch(
-        owner.keys,
-        owner.chain,
-        owner.started,
-        owner.last_hash,
-        owner.close,
-        owner.revealed_seed,
-        owner.held_seed,
-        reason,
-    )
+    return evolve(owner, ending=reason)
 
 
 def next_epoch(owner: OwnerEpoch, now: int) -> OwnerEpoch:

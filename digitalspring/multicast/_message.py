@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from attrs import frozen
+from attrs import evolve, frozen
 
 from ._chain import ReceivingChain, next_message_key, receive_message_key
 from ._content import Content, pad_content, unpad_content
@@ -86,16 +86,7 @@ def seal(
         tuple(fragment_hash(fragment) for fragment in fragments),
     )
     signed = sign_manifest(manifest, keys.signing_seed)
-    after = OwnerEpoch(
-        keys,
-        chain,
-        owner.started,
-        manifest.hash,
-        owner.close,
-        owner.revealed_seed,
-        owner.held_seed,
-        owner.ending,
-    )
+    after = evolve(owner, chain=chain, last_hash=manifest.hash)
     return SealedMessage(manifest, signed, fragments), after
 
 
