@@ -5,6 +5,7 @@ loopback (see ``docs/tor-test-network.rst``).
 """
 
 from ..transport._clock import drive
+from ._store import StoreConformanceMixin
 from ._torcontract import TorControlContractMixin
 from ._torcontrol import (
     NamespacedEndpoint,
@@ -49,6 +50,7 @@ __all__ = [
     "PublishedOnion",
     "RecordingProtocol",
     "StartupTimings",
+    "StoreConformanceMixin",
     "TorClient",
     "TorControlContractMixin",
     "TorNetworkError",

@@ -1,0 +1,167 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+What the node's store offers the group layer.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from zope.interface import Interface
+
+if TYPE_CHECKING:
+    from twisted.internet.defer import Deferred
+
+    from ..identity import PeerID
+    from ._values import (
+        Change,
+        DeliveryState,
+        Edge,
+        Epoch,
+        Group,
+        Invitation,
+        Member,
+        OutboxEntry,
+        StoredMessage,
+    )
+
+
+class IStore(Interface):
+    """
+    A node's groups, keys, messages, outbox, invitations and settings.
+
+    Writes are transactions of :class:`~digitalspring.storage.Change`
+    values: all of them or none.  A write's Deferred fires only once the
+    transaction is durable, so whatever the caller acknowledges to a peer or
+    to the user after it survives a crash.  Every Deferred may fail with
+    :class:`~digitalspring.storage.StoreClosed` after :meth:`close`, and
+    with :class:`~digitalspring.storage.TamperedRow` when an encrypted
+    value fails to authenticate.
+    """
+
+    def commit(*changes: Change) -> Deferred[None]:
+        """
+        Apply ``changes`` in one transaction, in order.
+
+        :returns: a Deferred that fires with ``None`` once they are
+            durable.  It fails with the first change's refusal (a
+            :class:`~digitalspring.storage.StorageError`: each change's
+            docstring lists its own), and then the store is as it was.
+        """
+
+    def group(group_id: bytes) -> Deferred[Group]:
+        """
+        :returns: a Deferred that fires with the group.  It fails with
+            :class:`~digitalspring.storage.NotStored` for an unknown group.
+        """
+
+    def groups() -> Deferred[list[Group]]:
+        """
+        :returns: a Deferred that fires with every group, oldest first.
+        """
+
+    def members(group_id: bytes) -> Deferred[list[Member]]:
+        """
+        :returns: a Deferred that fires with the members of a group we own,
+            in the order they were added (empty for a group we do not own).
+        """
+
+    def edges(group_id: bytes) -> Deferred[frozenset[Edge]]:
+        """
+        :returns: a Deferred that fires with the neighbour graph of a group
+            we own, each edge in :func:`~digitalspring.storage.edge` order.
+        """
+
+    def neighbours(group_id: bytes) -> Deferred[frozenset[PeerID]]:
+        """
+        :returns: a Deferred that fires with our own neighbours in a group
+            we are a member of.
+        """
+
+    def epoch(group_id: bytes, epoch: int | None = None) -> Deferred[Epoch]:
+        """
+        :param epoch: which one; ``None`` for the latest.
+        :returns: a Deferred that fires with the epoch and the keys still
+            held.  It fails with :class:`~digitalspring.storage.NotStored`
+            when there is no such epoch.
+        """
+
+    def message(group_id: bytes, epoch: int, index: int) -> Deferred[StoredMessage]:
+        """
+        :returns: a Deferred that fires with the message, complete or
+            partial.  It fails with :class:`~digitalspring.storage.NotStored`
+            when there is none.
+        """
+
+    def history(
+        group_id: bytes, after: tuple[int, int] | None = None, limit: int = 100
+    ) -> Deferred[list[StoredMessage]]:
+        """
+        The complete messages of a group, by (epoch, index).
+
+        :param after: only messages after this (epoch, index).
+        :param limit: at most this many.
+        :returns: a Deferred that fires with the list.
+        """
+
+    def partial_messages(group_id: bytes) -> Deferred[list[StoredMessage]]:
+        """
+        :returns: a Deferred that fires with the partial messages of a
+            group, by (epoch, index), without fragments.
+        """
+
+    def fragments(group_id: bytes, epoch: int, index: int) -> Deferred[dict[int, bytes]]:
+        """
+        :returns: a Deferred that fires with the fragments kept of a
+            message, by number (empty when none are).
+        """
+
+    def deliveries(
+        group_id: bytes, epoch: int, index: int
+    ) -> Deferred[dict[PeerID, DeliveryState]]:
+        """
+        :returns: a Deferred that fires with each recipient's delivery state
+            for a message we sent.
+        """
+
+    def undelivered(group_id: bytes, peer: PeerID) -> Deferred[list[tuple[int, int]]]:
+        """
+        :returns: a Deferred that fires with the (epoch, index) of each
+            message we sent that ``peer`` has not committed, in order.
+        """
+
+    def outbox(peer: PeerID) -> Deferred[list[OutboxEntry]]:
+        """
+        :returns: a Deferred that fires with what waits for ``peer``, in the
+            order it was queued.
+        """
+
+    def outbox_peers() -> Deferred[frozenset[PeerID]]:
+        """
+        :returns: a Deferred that fires with the peers something waits for.
+        """
+
+    def invitations() -> Deferred[list[Invitation]]:
+        """
+        :returns: a Deferred that fires with the pending invitations, oldest
+            first.
+        """
+
+    def blocked() -> Deferred[frozenset[PeerID]]:
+        """
+        :returns: a Deferred that fires with the blocked peers.
+        """
+
+    def setting(name: str) -> Deferred[str | None]:
+        """
+        :returns: a Deferred that fires with a setting's value, or ``None``
+            when it is not set.
+        """
+
+    def close() -> Deferred[None]:
+        """
+        Finish what was asked and release the store.
+
+        :returns: a Deferred that fires once everything is written and the
+            store is closed.
+        """

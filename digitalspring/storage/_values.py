@@ -1,0 +1,579 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+What the store holds, as values, and the changes made to it.
+
+A read returns these frozen values; a write is a sequence of
+:class:`Change` values that :meth:`IStore.commit
+<digitalspring.storage.IStore.commit>` applies in one transaction, all or
+nothing.  Each change is one step of what the group layer does; a logical
+change of the group layer (remove a member: its status, the neighbour edges
+that change, the next epoch, what waits in the outbox) is one ``commit`` of
+several steps.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import ClassVar, Literal
+
+from attrs import field, frozen
+
+from ..identity import PeerID
+
+#: How we take part in a group.
+Role = Literal["owner", "member", "mailbox"]
+#: What a member can be in a group, as its owner sees it.
+MemberRole = Literal["member", "mailbox"]
+#: Where a member stands, as the owner sees it.
+MemberStatus = Literal["invited", "active", "removed"]
+#: Where we stand in a group: in it, left it, or removed by its owner.
+GroupState = Literal["active", "left", "removed"]
+#: Whether all of a message is here and committed.
+MessageState = Literal["partial", "complete"]
+#: Whether a member has committed a message we sent (owner side).
+DeliveryState = Literal["pending", "committed"]
+
+ROLES: tuple[Role, ...] = ("owner", "member", "mailbox")
+MEMBER_ROLES: tuple[MemberRole, ...] = ("member", "mailbox")
+MEMBER_STATUSES: tuple[MemberStatus, ...] = ("invited", "active", "removed")
+GROUP_STATES: tuple[GroupState, ...] = ("active", "left", "removed")
+
+#: The length of a group ID, a chain key, an access key and a hash.
+KEY_SIZE = 32
+
+
+def _check_32(instance: object, attribute: object, value: bytes) -> None:
+    if len(value) != KEY_SIZE:
+        raise ValueError(f"expected {KEY_SIZE} bytes, got {len(value)}")
+
+
+def _check_index(instance: object, attribute: object, value: int) -> None:
+    if value < 0:
+        raise ValueError(f"expected a number from 0, got {value}")
+
+
+@frozen
+class Group:
+    """
+    A group this node is in.
+
+    :ivar group_id: its 32 random bytes.
+    :ivar name: its name as the owner proposes it.
+    :ivar petname: what the local user calls it, or ``None``.
+    :ivar owner: the peer that owns it (ourselves when ``role`` is owner).
+    :ivar role: how we take part.
+    :ivar strategy: the name of its multicast strategy plugin.
+    :ivar degree: N, how many neighbours each member has.
+    :ivar created: when it was created or joined (Unix seconds).
+    :ivar state: whether we are still in it.
+    """
+
+    group_id: bytes = field(validator=_check_32)
+    name: str
+    owner: PeerID
+    role: Role
+    strategy: str
+    degree: int
+    created: float
+    petname: str | None = None
+    state: GroupState = "active"
+
+
+@frozen
+class Member:
+    """
+    A member of a group we own.
+    """
+
+    peer: PeerID
+    role: MemberRole
+    status: MemberStatus
+
+
+@frozen
+class ChainState:
+    """
+    Where a group's sender-key chain is: the chain key for message
+    ``next_index``.  The owner sends with it; members receive with it.
+    """
+
+    key: bytes = field(repr=False, validator=_check_32)
+    next_index: int = field(validator=_check_index)
+
+
+@frozen
+class EpochClose:
+    """
+    How an epoch ended: the index of its last message (``-1`` when it has
+    none) and the hash of that message's manifest (32 zero bytes when none).
+    """
+
+    last_index: int
+    last_manifest_hash: bytes = field(validator=_check_32)
+
+
+@frozen
+class Epoch:
+    """
+    One epoch of a group: its keys and whether it is closed.
+
+    Secrets are ``None`` once deleted (:class:`ForgetEpochKeys`) or when we
+    never had them: members never hold ``signing_secret``; mailboxes hold
+    only ``access_key``.
+
+    :ivar chain: the chain state, or ``None``.
+    :ivar signing_public: the epoch's Ed25519 public key (32 bytes).
+    :ivar signing_secret: its secret half: the owner's until revealed.
+    :ivar access_key: the key of membership proofs in this epoch.
+    :ivar close: how it ended, once it has.
+    :ivar revealed_secret: the signing secret the owner revealed to members
+        one epoch after this one closed (deniability).
+    """
+
+    group_id: bytes = field(validator=_check_32)
+    epoch: int = field(validator=_check_index)
+    signing_public: bytes = field(validator=_check_32)
+    created: float
+    chain: ChainState | None = None
+    signing_secret: bytes | None = field(default=None, repr=False)
+    access_key: bytes | None = field(default=None, repr=False)
+    close: EpochClose | None = None
+    revealed_secret: bytes | None = field(default=None, repr=False)
+
+
+@frozen
+class StoredMessage:
+    """
+    A message of a group, as stored.
+
+    :ivar manifest: the signed manifest's bytes.
+    :ivar state: ``partial`` while fragments are arriving, ``complete`` once
+        committed (received and decrypted, or sent).
+    :ivar content: the decrypted content (padding removed by the caller) of
+        a complete message, when it was kept.
+    :ivar sent_at: the send time from inside the encrypted content, once
+        known.
+    :ivar from_peer: the peer whose fragments are held for a partial message.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    manifest: bytes
+    state: MessageState
+    content: bytes | None = field(default=None, repr=False)
+    sent_at: float | None = None
+    from_peer: PeerID | None = None
+
+
+@frozen
+class OutboxEntry:
+    """
+    Something waiting to go to a peer when it is reachable.
+
+    :ivar entry_id: the store's number for it, which :class:`Dequeue` and
+        :class:`CountAttempt` take; entries of a peer come in the order they
+        were queued.
+    """
+
+    entry_id: int
+    peer: PeerID
+    kind: str
+    payload: bytes = field(repr=False)
+    created: float
+    attempts: int = 0
+
+
+@frozen
+class Invitation:
+    """
+    An invitation waiting for the user's consent.
+    """
+
+    from_peer: PeerID
+    group_id: bytes
+    payload: bytes = field(repr=False)
+    received: float
+
+
+#: An undirected edge of a group's neighbour graph.
+Edge = tuple[PeerID, PeerID]
+
+
+def edge(a: PeerID, b: PeerID) -> Edge:
+    """
+    The edge between ``a`` and ``b``, in the one order the store uses.
+
+    :raises ValueError: for a loop (``a == b``).
+    """
+    if a == b:
+        raise ValueError("a neighbour graph has no loops")
+    return (a, b) if a < b else (b, a)
+
+
+def _fragments(fragments: Iterable[bytes]) -> tuple[bytes, ...]:
+    return tuple(fragments)
+
+
+@frozen
+class StoreLimits:
+    """
+    What peers can make the store hold, per peer and in total.
+
+    The defaults and their reasons are in ``docs/storage.rst``.
+    """
+
+    partial_messages_per_peer: int = 256
+    partial_messages_total: int = 4096
+    partial_bytes_per_peer: int = 64 * 1024 * 1024
+    partial_bytes_total: int = 256 * 1024 * 1024
+    outbox_entries_per_peer: int = 1000
+    outbox_entries_total: int = 100_000
+    outbox_bytes_per_peer: int = 16 * 1024 * 1024
+    outbox_bytes_total: int = 256 * 1024 * 1024
+    invitations_per_peer: int = 8
+    invitations_total: int = 256
+    invitation_bytes: int = 64 * 1024
+
+
+# --- Changes -----------------------------------------------------------------
+
+
+@frozen
+class Change:
+    """
+    One step of a transaction.
+
+    :cvar erases: whether the step deletes secrets or contents; after a
+        transaction that does, the SQLite store checkpoints its write-ahead
+        log with truncation, so the deleted bytes are in neither file.
+    """
+
+    erases: ClassVar[bool] = False
+
+
+@frozen
+class AddGroup(Change):
+    """
+    Store a new group.
+
+    :raises AlreadyStored: when a group has its ID.
+    """
+
+    group: Group
+
+
+@frozen
+class SetPetname(Change):
+    """
+    Name a group for the local user (``None`` shows the owner's name).
+    """
+
+    group_id: bytes
+    petname: str | None
+
+
+@frozen
+class SetGroupState(Change):
+    """
+    Record that we left a group, or were removed from it.
+    """
+
+    group_id: bytes
+    state: GroupState
+
+
+@frozen
+class DeleteGroup(Change):
+    """
+    Delete a group and everything stored for it: members, neighbours,
+    epochs and their keys, messages, fragments and delivery states.
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+
+
+@frozen
+class PutMember(Change):
+    """
+    Add a member to a group we own, or change its role or status.
+    """
+
+    group_id: bytes
+    member: Member
+
+
+@frozen
+class ChangeEdges(Change):
+    """
+    Change a group's neighbour graph (owner side): both ends of each edge
+    are members; an edge is given once, in :func:`edge` order or not.
+    Adding an edge already there, or removing one that is not, is a no-op.
+    """
+
+    group_id: bytes
+    add: frozenset[Edge] = frozenset()
+    remove: frozenset[Edge] = frozenset()
+
+
+@frozen
+class SetNeighbours(Change):
+    """
+    Replace our own neighbours in a group (member side).
+    """
+
+    group_id: bytes
+    peers: frozenset[PeerID]
+
+
+@frozen
+class AddEpoch(Change):
+    """
+    Store a new epoch of a group, with its keys.
+
+    :raises AlreadyStored: when the group already has this epoch.
+    """
+
+    epoch: Epoch
+
+
+@frozen
+class CloseEpoch(Change):
+    """
+    Record how an epoch ended.
+    """
+
+    group_id: bytes
+    epoch: int
+    close: EpochClose
+
+
+@frozen
+class RevealSigningSecret(Change):
+    """
+    Keep the signing secret the owner revealed for a closed epoch.
+    """
+
+    group_id: bytes
+    epoch: int
+    secret: bytes = field(repr=False)
+
+
+@frozen
+class ForgetEpochKeys(Change):
+    """
+    Delete an epoch's chain key, signing secret and access key.  Its public
+    key, close statement and any revealed secret stay.
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+    epoch: int
+
+
+@frozen
+class CommitSent(Change):
+    """
+    Commit a message we send (owner): its manifest and ciphertext fragments
+    (kept until every recipient has it), optionally its content (our
+    history), the send chain moved to ``chain``, and a pending delivery
+    state for each recipient.
+
+    ``index`` must be where the chain was, and ``chain.next_index`` past it.
+
+    :raises ChainOutOfOrder: otherwise.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    manifest: bytes
+    fragments: tuple[bytes, ...] = field(repr=False, converter=_fragments)
+    content: bytes | None = field(repr=False)
+    sent_at: float
+    chain: ChainState
+    recipients: frozenset[PeerID]
+
+
+@frozen
+class StartMessage(Change):
+    """
+    Keep the (verified) manifest of a message that is arriving from
+    ``from_peer``: a partial message, charged to that peer.
+
+    :raises AlreadyStored: when the message is already there.
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
+    :raises PeerBlocked: when ``from_peer`` is blocked.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    manifest: bytes
+    from_peer: PeerID
+
+
+@frozen
+class AddFragment(Change):
+    """
+    Keep a (verified) fragment of a partial message.  Storing a fragment
+    already stored is a no-op.
+
+    :raises NotStored: when the message is not partial here.
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
+    :raises PeerBlocked: when ``from_peer`` is blocked.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    number: int
+    data: bytes = field(repr=False)
+    from_peer: PeerID
+
+
+@frozen
+class CommitReceived(Change):
+    """
+    Commit a received message: keep its content, delete its fragments, and
+    replace the receive chain with ``chain``, all at once.  The receive
+    chain may skip indices (messages never to be read) but not go back.
+
+    :raises NotStored: when the message is not partial here.
+    :raises ChainOutOfOrder: when ``index`` is before the chain, or
+        ``chain.next_index`` not past ``index``.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    content: bytes = field(repr=False)
+    sent_at: float
+    chain: ChainState
+
+
+@frozen
+class DropMessage(Change):
+    """
+    Delete a message, complete or partial, with its fragments and delivery
+    states (a refused partial message, or history the user deletes).
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+    epoch: int
+    index: int
+
+
+@frozen
+class DropFragments(Change):
+    """
+    Delete the fragments kept of a message we sent, once every recipient
+    has it.
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+    epoch: int
+    index: int
+
+
+@frozen
+class MarkDelivered(Change):
+    """
+    Record that a recipient committed a message we sent.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    peer: PeerID
+
+
+@frozen
+class Enqueue(Change):
+    """
+    Queue something for a peer in the outbox.
+
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
+    """
+
+    peer: PeerID
+    kind: str
+    payload: bytes = field(repr=False)
+    created: float
+
+
+@frozen
+class Dequeue(Change):
+    """
+    Remove an entry from the outbox (it was delivered, or is given up).
+    """
+
+    entry_id: int
+
+
+@frozen
+class CountAttempt(Change):
+    """
+    Count one more attempt to deliver an outbox entry.
+    """
+
+    entry_id: int
+
+
+@frozen
+class AddInvitation(Change):
+    """
+    Keep an invitation until the user answers it; a second one from the
+    same peer for the same group replaces the first.
+
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound
+        (the size of one invitation is bounded too).
+    :raises PeerBlocked: when ``from_peer`` is blocked.
+    """
+
+    invitation: Invitation
+
+
+@frozen
+class DropInvitation(Change):
+    """
+    Delete a pending invitation (accepted or declined).
+    """
+
+    erases: ClassVar[bool] = True
+    from_peer: PeerID
+    group_id: bytes
+
+
+@frozen
+class Block(Change):
+    """
+    Block a peer: its pending invitations and partial messages go at once,
+    and nothing more from it is kept.
+    """
+
+    erases: ClassVar[bool] = True
+    peer: PeerID
+    since: float
+
+
+@frozen
+class Unblock(Change):
+    """
+    Stop blocking a peer.
+    """
+
+    peer: PeerID
+
+
+@frozen
+class SetSetting(Change):
+    """
+    Set a setting, or delete it with ``None``.
+    """
+
+    name: str
+    value: str | None

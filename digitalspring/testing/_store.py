@@ -1,0 +1,677 @@
+# -*- test-case-name: tests.test_storage -*-
+"""
+The conformance tests every :class:`~digitalspring.storage.IStore` passes:
+the SQLite store nodes run, the memory store simulations use, and any other.
+
+Mix :class:`StoreConformanceMixin` into a trial ``TestCase`` and say how to
+make an empty store with given limits (:meth:`make_store`).  The test
+bodies are coroutines awaiting Deferreds, so they run the same whether the
+store answers at once (memory) or from a thread (SQLite).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable, Coroutine
+from functools import wraps
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from twisted.internet.defer import Deferred
+from zope.interface.verify import verifyObject
+
+from ..identity import Identity, PeerID
+from ..storage import (
+    AddEpoch,
+    AddFragment,
+    AddGroup,
+    AddInvitation,
+    AlreadyStored,
+    Block,
+    ChainOutOfOrder,
+    ChainState,
+    ChangeEdges,
+    CloseEpoch,
+    CommitReceived,
+    CommitSent,
+    CountAttempt,
+    DeleteGroup,
+    Dequeue,
+    DropFragments,
+    DropInvitation,
+    DropMessage,
+    Enqueue,
+    Epoch,
+    EpochClose,
+    ForgetEpochKeys,
+    Group,
+    Invitation,
+    IStore,
+    MarkDelivered,
+    Member,
+    NotStored,
+    PeerBlocked,
+    PeerQuotaExceeded,
+    PutMember,
+    RevealSigningSecret,
+    SetGroupState,
+    SetNeighbours,
+    SetPetname,
+    SetSetting,
+    StartMessage,
+    StoreClosed,
+    StoreLimits,
+    TotalQuotaExceeded,
+    Unblock,
+    edge,
+)
+
+if TYPE_CHECKING:
+    from contextlib import AbstractContextManager
+
+    class _Base:
+        # What the mixin uses of a trial test case, typed (trial's are not).
+        def assertEqual(self, first: object, second: object, msg: object = None) -> None: ...
+        def assertIsNone(self, obj: object, msg: object = None) -> None: ...
+        def assertIsInstance(self, instance: object, classOrTuple: Any) -> None: ...
+        def assertTrue(self, condition: object, msg: object = None) -> None: ...
+        def assertFalse(self, condition: object, msg: object = None) -> None: ...
+        def assertRaises(
+            self, exception: type[BaseException], *, msg: object = None
+        ) -> AbstractContextManager[Any]: ...
+        def addCleanup(self, function: Callable[..., object], *args: object) -> None: ...
+        def failureResultOf(self, d: Deferred[Any], *types: type[BaseException]) -> Any: ...
+
+else:
+    _Base = object
+
+_Test = Callable[[Any], Coroutine[Any, Any, None]]
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _deferred(test: _Test) -> Callable[[Any], Deferred[None]]:
+    @wraps(test)
+    def run(self: Any) -> Deferred[None]:
+        return Deferred.fromCoroutine(test(self))
+
+    return run
+
+
+def peer(n: int) -> PeerID:
+    """
+    A peer ID made from ``n``, the same in every run.
+    """
+    return Identity.from_seed(n.to_bytes(32, "big")).peer_id
+
+
+OWNER = peer(1)
+ALICE, BOB, CAROL, DAVE = peer(2), peer(3), peer(4), peer(5)
+GROUP_ID = bytes(range(32))
+OTHER_GROUP_ID = bytes(range(1, 33))
+
+
+def owned_group(group_id: bytes = GROUP_ID, created: float = 1000.0) -> Group:
+    """
+    A group we own.
+    """
+    return Group(group_id, "friends", OWNER, "owner", "unicast", 6, created)
+
+
+def joined_group(group_id: bytes = GROUP_ID) -> Group:
+    """
+    A group someone else owns, that we are a member of.
+    """
+    return Group(group_id, "their group", OWNER, "member", "unicast", 6, 1000.0)
+
+
+def epoch_keys(group_id: bytes = GROUP_ID, number: int = 0, next_index: int = 0) -> Epoch:
+    """
+    An epoch with every secret set, each recognisable.
+    """
+    return Epoch(
+        group_id,
+        number,
+        signing_public=b"P" * 32,
+        created=2000.0,
+        chain=ChainState(bytes([number]) * 32, next_index),
+        signing_secret=b"S" * 32,
+        access_key=b"A" * 32,
+    )
+
+
+async def _refused(d: Awaitable[Any], error: type[_E]) -> _E:
+    try:
+        await d
+    except error as e:
+        return e
+    raise AssertionError(f"expected {error.__name__}")
+
+
+class StoreConformanceMixin(_Base):
+    """
+    What every :class:`~digitalspring.storage.IStore` does.
+    """
+
+    def make_store(self, limits: StoreLimits) -> Deferred[IStore]:
+        """
+        Make an empty store with ``limits``; closing it is up to the
+        implementation (``addCleanup``).
+        """
+        raise NotImplementedError()
+
+    async def _store(self, limits: StoreLimits | None = None) -> IStore:
+        return await self.make_store(limits or StoreLimits())
+
+    async def _group_with_members(self, store: IStore, *peers: PeerID) -> None:
+        await store.commit(
+            AddGroup(owned_group()),
+            AddEpoch(epoch_keys()),
+            *(PutMember(GROUP_ID, Member(p, "member", "active")) for p in peers),
+        )
+
+    async def _partial(self, store: IStore, index: int, sender: PeerID = OWNER) -> None:
+        await store.commit(StartMessage(GROUP_ID, 0, index, b"manifest %d" % index, sender))
+
+    @_deferred
+    async def test_interface(self) -> None:
+        """
+        The store provides IStore, every method as the interface says.
+        """
+        store = await self._store()
+        self.assertTrue(verifyObject(IStore, store))
+
+    @_deferred
+    async def test_groups(self) -> None:
+        """
+        A group added is read back as it was, groups list oldest first, a
+        second copy of a group is refused, and an unknown group is
+        NotStored.
+        """
+        store = await self._store()
+        newer = owned_group(OTHER_GROUP_ID, created=3000.0)
+        await store.commit(AddGroup(newer), AddGroup(owned_group()))
+        self.assertEqual(await store.group(GROUP_ID), owned_group())
+        self.assertEqual(await store.groups(), [owned_group(), newer])
+        await _refused(store.commit(AddGroup(owned_group())), AlreadyStored)
+        await _refused(store.group(b"x" * 32), NotStored)
+
+    @_deferred
+    async def test_petname_and_state(self) -> None:
+        """
+        The user's petname and the group's state are changed in place.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()))
+        await store.commit(SetPetname(GROUP_ID, "book club"), SetGroupState(GROUP_ID, "left"))
+        group = await store.group(GROUP_ID)
+        self.assertEqual(
+            (group.petname, group.state, group.name), ("book club", "left", "their group")
+        )
+        await _refused(store.commit(SetPetname(b"x" * 32, "n")), NotStored)
+
+    @_deferred
+    async def test_all_or_nothing(self) -> None:
+        """
+        When one change of a transaction is refused, none of the changes
+        before it stay.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(owned_group()))
+        await _refused(
+            store.commit(
+                AddGroup(owned_group(OTHER_GROUP_ID)),
+                SetSetting("auto-accept", "no"),
+                SetPetname(GROUP_ID, "changed"),
+                AddGroup(owned_group()),
+            ),
+            AlreadyStored,
+        )
+        self.assertEqual(await store.groups(), [owned_group()])
+        self.assertIsNone(await store.setting("auto-accept"))
+        self.assertIsNone((await store.group(GROUP_ID)).petname)
+
+    @_deferred
+    async def test_members_and_edges(self) -> None:
+        """
+        Members are kept in the order added and updated in place; the
+        neighbour graph holds undirected edges between members, and an edge
+        to a non-member is refused with nothing changed.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB, CAROL)
+        await store.commit(
+            PutMember(GROUP_ID, Member(BOB, "mailbox", "invited")),
+            ChangeEdges(GROUP_ID, add=frozenset({(BOB, ALICE), (CAROL, BOB)})),
+        )
+        self.assertEqual(
+            await store.members(GROUP_ID),
+            [
+                Member(ALICE, "member", "active"),
+                Member(BOB, "mailbox", "invited"),
+                Member(CAROL, "member", "active"),
+            ],
+        )
+        self.assertEqual(
+            await store.edges(GROUP_ID), frozenset({edge(ALICE, BOB), edge(BOB, CAROL)})
+        )
+        await _refused(
+            store.commit(
+                ChangeEdges(GROUP_ID, remove=frozenset({(ALICE, BOB)})),
+                ChangeEdges(GROUP_ID, add=frozenset({(ALICE, DAVE)})),
+            ),
+            NotStored,
+        )
+        await store.commit(
+            ChangeEdges(
+                GROUP_ID, add=frozenset({(ALICE, CAROL)}), remove=frozenset({(ALICE, BOB)})
+            )
+        )
+        self.assertEqual(
+            await store.edges(GROUP_ID), frozenset({edge(ALICE, CAROL), edge(BOB, CAROL)})
+        )
+
+    @_deferred
+    async def test_neighbours(self) -> None:
+        """
+        A member's own neighbours are replaced as a whole.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()))
+        await store.commit(SetNeighbours(GROUP_ID, frozenset({ALICE, BOB})))
+        await store.commit(SetNeighbours(GROUP_ID, frozenset({BOB, CAROL})))
+        self.assertEqual(await store.neighbours(GROUP_ID), frozenset({BOB, CAROL}))
+
+    @_deferred
+    async def test_epochs(self) -> None:
+        """
+        Epoch keys are read back as stored, the latest epoch by default; a
+        close statement and a revealed secret are added; forgetting the
+        keys leaves the public key, the close statement and the revealed
+        secret.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(owned_group()), AddEpoch(epoch_keys()))
+        await store.commit(AddEpoch(epoch_keys(number=1)))
+        self.assertEqual(await store.epoch(GROUP_ID), epoch_keys(number=1))
+        self.assertEqual(await store.epoch(GROUP_ID, 0), epoch_keys())
+        await _refused(store.commit(AddEpoch(epoch_keys())), AlreadyStored)
+        await _refused(store.epoch(GROUP_ID, 7), NotStored)
+        close = EpochClose(4, b"h" * 32)
+        await store.commit(
+            CloseEpoch(GROUP_ID, 0, close),
+            RevealSigningSecret(GROUP_ID, 0, b"R" * 32),
+            ForgetEpochKeys(GROUP_ID, 0),
+        )
+        forgotten = await store.epoch(GROUP_ID, 0)
+        self.assertEqual(
+            forgotten,
+            Epoch(GROUP_ID, 0, b"P" * 32, 2000.0, close=close, revealed_secret=b"R" * 32),
+        )
+
+    @_deferred
+    async def test_commit_sent(self) -> None:
+        """
+        Sending a message stores its manifest, content and fragments,
+        moves the send chain, and makes one pending delivery per recipient;
+        deliveries are marked one by one and fragments dropped at the end.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB)
+        await store.commit(
+            CommitSent(
+                GROUP_ID,
+                0,
+                0,
+                b"manifest 0",
+                [b"f0", b"f1"],
+                b"hello",
+                5000.0,
+                ChainState(b"n" * 32, 1),
+                frozenset({ALICE, BOB}),
+            )
+        )
+        message = await store.message(GROUP_ID, 0, 0)
+        self.assertEqual(
+            (message.state, message.content, message.sent_at, message.manifest),
+            ("complete", b"hello", 5000.0, b"manifest 0"),
+        )
+        self.assertEqual((await store.epoch(GROUP_ID)).chain, ChainState(b"n" * 32, 1))
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {0: b"f0", 1: b"f1"})
+        await store.commit(MarkDelivered(GROUP_ID, 0, 0, ALICE))
+        self.assertEqual(
+            await store.deliveries(GROUP_ID, 0, 0), {ALICE: "committed", BOB: "pending"}
+        )
+        self.assertEqual(await store.undelivered(GROUP_ID, BOB), [(0, 0)])
+        self.assertEqual(await store.undelivered(GROUP_ID, ALICE), [])
+        await _refused(store.commit(MarkDelivered(GROUP_ID, 0, 0, CAROL)), NotStored)
+        await store.commit(DropFragments(GROUP_ID, 0, 0))
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
+        self.assertEqual([m.index for m in await store.history(GROUP_ID)], [0])
+
+    @_deferred
+    async def test_send_index_never_reused(self) -> None:
+        """
+        A sender cannot commit at an index its chain has passed, nor skip
+        one, nor leave its chain where it was; the store is unchanged.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE)
+
+        def sent(index: int, next_index: int) -> CommitSent:
+            return CommitSent(
+                GROUP_ID,
+                0,
+                index,
+                b"m",
+                [b"f"],
+                None,
+                1.0,
+                ChainState(b"k" * 32, next_index),
+                frozenset({ALICE}),
+            )
+
+        await store.commit(sent(0, 1))
+        for index, next_index in [(0, 1), (2, 3), (1, 1)]:
+            await _refused(store.commit(sent(index, next_index)), ChainOutOfOrder)
+        self.assertEqual((await store.epoch(GROUP_ID)).chain, ChainState(b"k" * 32, 1))
+        await _refused(store.message(GROUP_ID, 0, 2), NotStored)
+
+    @_deferred
+    async def test_receive(self) -> None:
+        """
+        A message arrives as a manifest and fragments (a fragment stored
+        twice counts once); committing it keeps the content, deletes the
+        fragments and replaces the receive chain, in one step.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await self._partial(store, 0)
+        for number in (0, 1, 1):
+            await store.commit(AddFragment(GROUP_ID, 0, 0, number, b"F%d" % number, OWNER))
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {0: b"F0", 1: b"F1"})
+        partial = await store.partial_messages(GROUP_ID)
+        self.assertEqual(
+            [(m.index, m.state, m.from_peer) for m in partial], [(0, "partial", OWNER)]
+        )
+        await _refused(self._partial(store, 0), AlreadyStored)
+        await store.commit(
+            CommitReceived(GROUP_ID, 0, 0, b"hi all", 7.0, ChainState(b"c" * 32, 1))
+        )
+        message = await store.message(GROUP_ID, 0, 0)
+        self.assertEqual(
+            (message.state, message.content, message.sent_at), ("complete", b"hi all", 7.0)
+        )
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
+        self.assertEqual(await store.partial_messages(GROUP_ID), [])
+        self.assertEqual((await store.epoch(GROUP_ID)).chain, ChainState(b"c" * 32, 1))
+        self.assertEqual([m.content for m in await store.history(GROUP_ID)], [b"hi all"])
+        await _refused(
+            store.commit(AddFragment(GROUP_ID, 0, 0, 2, b"late", OWNER)),
+            NotStored,
+        )
+
+    @_deferred
+    async def test_receive_chain_only_forward(self) -> None:
+        """
+        A receive chain may skip indices but never go back; a refused
+        commit leaves the message partial with its fragments.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys(next_index=3)))
+        await self._partial(store, 1)
+        await store.commit(AddFragment(GROUP_ID, 0, 1, 0, b"F", OWNER))
+        await _refused(
+            store.commit(CommitReceived(GROUP_ID, 0, 1, b"x", 1.0, ChainState(b"c" * 32, 2))),
+            ChainOutOfOrder,
+        )
+        self.assertEqual((await store.message(GROUP_ID, 0, 1)).state, "partial")
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 1), {0: b"F"})
+        await self._partial(store, 5)
+        await _refused(
+            store.commit(CommitReceived(GROUP_ID, 0, 5, b"x", 1.0, ChainState(b"c" * 32, 5))),
+            ChainOutOfOrder,
+        )
+        await store.commit(CommitReceived(GROUP_ID, 0, 5, b"x", 1.0, ChainState(b"c" * 32, 6)))
+        self.assertEqual((await store.epoch(GROUP_ID)).chain, ChainState(b"c" * 32, 6))
+
+    @_deferred
+    async def test_history_order(self) -> None:
+        """
+        History lists complete messages by epoch then index, after a given
+        point, up to a limit; partial messages are not in it.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await store.commit(AddEpoch(epoch_keys(number=1)))
+        for epoch, index in [(1, 0), (0, 1), (0, 0), (1, 1)]:
+            await store.commit(StartMessage(GROUP_ID, epoch, index, b"m", OWNER))
+        for epoch, index in [(0, 0), (0, 1), (1, 0)]:
+            await store.commit(
+                CommitReceived(
+                    GROUP_ID,
+                    epoch,
+                    index,
+                    b"%d/%d" % (epoch, index),
+                    1.0,
+                    ChainState(b"c" * 32, index + 1),
+                )
+            )
+        history = await store.history(GROUP_ID)
+        self.assertEqual([m.content for m in history], [b"0/0", b"0/1", b"1/0"])
+        after = await store.history(GROUP_ID, after=(0, 0), limit=1)
+        self.assertEqual([m.content for m in after], [b"0/1"])
+
+    @_deferred
+    async def test_drop_message(self) -> None:
+        """
+        Dropping a message deletes it with its fragments; dropping one not
+        stored is a no-op.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await self._partial(store, 0)
+        await store.commit(AddFragment(GROUP_ID, 0, 0, 0, b"F", OWNER))
+        await store.commit(DropMessage(GROUP_ID, 0, 0), DropMessage(GROUP_ID, 0, 9))
+        await _refused(store.message(GROUP_ID, 0, 0), NotStored)
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
+
+    @_deferred
+    async def test_delete_group(self) -> None:
+        """
+        Deleting a group deletes everything stored for it, and nothing of
+        another group.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB)
+        await store.commit(
+            AddGroup(owned_group(OTHER_GROUP_ID)),
+            AddEpoch(epoch_keys(OTHER_GROUP_ID)),
+            ChangeEdges(GROUP_ID, add=frozenset({(ALICE, BOB)})),
+            CommitSent(
+                GROUP_ID,
+                0,
+                0,
+                b"m",
+                [b"f"],
+                b"c",
+                1.0,
+                ChainState(b"n" * 32, 1),
+                frozenset({ALICE}),
+            ),
+        )
+        await store.commit(DeleteGroup(GROUP_ID))
+        await _refused(store.group(GROUP_ID), NotStored)
+        await _refused(store.epoch(GROUP_ID), NotStored)
+        await _refused(store.message(GROUP_ID, 0, 0), NotStored)
+        self.assertEqual(await store.members(GROUP_ID), [])
+        self.assertEqual(await store.edges(GROUP_ID), frozenset())
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
+        self.assertEqual(await store.deliveries(GROUP_ID, 0, 0), {})
+        self.assertEqual((await store.epoch(OTHER_GROUP_ID)).epoch, 0)
+
+    @_deferred
+    async def test_partial_quota_per_peer(self) -> None:
+        """
+        One peer cannot hold more partial messages, or more bytes of them,
+        than its bound; another peer still can.
+        """
+        limits = StoreLimits(partial_messages_per_peer=2, partial_bytes_per_peer=100)
+        store = await self._store(limits)
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await self._partial(store, 0, ALICE)
+        await self._partial(store, 1, ALICE)
+        error = await _refused(self._partial(store, 2, ALICE), PeerQuotaExceeded)
+        self.assertEqual((error.what, error.limit), ("partial messages", 2))
+        await store.commit(AddFragment(GROUP_ID, 0, 0, 0, b"x" * 70, ALICE))
+        error = await _refused(
+            store.commit(AddFragment(GROUP_ID, 0, 1, 0, b"x" * 20, ALICE)), PeerQuotaExceeded
+        )
+        self.assertEqual(error.what, "partial bytes")
+        await self._partial(store, 2, BOB)
+        await store.commit(CommitReceived(GROUP_ID, 0, 0, b"c", 1.0, ChainState(b"c" * 32, 1)))
+        await store.commit(AddFragment(GROUP_ID, 0, 1, 0, b"x" * 20, ALICE))
+
+    @_deferred
+    async def test_partial_quota_total(self) -> None:
+        """
+        All peers together cannot hold more partial messages or bytes than
+        the total bound.
+        """
+        limits = StoreLimits(partial_messages_total=2, partial_bytes_total=100)
+        store = await self._store(limits)
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await self._partial(store, 0, ALICE)
+        await self._partial(store, 1, BOB)
+        await _refused(self._partial(store, 2, CAROL), TotalQuotaExceeded)
+        await store.commit(AddFragment(GROUP_ID, 0, 0, 0, b"x" * 50, ALICE))
+        await _refused(
+            store.commit(AddFragment(GROUP_ID, 0, 1, 0, b"x" * 50, BOB)), TotalQuotaExceeded
+        )
+
+    @_deferred
+    async def test_outbox(self) -> None:
+        """
+        The outbox keeps each peer's entries in order, counts attempts,
+        and forgets an entry dequeued.
+        """
+        store = await self._store()
+        for kind in ("invite", "epoch"):
+            await store.commit(Enqueue(ALICE, kind, kind.encode(), 1.0))
+        await store.commit(Enqueue(BOB, "remove", b"bye", 2.0))
+        entries = await store.outbox(ALICE)
+        self.assertEqual(
+            [(e.kind, e.payload) for e in entries], [("invite", b"invite"), ("epoch", b"epoch")]
+        )
+        self.assertEqual(await store.outbox_peers(), frozenset({ALICE, BOB}))
+        await store.commit(CountAttempt(entries[0].entry_id), CountAttempt(entries[0].entry_id))
+        await store.commit(Dequeue(entries[1].entry_id))
+        self.assertEqual(
+            [(e.kind, e.attempts) for e in await store.outbox(ALICE)], [("invite", 2)]
+        )
+        await store.commit(Dequeue((await store.outbox(BOB))[0].entry_id))
+        self.assertEqual(await store.outbox_peers(), frozenset({ALICE}))
+
+    @_deferred
+    async def test_outbox_quotas(self) -> None:
+        """
+        The outbox holds at most so many entries and bytes for one peer,
+        and for all peers.
+        """
+        limits = StoreLimits(
+            outbox_entries_per_peer=2,
+            outbox_entries_total=3,
+            outbox_bytes_per_peer=10,
+            outbox_bytes_total=100,
+        )
+        store = await self._store(limits)
+        await store.commit(Enqueue(ALICE, "k", b"x", 1.0), Enqueue(ALICE, "k", b"x", 1.0))
+        error = await _refused(store.commit(Enqueue(ALICE, "k", b"x", 1.0)), PeerQuotaExceeded)
+        self.assertEqual(error.what, "outbox entries")
+        await _refused(store.commit(Enqueue(BOB, "k", b"x" * 11, 1.0)), PeerQuotaExceeded)
+        await store.commit(Enqueue(BOB, "k", b"x", 1.0))
+        await _refused(store.commit(Enqueue(CAROL, "k", b"x", 1.0)), TotalQuotaExceeded)
+
+    @_deferred
+    async def test_invitations(self) -> None:
+        """
+        Pending invitations are kept oldest first, a second one for the
+        same group from the same peer replaces the first, and each is
+        dropped once answered.
+        """
+        store = await self._store()
+        await store.commit(
+            AddInvitation(Invitation(ALICE, GROUP_ID, b"first", 1.0)),
+            AddInvitation(Invitation(BOB, GROUP_ID, b"bob's", 2.0)),
+        )
+        await store.commit(AddInvitation(Invitation(ALICE, GROUP_ID, b"again", 3.0)))
+        self.assertEqual(
+            await store.invitations(),
+            [Invitation(BOB, GROUP_ID, b"bob's", 2.0), Invitation(ALICE, GROUP_ID, b"again", 3.0)],
+        )
+        await store.commit(DropInvitation(BOB, GROUP_ID))
+        self.assertEqual([i.from_peer for i in await store.invitations()], [ALICE])
+
+    @_deferred
+    async def test_invitation_quotas(self) -> None:
+        """
+        One peer can leave at most so many pending invitations, all peers
+        so many in total, and none bigger than the size bound.
+        """
+        limits = StoreLimits(invitations_per_peer=2, invitations_total=3, invitation_bytes=10)
+        store = await self._store(limits)
+
+        def invitation(sender: PeerID, n: int, size: int = 1) -> AddInvitation:
+            return AddInvitation(Invitation(sender, bytes([n]) * 32, b"x" * size, 1.0))
+
+        await store.commit(invitation(ALICE, 1), invitation(ALICE, 2))
+        await _refused(store.commit(invitation(ALICE, 3)), PeerQuotaExceeded)
+        await store.commit(invitation(ALICE, 2))
+        await _refused(store.commit(invitation(BOB, 1, size=11)), PeerQuotaExceeded)
+        await store.commit(invitation(BOB, 1))
+        await _refused(store.commit(invitation(CAROL, 1)), TotalQuotaExceeded)
+
+    @_deferred
+    async def test_block(self) -> None:
+        """
+        Blocking a peer drops its pending invitations and partial messages
+        at once, and refuses anything more from it until it is unblocked.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await self._partial(store, 0, ALICE)
+        await self._partial(store, 1, BOB)
+        await store.commit(AddInvitation(Invitation(ALICE, GROUP_ID, b"x", 1.0)))
+        await store.commit(Block(ALICE, 5.0))
+        self.assertEqual(await store.blocked(), frozenset({ALICE}))
+        self.assertEqual(await store.invitations(), [])
+        self.assertEqual([m.index for m in await store.partial_messages(GROUP_ID)], [1])
+        await _refused(self._partial(store, 2, ALICE), PeerBlocked)
+        await _refused(store.commit(AddFragment(GROUP_ID, 0, 1, 0, b"F", ALICE)), PeerBlocked)
+        await _refused(
+            store.commit(AddInvitation(Invitation(ALICE, GROUP_ID, b"x", 1.0))),
+            PeerBlocked,
+        )
+        await store.commit(Unblock(ALICE))
+        await self._partial(store, 2, ALICE)
+        self.assertEqual(await store.blocked(), frozenset())
+
+    @_deferred
+    async def test_settings(self) -> None:
+        """
+        A setting is set, replaced and deleted.
+        """
+        store = await self._store()
+        self.assertIsNone(await store.setting("auto-accept"))
+        await store.commit(SetSetting("auto-accept", "yes"))
+        await store.commit(SetSetting("auto-accept", "no"))
+        self.assertEqual(await store.setting("auto-accept"), "no")
+        await store.commit(SetSetting("auto-accept", None))
+        self.assertIsNone(await store.setting("auto-accept"))
+
+    @_deferred
+    async def test_closed(self) -> None:
+        """
+        A closed store refuses reads and writes with StoreClosed.
+        """
+        store = await self.make_store(StoreLimits())
+        await store.close()
+        await _refused(store.groups(), StoreClosed)
+        await _refused(store.commit(SetSetting("a", "b")), StoreClosed)
