@@ -11,6 +11,8 @@ made by the old text.
 
 from __future__ import annotations
 
+import contextlib
+import os
 import sqlite3
 from urllib.parse import quote
 
@@ -175,6 +177,7 @@ def validate(path: str, key: bytes, migrations: tuple[str, ...]) -> int:
     :raises WrongStorageKey: when its secrets are sealed under another key.
     :raises NotADatabase: when SQLite cannot read it as a database.
     """
+    made = [f"{path}{suffix}" for suffix in ("-wal", "-shm") if not os.path.exists(path + suffix)]
     try:
         connection = sqlite3.connect(f"file:{quote(path)}?mode=ro", uri=True)
     except sqlite3.Error as e:
@@ -188,15 +191,32 @@ def validate(path: str, key: bytes, migrations: tuple[str, ...]) -> int:
             )
         if version >= 1:
             check_key(connection, path, key)
-        return version
-    except DatabaseUnusable:
-        raise
     except sqlite3.DatabaseError as e:
+        connection.close()
+        _remove_empty(made)
         if "not a database" in str(e):
             raise NotADatabase(f"{path} is not an SQLite database; it was left as it is") from None
         raise DamagedDatabase(f"{path} is damaged ({e}); restore it from a backup") from None
-    finally:
+    except DatabaseUnusable:
         connection.close()
+        _remove_empty(made)
+        raise
+    connection.close()
+    return version
+
+
+def _remove_empty(paths: list[str]) -> None:
+    """
+    Remove the ``-wal`` and ``-shm`` files a read-only connection made next
+    to a database it refused, so the directory is left as it was.  The log
+    of a read-only connection is always empty; it is removed only if so.
+    """
+    for path in paths:
+        if path.endswith("-wal") and os.path.exists(path) and os.path.getsize(path):
+            return
+    for path in paths:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(path)
 
 
 def _check_version(connection: sqlite3.Connection, path: str, migrations: tuple[str, ...]) -> int:
