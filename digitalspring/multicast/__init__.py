@@ -58,6 +58,13 @@ from ._epoch import (
     revealed_seed_matches,
     start_group,
 )
+from ._interfaces import (
+    IMulticastStrategy,
+    IMulticastStrategyPlugin,
+    IStrategyContext,
+    IStrategyRouter,
+    TransmissionReport,
+)
 from ._links import (
     ConflictingManifest,
     ManifestChain,
@@ -102,6 +109,7 @@ from ._neighbours import (
     NeighbourGraph,
     NeighbourGraphError,
 )
+from ._plugins import UnknownStrategy, get_strategy, strategy_plugins
 
 __all__ = [
     "DEFAULT_DEGREE",
@@ -134,6 +142,10 @@ __all__ = [
     "FarFutureIndex",
     "FragmentRejected",
     "GroupAccess",
+    "IMulticastStrategy",
+    "IMulticastStrategyPlugin",
+    "IStrategyContext",
+    "IStrategyRouter",
     "InvalidNeighbourGraph",
     "KeyDelivery",
     "MailboxEpoch",
@@ -155,7 +167,9 @@ __all__ = [
     "Role",
     "SealedMessage",
     "SendingChain",
+    "TransmissionReport",
     "UndecryptableMessage",
+    "UnknownStrategy",
     "accept_manifest",
     "check_fragment",
     "check_proof",
@@ -170,6 +184,7 @@ __all__ = [
     "file_content",
     "fragment_count",
     "fragment_hash",
+    "get_strategy",
     "invitation_delivery",
     "mailbox_epoch",
     "make_epoch_keys",
@@ -188,6 +203,7 @@ __all__ = [
     "sign_manifest",
     "split_fragments",
     "start_group",
+    "strategy_plugins",
     "text_content",
     "unpad_content",
     "verify_manifest",
