@@ -143,7 +143,8 @@ class IStrategyContext(Interface):
         Check fragment ``number`` of a message against its accepted
         manifest (size, then hash) and store it.  When it completes the
         message, the service opens it, commits it, acknowledges it to the
-        owner and hands it to the subscribers before the ``Deferred`` fires.
+        owner and hands it to the subscribers before the ``Deferred`` fires
+        (a mailbox, which cannot open it, commits the ciphertext).
 
         This is the only way a fragment gets stored, and a strategy forwards
         only fragments it accepted here or reads back from :attr:`store`:
