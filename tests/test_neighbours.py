@@ -217,6 +217,22 @@ class MoveTests(_Checks):
         self.assertIn(0, change.graph)
         self.assert_sound(change.graph)
 
+    def test_cut_in_two(self) -> None:
+        """
+        A ring (N = 2) that loses two opposite members at once falls into
+        two paths; their ends are joined across, into one ring again, with
+        the 4 lost edges replaced by 2.
+        """
+        ring = {i: {(i - 1) % 10, (i + 1) % 10} for i in range(10)}
+        graph = NeighbourGraph.from_neighbours(ring, degree=2)
+        change = graph.remove_members([0, 5], random.Random(10))
+        self.assert_sound(change.graph)
+        self.assertEqual(len(change.removed), 4)
+        self.assertEqual(len(change.added), 2)
+        self.assertEqual(change.affected, {1, 4, 6, 9})
+        for a, b in change.added:
+            self.assertNotEqual(a < 5, b < 5)
+
     def test_half_leave_at_once(self) -> None:
         """
         Half of a 200-member group leaving at once costs fewer changes per

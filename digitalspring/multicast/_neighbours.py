@@ -489,26 +489,50 @@ class _Work(Generic[M]):
         """
         Whether ``members`` are all in one component.  When a connected
         graph loses some members, it stays connected exactly when their
-        former neighbours do; the search stops as soon as it has met them
-        all, which in a graph of small diameter is long before it has seen
-        the whole group.
+        former neighbours do.  A search grows around each of them, the
+        smallest first, and searches that meet merge: in a graph of small
+        diameter they all meet after a few hops each, long before any of
+        them has seen the whole group.
         """
-        wanted = {m for m in members if m not in self.gone}
-        if len(wanted) <= 1:
+        sources = sorted({m for m in members if m not in self.gone})
+        if len(sources) <= 1:
             return True
-        start = min(wanted)
-        wanted.discard(start)
-        seen = {start}
-        frontier = [start]
-        for member in frontier:
-            for other in self.near(member):
-                if other not in seen:
-                    seen.add(other)
-                    frontier.append(other)
-                    wanted.discard(other)
-                    if not wanted:
-                        return True
-        return False
+        parent = list(range(len(sources)))
+
+        def root(i: int) -> int:
+            while parent[i] != i:
+                parent[i] = parent[parent[i]]
+                i = parent[i]
+            return i
+
+        owner = {member: i for i, member in enumerate(sources)}
+        frontiers = [[member] for member in sources]
+        separate = len(sources)
+        while True:
+            # The search with the smallest frontier grows by one hop.
+            i = min(
+                (j for j, frontier in enumerate(frontiers) if frontier),
+                key=lambda j: (len(frontiers[j]), j),
+            )
+            grown: list[M] = []
+            for member in frontiers[i]:
+                for other in self.near(member):
+                    met = owner.get(other)
+                    if met is None:
+                        owner[other] = i
+                        grown.append(other)
+                    elif root(met) != root(i):
+                        parent[root(met)] = root(i)
+                        separate -= 1
+                        if separate == 1:
+                            return True
+            frontiers[i] = grown
+            if not grown:
+                # A component all of whose searches have ended, while
+                # others remain: it is cut off.
+                mine = root(i)
+                if not any(frontiers[j] for j in range(len(frontiers)) if root(j) == mine):
+                    return False
 
     def reconnect(self) -> None:
         """
