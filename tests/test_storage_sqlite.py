@@ -25,12 +25,15 @@ from digitalspring.storage import (
     AddEpoch,
     AddFragment,
     AddGroup,
+    AddInvitation,
     ChainState,
     CommitReceived,
     DamagedDatabase,
     DatabaseUnusable,
     DeleteGroup,
+    Enqueue,
     ForgetEpochKeys,
+    Invitation,
     MigrationFailed,
     NewerDatabase,
     NotADatabase,
@@ -324,17 +327,29 @@ class SecretsAtRestTests(SQLiteTestCase):
     @inline
     async def test_no_plaintext_in_files(self) -> None:
         """
-        Neither message contents nor any key appear in node.db or its WAL,
-        even while they are stored.
+        Neither message contents, nor any key, nor outbox and invitation
+        payloads (which carry keys) appear in node.db or its WAL, even while
+        they are stored.
         """
         store = await self.open()
         keys = epoch_keys()
         await store.commit(AddGroup(joined_group()), AddEpoch(keys))
         secret = b"the secret message " * 10
         await self.receive(store, 0, secret)
+        await store.commit(
+            Enqueue(OWNER, "invite", b"outbox epoch keys", 1.0),
+            AddInvitation(Invitation(OWNER, b"i" * 32, b"invitation epoch keys", 1.0)),
+        )
         raw = _raw(self.data_dir)
         self.assertTrue(b"signed manifest" in raw)
-        for plain in (secret[:19], keys.access_key, keys.signing_secret, _chain_key(1)):
+        for plain in (
+            secret[:19],
+            keys.access_key,
+            keys.signing_secret,
+            _chain_key(1),
+            b"outbox epoch keys",
+            b"invitation epoch keys",
+        ):
             assert plain is not None
             self.assertFalse(plain in raw)
 

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from typing import Any, TypeVar
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.interfaces import IReactorFromThreads
+from twisted.internet.interfaces import IReactorCore, IReactorFromThreads
 from twisted.internet.threads import deferToThreadPool
 from twisted.python.filepath import FilePath
 from twisted.python.threadpool import ThreadPool
@@ -118,12 +118,16 @@ def open_sqlite_store(
     """
     pool = ThreadPool(minthreads=1, maxthreads=1, name="dspring-store")
     pool.start()
+    # As adbapi does: a reactor that stops without the store being closed
+    # still joins the thread, instead of hanging the process at exit.
+    trigger = IReactorCore(reactor).addSystemEventTrigger("during", "shutdown", pool.stop)
     path = data_dir.child(DATABASE_NAME).path
 
     def opened(connection: sqlite3.Connection) -> SQLiteStore:
-        return SQLiteStore(reactor, pool, connection, key, limits or StoreLimits(), path)
+        return SQLiteStore(reactor, pool, trigger, connection, key, limits or StoreLimits(), path)
 
     def failed(reason: Any) -> Any:
+        IReactorCore(reactor).removeSystemEventTrigger(trigger)
         pool.stop()
         return reason
 
@@ -184,6 +188,7 @@ class SQLiteStore:
         self,
         reactor: IReactorFromThreads,
         pool: ThreadPool,
+        trigger: Any,
         connection: sqlite3.Connection,
         key: bytes,
         limits: StoreLimits,
@@ -191,6 +196,7 @@ class SQLiteStore:
     ) -> None:
         self._reactor = reactor
         self._pool = pool
+        self._trigger = trigger
         self._db = connection
         self._key = key
         self._limits = limits
@@ -227,6 +233,7 @@ class SQLiteStore:
         self._closed = True
 
         def stop(result: object) -> object:
+            IReactorCore(self._reactor).removeSystemEventTrigger(self._trigger)
             self._pool.stop()
             return result
 
