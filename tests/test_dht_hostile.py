@@ -37,16 +37,20 @@ from digitalspring.dht import (
     PeerRecord,
     QuotaExceeded,
     Quotas,
+    Rate,
     StoredRecord,
     StoreFull,
+    StoreRates,
     StoreRefused,
     ValueStore,
+    _store,
     check_origin,
     id_bytes,
     node_id,
     sign_record,
 )
 from digitalspring.dht._origin import dialled_address, source_of
+from digitalspring.dht._rates import StoreLimiter
 from digitalspring.identity import Identity
 from digitalspring.transport import MemoryAddress, MemoryNetwork, SimulatedClock, TCPTransport
 
@@ -351,7 +355,11 @@ class StoreFloodTests(SynchronousTestCase):
         served, and the refusals are counted.
         """
         net = Network()
-        victim = net.node("victim", "victim")
+        # Rates high enough that only the quota refuses.
+        rates = StoreRates(peer=Rate(1000, 1.0), source=Rate(1000, 1.0))
+        victim = net.node(
+            "victim", "victim", settings=DHTSettings(pow_difficulty=4, store_rates=rates)
+        )
         attacker = net.node("attacker", "attacker")
         friend = net.node("friend", "attacker", 2)
         assert victim.dht is not None
@@ -426,6 +434,150 @@ class StoreFloodTests(SynchronousTestCase):
         self.assertGreater(full, 0)
         self.assertLessEqual(store.record_bytes, Quotas().record_bytes)
         self.assertGreater(store.record_bytes, Quotas().record_bytes - 10_000)
+
+
+class Verifications:
+    """
+    Counts the signature checks of the store (the work a store costs)
+    while installed.
+    """
+
+    def __init__(self, case: SynchronousTestCase) -> None:
+        self.count = 0
+        original = _store.verify_record
+
+        def counted(*a: Any, **kw: Any) -> Any:
+            self.count += 1
+            return original(*a, **kw)
+
+        case.patch(_store, "verify_record", counted)
+
+
+class StoreWorkTests(SynchronousTestCase):
+    def test_refusals_cost_no_signature(self) -> None:
+        """
+        A peer over its quota, sending 1,000 valid records of fresh keys,
+        gets each refused without a signature check: the store checks
+        exactly as many signatures as it keeps records.
+        """
+        clock = SimulatedClock()
+        clock.advance(1_000_000)
+        store = ValueStore(clock, quotas=Quotas(peer_records=4))
+        checks = Verifications(self)
+        now = clock.seconds()
+        storer = identity("flooder").peer_id
+        refused = 0
+        for n in range(1_000):
+            try:
+                store.put_record(record_of(identity(f"fresh {n}"), now), storer, "tcp:192.0.2.1")
+            except QuotaExceeded:
+                refused += 1
+        self.assertEqual(refused, 996)
+        self.assertEqual(checks.count, 4)
+
+    def test_full_store_refuses_without_walking(self) -> None:
+        """
+        A full store refuses a flood at the cost of a hash each: no
+        signature check, and no walk over what it holds looking for
+        expired records while none is due.
+        """
+        clock = SimulatedClock()
+        clock.advance(1_000_000)
+        store = ValueStore(
+            clock, quotas=Quotas(records=50, peer_records=10**6, source_records=10**6)
+        )
+        now = clock.seconds()
+        for n in range(50):
+            store.put_record(record_of(identity(f"kept {n}"), now), identity("p").peer_id)
+        checks = Verifications(self)
+        walked: list[int] = []
+        original = store._drop_record
+        self.patch(store, "_drop_record", lambda key: walked.append(key) or original(key))
+        for n in range(500):
+            self.assertRaises(
+                StoreFull,
+                store.put_record,
+                record_of(identity(f"more {n}"), now),
+                identity("p").peer_id,
+            )
+        self.assertEqual(checks.count, 0)
+        self.assertEqual(walked, [])
+        clock.advance(3601)
+        store.put_record(record_of(identity("after"), clock.seconds()), identity("p").peer_id)
+        self.assertEqual(len(store.records), 1)
+
+    def test_store_flood_rate_limited(self) -> None:
+        """
+        One peer sending 300 stores at once (within its quotas) gets 64
+        taken and the rest refused with a typed error, before any signature
+        check; ten seconds later it may store 20 more, at 2 a second.
+        """
+        net = Network()
+        roomy = Quotas(peer_records=10**6, source_records=10**6)
+        victim = net.node("victim", "victim", settings=DHTSettings(pow_difficulty=4, quotas=roomy))
+        attacker = net.node("attacker", "attacker", dht=False)
+        assert victim.dht is not None
+        checks = Verifications(self)
+        from digitalspring.dht import Store
+
+        def flood(count: int, label: str) -> list[Any]:
+            async def go() -> list[Any]:
+                connection = await attacker.pool.connect(
+                    victim.identity.peer_id, victim.contact.addresses
+                )
+                now = net.clock.seconds()
+                calls = [
+                    connection.callRemote(
+                        Store,
+                        kind=RECORD,
+                        data=record_of(identity(f"{label} {n}"), now),
+                        origin=attacker.contact.addresses,
+                    )
+                    for n in range(count)
+                ]
+                outcomes: list[Any] = []
+                for call in calls:
+                    call.addBoth(outcomes.append)
+                    await call.addErrback(lambda f: None)
+                return outcomes
+
+            return net.run(Deferred.fromCoroutine(go()))  # type: ignore[no-any-return]
+
+        outcomes = flood(300, "first")
+        kept = [o for o in outcomes if o == {"stored": True}]
+        self.assertEqual(len(kept), 64)
+        self.assertTrue(all(o.check(StoreRefused) for o in outcomes if o not in kept))
+        self.assertIn("no more stores", outcomes[-1].getErrorMessage())
+        self.assertEqual(checks.count, 64)
+        self.assertEqual(victim.dht.status()["refused"]["store_rate"], 236)
+        net.clock.advance(10)
+        outcomes = flood(40, "later")
+        self.assertEqual(len([o for o in outcomes if o == {"stored": True}]), 20)
+        self.assertEqual(checks.count, 84)
+
+    def test_store_rates_per_source_and_in_total(self) -> None:
+        """
+        Fresh peer IDs (free to make) from one source address share its
+        bucket, and all sources share the node's: over a minute of flood
+        from 200 keys on each of 10 addresses, the stores taken stay
+        within the source and total rates.
+        """
+        clock = SimulatedClock()
+        rates = StoreRates()
+        limiter = StoreLimiter(clock, rates)
+        per_source = {f"tcp:10.0.{n}.1": 0 for n in range(10)}
+        for second in range(60):
+            for key in range(200):
+                for source in per_source:
+                    if limiter.admit(f"peer {second} {key} {source}", source) is None:
+                        per_source[source] += 1
+            clock.advance(1)
+        most = rates.source.burst + rates.source.per_second * 60
+        self.assertLessEqual(max(per_source.values()), most)
+        self.assertLessEqual(
+            sum(per_source.values()), rates.total.burst + rates.total.per_second * 60
+        )
+        self.assertGreater(min(per_source.values()), 0)
 
 
 class WorkPerTurn:

@@ -10,6 +10,7 @@ from ._interfaces import IDistributedHashTable
 from ._join import Joined, JoinFailed, JoinPeerUnreachable, NotADHTNode, WrongPeer
 from ._lookup import Answer, Hop, Lookup, LookupResult
 from ._origin import DialBackFailed, DialBacks, check_origin
+from ._rates import Rate, StoreRates
 from ._record import (
     CLOCK_SKEW,
     MAX_LIFETIME,
@@ -58,6 +59,7 @@ from ._store import (
     Quotas,
     StoredRecord,
     StoreFull,
+    StoreRateLimited,
     StoreRefused,
     ValueStore,
 )
@@ -126,6 +128,7 @@ __all__ = [
     "PeerRecord",
     "QuotaExceeded",
     "Quotas",
+    "Rate",
     "RecordExpired",
     "RecordFromFuture",
     "RecordLifetimeTooLong",
@@ -136,6 +139,8 @@ __all__ = [
     "SavedRecords",
     "Store",
     "StoreFull",
+    "StoreRateLimited",
+    "StoreRates",
     "StoreRefused",
     "StoredRecord",
     "ValueExpired",

@@ -21,7 +21,6 @@ node is responsible for are re-replicated, a few per upkeep run.
 
 from __future__ import annotations
 
-import hashlib
 import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
@@ -33,7 +32,7 @@ from twisted.internet.defer import Deferred, DeferredList, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
-from twisted.logger import Logger
+from twisted.logger import Logger, LogLevel
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
@@ -56,6 +55,7 @@ from ._origin import (
     source_network,
     source_of,
 )
+from ._rates import StoreLimiter, StoreRates
 from ._record import CLOCK_SKEW, MAX_LIFETIME, PeerRecord, RecordRejected, sign_record
 from ._record import verify_record as _verify_record
 from ._routing import Contact, RoutingTable
@@ -83,7 +83,15 @@ from ._state import (
     encode_contacts_file,
     encode_records_file,
 )
-from ._store import NotAmongClosest, Quotas, StoredRecord, StoreRefused, ValueStore
+from ._store import (
+    NotAmongClosest,
+    Quotas,
+    StoredRecord,
+    StoreRateLimited,
+    StoreRefused,
+    ValueStore,
+    record_key,
+)
 from ._value import (
     DEFAULT_DIFFICULTY,
     MAX_VALUE_SIZE,
@@ -137,6 +145,8 @@ class DHTSettings:
         of the routing table are closer to its key than this node.
     :ivar quotas: how much the node keeps for others, per peer, per source
         address and in all.
+    :ivar store_rates: how many stores the node takes, per peer, per source
+        address and in all.
     :ivar replicate_per_run: the most records re-replicated per upkeep run.
     :ivar handoff_batch: the most (record, newcomer) checks per reactor
         turn when handing newcomers their records.
@@ -168,6 +178,7 @@ class DHTSettings:
     save_interval: float = 600.0
     store_slack: int = 10
     quotas: Quotas = field(factory=Quotas)
+    store_rates: StoreRates = field(factory=StoreRates)
     replicate_per_run: int = 8
     handoff_batch: int = 256
     dialback_rate: float = 2.0
@@ -231,15 +242,27 @@ class DHTResponder(amp.CommandLocator):
 
     @Store.responder
     def store(self, kind: str, data: bytes, origin: tuple[str, ...]) -> dict[str, Any]:
-        self._heard(origin)
         dht = self.dht
         storer = self.connection.peer_id
         peer = str(storer)
         there = _peer_address(self.connection)
         source = None if there is None else source_of(there)
+        # The cheapest refusal first: before the origin, the table or the
+        # store is looked at.
+        empty = dht.store_limiter.admit(peer, source)
+        if empty is not None:
+            dht.refused["store_rate"] += 1
+            dht.peer_log.info(
+                "StoreRateLimited",
+                "refused a DHT store from {peer}: too many from the {bucket}",
+                peer=peer,
+                bucket={"total": "whole network"}.get(empty, empty),
+            )
+            raise StoreRateLimited(f"this node takes no more stores from this {empty} for now")
+        self._heard(origin)
         if kind == RECORD:
             try:
-                dht.check_closest(_record_key(data), dht.store.records)
+                dht.check_closest(record_key(data), dht.store.records)
                 record, kept = dht.store.put_record(data, storer, source)
             except (RecordRejected, StoreRefused) as e:
                 dht.peer_log.info(
@@ -250,7 +273,9 @@ class DHTResponder(amp.CommandLocator):
                     rejection=e.__class__.__name__,
                 )
                 raise
-            self.log.debug(
+            dht.peer_log.emit(
+                LogLevel.debug,
+                "record_stored",
                 "record {sequence} of {owner} from {peer}: {outcome}",
                 sequence=record.sequence,
                 owner=str(record.peer_id),
@@ -279,18 +304,6 @@ class DHTResponder(amp.CommandLocator):
 def _peer_address(connection: PeerConnection) -> IAddress | None:
     transport = connection.transport
     return None if transport is None else transport.getPeer()
-
-
-def _record_key(signed: bytes) -> int | None:
-    """
-    The key a signed record would be kept under (the node ID of the key
-    after its version byte), read before the record is verified so that a
-    refusal costs no signature check; ``None`` if it is too short (it will
-    not verify).
-    """
-    if len(signed) < 33:
-        return None
-    return int.from_bytes(hashlib.blake2b(signed[1:33], digest_size=32).digest(), "big")
 
 
 @implementer(IDistributedHashTable)
@@ -368,7 +381,8 @@ class DHT(Service):
         #: Log lines that peers cause, at a bounded rate.
         self.peer_log = RateLimitedLog(self.log, self.clock)
         #: Refusals and dropped claims so far, by reason (see ``status()``).
-        self.refused = {"not_closest": 0, "origin_addresses": 0}
+        self.refused = {"not_closest": 0, "origin_addresses": 0, "store_rate": 0}
+        self.store_limiter = StoreLimiter(self.clock, settings.store_rates)
         self.bootstrap_contacts = list(bootstrap)
         self.state_dir = state_dir
         self.saved_contacts: list[SavedContact] = []

@@ -6,6 +6,8 @@ each until it expires.
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import Any
 
 from attrs import frozen
@@ -13,7 +15,7 @@ from attrs import frozen
 from ..errors import DigitalSpringError
 from ..identity import PeerID
 from ._ids import node_id
-from ._record import CLOCK_SKEW, MAX_LIFETIME, PeerRecord, verify_record
+from ._record import CLOCK_SKEW, MAX_LIFETIME, MalformedRecord, PeerRecord, verify_record
 from ._value import DEFAULT_DIFFICULTY, MAX_VALUE_TTL, MailboxValue, ValueRejected, check_value
 
 #: What the store counts for one item besides its bytes: the objects that
@@ -39,6 +41,13 @@ class QuotaExceeded(StoreRefused):
     """
     The peer (or its network) already has as many records or values kept
     at this node as it may.
+    """
+
+
+class StoreRateLimited(StoreRefused):
+    """
+    This node takes no more stores from that peer or network, or from
+    anyone, for now; try again in a few seconds.
     """
 
 
@@ -105,6 +114,18 @@ class _Usage:
 _Charge = tuple[str | None, str | None, int]
 
 
+def record_key(signed: bytes) -> int | None:
+    """
+    The key a signed record would be kept under (the node ID of the public
+    key after its version byte), read before the record is verified so
+    that a refusal costs no signature check; ``None`` if it is too short
+    to be a record (it will not verify).
+    """
+    if len(signed) < 33:
+        return None
+    return int.from_bytes(hashlib.blake2b(signed[1:33], digest_size=32).digest(), "big")
+
+
 class ValueStore:
     """
     The records and values a node holds, keyed by 256-bit DHT key, each
@@ -151,6 +172,8 @@ class ValueStore:
         self._record_charges: dict[int, _Charge] = {}
         self._value_charges: dict[tuple[int, bytes], _Charge] = {}
         self._usage: dict[str, _Usage] = {}
+        #: No record or value expires before this.
+        self._next_expiry = math.inf
 
     # -- accounting --------------------------------------------------------------------
 
@@ -213,10 +236,12 @@ class ValueStore:
             beyond a quota.
         """
         now = self.clock.seconds()
-        record = verify_record(signed, now, self.skew, self.max_lifetime)
-        key = node_id(record.peer_id)
+        key = record_key(signed)
+        if key is None:
+            raise MalformedRecord("the record is truncated")
         held = self.get_record(key)
         if held is not None:
+            record = self._verify(signed, now, key)
             if held.record.sequence > record.sequence:
                 return record, False
             if held.record.sequence == record.sequence:
@@ -228,24 +253,39 @@ class ValueStore:
             self.record_bytes += charge[2] - old[2]
             self._record_charges[key] = charge
             self.records[key] = StoredRecord(record, signed, now)
+            self._expiring(record.expires)
             return record, True
+        # A new key: the quotas and the room are checked before the
+        # signature, so that a refusal costs a hash and a few lookups.
         charge = self._admit(storer, source, records=True)
         charge = (charge[0], charge[1], _cost(signed))
-        if (
-            len(self.records) >= self.max_records
-            or self.record_bytes + charge[2] > self.quotas.record_bytes
-        ):
+        if not self._record_room(charge[2]):
             self.expire()
-            if (
-                len(self.records) >= self.max_records
-                or self.record_bytes + charge[2] > self.quotas.record_bytes
-            ):
+            if not self._record_room(charge[2]):
                 self._full("records")
+        record = self._verify(signed, now, key)
         self.records[key] = StoredRecord(record, signed, now)
         self._record_charges[key] = charge
         self.record_bytes += charge[2]
         self._charge(charge, True, 1)
+        self._expiring(record.expires)
         return record, True
+
+    def _verify(self, signed: bytes, now: float, key: int) -> PeerRecord:
+        record = verify_record(signed, now, self.skew, self.max_lifetime)
+        if node_id(record.peer_id) != key:
+            # Not for a record that verified: its key follows the version.
+            raise MalformedRecord(f"the record of {record.peer_id} is laid out wrongly")
+        return record
+
+    def _record_room(self, cost: int) -> bool:
+        return (
+            len(self.records) < self.max_records
+            and self.record_bytes + cost <= self.quotas.record_bytes
+        )
+
+    def _expiring(self, expires: float) -> None:
+        self._next_expiry = min(self._next_expiry, expires)
 
     def _full(self, what: str) -> None:
         self.refused["full"] += 1
@@ -303,6 +343,7 @@ class ValueStore:
         self._value_count += 1
         self.value_bytes += charge[2]
         self._charge(charge, False, 1)
+        self._expiring(value.expires)
         return value
 
     def _value_room(self, key: int, cost: int) -> bool:
@@ -321,9 +362,13 @@ class ValueStore:
 
     def expire(self) -> None:
         """
-        Forget everything that expired.
+        Forget everything that expired.  Nothing is looked at before the
+        first expiry: a full store refusing a flood does not walk its
+        records for each refusal.
         """
         now = self.clock.seconds()
+        if now < self._next_expiry:
+            return
         for key in [k for k, r in self.records.items() if r.record.expires <= now]:
             self._drop_record(key)
         for key in list(self.values):
@@ -336,3 +381,10 @@ class ValueStore:
                 self._charge(charge, False, -1)
             if not held:
                 del self.values[key]
+        self._next_expiry = min(
+            (
+                *(held.record.expires for held in self.records.values()),
+                *(v.expires for held in self.values.values() for v in held.values()),
+            ),
+            default=math.inf,
+        )
