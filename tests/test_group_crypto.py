@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from digitalspring._codec import varint
 from digitalspring.multicast import (
     EPOCH_MAX_AGE,
     EPOCH_MAX_MESSAGES,
@@ -57,7 +58,6 @@ from digitalspring.multicast import (
     unpad_content,
     verify_manifest,
 )
-from digitalspring.multicast._codec import varint
 
 GROUP = bytes(range(32))
 NOW = 1_700_000_000

@@ -13,6 +13,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 from twisted.trial.unittest import SynchronousTestCase
 
+from digitalspring._codec import varint
 from digitalspring.identity import Identity
 from digitalspring.multicast import (
     EPOCH_MAX_MESSAGES,
@@ -57,7 +58,6 @@ from digitalspring.multicast import (
     text_content,
     verify_manifest,
 )
-from digitalspring.multicast._codec import varint
 
 GROUP = bytes(range(32))
 NOW = 1_700_000_000

@@ -29,6 +29,7 @@ from typing import Any
 
 from attrs import field, frozen
 
+from .._codec import Reader, varint
 from ..errors import DigitalSpringError
 from ..identity import BadSignature, Identity, InvalidPeerID, PeerID
 from ..transport import InvalidAddress, split_address
@@ -142,22 +143,8 @@ class PeerRecord:
         }
 
 
-def _varint(value: int) -> bytes:
-    if value < 0 or value >= 1 << 64:
-        raise ValueError(f"{value} does not fit an unsigned 64-bit varint")
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        if value:
-            out.append(byte | 0x80)
-        else:
-            out.append(byte)
-            return bytes(out)
-
-
 def _items(items: tuple[bytes, ...]) -> bytes:
-    return _varint(len(items)) + b"".join(_varint(len(item)) + item for item in items)
+    return varint(len(items)) + b"".join(varint(len(item)) + item for item in items)
 
 
 def encode_record(record: PeerRecord) -> bytes:
@@ -169,11 +156,11 @@ def encode_record(record: PeerRecord) -> bytes:
     """
     return b"".join(
         [
-            _varint(RECORD_VERSION),
+            varint(RECORD_VERSION),
             record.peer_id.public_key,
-            _varint(record.sequence),
-            _varint(record.issued),
-            _varint(record.expires),
+            varint(record.sequence),
+            varint(record.issued),
+            varint(record.expires),
             _items(tuple(address.encode("utf-8") for address in record.addresses)),
             _items(record.boxes),
             _items(record.prekeys),
@@ -181,28 +168,9 @@ def encode_record(record: PeerRecord) -> bytes:
     )
 
 
-class _Reader:
+class _Reader(Reader):
     def __init__(self, data: bytes) -> None:
-        self.data = data
-        self.offset = 0
-
-    def take(self, size: int) -> bytes:
-        if size > len(self.data) - self.offset:
-            raise MalformedRecord("the record is truncated")
-        piece = self.data[self.offset : self.offset + size]
-        self.offset += size
-        return piece
-
-    def varint(self) -> int:
-        value = 0
-        for shift in range(0, 70, 7):
-            (byte,) = self.take(1)
-            value |= (byte & 0x7F) << shift
-            if not byte & 0x80:
-                if value >= 1 << 64:
-                    break
-                return value
-        raise MalformedRecord("a number in the record is too long")
+        super().__init__(data, MalformedRecord, "record")
 
     def items(self, what: str, longest: int) -> list[bytes]:
         count = self.varint()

@@ -26,8 +26,8 @@ import enum
 
 from attrs import frozen
 
+from .._codec import Reader, varint
 from ..errors import DigitalSpringError
-from ._codec import Reader, varint
 
 CONTENT_VERSION = 1
 #: The smallest bucket: every content of up to this many bytes pads to it.

@@ -36,9 +36,9 @@ import enum
 
 from attrs import evolve, field, frozen
 
+from .._codec import Reader, varint
 from ..errors import DigitalSpringError
 from ._chain import ReceivingChain, SendingChain
-from ._codec import Reader, varint
 from ._crypto import (
     HASH_SIZE,
     KEY_SIZE,

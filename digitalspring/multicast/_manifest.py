@@ -34,8 +34,8 @@ from __future__ import annotations
 
 from attrs import field, frozen
 
+from .._codec import Reader, varint
 from ..errors import DigitalSpringError
-from ._codec import Reader, varint
 from ._content import MAX_PADDED_SIZE, MIN_PADDED_SIZE
 from ._crypto import (
     HASH_SIZE,

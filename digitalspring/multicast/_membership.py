@@ -25,8 +25,8 @@ from __future__ import annotations
 import enum
 import hmac
 
+from .._codec import varint
 from ..errors import DigitalSpringError
-from ._codec import varint
 from ._crypto import HASH_SIZE, blake2b
 from ._epoch import GroupAccess
 

@@ -1,7 +1,8 @@
-# -*- test-case-name: tests.test_manifest -*-
+# -*- test-case-name: tests.test_manifest,tests.test_dht_record -*-
 """
-The pieces every canonical encoding of the group layer is made of: unsigned
-LEB128 varints and a reader that refuses truncated input.
+The pieces every canonical encoding is made of (peer records, manifests,
+key deliveries, content headers): unsigned LEB128 varints and a reader that
+refuses truncated input.
 
 A varint has more than one form (``0x80 0x00`` is also zero), so no decoder
 here is trusted to be strict: each codec decodes, encodes again and refuses
@@ -11,7 +12,7 @@ does for peer records.
 
 from __future__ import annotations
 
-from ..errors import DigitalSpringError
+from .errors import DigitalSpringError
 
 
 def varint(value: int) -> bytes:
