@@ -709,9 +709,17 @@ class TxtorconControl:
         async def unstick() -> None:
             try:
                 info = await self._tor.protocol.get_info("circuit-status")
-                for circuit in stuck_rendezvous(
-                    str(info.get("circuit-status", "")), host[: -len(".onion")]
-                ):
+                status = str(info.get("circuit-status", ""))
+                stuck = stuck_rendezvous(status, host[: -len(".onion")])
+                if not stuck:
+                    # What tor is doing instead, for whoever finds a dial
+                    # that still times out.
+                    self.log.info(
+                        "dial to {host} pending; its circuits: {circuits}", host=host,
+                        circuits="; ".join(line for line in status.splitlines()
+                                           if host[: -len(".onion")] in line) or "none",
+                    )
+                for circuit in stuck:
                     self.log.info("closing rendezvous circuit {id} to {host}, which "
                                   "the service never joined", id=circuit, host=host)
                     await self._tor.protocol.queue_command(f"CLOSECIRCUIT {circuit}")
