@@ -6,6 +6,7 @@ loopback (see ``docs/tor-test-network.rst``).
 
 from ..transport._clock import drive
 from ._store import StoreConformanceMixin
+from ._strategy import GroupNetwork, StrategyConformanceMixin
 from ._torcontract import TorControlContractMixin
 from ._torcontrol import (
     NamespacedEndpoint,
@@ -42,6 +43,7 @@ __all__ = [
     "FakeOnionNetwork",
     "FakeOnionService",
     "FakeTorControl",
+    "GroupNetwork",
     "KeyTemplate",
     "NamespaceUnavailable",
     "NamespacedEndpoint",
@@ -51,6 +53,7 @@ __all__ = [
     "RecordingProtocol",
     "StartupTimings",
     "StoreConformanceMixin",
+    "StrategyConformanceMixin",
     "TorClient",
     "TorControlContractMixin",
     "TorNetworkError",
