@@ -1,0 +1,431 @@
+"""
+Tests of the multicast service on the memory network and a simulated
+clock: owner operations, epochs on removal and departure, the outbox for
+offline members, consent, blocking, membership proofs, notices and idle
+cost.
+"""
+
+from __future__ import annotations
+
+from twisted.trial.unittest import SynchronousTestCase
+from zope.interface.verify import verifyObject
+
+from digitalspring.channel import ISecureChannel
+from digitalspring.identity import Identity
+from digitalspring.multicast import (
+    EpochKeys,
+    GroupAccess,
+    IStrategyContext,
+    IStrategyRouter,
+    MembershipNotProven,
+    MulticastService,
+    NotOwner,
+    UnicastStrategyPlugin,
+    UnknownStrategy,
+    make_proof,
+)
+from digitalspring.multicast._commands import GroupNotice, NoticeRefused, ProveMembership
+from digitalspring.multicast._membership import Role
+from digitalspring.multicast._notices import (
+    ACKNOWLEDGEMENT,
+    MalformedNotice,
+    acknowledgement_key,
+    decode_acknowledgement,
+    decode_invitation,
+    make_acknowledgement,
+)
+from digitalspring.testing import GroupNetwork
+
+
+def network() -> GroupNetwork:
+    return GroupNetwork({"unicast": UnicastStrategyPlugin()})
+
+
+class OwnerOperationTests(SynchronousTestCase):
+    def test_interfaces(self) -> None:
+        """
+        The service is a verified IStrategyRouter and its group contexts
+        verified IStrategyContexts.
+        """
+        net = network()
+        owner, member = net.node("owner"), net.node("member")
+        group_id = net.group(owner, member, strategy="unicast")
+        verifyObject(IStrategyRouter, owner)
+        verifyObject(IStrategyContext, net.result(owner.context(group_id)))
+        verifyObject(IStrategyContext, net.result(member.context(group_id)))
+
+    def test_create_list_show(self) -> None:
+        """
+        A created group has a random 32-byte ID, its name and strategy; it
+        is listed, and show gives its members, epoch and neighbours.
+        """
+        net = network()
+        owner, a, b = net.node("owner"), net.node("a"), net.node("b")
+        group_id = net.group(owner, a, b, strategy="unicast")
+        self.assertEqual(len(group_id), 32)
+        net.run(1)
+        [group] = net.result(owner.group_list())
+        self.assertEqual(
+            (group.name, group.strategy, group.role), ("test group", "unicast", "owner")
+        )
+        shown = net.result(owner.show(group_id))
+        self.assertEqual(shown["epoch"], 0)
+        self.assertEqual(
+            sorted(m["peer"] for m in shown["members"]), sorted([str(a.local), str(b.local)])
+        )
+        self.assertEqual({m["status"] for m in shown["members"]}, {"active"})
+        self.assertEqual(net.result(a.show(group_id))["neighbours"], [str(b.local)])
+
+    def test_unknown_strategy(self) -> None:
+        """
+        Creating a group with a strategy nobody installed fails, naming the
+        installed ones.
+        """
+        net = network()
+        owner = net.node("owner")
+        with self.assertRaises(UnknownStrategy):
+            net.result(owner.create_group("g", "carrier-pigeon"))
+
+    def test_only_owner_publishes(self) -> None:
+        """
+        A member cannot publish to a group it does not own.
+        """
+        net = network()
+        owner, member = net.node("owner"), net.node("member")
+        group_id = net.group(owner, member, strategy="unicast")
+        with self.assertRaises(NotOwner):
+            net.result(member.publish(group_id, "hello"))
+
+    def test_history(self) -> None:
+        """
+        The stored history gives the messages by index, at the member and
+        at the owner, after a given index.
+        """
+        net = network()
+        owner, member = net.node("owner"), net.node("member")
+        group_id = net.group(owner, member, strategy="unicast")
+        for text in ["one", "two", "three"]:
+            net.result(net.result(owner.publish(group_id, text)).settled())
+        got = net.result(member.history(group_id))
+        self.assertEqual([m.data for m in got], [b"one", b"two", b"three"])
+        later = net.result(owner.history(group_id, after=(0, 0)))
+        self.assertEqual([m.data for m in later], [b"two", b"three"])
+
+
+class EpochTests(SynchronousTestCase):
+    def test_removed_member_cannot_read_what_follows(self) -> None:
+        """
+        Removing a member ends the epoch: the others get the next epoch's
+        keys and read the next message; the removed member's store holds
+        no key of the new epoch, nor the message, and marks the group
+        removed.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        net.result(net.result(owner.publish(group_id, "before")).settled())
+        net.result(owner.remove_member(group_id, c.local))
+        net.run(5)
+        report = net.result(owner.publish(group_id, "after"))
+        net.result(report.settled())
+        self.assertEqual(report.committed, frozenset([b.local]))
+        self.assertEqual(report.epoch, 1)
+        self.assertEqual([m.data for m in net.result(b.history(group_id))], [b"before", b"after"])
+        self.assertEqual([m.data for m in net.result(c.history(group_id))], [b"before"])
+        self.assertEqual(net.result(c.store.group(group_id)).state, "removed")
+        epoch = net.result(c.store.epoch(group_id))
+        self.assertEqual(epoch.epoch, 0)
+        self.assertIsNone(epoch.chain)
+        self.assertIsNone(epoch.access_key)
+        close = net.result(b.store.epoch(group_id, 0)).close
+        self.assertEqual(close.last_index, 0)
+
+    def test_leave(self) -> None:
+        """
+        A member that leaves forgets the group's keys; its owner removes it
+        and starts a new epoch for the others.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        net.result(c.leave_group(group_id))
+        net.run(5)
+        members = {m.peer: m.status for m in net.result(owner.store.members(group_id))}
+        self.assertEqual(members[c.local], "removed")
+        self.assertEqual(net.result(owner.store.epoch(group_id)).epoch, 1)
+        self.assertEqual(net.result(b.store.epoch(group_id)).epoch, 1)
+        self.assertIsNone(net.result(c.store.epoch(group_id)).access_key)
+
+    def test_deniability_reveal(self) -> None:
+        """
+        Two epochs after an epoch began, its members get its signing secret,
+        checked against its public key.
+        """
+        net = network()
+        owner, b, c, d = net.node("owner"), net.node("b"), net.node("c"), net.node("d")
+        group_id = net.group(owner, b, c, d, strategy="unicast")
+        net.result(owner.remove_member(group_id, d.local))
+        net.run(5)
+        net.result(owner.remove_member(group_id, c.local))
+        net.run(5)
+        revealed = net.result(b.store.epoch(group_id, 0)).revealed_secret
+        self.assertIsNotNone(revealed)
+        self.assertIsNone(net.result(b.store.epoch(group_id, 1)).revealed_secret)
+
+
+class OutboxTests(SynchronousTestCase):
+    def test_offline_member_gets_invitation_and_messages_later(self) -> None:
+        """
+        An invitation and messages for a member that is offline wait; once
+        it is back they reach it on the retry schedule, in order, and the
+        delivery report counts it only then.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, strategy="unicast")
+        net.network.take_offline("c")
+        net.result(owner.add_member(group_id, c.local))
+        report = net.result(owner.publish(group_id, "while away"))
+        net.result(report.transmitted)
+        self.assertEqual(report.committed, frozenset([b.local]))
+        self.assertEqual(report.pending, frozenset([c.local]))
+        got = net.subscribe(c, group_id)
+        net.network.bring_online("c")
+        net.result(report.settled(), limit=3 * 3600)
+        self.assertEqual([m.data for m in got], [b"while away"])
+        net.run(1)
+        self.assertEqual(net.result(owner.store.outbox(c.local)), [])
+
+    def test_no_timer_without_outbox(self) -> None:
+        """
+        With nothing waiting in the outbox the service holds no timer.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.group(owner, b, strategy="unicast")
+        net.result(net.result(owner.publish(group_id, "x")).settled())
+        self.assertEqual(owner._retries, {})
+        self.assertEqual(b._retries, {})
+
+
+class ConsentTests(SynchronousTestCase):
+    def test_invitation_from_stranger_waits(self) -> None:
+        """
+        An invitation from a peer who is not a contact waits as pending;
+        the node joins only once the user accepts it.
+        """
+        net = network()
+        net.contacts = False
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.result(owner.create_group("g"))
+        net.result(owner.add_member(group_id, b.local))
+        net.run(5)
+        self.assertEqual(net.result(b.store.groups()), [])
+        [pending] = net.result(b.invitations())
+        self.assertEqual((pending["name"], pending["from"]), ("g", str(owner.local)))
+        net.result(b.accept_invitation(owner.local, group_id))
+        self.assertEqual(net.result(b.invitations()), [])
+        report = net.result(owner.publish(group_id, "hi"))
+        net.result(report.settled())
+        self.assertEqual([m.data for m in net.result(b.history(group_id))], [b"hi"])
+
+    def test_auto_accept_off(self) -> None:
+        """
+        With auto-accept turned off, even a contact's invitation waits.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        net.result(b.set_auto_accept(False))
+        group_id = net.result(owner.create_group("g"))
+        net.result(owner.add_member(group_id, b.local))
+        net.run(5)
+        self.assertEqual(net.result(b.store.groups()), [])
+        self.assertEqual(len(net.result(b.invitations())), 1)
+
+    def test_blocked_peer_refused(self) -> None:
+        """
+        A blocked peer's invitations are refused and it cannot prove
+        membership.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        net.result(b.block(owner.local))
+        group_id = net.result(owner.create_group("g"))
+        net.result(owner.add_member(group_id, b.local))
+        net.run(5)
+        self.assertEqual(net.result(b.store.groups()), [])
+        self.assertEqual(net.result(b.invitations()), [])
+
+    def test_invitation_quota(self) -> None:
+        """
+        A stranger's invitations are kept up to the store's bound per
+        sender; beyond it they are refused.
+        """
+        net = network()
+        net.contacts = False
+        owner, b = net.node("owner"), net.node("b")
+        for _ in range(12):
+            group_id = net.result(owner.create_group("g"))
+            net.result(owner.add_member(group_id, b.local))
+        net.run(5)
+        self.assertEqual(len(net.result(b.invitations())), 8)
+
+
+class ProofTests(SynchronousTestCase):
+    def _setup(self) -> tuple[GroupNetwork, MulticastService, MulticastService, bytes]:
+        net = network()
+        owner, member = net.node("owner"), net.node("member")
+        group_id = net.group(owner, member, strategy="unicast")
+        return net, owner, member, group_id
+
+    def _prove(
+        self,
+        net: GroupNetwork,
+        dialler: MulticastService,
+        target: MulticastService,
+        proof: bytes,
+        group_id: bytes,
+        epoch: int = 0,
+    ) -> None:
+        connection = net.result(dialler.pool.connect(target.local))
+        net.result(
+            connection.callRemote(ProveMembership, group=group_id, epoch=epoch, proof=proof)
+        )
+
+    def test_stranger_refused(self) -> None:
+        """
+        A proof made without the access key is refused.
+        """
+        net, _, member, group_id = self._setup()
+        outsider = net.node("outsider")
+        with self.assertRaises(MembershipNotProven):
+            self._prove(net, outsider, member, bytes(32), group_id)
+
+    def test_reflected_and_replayed_refused(self) -> None:
+        """
+        The member's own proof reflected back (listener role) and a proof
+        made for another connection's handshake are refused.
+        """
+        net, owner, member, group_id = self._setup()
+        epoch = net.result(owner.store.epoch(group_id))
+        access = _access(group_id, epoch.access_key)
+        connection = net.result(owner.pool.connect(member.local))
+        channel = ISecureChannel(connection.transport)
+        role = Role.DIALLER if connection.initiator else Role.LISTENER
+        other = Role.LISTENER if role is Role.DIALLER else Role.DIALLER
+        reflected = make_proof(access, other, channel.handshake_hash)
+        with self.assertRaises(MembershipNotProven):
+            net.result(
+                connection.callRemote(ProveMembership, group=group_id, epoch=0, proof=reflected)
+            )
+        replayed = make_proof(access, role, b"another handshake hash".ljust(32, b"\0"))
+        with self.assertRaises(MembershipNotProven):
+            net.result(
+                connection.callRemote(ProveMembership, group=group_id, epoch=0, proof=replayed)
+            )
+        good = make_proof(access, role, channel.handshake_hash)
+        net.result(connection.callRemote(ProveMembership, group=group_id, epoch=0, proof=good))
+
+    def test_other_group_and_old_epoch_refused(self) -> None:
+        """
+        A proof for another group, and one from an epoch that has ended,
+        are refused alike.
+        """
+        net, owner, member, group_id = self._setup()
+        third = net.node("third")
+        net.result(owner.add_member(group_id, third.local))
+        net.run(5)
+        old = net.result(owner.store.epoch(group_id)).access_key
+        net.result(owner.remove_member(group_id, third.local))
+        net.run(5)
+        connection = net.result(third.pool.connect(member.local))
+        channel = ISecureChannel(connection.transport)
+        role = Role.DIALLER if connection.initiator else Role.LISTENER
+        stale = make_proof(_access(group_id, old), role, channel.handshake_hash)
+        with self.assertRaises(MembershipNotProven):
+            net.result(
+                connection.callRemote(ProveMembership, group=group_id, epoch=0, proof=stale)
+            )
+        with self.assertRaises(MembershipNotProven):
+            net.result(
+                connection.callRemote(ProveMembership, group=bytes(32), epoch=0, proof=stale)
+            )
+
+
+def _access(group_id: bytes, key: bytes) -> GroupAccess:
+    return EpochKeys(group_id, 0, b"", b"", key).access
+
+
+class NoticeTests(SynchronousTestCase):
+    def test_forged_acknowledgement_refused(self) -> None:
+        """
+        An acknowledgement under another key (one member acknowledging for
+        another) is refused and counts no one.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        net.network.take_offline("c")
+        report = net.result(owner.publish(group_id, "x"))
+        net.result(report.transmitted)
+        key = acknowledgement_key(b.identity, owner.local, group_id)
+        forged = make_acknowledgement(key, group_id, 0, 0)
+        self.assertEqual(decode_acknowledgement(forged).index, 0)
+        # b sends its own acknowledgement again, but c's is what is missing:
+        # a forwarder cannot pass b's off as c's.
+        connection = net.result(b.pool.connect(owner.local))
+        net.result(connection.callRemote(GroupNotice, kind=ACKNOWLEDGEMENT, payload=forged))
+        self.assertEqual(report.pending, frozenset([c.local]))
+        other = acknowledgement_key(Identity.generate(), owner.local, group_id)
+        with self.assertRaises(NoticeRefused):
+            net.result(
+                connection.callRemote(
+                    GroupNotice,
+                    kind=ACKNOWLEDGEMENT,
+                    payload=make_acknowledgement(other, group_id, 0, 0),
+                )
+            )
+
+    def test_member_claiming_owner_refused(self) -> None:
+        """
+        A member that sends another member a removal or new keys for the
+        group, as if it were the owner, is refused.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        connection = net.result(b.pool.connect(c.local))
+        with self.assertRaises(NoticeRefused):
+            net.result(connection.callRemote(GroupNotice, kind="remove", payload=group_id))
+        self.assertEqual(net.result(c.store.group(group_id)).state, "active")
+
+    def test_malformed_invitation(self) -> None:
+        """
+        A damaged invitation is refused with a typed error.
+        """
+        with self.assertRaises(MalformedNotice):
+            decode_invitation(b"\0" * 40)
+
+
+class IdleTests(SynchronousTestCase):
+    def test_ten_thousand_groups_hold_no_connection(self) -> None:
+        """
+        A node in 10,000 groups, with nothing pending, opens no connection
+        and sends 0 bytes through a week.
+        """
+        net = network()
+        owner = net.node("owner")
+        member = net.node("member")
+        for _ in range(10_000):
+            net.result(owner.create_group("g"))
+        net.run(1)
+        restore = net.count_bytes()
+        try:
+            for _ in range(7 * 24):
+                net.run(3600)
+        finally:
+            restore()
+        self.assertEqual(net.sent, 0)
+        self.assertEqual(owner.pool.connections(), {})
+        self.assertEqual(member.pool.connections(), {})
+        self.assertEqual(len(net.result(owner.group_list())), 10_000)
