@@ -204,8 +204,8 @@ class OutboxTests(SynchronousTestCase):
         owner, b = net.node("owner"), net.node("b")
         group_id = net.group(owner, b, strategy="unicast")
         net.result(net.result(owner.publish(group_id, "x")).settled())
-        self.assertEqual(owner._retries, {})
-        self.assertEqual(b._retries, {})
+        self.assertEqual(owner.outbox.timers, {})
+        self.assertEqual(b.outbox.timers, {})
 
 
 class ConsentTests(SynchronousTestCase):

@@ -1,0 +1,199 @@
+# -*- test-case-name: tests.test_multicast_service -*-
+"""
+Membership proofs on each connection, and the routing of the strategies'
+commands to the group they name.
+
+A connection records the groups (and epochs) in which the peer on it
+proved membership.  The dialler proves first; the listener answers with
+its own proof.  A strategy's command for a group is routed to that group's
+strategy only over a connection on which membership of the group's current
+epoch was proven; every refusal looks the same from outside.
+"""
+
+from __future__ import annotations
+
+import functools
+import weakref
+from typing import TYPE_CHECKING, Any, cast
+
+from twisted.internet.defer import Deferred
+from twisted.protocols import amp
+from zope.interface import implementer
+
+from ..channel import ISecureChannel, PeerConnection
+from ..identity import PeerID
+from ..storage import NotStored
+from ._commands import GroupNotice, ProveMembership
+from ._core import NotInGroup, ServiceCore, deferred
+from ._epoch import EpochKeys
+from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin, IStrategyRouter
+from ._membership import MembershipNotProven, Role, check_proof, make_proof
+
+if TYPE_CHECKING:
+    from ._service import MulticastService
+
+_REFUSED = "the peer did not prove membership of the group"
+
+
+class _Session:
+    """
+    What one connection has proven: the groups (and their epochs) in which
+    the peer on it proved membership.
+    """
+
+    __slots__ = ("__weakref__", "proven")
+
+    def __init__(self) -> None:
+        self.proven: dict[bytes, int] = {}
+
+
+@implementer(IStrategyRouter)
+class _PluginRouter:
+    """
+    The router one plugin's responders get: it refuses groups of other
+    strategies.
+    """
+
+    def __init__(self, service: MembershipRouter, name: str) -> None:
+        self._service = service
+        self._name = name
+
+    def strategy(
+        self, connection: PeerConnection, group_id: bytes
+    ) -> Deferred[IMulticastStrategy]:
+        return Deferred.fromCoroutine(self._service.route(connection, group_id, self._name))
+
+
+class _Responder(amp.CommandLocator):
+    """
+    The service's commands on one connection.
+    """
+
+    def __init__(self, service: MulticastService, connection: PeerConnection) -> None:
+        self.service = service
+        self.connection = connection
+
+    @ProveMembership.responder
+    async def prove(self, group: bytes, epoch: int, proof: bytes) -> dict[str, bytes]:
+        return {"proof": await self.service.answer_proof(self.connection, group, epoch, proof)}
+
+    @GroupNotice.responder
+    async def notice(self, kind: str, payload: bytes) -> dict[str, Any]:
+        await self.service.receive_notice(self.connection.peer_id, kind, payload)
+        return {}
+
+
+@implementer(IStrategyRouter)
+class MembershipRouter(ServiceCore):
+    """
+    The part of the service that proves membership and routes the
+    strategies' commands.
+    """
+
+    _sessions: weakref.WeakKeyDictionary[PeerConnection, _Session]
+
+    def _locator(self, connection: PeerConnection) -> amp.CommandLocator:
+        self._sessions[connection] = _Session()
+        # What waits for the peer goes on the next turn of the clock, not
+        # now: the connection is still being made.
+        self.outbox.reachable(connection.peer_id)
+        return _Responder(cast("MulticastService", self), connection)
+
+    def _plugin_locator(
+        self, plugin: IMulticastStrategyPlugin, connection: PeerConnection
+    ) -> amp.CommandLocator:
+        locator: amp.CommandLocator = plugin.locator(connection, _PluginRouter(self, plugin.name))
+        return locator
+
+    def _all_locators(self) -> list[Any]:
+        """
+        The service's own locator and each plugin's, for the pool.
+        """
+        locators: list[Any] = [self._locator]
+        for plugin in self.plugins().values():
+            locators.append(functools.partial(self._plugin_locator, plugin))
+        return locators
+
+    @deferred
+    async def proven_connection(self, group_id: bytes, peer: PeerID) -> PeerConnection:
+        """
+        A connection to ``peer`` on which both sides proved membership of
+        the group in its current epoch (see
+        :meth:`IStrategyContext.connect`).
+        """
+        connection = await self.pool.connect(peer)
+        epoch = await self.store.epoch(group_id)
+        session = self._sessions.get(connection)
+        if session is None or epoch.access_key is None:
+            raise MembershipNotProven(_REFUSED)
+        if session.proven.get(group_id) == epoch.epoch:
+            return connection
+        access = EpochKeys(group_id, epoch.epoch, b"", b"", epoch.access_key).access
+        channel = ISecureChannel(connection.transport)
+        ours = Role.DIALLER if connection.initiator else Role.LISTENER
+        theirs = Role.LISTENER if connection.initiator else Role.DIALLER
+        answer = await connection.callRemote(  # type: ignore[no-untyped-call]
+            ProveMembership,
+            group=group_id,
+            epoch=epoch.epoch,
+            proof=make_proof(access, ours, channel.handshake_hash),
+        )
+        check_proof(access, theirs, channel.handshake_hash, answer["proof"])
+        session.proven[group_id] = epoch.epoch
+        return connection
+
+    async def answer_proof(
+        self, connection: PeerConnection, group_id: bytes, number: int, proof: bytes
+    ) -> bytes:
+        """
+        Check the proof the dialler of ``connection`` made, and answer
+        with ours.
+
+        :raises MembershipNotProven: for every refusal alike.
+        """
+        session = self._sessions.get(connection)
+        try:
+            if session is None or connection.peer_id in self._blocked:
+                raise MembershipNotProven(_REFUSED)
+            await self._group(group_id)
+            epoch = await self.store.epoch(group_id)
+        except (NotInGroup, NotStored):
+            raise MembershipNotProven(_REFUSED) from None
+        if epoch.epoch != number or epoch.access_key is None:
+            raise MembershipNotProven(_REFUSED)
+        access = EpochKeys(group_id, epoch.epoch, b"", b"", epoch.access_key).access
+        channel = ISecureChannel(connection.transport)
+        theirs = Role.LISTENER if connection.initiator else Role.DIALLER
+        ours = Role.DIALLER if connection.initiator else Role.LISTENER
+        check_proof(access, theirs, channel.handshake_hash, proof)
+        session.proven[group_id] = epoch.epoch
+        return make_proof(access, ours, channel.handshake_hash)
+
+    def strategy(
+        self, connection: PeerConnection, group_id: bytes
+    ) -> Deferred[IMulticastStrategy]:
+        return Deferred.fromCoroutine(self.route(connection, group_id, None))
+
+    async def route(
+        self, connection: PeerConnection, group_id: bytes, name: str | None
+    ) -> IMulticastStrategy:
+        """
+        The strategy of a group for a command that came on ``connection``
+        (of the plugin called ``name``, or any).
+
+        :raises MembershipNotProven: unless the peer proved membership of
+            the group's current epoch on it.
+        """
+        session = self._sessions.get(connection)
+        try:
+            if session is None or connection.peer_id in self._blocked:
+                raise MembershipNotProven(_REFUSED)
+            group = await self._group(group_id)
+            epoch = await self.store.epoch(group_id)
+            if session.proven.get(group_id) != epoch.epoch:
+                raise MembershipNotProven(_REFUSED)
+            if name is not None and group.strategy != name:
+                raise MembershipNotProven(_REFUSED)
+            return await self.strategy_of(group_id)
+        except (NotInGroup, NotStored):
+            raise MembershipNotProven(_REFUSED) from None
