@@ -12,6 +12,7 @@ import pty
 import re
 import select
 import signal
+import subprocess
 import sys
 import time
 
@@ -210,3 +211,48 @@ class TerminalPromptTests(SynchronousTestCase):
         key = read_key_file(self.data_dir.child("identity.key"))
         self.assertTrue(key.encrypted)
         self.assertIsInstance(key.open(b"fresh"), Identity)
+
+
+class DaemonizedFdTests(SynchronousTestCase):
+    """
+    A real daemonized ``twistd dspring`` reading its passphrase on its
+    standard input.
+    """
+
+    def test_stdin_keeps_log(self) -> None:
+        """
+        ``--passphrase-fd 0`` with the passphrase piped in: the daemon's log
+        file holds the node's own lines.  Closing fd 0 once read let
+        twistd's log file take that number, which daemonizing then pointed
+        at /dev/null, so the log held only twistd's two start-up lines.
+        """
+        workdir = FilePath(self.mktemp())
+        workdir.makedirs()
+        data_dir = workdir.child("node")
+        identity = create_identity(data_dir, b"secret", FAST_KDF)
+        pidfile = workdir.child("twistd.pid")
+        log = workdir.child("twistd.log")
+        self.addCleanup(_kill_daemon, pidfile)
+        started = subprocess.run(
+            [
+                sys.executable, "-c", TWISTD,
+                "--pidfile", pidfile.path,
+                "--logfile", log.path,
+                "dspring",
+                "--data-dir", data_dir.path,
+                "--passphrase-fd", "0",
+                "--listen", f"tcp:0:interface={loopback_address()}",
+            ],
+            input=b"secret\n",
+            capture_output=True,
+            timeout=60,
+        )
+        self.assertEqual(started.returncode, 0, started.stderr)
+        self.assertIn(f"node {identity.peer_id} ready", log.getContent().decode())
+
+
+def _kill_daemon(pidfile: FilePath[str]) -> None:
+    try:
+        os.kill(int(pidfile.getContent()), signal.SIGTERM)
+    except (OSError, ValueError):
+        pass  # gone already, or never started

@@ -124,17 +124,25 @@ def read_passphrase_fd(fd: int) -> bytes:
     """
     The passphrase on an open file descriptor (a pipe from a secret store,
     say): its first line, without the line ending.  The descriptor is
-    closed.
+    closed, except a standard one (0 to 2), which is pointed at
+    ``/dev/null`` instead: closed, its number would go to the next file
+    opened, twistd's log, and daemonizing points 0 to 2 at ``/dev/null``.
 
     :raises BadOption: when it cannot be read or its first line is empty.
     """
+    standard = fd <= 2
     try:
-        with open(fd, "rb", closefd=True) as f:
+        with open(fd, "rb", closefd=not standard) as f:
             line = f.readline(64 * 1024)
     except OSError as e:
         raise BadOption(
             f"cannot read a passphrase from file descriptor {fd}: {e.strerror}"
         ) from None
+    finally:
+        if standard:
+            null = os.open(os.devnull, os.O_RDWR)
+            os.dup2(null, fd)
+            os.close(null)
     return _first_line(line, f"the passphrase on file descriptor {fd}")
 
 
