@@ -8,11 +8,14 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+from collections.abc import Callable
 from typing import Any
 
 from twisted.application.service import IService
+from twisted.internet.defer import Deferred
 from twisted.logger import Logger
 from twisted.python import usage
+from twisted.python.filepath import FilePath
 
 from .channel import ConnectionPool
 from .cli._passphrase import ask_passphrase
@@ -21,8 +24,10 @@ from .dht import DHT, Contact, DHTDirectory, DHTSettings, DirectoryChain
 from .directory import AddressBook
 from .errors import DigitalSpringError
 from .identity import (
+    Identity,
     NoKeyFile,
     PassphraseRequired,
+    PeerID,
     ensure_data_dir,
     key_file_path,
     load_or_create_identity,
@@ -43,6 +48,7 @@ from .node._options import (
     read_systemd_credential,
 )
 from .node._startup import StartupReport
+from .storage import IStore, open_sqlite_store, storage_key
 from .transport import (
     ITransport,
     TransportContext,
@@ -430,7 +436,8 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
     transports = build_transports(options, reactor)
     # The address book first, then the DHT: a contact the user added by hand
     # wins over whatever the network says.
-    directory = DirectoryChain([AddressBook.in_data_dir(options["data-dir"])])
+    book = AddressBook.in_data_dir(options["data-dir"])
+    directory = DirectoryChain([book])
     pool = ConnectionPool(
         identity,
         reactor,
@@ -460,7 +467,37 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         control=options["control"],
         dht=dht,
         lock=lock,
+        open_store=_store_opener(reactor, options["data-dir"], identity),
+        is_contact=lambda peer: _is_contact(book, peer),
     )
+
+
+def _store_opener(
+    reactor: Any, data_dir: FilePath[str], identity: Identity
+) -> Callable[[], Deferred[IStore]]:
+    """
+    What opens ``DATA_DIR/node.db`` when the node starts, under the key
+    the identity unlocks.
+    """
+
+    def open_store() -> Deferred[IStore]:
+        return open_sqlite_store(reactor, data_dir, storage_key(identity)).addCallback(_as_store)
+
+    return open_store
+
+
+def _as_store(store: IStore) -> IStore:
+    return store
+
+
+def _is_contact(book: AddressBook, peer: PeerID) -> bool:
+    """
+    Whether ``peer`` is in the address book; a damaged book has no one.
+    """
+    try:
+        return peer in book.peers()
+    except DigitalSpringError:
+        return False
 
 
 __all__ = ["Options", "build_transports", "makeService"]

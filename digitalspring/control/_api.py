@@ -12,8 +12,10 @@ it through DNS rebinding.  The file is removed on a clean stop.
 Everything a local program can make the API hold is bounded: the request
 line and headers (Twisted's own limits), the body (:data:`MAX_BODY`), the
 connections open at once (:data:`MAX_CONNECTIONS`), how long one may idle
-(:data:`IDLE_TIMEOUT`), and the requests being handled at once
-(:data:`MAX_IN_FLIGHT`).
+(:data:`IDLE_TIMEOUT`), the requests being handled at once
+(:data:`MAX_IN_FLIGHT`), and the event streams open at once
+(:data:`~digitalspring.control._events.MAX_STREAMS`, each with a bounded
+queue: see :mod:`digitalspring.control._events`).
 """
 
 from __future__ import annotations
@@ -46,6 +48,7 @@ from twisted.web.server import NOT_DONE_YET, Request, Site
 
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID, atomic_write
+from ._events import MAX_STREAMS, EventSink, StreamHandler
 
 CONTROL_FILE_NAME = "control.json"
 
@@ -294,12 +297,21 @@ class _ControlAPI(Resource):
     isLeaf = True
     log = Logger()
 
-    def __init__(self, token: bytes, routes: Mapping[str, tuple[bytes, Handler]]) -> None:
+    def __init__(
+        self,
+        reactor: Any,
+        token: bytes,
+        routes: Mapping[str, tuple[bytes, Handler]],
+        streams: Mapping[str, StreamHandler],
+    ) -> None:
         super().__init__()
+        self._reactor = reactor
         self._authorization = b"Bearer " + token
         self._routes = {path.encode("ascii"): route for path, route in routes.items()}
+        self._streams = {path.encode("ascii"): stream for path, stream in streams.items()}
         self.hosts: frozenset[bytes] = frozenset()
         self._in_flight = 0
+        self.open_streams: set[EventSink] = set()
 
     def render(self, request: Request) -> int | bytes:
         request.setHeader(b"content-type", b"application/json")
@@ -311,7 +323,11 @@ class _ControlAPI(Resource):
         if not hmac.compare_digest(offered, self._authorization):
             return self._answer(request, 401, {"error": "bad or missing control token"})
         path = request.postpath or []
-        route = self._routes.get(path[1]) if len(path) == 2 and path[0] == b"v1" else None
+        name = path[1] if len(path) == 2 and path[0] == b"v1" else b""
+        stream = self._streams.get(name)
+        if stream is not None:
+            return self._stream(request, stream)
+        route = self._routes.get(name)
         if route is None:
             return self._answer(request, 404, {"error": "no such control request"})
         method, handler = route
@@ -333,6 +349,59 @@ class _ControlAPI(Resource):
             lambda failure: self._failed(request, failure),
         )
         return NOT_DONE_YET
+
+    def _stream(self, request: Request, handler: StreamHandler) -> int | bytes:
+        """
+        Open an event stream: the handler subscribes a sink, which then
+        holds the response open until the client or the node ends it.
+        """
+        if request.method != b"GET":
+            request.setHeader(b"allow", b"GET")
+            return self._answer(request, 405, {"error": "method not allowed"})
+        if len(self.open_streams) >= MAX_STREAMS:
+            return self._answer(
+                request, 503, {"error": f"{MAX_STREAMS} event streams are open already"}
+            )
+        query = {
+            key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
+            for key, values in (request.args or {}).items()
+            if values
+        }
+        sink = EventSink(self._reactor, request)
+        self.open_streams.add(sink)
+        unsubscribe: list[Callable[[], None]] = []
+
+        def ended(result: object) -> None:
+            self.open_streams.discard(sink)
+            sink.close()
+            for stop in unsubscribe:
+                stop()
+
+        # Asked now: a request that ends before the handler returns would
+        # never say so later.
+        request.notifyFinish().addBoth(ended)
+
+        def subscribed(stop: Callable[[], None]) -> None:
+            if sink.closed:
+                stop()
+                return
+            unsubscribe.append(stop)
+            sink.start()
+
+        def refused(failure: Failure) -> None:
+            self.open_streams.discard(sink)
+            self._failed(request, failure)
+
+        d: Deferred[Callable[[], None]] = Deferred.fromCoroutine(handler(query, sink))
+        d.addCallbacks(subscribed, refused)
+        return NOT_DONE_YET
+
+    def close_streams(self) -> None:
+        """
+        End every event stream (the node is stopping).
+        """
+        for sink in list(self.open_streams):
+            sink.close()
 
     async def _run(self, handler: Handler, body: dict[str, Any]) -> dict[str, Any]:
         try:
@@ -369,6 +438,8 @@ class ControlService(Service):
     :param routes: ``{path: (method, handler)}``; a handler takes the JSON
         body and returns the JSON answer (raising a ``DigitalSpringError``
         for an error the user reads).
+    :param streams: ``{path: handler}`` of the event streams, answered to
+        ``GET`` (see :data:`~digitalspring.control._events.StreamHandler`).
     :param endpoint: a server endpoint string that
         :func:`check_control_endpoint` accepts.
     :raises BadControlEndpoint: when it does not.
@@ -382,11 +453,14 @@ class ControlService(Service):
         data_dir: FilePath[str],
         routes: Mapping[str, tuple[bytes, Handler]],
         endpoint: str = DEFAULT_CONTROL,
+        streams: Mapping[str, StreamHandler] | None = None,
     ) -> None:
         self.reactor = reactor
         self.data_dir = data_dir
         self.routes = routes
+        self.streams = dict(streams or {})
         self.endpoint = check_control_endpoint(endpoint)
+        self._api: _ControlAPI | None = None
         self._port: IListeningPort | None = None
         self._starting: Deferred[IListeningPort] | None = None
 
@@ -397,7 +471,7 @@ class ControlService(Service):
     def startService(self) -> None:
         super().startService()
         token = secrets.token_hex(32).encode("ascii")
-        api = _ControlAPI(token, self.routes)
+        api = self._api = _ControlAPI(self.reactor, token, self.routes, self.streams)
         site = _ControlSite(
             api, requestFactory=_ControlRequest, timeout=IDLE_TIMEOUT, reactor=self.reactor
         )
@@ -448,6 +522,8 @@ class ControlService(Service):
         super().stopService()
         if self.control_file.exists():
             self.control_file.remove()
+        if self._api is not None:
+            self._api.close_streams()
         if self._port is not None:
             port, self._port = self._port, None
             return port.stopListening()

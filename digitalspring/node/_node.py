@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, Protocol, runtime_checkable
 
 from twisted.application.service import IService, MultiService
@@ -23,7 +23,10 @@ from ..control import BadRequest, ControlService, peer_from_body
 from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
+from ..multicast import MulticastService
+from ..storage import IStore
 from ..transport import ITransport, split_address
+from ._groups import GroupRoutes
 from ._listen import ListeningService
 from ._lock import DataDirLock
 
@@ -73,6 +76,8 @@ class Node(MultiService):
         reached tor if it uses tor (with ``None``), or fails with
         :class:`StartFailed` (:class:`ListenFailed` for an address).
     :ivar lock: the lock of its data directory, or ``None``.
+    :ivar store: its store once open, or ``None``.
+    :ivar multicast: its groups, once the store is open, or ``None``.
     :ivar warnings: what the node found wrong once listening, in words a
         user reads: an address that only this machine can reach.
     """
@@ -90,6 +95,8 @@ class Node(MultiService):
         control: str | None = None,
         dht: DHT | None = None,
         lock: DataDirLock | None = None,
+        open_store: Callable[[], Deferred[IStore]] | None = None,
+        is_contact: Callable[[PeerID], bool] = lambda peer: False,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -102,6 +109,12 @@ class Node(MultiService):
             once the node listens.
         :param lock: the lock of ``data_dir``, held for this node; let go of
             once the node has stopped.
+        :param open_store: opens the node's store (``DATA_DIR/node.db``);
+            the node opens it when it starts, before it listens, and runs its
+            groups on it (a :class:`~digitalspring.multicast.MulticastService`).
+            ``None`` for a node without groups.
+        :param is_contact: whether a peer is in the user's address book
+            (its invitations are accepted unasked).
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
@@ -112,28 +125,44 @@ class Node(MultiService):
         self.ready: Deferred[None] = Deferred()
         self.warnings: list[str] = []
         self.lock = lock
+        self.store: IStore | None = None
+        self.multicast: MulticastService | None = None
+        self._open_store = open_store
+        self._is_contact = is_contact
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
             if IService.providedBy(transport):
                 IService(transport).setServiceParent(self)  # type: ignore[no-untyped-call]
         pool.setServiceParent(self)  # type: ignore[no-untyped-call]
+        # With a store, the DHT starts once the groups have: a connection it
+        # makes must carry the groups' commands too.
+        self._after_store: list[IService] = []
         if dht is not None:
-            dht.setServiceParent(self)  # type: ignore[no-untyped-call]
+            if open_store is None:
+                dht.setServiceParent(self)  # type: ignore[no-untyped-call]
+            else:
+                self._after_store.append(dht)
         for address in listen:
             name, description = split_address(address)
             transport = self.transports[name]
+            # Parented (and so started) once the store is open: see startService.
             listener = ListeningService(transport, description, pool.listening_factory(transport))
-            listener.setServiceParent(self)  # type: ignore[no-untyped-call]
             self._listeners.append(listener)
+        self.groups: GroupRoutes | None = None
         if control is not None and data_dir is not None:
-            routes = {
+            routes: dict[str, Any] = {
                 "status": (b"GET", self._control_status),
                 "ping": (b"POST", self._control_ping),
                 "dht-lookup": (b"POST", self._control_dht_lookup),
                 "dht-join": (b"POST", self._control_dht_join),
             }
-            ControlService(reactor, data_dir, routes, control).setServiceParent(  # type: ignore[no-untyped-call]
+            streams: dict[str, Any] = {}
+            if open_store is not None:
+                self.groups = GroupRoutes(self, data_dir)
+                routes.update(self.groups.routes())
+                streams.update(self.groups.streams())
+            ControlService(reactor, data_dir, routes, control, streams).setServiceParent(  # type: ignore[no-untyped-call]
                 self
             )
 
@@ -257,6 +286,46 @@ class Node(MultiService):
         if self.lock is not None:
             self.lock.record_pid()
         super().startService()  # type: ignore[no-untyped-call]
+        if self._open_store is None:
+            self._listen()
+            return
+        self._open_store().addCallbacks(self._store_opened, self._store_refused)
+
+    def _store_opened(self, store: IStore) -> None:
+        """
+        Start the groups on the open store, then listen: the multicast
+        service adds its commands to the pool before any peer can connect.
+        """
+        self.store = store
+        if not self.running:
+            # Stopped while the store was opening.
+            store.close()
+            return
+        self.multicast = MulticastService(
+            self.identity, self.reactor, self.pool, store, is_contact=self._is_contact
+        )
+        self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
+        if self.groups is not None:
+            self.groups.started(self.multicast)
+        self._listen()
+
+    def _store_refused(self, failure: Failure) -> None:
+        """
+        The store cannot be opened (a damaged file, one from a newer
+        version, the wrong key): the node does not start, and the file is
+        left as it is.
+        """
+        reason = failure.getErrorMessage()
+        if not isinstance(failure.value, DigitalSpringError):
+            self.log.failure("cannot open the node's store", failure)
+        self.log.critical("cannot open the node's store: {reason}", reason=reason)
+        self.ready.errback(StartFailed(reason))
+
+    def _listen(self) -> None:
+        if not self.running:
+            return
+        for service in [*self._after_store, *self._listeners]:
+            service.setServiceParent(self)  # type: ignore[no-untyped-call]
         waiting: list[Deferred[Any]] = []
         for listener in self._listeners:
             assert listener.listening is not None, "started services listen"
@@ -276,6 +345,14 @@ class Node(MultiService):
 
     def stopService(self) -> Deferred[None]:
         d: Deferred[None] = super().stopService()  # type: ignore[no-untyped-call]
+
+        def close_store(result: object) -> object:
+            # After every service, the groups' among them, has stopped.
+            if self.store is None:
+                return result
+            return self.store.close().addCallback(lambda ignored: result)
+
+        d.addBoth(close_store)
 
         def release(result: object) -> object:
             if self.lock is not None:
