@@ -19,6 +19,7 @@ from digitalspring.channel import MAX_PING_DATA
 from digitalspring.cli import Options, main
 from digitalspring.control import CONTROL_FILE_NAME, ControlService
 from digitalspring.identity import Identity, PeerID, load_identity, read_key_file
+from digitalspring.node import DataDirLock
 
 STRANGER = str(Identity.from_seed(bytes(range(32))).peer_id)
 
@@ -155,6 +156,42 @@ class CLITests(SynchronousTestCase):
             "wrong passphrase",
         )
         self.assertFalse(backup.exists())
+
+    def test_import_refused_under_running_node(self) -> None:
+        """
+        ``import --force`` while a node holds the data directory's lock is
+        refused in one line naming the node's process, before any prompt,
+        and leaves the node's key file as it was.
+        """
+        self.run_cli("init", "--no-passphrase")
+        key = self.data_dir.child("identity.key")
+        before = key.getContent()
+        other = FilePath(self.mktemp())
+        self.assertEqual(main(["-d", other.path, "init", "--no-passphrase"], io.StringIO()), 0)
+        backup = FilePath(self.mktemp())
+        main(
+            ["-d", other.path, "export", "--backup-passphrase-file", self.backup_pw, backup.path],
+            io.StringIO(),
+        )
+        lock = DataDirLock.acquire(self.data_dir)
+        self.addCleanup(lock.release)
+        self.assertFailsWith(
+            ["import", "--force", "--no-passphrase", backup.path],
+            1,
+            f"another node (process {os.getpid()}) is running on {self.data_dir.path}",
+        )
+        self.assertEqual(key.getContent(), before)
+        lock.release()
+        status, _, err = self.run_cli(
+            "import",
+            "--force",
+            "--no-passphrase",
+            "--backup-passphrase-file",
+            self.backup_pw,
+            backup.path,
+        )
+        self.assertEqual((status, err), (0, ""))
+        self.assertNotEqual(key.getContent(), before)
 
     def test_import_foreign_file(self) -> None:
         """

@@ -22,6 +22,7 @@ from ..identity import (
     read_key_file,
 )
 from ..identity import key_file_path as _key_file_path
+from ..node import DataDirLock
 from ._base import CommandOptions, run_async
 from ._passphrase import ask_passphrase
 
@@ -187,6 +188,16 @@ class ImportOptions(_NewKeyFileOptions):
         self["backup"] = FilePath(backup)
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        # A running node holds the lock and its identity in memory: refuse,
+        # before any prompt, to change the key file under it.
+        lock = DataDirLock.acquire(data_dir) if data_dir.isdir() else None
+        try:
+            self._import(data_dir, out)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _import(self, data_dir: FilePath[str], out: TextIO) -> None:
         backup_passphrase = None
         if _read_backup(self["backup"]).encrypted:
             backup_passphrase = ask_passphrase(
