@@ -140,6 +140,55 @@ class EpochTests(SynchronousTestCase):
         close = net.result(b.store.epoch(group_id, 0)).close
         self.assertEqual(close.last_index, 0)
 
+    def test_owner_keeps_only_signing_secret_of_closed_epoch(self) -> None:
+        """
+        Once a removal closes epoch 0, the owner holds no chain key or
+        access key of it, only its signing secret (to reveal later); once
+        the next removal closes epoch 1, the signing secret of epoch 0 is
+        gone too (revealed to the members), and epoch 1 is as epoch 0 was.
+        """
+        net = network()
+        owner, b, c, d = net.node("owner"), net.node("b"), net.node("c"), net.node("d")
+        group_id = net.group(owner, b, c, d, strategy="unicast")
+        net.result(net.result(owner.publish(group_id, "one")).settled())
+        net.result(owner.remove_member(group_id, d.local))
+        zero = net.result(owner.store.epoch(group_id, 0))
+        self.assertEqual((zero.chain, zero.access_key), (None, None))
+        self.assertIsNotNone(zero.signing_secret)
+        self.assertIsNotNone(zero.close)
+        net.result(owner.remove_member(group_id, c.local))
+        zero = net.result(owner.store.epoch(group_id, 0))
+        self.assertEqual((zero.chain, zero.access_key, zero.signing_secret), (None, None, None))
+        one = net.result(owner.store.epoch(group_id, 1))
+        self.assertEqual((one.chain, one.access_key), (None, None))
+        self.assertIsNotNone(one.signing_secret)
+        self.assertIsNotNone(net.result(owner.store.epoch(group_id, 2)).chain)
+
+    def test_removed_offline_member_leaves_nothing_pending(self) -> None:
+        """
+        A member removed while offline, with a message and a neighbour
+        change waiting for it, is pending for nothing: its delivery states
+        are gone, the message's fragments are dropped (everyone else has
+        it), and the only thing waiting for it is the removal.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        net.network.take_offline("c")
+        report = net.result(owner.publish(group_id, "while away"))
+        net.result(report.transmitted)
+        net.run(1)
+        self.assertEqual(net.result(owner.store.undelivered(group_id, c.local)), [(0, 0)])
+        net.result(owner.remove_member(group_id, c.local))
+        net.run(1)
+        self.assertEqual(net.result(owner.store.undelivered(group_id, c.local)), [])
+        self.assertEqual(
+            net.result(owner.store.deliveries(group_id, 0, 0)), {b.local: "committed"}
+        )
+        self.assertEqual(net.result(owner.store.fragments(group_id, 0, 0)), {})
+        self.assertEqual(report.pending, frozenset())
+        self.assertEqual([e.kind for e in net.result(owner.store.outbox(c.local))], ["remove"])
+
     def test_leave(self) -> None:
         """
         A member that leaves forgets the group's keys; its owner removes it

@@ -45,7 +45,8 @@ from digitalspring.storage import (
     WrongStorageKey,
     open_sqlite_store,
 )
-from digitalspring.testing._store import GROUP_ID, OWNER, epoch_keys, joined_group
+from digitalspring.storage._sealing import row_identity, seal
+from digitalspring.testing._store import ALICE, GROUP_ID, OWNER, epoch_keys, joined_group
 
 KEY = b"k" * 32
 
@@ -281,16 +282,64 @@ class MigrationTests(SQLiteTestCase):
     @inline
     async def test_from_first_version(self) -> None:
         """
-        A file of the first version is migrated to the current one with
-        its contents kept; the version in the file is the last migration's.
+        A file of version 1 is migrated to the current one by MIGRATIONS[1]
+        with its contents kept: a received message, a member, and an outbox
+        entry queued by version 1 (about no group), which is still read and
+        delivered; the new entries are found by group and kind, members by
+        peer, each through the index the migration made.
         """
         store = await self.open(migrations=MIGRATIONS[:1])
         await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
         await self.receive(store, 0, b"from version 1")
         await store.close()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(1,)])
+        # What version 1 wrote in its outbox (it had no group column).
+        connection = sqlite3.connect(self.data_dir.child("node.db").path)
+        row = row_identity("outbox", "payload", ALICE.public_key, "epoch", repr(2.0))
+        connection.execute(
+            "INSERT INTO outbox (peer, kind, payload, size, created) VALUES (?, ?, ?, ?, ?)",
+            (ALICE.public_key, "epoch", seal(KEY, row, b"v1 entry"), 8, 2.0),
+        )
+        connection.commit()
+        connection.close()
+        store = await self.open()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
+        self.assertEqual(len(MIGRATIONS), 2)
+        self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
+        [old] = await store.outbox(ALICE)
+        self.assertEqual((old.kind, old.payload, old.group_id), ("epoch", b"v1 entry", None))
+        await store.commit(Enqueue(ALICE, "epoch", b"v2 entry", 3.0, GROUP_ID))
+        [new] = await store.queued(ALICE, "epoch", GROUP_ID)
+        self.assertEqual(new.payload, b"v2 entry")
+        self.assertEqual(
+            [e.payload for e in await store.outbox(ALICE)], [b"v1 entry", b"v2 entry"]
+        )
+        plan = _peek(
+            self.data_dir,
+            "EXPLAIN QUERY PLAN SELECT id FROM outbox WHERE peer = ? AND group_id = ?"
+            " AND kind = ?",
+            ALICE.public_key,
+            GROUP_ID,
+            "epoch",
+        )
+        self.assertIn("outbox_group", str(plan))
+        plan = _peek(
+            self.data_dir, "EXPLAIN QUERY PLAN SELECT gid FROM members WHERE peer = ?", b"p" * 32
+        )
+        self.assertIn("members_peer", str(plan))
+
+    @inline
+    async def test_later_migration(self) -> None:
+        """
+        A migration appended after the current ones runs on a current file,
+        and the file's version is the last migration's.
+        """
+        store = await self.open()
+        await store.commit(SetSetting("a", "b"))
+        await store.close()
         later = (*MIGRATIONS, "CREATE TABLE later (x INTEGER);")
         store = await self.open(migrations=later)
-        self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
+        self.assertEqual(await store.setting("a"), "b")
         await store.close()
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(later),)])
         self.assertEqual(_peek(self.data_dir, "SELECT count(*) FROM later"), [(0,)])
@@ -428,7 +477,8 @@ from digitalspring.storage import (
     AddEpoch, AddFragment, AddGroup, ChainState, CommitReceived, StartMessage,
     open_sqlite_store,
 )
-from digitalspring.testing._store import GROUP_ID, OWNER, epoch_keys, joined_group
+from digitalspring.storage._sealing import row_identity, seal
+from digitalspring.testing._store import ALICE, GROUP_ID, OWNER, epoch_keys, joined_group
 from tests.test_storage_sqlite import KEY, _chain_key, _content
 
 async def burst(reactor):

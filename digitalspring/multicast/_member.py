@@ -136,7 +136,9 @@ class MemberSide(ServiceCore):
         try:
             await self.pool.call(context.owner, GroupNotice, kind=ACKNOWLEDGEMENT, payload=payload)
         except Exception:
-            await self.store.commit(Enqueue(context.owner, ACKNOWLEDGEMENT, payload, self._now()))
+            await self.store.commit(
+                Enqueue(context.owner, ACKNOWLEDGEMENT, payload, self._now(), group_id)
+            )
             self.outbox.retry_later(context.owner)
 
     # --- what the owner tells a member ------------------------------------------
@@ -274,7 +276,7 @@ class MemberSide(ServiceCore):
             raise GroupError("the owner of a group deletes it instead of leaving it")
         changes: list[Any] = [
             SetGroupState(group_id, "left"),
-            Enqueue(group.owner, DEPARTURE, group_id, self._now()),
+            Enqueue(group.owner, DEPARTURE, group_id, self._now(), group_id),
         ]
         changes += await self._forget_all_keys(group_id)
         await self.store.commit(*changes)

@@ -21,11 +21,14 @@ from ..storage import (
     ChangeEdges,
     CloseEpoch,
     DeleteGroup,
+    DropQueued,
     Enqueue,
     Epoch,
     EpochClose,
     ForgetEpochKeys,
+    ForgetRecipient,
     Group,
+    KeepOnlySigningSecret,
     Member,
     PutMember,
     RevealSigningSecret,
@@ -56,7 +59,12 @@ from ._notices import (
     encode_new_epoch,
     notice_group,
 )
+from ._outbox import CATCH_UP
 from ._plugins import get_strategy
+
+#: What waits in the outbox for a member that it no longer needs once it is
+#: removed: messages, keys, neighbours and an invitation it did not take.
+_NEWS = frozenset({CATCH_UP, INVITATION, NEW_EPOCH, NEIGHBOURS})
 
 
 class OwnerOperations(ServiceCore):
@@ -174,7 +182,7 @@ class OwnerOperations(ServiceCore):
         changes: list[Any] = [
             PutMember(group_id, Member(peer, "member", "invited")),
             ChangeEdges(group_id, frozenset(change.added), frozenset(change.removed)),
-            Enqueue(peer, INVITATION, encode_invitation(invitation), now),
+            Enqueue(peer, INVITATION, encode_invitation(invitation), now, group_id),
         ]
         changes += self._neighbour_notices(group_id, change.graph, change.affected - {peer}, now)
         await self.store.commit(*changes)
@@ -183,10 +191,20 @@ class OwnerOperations(ServiceCore):
     def _neighbour_notices(
         self, group_id: bytes, graph: NeighbourGraph[PeerID], peers: frozenset[PeerID], now: int
     ) -> list[Any]:
-        return [
-            Enqueue(peer, NEIGHBOURS, encode_neighbours(group_id, graph.neighbours(peer)), now)
-            for peer in sorted(peers)
-        ]
+        changes: list[Any] = []
+        for peer in sorted(peers):
+            # The newest neighbour list supersedes any still waiting.
+            changes += [
+                DropQueued(peer, group_id, frozenset({NEIGHBOURS})),
+                Enqueue(
+                    peer,
+                    NEIGHBOURS,
+                    encode_neighbours(group_id, graph.neighbours(peer)),
+                    now,
+                    group_id,
+                ),
+            ]
+        return changes
 
     def _refresh_members(self, group_id: bytes) -> None:
         context = self._contexts.get(group_id)
@@ -217,10 +235,15 @@ class OwnerOperations(ServiceCore):
         if member is None or member.status == "removed":
             raise NotAMember(f"{peer} is not a member of the group")
         now = self._now()
-        changes: list[Any] = [PutMember(group_id, Member(peer, member.role, "removed"))]
+        changes: list[Any] = [
+            PutMember(group_id, Member(peer, member.role, "removed")),
+            # Nothing more it was still to get: no message, no keys.
+            ForgetRecipient(group_id, peer),
+            DropQueued(peer, group_id, _NEWS),
+        ]
         notified = {peer} if reason is EpochEnd.MEMBER_REMOVED else set()
         if reason is EpochEnd.MEMBER_REMOVED:
-            changes.append(Enqueue(peer, REMOVAL, group_id, now))
+            changes.append(Enqueue(peer, REMOVAL, group_id, now, group_id))
         if member.role == "member":
             change = (await self._graph(group_id, group.degree)).remove_members([peer])
             changes.append(
@@ -256,13 +279,16 @@ class OwnerOperations(ServiceCore):
         changes: list[Any] = [
             CloseEpoch(group_id, old, EpochClose(owner.chain.next_index - 1, owner.last_hash)),
             AddEpoch(self._owner_epoch_row(new, now)),
+            # Its chain key opens its messages: no longer needed to send.
+            # Its signing secret is revealed one epoch later.
+            KeepOnlySigningSecret(group_id, old),
         ]
         if new.revealed_seed is not None:
             changes += [
                 ForgetEpochKeys(group_id, old - 1),
                 RevealSigningSecret(group_id, old - 1, new.revealed_seed),
             ]
-        changes += [Enqueue(peer, NEW_EPOCH, notice, now) for peer in sorted(remaining)]
+        changes += [Enqueue(peer, NEW_EPOCH, notice, now, group_id) for peer in sorted(remaining)]
         return changes, new
 
     @deferred
@@ -331,10 +357,10 @@ class OwnerOperations(ServiceCore):
         if group.role == "owner" and group.state == "active":
             for member in await self.store.members(group_id):
                 if member.status != "removed":
-                    changes.append(Enqueue(member.peer, REMOVAL, group_id, now))
+                    changes.append(Enqueue(member.peer, REMOVAL, group_id, now, group_id))
                     told.add(member.peer)
         elif group.state == "active":
-            changes.append(Enqueue(group.owner, DEPARTURE, group_id, now))
+            changes.append(Enqueue(group.owner, DEPARTURE, group_id, now, group_id))
             told.add(group.owner)
         changes.append(DeleteGroup(group_id))
         await self.store.commit(*changes)

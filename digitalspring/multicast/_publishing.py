@@ -125,9 +125,8 @@ class Publishing(OwnerOperations):
         now = self._now()
         changes = []
         for peer in sorted(report.unreached):
-            waiting = await self.store.outbox(peer)
-            if not any(e.kind == CATCH_UP and e.payload == report.group_id for e in waiting):
-                changes.append(Enqueue(peer, CATCH_UP, report.group_id, now))
+            if not await self.store.queued(peer, CATCH_UP, report.group_id):
+                changes.append(Enqueue(peer, CATCH_UP, report.group_id, now, report.group_id))
         if changes:
             await self.store.commit(*changes)
         for peer in report.unreached:

@@ -136,6 +136,20 @@ class IStore(Interface):
             order it was queued.
         """
 
+    def queued(peer: PeerID, kind: str, group_id: bytes) -> Deferred[list[OutboxEntry]]:
+        """
+        :returns: a Deferred that fires with what waits for ``peer`` of one
+            kind about one group, in the order it was queued, found without
+            reading the peer's whole outbox.
+        """
+
+    def member_of(peer: PeerID) -> Deferred[list[bytes]]:
+        """
+        :returns: a Deferred that fires with the IDs of the groups we own
+            that ``peer`` is a member of (invited or active, not removed),
+            found by an index on the peer.
+        """
+
     def outbox_peers() -> Deferred[frozenset[PeerID]]:
         """
         :returns: a Deferred that fires with the peers something waits for.

@@ -46,12 +46,15 @@ from ._values import (
     DropFragments,
     DropInvitation,
     DropMessage,
+    DropQueued,
     Edge,
     Enqueue,
     Epoch,
     ForgetEpochKeys,
+    ForgetRecipient,
     Group,
     Invitation,
+    KeepOnlySigningSecret,
     MarkDelivered,
     Member,
     OutboxEntry,
@@ -216,6 +219,24 @@ class MemoryStore:
     def outbox(self, peer: PeerID) -> Deferred[list[OutboxEntry]]:
         return self._read(lambda: [e for e in self._outbox.values() if e.peer == peer])
 
+    def queued(self, peer: PeerID, kind: str, group_id: bytes) -> Deferred[list[OutboxEntry]]:
+        return self._read(
+            lambda: [
+                e
+                for e in self._outbox.values()
+                if e.peer == peer and e.kind == kind and e.group_id == group_id
+            ]
+        )
+
+    def member_of(self, peer: PeerID) -> Deferred[list[bytes]]:
+        return self._read(
+            lambda: [
+                group_id
+                for group_id, members in self._members.items()
+                if peer in members and members[peer].status != "removed"
+            ]
+        )
+
     def outbox_peers(self) -> Deferred[frozenset[PeerID]]:
         return self._read(lambda: frozenset(e.peer for e in self._outbox.values()))
 
@@ -316,6 +337,9 @@ class MemoryStore:
         self._replace_epoch(
             change.group_id, change.epoch, chain=None, signing_secret=None, access_key=None
         )
+
+    def _keep_only_signing(self, change: KeepOnlySigningSecret) -> None:
+        self._replace_epoch(change.group_id, change.epoch, chain=None, access_key=None)
 
     def _commit_sent(self, change: CommitSent) -> None:
         epoch = self._epoch(change.group_id, change.epoch)
@@ -436,6 +460,14 @@ class MemoryStore:
         if message is not None and message.state == "complete":
             self._delete(self._fragments, key)
 
+    def _forget_recipient(self, change: ForgetRecipient) -> None:
+        for key, states in list(self._deliveries.items()):
+            if key[0] != change.group_id or states.get(change.peer) != "pending":
+                continue
+            self._delete(states, change.peer)
+            if "pending" not in states.values():
+                self._drop_fragments(DropFragments(*key))
+
     def _mark_delivered(self, change: MarkDelivered) -> None:
         states = self._deliveries.get((change.group_id, change.epoch, change.index), {})
         if change.peer not in states:
@@ -467,11 +499,27 @@ class MemoryStore:
         self._set(
             self._outbox,
             entry_id,
-            OutboxEntry(entry_id, change.peer, change.kind, change.payload, change.created),
+            OutboxEntry(
+                entry_id,
+                change.peer,
+                change.kind,
+                change.payload,
+                change.created,
+                group_id=change.group_id,
+            ),
         )
 
     def _dequeue(self, change: Dequeue) -> None:
         self._delete(self._outbox, change.entry_id)
+
+    def _drop_queued(self, change: DropQueued) -> None:
+        for entry_id, entry in list(self._outbox.items()):
+            if (
+                entry.peer == change.peer
+                and entry.group_id == change.group_id
+                and entry.kind in change.kinds
+            ):
+                self._delete(self._outbox, entry_id)
 
     def _count_attempt(self, change: CountAttempt) -> None:
         entry = self._outbox.get(change.entry_id)
@@ -539,15 +587,18 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     CloseEpoch: MemoryStore._close_epoch,
     RevealSigningSecret: MemoryStore._reveal,
     ForgetEpochKeys: MemoryStore._forget,
+    KeepOnlySigningSecret: MemoryStore._keep_only_signing,
     CommitSent: MemoryStore._commit_sent,
     StartMessage: MemoryStore._start_message,
     AddFragment: MemoryStore._add_fragment,
     CommitReceived: MemoryStore._commit_received,
     DropMessage: MemoryStore._drop_message,
     DropFragments: MemoryStore._drop_fragments,
+    ForgetRecipient: MemoryStore._forget_recipient,
     MarkDelivered: MemoryStore._mark_delivered,
     Enqueue: MemoryStore._enqueue,
     Dequeue: MemoryStore._dequeue,
+    DropQueued: MemoryStore._drop_queued,
     CountAttempt: MemoryStore._count_attempt,
     AddInvitation: MemoryStore._add_invitation,
     DropInvitation: MemoryStore._drop_invitation,

@@ -131,8 +131,19 @@ CREATE TABLE blocked (
 ) WITHOUT ROWID;
 """
 
+# Version 2: the group an outbox entry is about, so that the service finds
+# and drops a peer's entries of one group and kind by an index instead of
+# reading (and unsealing) the peer's whole outbox; and an index from a
+# member to the groups it is in.  Entries queued by version 1 are about no
+# group: they are still delivered, found only by reading the peer's outbox.
+_V2 = """
+ALTER TABLE outbox ADD COLUMN group_id BLOB CHECK (group_id IS NULL OR length(group_id) = 32);
+CREATE INDEX outbox_group ON outbox (peer, group_id, kind);
+CREATE INDEX members_peer ON members (peer);
+"""
+
 #: The forward migrations: ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1,)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2)
 
 _MAGIC = b"SQLite format 3\0"
 _KEY_CHECK = b"digitalspring storage key check"

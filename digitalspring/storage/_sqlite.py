@@ -63,13 +63,16 @@ from ._values import (
     DropFragments,
     DropInvitation,
     DropMessage,
+    DropQueued,
     Edge,
     Enqueue,
     Epoch,
     EpochClose,
     ForgetEpochKeys,
+    ForgetRecipient,
     Group,
     Invitation,
+    KeepOnlySigningSecret,
     MarkDelivered,
     Member,
     OutboxEntry,
@@ -458,24 +461,47 @@ class SQLiteStore:
 
         return self._run(read)
 
+    _OUTBOX = "SELECT id, kind, payload, created, attempts, group_id FROM outbox WHERE peer = ?"
+
+    def _outbox_entries(self, peer: PeerID, rows: list[tuple[Any, ...]]) -> list[OutboxEntry]:
+        return [
+            OutboxEntry(
+                entry_id,
+                peer,
+                kind,
+                unseal(self._key, _outbox_row(peer, kind, created, group_id), payload),
+                created,
+                attempts,
+                group_id,
+            )
+            for entry_id, kind, payload, created, attempts, group_id in rows
+        ]
+
     def outbox(self, peer: PeerID) -> Deferred[list[OutboxEntry]]:
         def read() -> list[OutboxEntry]:
+            rows = self._db.execute(self._OUTBOX + " ORDER BY id", (peer.public_key,))
+            return self._outbox_entries(peer, rows.fetchall())
+
+        return self._run(read)
+
+    def queued(self, peer: PeerID, kind: str, group_id: bytes) -> Deferred[list[OutboxEntry]]:
+        def read() -> list[OutboxEntry]:
             rows = self._db.execute(
-                "SELECT id, kind, payload, created, attempts FROM outbox"
-                " WHERE peer = ? ORDER BY id",
+                self._OUTBOX + " AND group_id = ? AND kind = ? ORDER BY id",
+                (peer.public_key, group_id, kind),
+            )
+            return self._outbox_entries(peer, rows.fetchall())
+
+        return self._run(read)
+
+    def member_of(self, peer: PeerID) -> Deferred[list[bytes]]:
+        def read() -> list[bytes]:
+            rows = self._db.execute(
+                "SELECT group_id FROM members JOIN groups USING (gid)"
+                " WHERE peer = ? AND status != 'removed' ORDER BY gid",
                 (peer.public_key,),
             ).fetchall()
-            return [
-                OutboxEntry(
-                    entry_id,
-                    peer,
-                    kind,
-                    unseal(self._key, _outbox_row(peer, kind, created), payload),
-                    created,
-                    attempts,
-                )
-                for entry_id, kind, payload, created, attempts in rows
-            ]
+            return [group_id for (group_id,) in rows]
 
         return self._run(read)
 
@@ -665,6 +691,13 @@ class SQLiteStore:
             " access_key = NULL",
         )
 
+    def _keep_only_signing(self, change: KeepOnlySigningSecret) -> None:
+        self._update_epoch(
+            change.group_id,
+            change.epoch,
+            "UPDATE epochs SET chain_key = NULL, next_index = NULL, access_key = NULL",
+        )
+
     def _insert_message(
         self,
         gid: int,
@@ -811,6 +844,25 @@ class SQLiteStore:
         if state == "complete":
             self._db.execute("DELETE FROM fragments WHERE msg = ?", (msg,))
 
+    def _forget_recipient(self, change: ForgetRecipient) -> None:
+        gid = self._gid(change.group_id)
+        try:
+            mid = self._mid(gid, change.group_id, change.peer)
+        except NotStored:
+            return
+        pending = [
+            msg
+            for (msg,) in self._db.execute(
+                "SELECT msg FROM deliveries WHERE mid = ? AND state = 'pending'", (mid,)
+            ).fetchall()
+        ]
+        self._db.execute("DELETE FROM deliveries WHERE mid = ? AND state = 'pending'", (mid,))
+        for msg in pending:
+            if not self._db.execute(
+                "SELECT 1 FROM deliveries WHERE msg = ? AND state = 'pending'", (msg,)
+            ).fetchone():
+                self._db.execute("DELETE FROM fragments WHERE msg = ?", (msg,))
+
     def _mark_delivered(self, change: MarkDelivered) -> None:
         cursor = self._db.execute(
             "UPDATE deliveries SET state = 'committed' WHERE msg = (SELECT msg FROM messages"
@@ -854,15 +906,22 @@ class SQLiteStore:
             limits.outbox_bytes_per_peer,
             limits.outbox_bytes_total,
         )
-        row = _outbox_row(change.peer, change.kind, change.created)
+        row = _outbox_row(change.peer, change.kind, change.created, change.group_id)
         sealed = seal(self._key, row, change.payload)
         self._db.execute(
-            "INSERT INTO outbox (peer, kind, payload, size, created) VALUES (?, ?, ?, ?, ?)",
-            (peer, change.kind, sealed, size, change.created),
+            "INSERT INTO outbox (peer, kind, payload, size, created, group_id)"
+            " VALUES (?, ?, ?, ?, ?, ?)",
+            (peer, change.kind, sealed, size, change.created, change.group_id),
         )
 
     def _dequeue(self, change: Dequeue) -> None:
         self._db.execute("DELETE FROM outbox WHERE id = ?", (change.entry_id,))
+
+    def _drop_queued(self, change: DropQueued) -> None:
+        self._db.executemany(
+            "DELETE FROM outbox WHERE peer = ? AND group_id = ? AND kind = ?",
+            [(change.peer.public_key, change.group_id, kind) for kind in sorted(change.kinds)],
+        )
 
     def _count_attempt(self, change: CountAttempt) -> None:
         self._db.execute(
@@ -951,8 +1010,9 @@ def _group(row: tuple[Any, ...]) -> Group:
     )
 
 
-def _outbox_row(peer: PeerID, kind: str, created: float) -> bytes:
-    return row_identity("outbox", "payload", peer.public_key, kind, repr(created))
+def _outbox_row(peer: PeerID, kind: str, created: float, group_id: bytes | None) -> bytes:
+    about = () if group_id is None else (group_id,)
+    return row_identity("outbox", "payload", peer.public_key, kind, repr(created), *about)
 
 
 def _invitation_row(peer: bytes, group_id: bytes) -> bytes:
@@ -971,15 +1031,18 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     CloseEpoch: SQLiteStore._close_epoch,
     RevealSigningSecret: SQLiteStore._reveal,
     ForgetEpochKeys: SQLiteStore._forget,
+    KeepOnlySigningSecret: SQLiteStore._keep_only_signing,
     CommitSent: SQLiteStore._commit_sent,
     StartMessage: SQLiteStore._start_message,
     AddFragment: SQLiteStore._add_fragment,
     CommitReceived: SQLiteStore._commit_received,
     DropMessage: SQLiteStore._drop_message,
     DropFragments: SQLiteStore._drop_fragments,
+    ForgetRecipient: SQLiteStore._forget_recipient,
     MarkDelivered: SQLiteStore._mark_delivered,
     Enqueue: SQLiteStore._enqueue,
     Dequeue: SQLiteStore._dequeue,
+    DropQueued: SQLiteStore._drop_queued,
     CountAttempt: SQLiteStore._count_attempt,
     AddInvitation: SQLiteStore._add_invitation,
     DropInvitation: SQLiteStore._drop_invitation,

@@ -174,6 +174,9 @@ class OutboxEntry:
     :ivar entry_id: the store's number for it, which :class:`Dequeue` and
         :class:`CountAttempt` take; entries of a peer come in the order they
         were queued.
+    :ivar group_id: the group it is about, if any: what :meth:`IStore.queued
+        <digitalspring.storage.IStore.queued>` and :class:`DropQueued` find
+        it by.
     """
 
     entry_id: int
@@ -182,6 +185,7 @@ class OutboxEntry:
     payload: bytes = field(repr=False)
     created: float
     attempts: int = 0
+    group_id: bytes | None = None
 
 
 @frozen
@@ -339,6 +343,20 @@ class AddEpoch(Change):
 
 
 @frozen
+class KeepOnlySigningSecret(Change):
+    """
+    Delete an epoch's chain key and access key, keeping its signing secret
+    (and public key, close statement and any revealed secret): what the
+    owner holds of an epoch it has closed, until it reveals the secret one
+    epoch later (:class:`ForgetEpochKeys` then).
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+    epoch: int
+
+
+@frozen
 class CloseEpoch(Change):
     """
     Record how an epoch ended.
@@ -480,6 +498,19 @@ class DropFragments(Change):
 
 
 @frozen
+class ForgetRecipient(Change):
+    """
+    Forget what a removed member was still to get of a group we own: its
+    pending delivery states (those it committed stay), and the fragments
+    of each message that then has no recipient left pending.
+    """
+
+    erases: ClassVar[bool] = True
+    group_id: bytes
+    peer: PeerID
+
+
+@frozen
 class MarkDelivered(Change):
     """
     Record that a recipient committed a message we sent.
@@ -494,7 +525,7 @@ class MarkDelivered(Change):
 @frozen
 class Enqueue(Change):
     """
-    Queue something for a peer in the outbox.
+    Queue something for a peer in the outbox, about a group or not.
 
     :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
     """
@@ -503,6 +534,7 @@ class Enqueue(Change):
     kind: str
     payload: bytes = field(repr=False)
     created: float
+    group_id: bytes | None = None
 
 
 @frozen
@@ -512,6 +544,19 @@ class Dequeue(Change):
     """
 
     entry_id: int
+
+
+@frozen
+class DropQueued(Change):
+    """
+    Remove from the outbox what waits for ``peer`` about a group, of the
+    given kinds (news it no longer needs: it was removed, or a newer
+    notice supersedes them).
+    """
+
+    peer: PeerID
+    group_id: bytes
+    kinds: frozenset[str]
 
 
 @frozen

@@ -38,13 +38,16 @@ from ..storage import (
     DropFragments,
     DropInvitation,
     DropMessage,
+    DropQueued,
     Enqueue,
     Epoch,
     EpochClose,
     ForgetEpochKeys,
+    ForgetRecipient,
     Group,
     Invitation,
     IStore,
+    KeepOnlySigningSecret,
     MarkDelivered,
     Member,
     NotStored,
@@ -307,6 +310,23 @@ class StoreConformanceMixin(_Base):
         )
 
     @_deferred
+    async def test_keep_only_signing_secret(self) -> None:
+        """
+        The owner's closed epoch loses its chain key and access key but
+        keeps its signing secret, to reveal one epoch later; its public key
+        and close statement stay too.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(owned_group()), AddEpoch(epoch_keys()))
+        close = EpochClose(0, b"h" * 32)
+        await store.commit(CloseEpoch(GROUP_ID, 0, close), KeepOnlySigningSecret(GROUP_ID, 0))
+        self.assertEqual(
+            await store.epoch(GROUP_ID, 0),
+            Epoch(GROUP_ID, 0, b"P" * 32, 2000.0, signing_secret=b"S" * 32, close=close),
+        )
+        await _refused(store.commit(KeepOnlySigningSecret(GROUP_ID, 9)), NotStored)
+
+    @_deferred
     async def test_commit_sent(self) -> None:
         """
         Sending a message stores its manifest, content and fragments,
@@ -345,6 +365,59 @@ class StoreConformanceMixin(_Base):
         await store.commit(DropFragments(GROUP_ID, 0, 0))
         self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
         self.assertEqual([m.index for m in await store.history(GROUP_ID)], [0])
+
+    @_deferred
+    async def test_forget_recipient(self) -> None:
+        """
+        Forgetting a removed member drops its pending delivery states (not
+        those it committed) and the fragments of each message no one is
+        left pending for; a message another member still waits for keeps
+        its fragments.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB, CAROL)
+        for index, recipients in enumerate([{ALICE, BOB}, {ALICE, BOB, CAROL}, {BOB}]):
+            await store.commit(
+                CommitSent(
+                    GROUP_ID,
+                    0,
+                    index,
+                    b"manifest %d" % index,
+                    [b"f"],
+                    None,
+                    5000.0,
+                    ChainState(b"n" * 32, index + 1),
+                    frozenset(recipients),
+                )
+            )
+        await store.commit(
+            MarkDelivered(GROUP_ID, 0, 0, ALICE), MarkDelivered(GROUP_ID, 0, 2, BOB)
+        )
+        await store.commit(ForgetRecipient(GROUP_ID, BOB))
+        self.assertEqual(await store.undelivered(GROUP_ID, BOB), [])
+        self.assertEqual(await store.deliveries(GROUP_ID, 0, 0), {ALICE: "committed"})
+        self.assertEqual(await store.deliveries(GROUP_ID, 0, 2), {BOB: "committed"})
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 1), {0: b"f"})
+        self.assertEqual(await store.undelivered(GROUP_ID, ALICE), [(0, 1)])
+        await store.commit(ForgetRecipient(GROUP_ID, DAVE))
+
+    @_deferred
+    async def test_member_of(self) -> None:
+        """
+        The groups we own that a peer is a member of, not those it was
+        removed from.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB)
+        await store.commit(
+            AddGroup(owned_group(OTHER_GROUP_ID, created=2000.0)),
+            PutMember(OTHER_GROUP_ID, Member(ALICE, "member", "invited")),
+            PutMember(OTHER_GROUP_ID, Member(BOB, "member", "removed")),
+        )
+        self.assertEqual(sorted(await store.member_of(ALICE)), sorted([GROUP_ID, OTHER_GROUP_ID]))
+        self.assertEqual(await store.member_of(BOB), [GROUP_ID])
+        self.assertEqual(await store.member_of(CAROL), [])
 
     @_deferred
     async def test_send_index_never_reused(self) -> None:
@@ -568,6 +641,33 @@ class StoreConformanceMixin(_Base):
         )
         await store.commit(Dequeue((await store.outbox(BOB))[0].entry_id))
         self.assertEqual(await store.outbox_peers(), frozenset({ALICE}))
+
+    @_deferred
+    async def test_outbox_by_group_and_kind(self) -> None:
+        """
+        Entries about a group are found by peer, kind and group, in order,
+        and dropped by kind for one peer and group, leaving the rest.
+        """
+        store = await self._store()
+        await store.commit(
+            Enqueue(ALICE, "catch-up", b"1", 1.0, GROUP_ID),
+            Enqueue(ALICE, "neighbours", b"2", 1.0, GROUP_ID),
+            Enqueue(ALICE, "catch-up", b"3", 1.0, OTHER_GROUP_ID),
+            Enqueue(ALICE, "neighbours", b"4", 2.0, GROUP_ID),
+            Enqueue(BOB, "neighbours", b"5", 2.0, GROUP_ID),
+            Enqueue(ALICE, "ack", b"6", 2.0),
+        )
+        found = await store.queued(ALICE, "neighbours", GROUP_ID)
+        self.assertEqual(
+            [(e.payload, e.group_id) for e in found], [(b"2", GROUP_ID), (b"4", GROUP_ID)]
+        )
+        self.assertEqual(
+            [e.payload for e in await store.queued(ALICE, "catch-up", GROUP_ID)], [b"1"]
+        )
+        await store.commit(DropQueued(ALICE, GROUP_ID, frozenset({"neighbours", "remove"})))
+        self.assertEqual([e.payload for e in await store.outbox(ALICE)], [b"1", b"3", b"6"])
+        self.assertEqual([e.payload for e in await store.outbox(BOB)], [b"5"])
+        self.assertIsNone((await store.outbox(ALICE))[-1].group_id)
 
     @_deferred
     async def test_outbox_quotas(self) -> None:
