@@ -5,6 +5,7 @@
 
 from __future__ import annotations
 
+import sys
 from typing import Any, TextIO
 
 from twisted.python import usage
@@ -89,14 +90,15 @@ class IdOptions(CommandOptions):
     longdesc = (
         "Print the peer ID of the identity in the data directory (needs no passphrase), "
         "then, when its node runs, one PEER_ID@ADDRESS line for each address it "
-        "publishes: what others give to 'dspring contacts add' or --bootstrap."
+        "publishes: what others give to 'dspring contacts add' or --bootstrap. Why "
+        "there are no addresses goes to stderr, so that stdout holds only these lines."
     )
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         peer_id = read_key_file(_key_file_path(data_dir)).peer_id
         out.write(f"{peer_id}\n")
         if not data_dir.child(CONTROL_FILE_NAME).exists():
-            out.write(f"(no node is running for {data_dir.path}, so no addresses)\n")
+            _note(f"no node is running for {data_dir.path}, so no addresses")
             return
         status: dict[str, Any] = {}
 
@@ -106,15 +108,23 @@ class IdOptions(CommandOptions):
         try:
             run_async(ask)
         except NodeNotRunning as e:
-            out.write(f"({e}, so no addresses)\n")
+            _note(f"{e}, so no addresses")
             return
         if status["peer_id"] != str(peer_id):
-            out.write(f"(the node running for {data_dir.path} is {status['peer_id']})\n")
+            _note(f"the node running for {data_dir.path} is {status['peer_id']}")
             return
         for address in status["addresses"]:
             out.write(f"{peer_id}@{address}\n")
         if not status["addresses"]:
-            out.write("(the node listens nowhere, so no addresses)\n")
+            _note("the node listens nowhere, so no addresses")
+
+
+def _note(text: str) -> None:
+    """
+    Say why ``dspring id`` prints no addresses, on stderr: its stdout is
+    read by scripts (``$(dspring id | tail -n 1)``).
+    """
+    sys.stderr.write(f"dspring: {text}\n")
 
 
 class ExportOptions(CommandOptions):
