@@ -172,6 +172,9 @@ class Options(usage.Options):
 
     def __init__(self) -> None:
         super().__init__()
+        # The help of an opt_ method is its docstring, line breaks and
+        # indentation included: make it single-spaced, as the others are.
+        self.docs = {name: " ".join((doc or "").split()) for name, doc in self.docs.items()}
         self["listen"] = []
         self["bootstrap"] = []
         self["tor-option"] = []

@@ -78,6 +78,18 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn(text, str(e))
 
 
+    def test_help_single_spaced(self) -> None:
+        """
+        Every option's help text is one single-spaced line: the docstrings
+        of ``opt_`` methods (``--listen``, ``--bootstrap``) kept their line
+        breaks and indentation, which ``--help`` showed as runs of spaces
+        ("more in         DATA_DIR/bootstrap.txt").
+        """
+        docs = Options().docs
+        self.assertIn("bootstrap", docs)
+        for name, text in docs.items():
+            self.assertEqual(text, " ".join(text.split()), f"--{name}")
+
     def test_dspring_dir(self) -> None:
         """
         ``DSPRING_DIR`` names the data directory when ``--data-dir`` is not
