@@ -7,6 +7,8 @@ cost.
 
 from __future__ import annotations
 
+from typing import Any
+
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -223,11 +225,11 @@ class EpochTests(SynchronousTestCase):
 
 
 class OutboxTests(SynchronousTestCase):
-    def test_offline_member_gets_invitation_and_messages_later(self) -> None:
+    def _away(self) -> tuple[GroupNetwork, MulticastService, MulticastService, bytes, Any]:
         """
-        An invitation and messages for a member that is offline wait; once
-        it is back they reach it on the retry schedule, in order, and the
-        delivery report counts it only then.
+        An owner with member ``b``, and ``c`` invited and sent a message
+        while offline, then back online; the owner's first retry is 30 s
+        away.
         """
         net = network()
         owner, b, c = net.node("owner"), net.node("b"), net.node("c")
@@ -238,12 +240,48 @@ class OutboxTests(SynchronousTestCase):
         net.result(report.transmitted)
         self.assertEqual(report.committed, frozenset([b.local]))
         self.assertEqual(report.pending, frozenset([c.local]))
-        got = net.subscribe(c, group_id)
+        net.run(1)
+        [retry] = owner.outbox.timers.values()
+        self.assertGreater(retry.getTime(), net.clock.seconds() + 20)
         net.network.bring_online("c")
-        net.result(report.settled(), limit=3 * 3600)
+        return net, owner, c, group_id, report
+
+    def test_offline_member_connecting_gets_everything_at_once(self) -> None:
+        """
+        A member back online that connects to the owner (for anything) gets
+        its invitation, then the message it missed, within seconds, not on
+        the 30 s retry; the delivery report counts it then, and nothing is
+        left waiting, no timer held.
+        """
+        net, owner, c, group_id, report = self._away()
+        got = net.subscribe(c, group_id)
+        net.result(c.pool.connect(owner.local))
+        net.result(report.settled(), limit=5)
         self.assertEqual([m.data for m in got], [b"while away"])
         net.run(1)
         self.assertEqual(net.result(owner.store.outbox(c.local)), [])
+        self.assertEqual(owner.outbox.timers, {})
+
+    def test_owner_told_member_reachable_sends_at_once(self) -> None:
+        """
+        When the owner's node learns the member is reachable
+        (``reachable``), what waits for it goes at once, catch-up included.
+        """
+        net, owner, c, group_id, report = self._away()
+        got = net.subscribe(c, group_id)
+        owner.reachable(c.local)
+        net.result(report.settled(), limit=5)
+        self.assertEqual([m.data for m in got], [b"while away"])
+
+    def test_offline_member_gets_everything_on_retry(self) -> None:
+        """
+        A member back online that nobody hears from still gets everything
+        on the owner's retry schedule.
+        """
+        net, _, c, group_id, report = self._away()
+        got = net.subscribe(c, group_id)
+        net.result(report.settled(), limit=3 * 3600)
+        self.assertEqual([m.data for m in got], [b"while away"])
 
     def test_no_timer_without_outbox(self) -> None:
         """
