@@ -23,6 +23,8 @@ from digitalspring.channel import (
     MAX_BOX_BYTES,
     MAX_BOX_KEYS,
     MAX_REQUESTS_IN_FLIGHT,
+    POOL_REQUESTS_PER_TURN,
+    REQUESTS_PER_TURN,
     BoxTimeout,
     BoxTooLarge,
     ConnectionPool,
@@ -291,6 +293,62 @@ class RepliesNobodyReadsTests(SynchronousTestCase):
         self.assertEqual(done, [{"n": 1}] * 1000)
 
 
+class RequestsPerTurnTests(SynchronousTestCase):
+    """
+    One read can bring hundreds of requests: served all at once, they hold
+    up every other connection for as long.
+    """
+
+    def test_floods_served_a_few_per_turn(self) -> None:
+        """
+        Ten peers each send 400 requests in one go, so that each read of
+        the node brings hundreds.  No scheduled call of the node's clock
+        (a reactor turn's work) serves more than POOL_REQUESTS_PER_TURN
+        requests, nor more than REQUESTS_PER_TURN of one connection; a
+        fifth peer's ping, sent last, is answered ahead of the floods'
+        backlog; and every request is answered in the end.
+        """
+        scene = Scene()
+        served: list[PeerConnection] = []
+        in_call: list[PeerConnection] = []
+        most = {"pool": 0, "connection": 0}
+        original_dispatch = PeerConnection.dispatchCommand
+
+        def dispatch(connection: PeerConnection, box: amp.AmpBox) -> Any:
+            served.append(connection)
+            in_call.append(connection)
+            most["pool"] = max(most["pool"], len(in_call))
+            most["connection"] = max(most["connection"], in_call.count(connection))
+            return original_dispatch(connection, box)
+
+        self.patch(PeerConnection, "dispatchCommand", dispatch)
+        original_call_later = scene.clock.callLater
+
+        def call_later(delay: float, f: Callable[..., Any], *a: Any, **kw: Any) -> Any:
+            def turn(*a: Any, **kw: Any) -> Any:
+                in_call.clear()
+                return f(*a, **kw)
+
+            return original_call_later(delay, turn, *a, **kw)
+
+        self.patch(scene.clock, "callLater", call_later)
+        floods = [scene.dial(f"attacker{n}")[1] for n in range(10)]
+        friend_channel, friend = scene.dial("friend")
+        answers = [flood.callRemote(Ping, data=b"%d" % i) for flood in floods for i in range(400)]
+        pong = friend.callRemote(Ping, data=b"friend")
+        friend_side = scene.node_side(friend_channel).wrappedProtocol
+        self.assertEqual(scene.result(pong), {"data": b"friend"})
+        self.assertLess(served.index(friend_side), 2 * POOL_REQUESTS_PER_TURN)
+        done: list[Any] = []
+        for d in answers:
+            d.addBoth(done.append)
+        scene.clock.run_until(lambda: len(done) == len(answers), limit=60)
+        self.assertEqual(len([a for a in done if isinstance(a, dict)]), 4000)
+        # Ten connections of four requests each would be 40: they share.
+        self.assertLessEqual(most["pool"], POOL_REQUESTS_PER_TURN)
+        self.assertEqual(most["connection"], REQUESTS_PER_TURN)
+
+
 class UnboundedBoxTests(SynchronousTestCase):
     """
     Finding 1: one AMP box that never ends.
@@ -404,5 +462,3 @@ class TruncationTests(SynchronousTestCase):
         self.assertEqual(server_app.received, b"pay 100 to bob")
         assert server_app.lost is not None
         self.assertIsInstance(server_app.lost.value, ConnectionDone)
-
-

@@ -8,12 +8,23 @@ bounds the box being received to :data:`MAX_BOX_KEYS` keys,
 :data:`MAX_BOX_BYTES` bytes and :data:`BOX_TIMEOUT` seconds, and the
 requests it serves at once to :data:`MAX_REQUESTS_IN_FLIGHT`; past those it
 stops reading (requests) or closes the connection (boxes).
+
+One read can bring hundreds of small requests, each answered at once: a
+connection serves at most :data:`REQUESTS_PER_TURN` of them in one reactor
+turn, and the connections of a pool :data:`POOL_REQUESTS_PER_TURN` in all
+(each connection at least one), then holds the next request and stops
+reading until the next turn.  The connections that waited share the next
+turn's requests first, so a few connections cannot hold the reactor while
+the others wait, and a peer that sends one request at a time is served as
+it comes.
 """
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
+from weakref import WeakKeyDictionary
 
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IDelayedCall, IPushProducer
@@ -46,6 +57,13 @@ BOX_TIMEOUT = 60.0
 #: The most requests of the peer served at once (responders whose answer is
 #: not sent yet); over it, the connection stops reading until one is done.
 MAX_REQUESTS_IN_FLIGHT = 64
+#: The most requests of one peer served in one reactor turn.  Answers of
+#: up to 4 KB (DHT records) and a few tenths of a millisecond each: a turn
+#: spends at most a couple of milliseconds on one connection.
+REQUESTS_PER_TURN = 4
+#: The most requests served in one reactor turn by all the connections of a
+#: pool, but for the first of each connection: about 10 ms of answers.
+POOL_REQUESTS_PER_TURN = 32
 
 
 class BoxTooLarge(ChannelError):
@@ -85,6 +103,58 @@ class Ping(amp.Command):
     response = [(b"data", PingData())]
 
 
+class _Turns:
+    """
+    The requests a pool's connections may still serve in this reactor turn,
+    and the connections waiting for the next.
+    """
+
+    def __init__(self, clock: Any) -> None:
+        self._clock = clock
+        #: Counts reactor turns in which requests were served.
+        self.turn = 0
+        self.left = POOL_REQUESTS_PER_TURN
+        self._waiting: deque[PeerConnection] = deque()
+        self._next: IDelayedCall | None = None
+
+    def spend(self) -> None:
+        self.left -= 1
+        self._call_next_turn()
+
+    def wait(self, connection: PeerConnection) -> None:
+        self._waiting.append(connection)
+        self._call_next_turn()
+
+    def _call_next_turn(self) -> None:
+        if self._next is None:
+            self._next = self._clock.callLater(0, self._next_turn)
+
+    def _next_turn(self) -> None:
+        self._next = None
+        self.turn += 1
+        self.left = POOL_REQUESTS_PER_TURN
+        waiting, self._waiting = self._waiting, deque()
+        if not waiting:
+            return
+        share = max(1, min(REQUESTS_PER_TURN, POOL_REQUESTS_PER_TURN // len(waiting)))
+        for connection in waiting:
+            connection._next_turn(share)
+
+
+_turns: WeakKeyDictionary[ConnectionPool, _Turns] = WeakKeyDictionary()
+
+
+def _turns_of(pool: ConnectionPool) -> _Turns:
+    """
+    The turns of ``pool``'s connections: one per pool (one per node; a
+    simulation runs many on one clock).
+    """
+    turns = _turns.get(pool)
+    if turns is None:
+        turns = _turns[pool] = _Turns(pool.clock)
+    return turns
+
+
 @implementer(IPushProducer)
 class PeerConnection(amp.AMP, TimeoutMixin):
     """
@@ -111,6 +181,7 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         self._locators: list[amp.CommandLocator] = []
         # TimeoutMixin schedules through this: the pool's clock, not the reactor.
         self.callLater = pool.clock.callLater  # type: ignore[method-assign]
+        self._turns = _turns_of(pool)
 
     #: The peer at the other end, as the channel proved it.
     peer_id: PeerID
@@ -134,9 +205,17 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         return len(self._outstandingRequests) + self._serving
 
     _serving = 0
+    # Requests served in turn number _turn of the pool's _Turns, of the
+    # _allowance of this connection in that turn; the request held until
+    # the next turn.
+    _served_in_turn = 0
+    _turn = -1
+    _allowance = REQUESTS_PER_TURN
+    _held: amp.AmpBox | None = None
 
-    # Why parsing is paused: "output" (the channel's transport is full) and
-    # "requests" (MAX_REQUESTS_IN_FLIGHT served at once).
+    # Why parsing is paused: "output" (the channel's transport is full),
+    # "requests" (MAX_REQUESTS_IN_FLIGHT served at once) and "turn" (this
+    # reactor turn's requests served).
     _pauses: frozenset[str] = frozenset()
     _parse_call: IDelayedCall | None = None
     _box_keys = 0
@@ -185,6 +264,11 @@ class PeerConnection(amp.AMP, TimeoutMixin):
 
     def ampBoxReceived(self, box: amp.AmpBox) -> None:
         command = box.get(amp.COMMAND)
+        if command is not None and self._turn_over():
+            self._held = box
+            self._pause("turn")
+            self._turns.wait(self)
+            return
         if command is None:
             if box.get(amp.ANSWER, box.get(amp.ERROR)) in self._outstandingRequests:
                 self._active()
@@ -198,7 +282,29 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         answer.addBoth(self._served)
         if self._serving >= MAX_REQUESTS_IN_FLIGHT:
             self._pause("requests")
+        self._served_in_turn += 1
+        self._turns.spend()
         return answer
+
+    def _turn_over(self) -> bool:
+        """
+        Whether this connection has served what it may in this turn.
+        """
+        turns = self._turns
+        if self._turn != turns.turn:
+            self._turn, self._served_in_turn = turns.turn, 0
+            self._allowance = REQUESTS_PER_TURN
+        served = self._served_in_turn
+        return served >= self._allowance or (served > 0 and turns.left <= 0)
+
+    def _next_turn(self, allowance: int) -> None:
+        """
+        A new reactor turn: serve up to ``allowance`` requests of those that
+        waited, now.
+        """
+        self._turn, self._served_in_turn = self._turns.turn, 0
+        self._allowance = allowance
+        self._resume("turn", now=True)
 
     def _served(self, result: Any) -> Any:
         self._serving -= 1
@@ -272,7 +378,12 @@ class PeerConnection(amp.AMP, TimeoutMixin):
                 self._box_timer = None
         self._pauses |= {reason}
 
-    def _resume(self, reason: str) -> None:
+    def _resume(self, reason: str, now: bool = False) -> None:
+        """
+        Parse again unless paused for another reason: in the next turn, or
+        ``now`` (only from a call of its own, not inside a responder's
+        callback or a write).
+        """
         if reason not in self._pauses:
             return
         self._pauses -= {reason}
@@ -282,14 +393,24 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         if self._currentBox is not None and self._box_timer is None:
             self._box_timer = self.callLater(BOX_TIMEOUT, self._box_timed_out)
         self.transport.resumeProducing()  # type: ignore[attr-defined]
-        if self._parse_call is None:
-            # Not now: this runs inside a responder's callback or a write.
+        if now:
+            self._parse_held()
+        elif self._parse_call is None:
             self._parse_call = self.callLater(0, self._parse_held)
 
     def _parse_held(self) -> None:
+        if self._parse_call is not None and self._parse_call.active():
+            self._parse_call.cancel()
         self._parse_call = None
         if not self.paused:
             self.dataReceived(b"")
+
+    def dataReceived(self, data: bytes) -> None:
+        if self._held is not None and not self.paused:
+            # The request held from an earlier turn goes first.
+            box, self._held = self._held, None
+            self.ampBoxReceived(box)
+        super().dataReceived(data)
 
     def _sendBoxCommand(
         self, command: bytes, box: amp.AmpBox, requiresAnswer: bool = True

@@ -693,8 +693,12 @@ class SecureChannelProtocol(Protocol):
         if self._timeout is not None and self._timeout.active():
             self._timeout.cancel()
         self._timeout = None
-        self.log.debug(
-            "secure channel with {peer} open ({pattern})", peer=str(self.peer_id),
+        # As many as peers can open: at a bounded rate, like failures.
+        self.factory.failure_log.emit(
+            LogLevel.debug,
+            "open",
+            "secure channel with {peer} open ({pattern})",
+            peer=self.peer_id,
             pattern=self.pattern,
         )
         self.wrappedProtocol.makeConnection(self)
