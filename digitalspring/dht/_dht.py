@@ -249,7 +249,7 @@ class DHTResponder(amp.CommandLocator):
         source = None if there is None else source_of(there)
         # The cheapest refusal first: before the origin, the table or the
         # store is looked at.
-        empty = dht.store_limiter.admit(peer, source)
+        empty = dht.store_limiter.admit(storer, source)
         if empty is not None:
             dht.refused["store_rate"] += 1
             dht.peer_log.info(

@@ -15,6 +15,7 @@ source's and the node's buckets are what bind a flood of fresh keys.
 from __future__ import annotations
 
 from collections import OrderedDict
+from collections.abc import Hashable
 from typing import Any
 
 from attrs import frozen
@@ -64,18 +65,18 @@ class _Buckets:
     def __init__(self, clock: Any, rate: Rate) -> None:
         self._clock = clock
         self._rate = rate
-        self._buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()
+        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
 
-    def has(self, name: str) -> bool:
+    def has(self, name: Hashable) -> bool:
         return self._tokens(name) >= 1.0
 
-    def take(self, name: str) -> None:
+    def take(self, name: Hashable) -> None:
         self._buckets[name] = (self._tokens(name) - 1.0, self._clock.seconds())
         self._buckets.move_to_end(name)
         if len(self._buckets) > REMEMBERED:
             self._buckets.popitem(last=False)
 
-    def _tokens(self, name: str) -> float:
+    def _tokens(self, name: Hashable) -> float:
         rate = self._rate
         found = self._buckets.get(name)
         if found is None:
@@ -95,7 +96,7 @@ class StoreLimiter:
         self._sources = _Buckets(clock, rates.source)
         self._total = _Buckets(clock, rates.total)
 
-    def admit(self, peer: str, source: str | None) -> str | None:
+    def admit(self, peer: Hashable, source: str | None) -> str | None:
         """
         Take a token for a store by ``peer`` from ``source``, if every
         bucket has one.
@@ -103,7 +104,10 @@ class StoreLimiter:
         :returns: ``None`` if the store may go ahead, else which bucket is
             empty: ``"peer"``, ``"source"`` or ``"total"``.
         """
-        checks = [("peer", self._peers, peer), ("total", self._total, "")]
+        checks: list[tuple[str, _Buckets, Hashable]] = [
+            ("peer", self._peers, peer),
+            ("total", self._total, ""),
+        ]
         if source is not None:
             checks.insert(1, ("source", self._sources, source))
         for reason, buckets, name in checks:
