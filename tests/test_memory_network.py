@@ -689,6 +689,28 @@ class OfflineTests(_Fixture, SynchronousTestCase):
             self.net.bring_online("b")
             self.assertTrue(drive(self.clock))
 
+    def test_removed_for_good(self) -> None:
+        """
+        A removed host loses its connections, dialling it times out, and
+        nothing sent to it is kept waiting: no packet stalls, however many
+        attempts there were, and it cannot be brought back.
+        """
+        self.network(latency=0.05)
+        a = self.host("a")
+        self.host("b")
+        client, server = self.pair(a, "b")
+        self.net.remove_host("b")
+        client.transport.write(b"lost")  # type: ignore[union-attr]
+        attempts = [self.connect(a, "b:80") for _ in range(50)]
+        self.assertTrue(drive(self.clock))
+        for d in attempts:
+            self.failureResultOf(d, TimeoutError)
+        for end in (client, server):
+            self.assertTrue(end.reason.check(ConnectionLost))  # type: ignore[union-attr]
+        self.assertEqual(self.net._stalled, [])
+        self.assertEqual(self.net.hosts["b"].ports, {})
+        self.assertRaises(ValueError, self.net.bring_online, "b")
+
 
 class ConnectionTests(_Fixture, SynchronousTestCase):
     """

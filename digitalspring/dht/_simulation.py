@@ -2,6 +2,12 @@
 """
 Many DHT nodes in one process: real pools, Noise channels and DHT code on
 the memory network and a simulated clock, for tests and benchmarks.
+
+Nodes can be built into a network the way a real one grows (each starts
+with bootstrap peers and joins through them: :meth:`DHTSimulation.join`),
+or have their tables filled directly (:meth:`DHTSimulation.fill_tables`);
+they can leave for good (:meth:`DHTSimulation.leave`) and new ones be
+added at any time, for simulations with churn.
 """
 
 from __future__ import annotations
@@ -10,7 +16,7 @@ import hashlib
 import random
 import zlib
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from attrs import frozen
@@ -45,16 +51,25 @@ class SimulatedNode:
         return Contact(self.identity.peer_id, (f"memory:{self.host}:{PORT}",))
 
 
-def ring_latency(names: list[str]) -> Callable[[str, str], float]:
+def ring_latency(low: float = 0.005, high: float = 0.105) -> Callable[[str, str], float]:
     """
-    One-way latencies of 5 to 105 ms: each host sits on a ring (by a hash
-    of its name), and latency grows with the distance around it.
+    One-way latencies from ``low`` to ``high`` seconds: each host sits on a
+    ring (by a hash of its name), and latency grows with the distance around
+    it, so nearby hosts are near each other too.  Hosts added later get
+    their place when they first send.
     """
-    ring = {name: (zlib.crc32(name.encode()) & 0xFFFF) / 0x10000 for name in names}
+    ring: dict[str, float] = {}
+    span = 2 * (high - low)
+
+    def place(name: str) -> float:
+        where = ring[name] = (zlib.crc32(name.encode()) & 0xFFFF) / 0x10000
+        return where
 
     def latency(source: str, target: str) -> float:
-        d = abs(ring[source] - ring[target])
-        return 0.005 + 0.2 * min(d, 1 - d)
+        a = ring.get(source)
+        b = ring.get(target)
+        d = abs((place(source) if a is None else a) - (place(target) if b is None else b))
+        return low + span * min(d, 1 - d)
 
     return latency
 
@@ -63,13 +78,20 @@ class DHTSimulation:
     """
     ``count`` DHT nodes, each with its own identity, connection pool and
     DHT, listening on ``memory:nN:1``.  Each resolves peers through its own
-    DHT.
+    DHT.  More can be added, and nodes can leave for good, as in a network
+    with churn.
 
     :param seed: makes identities and random choices reproducible.
+    :param latency: the network's one-way latency (see
+        :class:`~digitalspring.transport.MemoryNetwork`); by default
+        :func:`ring_latency`'s 5 to 105 ms.
+    :param loss: the chance that a chunk is lost on its way (it arrives one
+        retransmission timeout later).
     :param idle_timeout: the pools' idle timeout: short, so that a large
         simulation does not keep every connection it ever opened.
     :param connect_timeout: how long the memory transport waits for an
         unreachable host.
+    :ivar dead: the indices of the nodes that are off the network.
     """
 
     def __init__(
@@ -80,30 +102,52 @@ class DHTSimulation:
         latency: float | Callable[[str, str], float] | None = None,
         idle_timeout: float = 10.0,
         connect_timeout: float = 10.0,
+        loss: float = 0.0,
     ) -> None:
         self.clock = SimulatedClock()
         self.random = random.Random(seed)  # noqa: S311 (a simulation)
-        names = [f"n{i}" for i in range(count)]
+        self.seed = seed
         self.network = MemoryNetwork(
-            self.clock, latency=ring_latency(names) if latency is None else latency, seed=seed
+            self.clock,
+            latency=ring_latency() if latency is None else latency,
+            loss=loss,
+            seed=seed,
         )
         self.settings = settings or DHTSettings()
+        self.idle_timeout = idle_timeout
+        self.connect_timeout = connect_timeout
         self.nodes: list[SimulatedNode] = []
-        for i, name in enumerate(names):
-            self.network.add_host(name)
-            transport = self.network.transport(name, connect_timeout=connect_timeout)
-            identity = Identity.from_seed(
-                hashlib.blake2b(f"{seed}/{i}".encode(), digest_size=32).digest()
-            )
-            directory = DirectoryChain([])
-            pool = ConnectionPool(
-                identity, self.clock, {"memory": transport}, directory, idle_timeout=idle_timeout
-            )
-            dht = DHT(pool, self.settings)
-            directory.directories.append(DHTDirectory(dht))
-            transport.listen(str(PORT), pool.server_factory)
-            self.nodes.append(SimulatedNode(name, identity, transport, pool, dht))
         self.dead: set[int] = set()
+        for _ in range(count):
+            self.add_node()
+
+    def add_node(self) -> int:
+        """
+        Make one more node, listening but not started, on a host of its
+        own; its identity depends only on the seed and its index.
+
+        :returns: its index in :attr:`nodes`.
+        """
+        i = len(self.nodes)
+        name = f"n{i}"
+        self.network.add_host(name)
+        transport = self.network.transport(name, connect_timeout=self.connect_timeout)
+        identity = Identity.from_seed(
+            hashlib.blake2b(f"{self.seed}/{i}".encode(), digest_size=32).digest()
+        )
+        directory = DirectoryChain([])
+        pool = ConnectionPool(
+            identity,
+            self.clock,
+            {"memory": transport},
+            directory,
+            idle_timeout=self.idle_timeout,
+        )
+        dht = DHT(pool, self.settings)
+        directory.directories.append(DHTDirectory(dht))
+        transport.listen(str(PORT), pool.server_factory)
+        self.nodes.append(SimulatedNode(name, identity, transport, pool, dht))
+        return i
 
     def start(self, nodes: list[int] | None = None) -> None:
         """
@@ -118,9 +162,9 @@ class DHTSimulation:
         """
         Give every node the routing table a long-lived network would have
         given it: in each bucket, up to ``k`` random nodes of that bucket's
-        range (all of them where there are fewer), as if long seen.  This
-        replaces joining one by one, which would cost a simulation of ten
-        thousand nodes most of its time.
+        range (all of them where there are fewer), as if long seen, without
+        a single request: a quick start where how the tables came to be
+        does not matter.
         """
         k = self.settings.k
         order = sorted(range(len(self.nodes)), key=lambda i: self.nodes[i].dht.own_id)
@@ -156,6 +200,33 @@ class DHTSimulation:
             if i != first:
                 self.start([i])
                 self.run(self.nodes[i].dht.joined)
+
+    def join(self, i: int, through: Sequence[int]) -> Deferred[None]:
+        """
+        Start node ``i`` with the nodes ``through`` as its bootstrap peers:
+        it joins as a real node does (it pings them, then looks up its own
+        ID), and its upkeep runs from then on.
+
+        :returns: its ``joined`` Deferred.
+        """
+        node = self.nodes[i]
+        node.dht.bootstrap_contacts = [self.nodes[j].contact for j in through]
+        self.start([i])
+        return node.dht.joined
+
+    def leave(self, i: int) -> None:
+        """
+        Node ``i`` leaves the network for good, without a goodbye, as most
+        peers do: its host drops off the network (its connections are lost
+        on both ends, and dialling it times out), and its services stop.
+        """
+        node = self.nodes[i]
+        self.network.remove_host(node.host)
+        self.dead.add(i)
+        if node.dht.running:
+            node.dht.stopService()
+        if node.pool.running:
+            node.pool.stopService()
 
     def kill(self, fraction: float, keep: set[int] = frozenset()) -> set[int]:  # type: ignore[assignment]
         """

@@ -333,6 +333,8 @@ class MemoryHost:
         unlimited.
     :ivar download_bps: its download rate in bits per second, or ``None``.
     :ivar online: whether it is connected to the network.
+    :ivar gone: whether it left the network for good
+        (:meth:`MemoryNetwork.remove_host`).
     """
 
     __slots__ = (
@@ -340,6 +342,7 @@ class MemoryHost:
         "connections",
         "download",
         "download_bps",
+        "gone",
         "name",
         "online",
         "ports",
@@ -364,6 +367,7 @@ class MemoryHost:
         self.ports: dict[int, MemoryListeningPort] = {}
         self.connections: set[MemoryConnection] = set()
         self.online = True
+        self.gone = False
         self.refusing = False
         self.side = 0
         self._next_port = _FIRST_EPHEMERAL_PORT
@@ -523,11 +527,31 @@ class MemoryNetwork:
             connection._sever("host went offline")
         self.log.debug("host {host} offline", host=name)
 
+    def remove_host(self, name: str) -> None:
+        """
+        Take a host off the network for good, as a machine that left it: its
+        connections are lost as with :meth:`take_offline`, its listeners
+        close, and connection attempts to it time out.  Unlike an offline
+        host, it never comes back, so nothing sent to or from it is kept
+        waiting for it: a simulation with churn does not pile up the
+        packets of everyone who left.  Its name stays taken.
+        """
+        host = self.hosts[name]
+        self.take_offline(name)
+        host.gone = True
+        for listener in list(host.ports.values()):
+            listener.stopListening()
+        self._stalled = [item for item in self._stalled if not (item[0].gone or item[1].gone)]
+
     def bring_online(self, name: str) -> None:
         """
         Reconnect a host taken offline.
+
+        :raises ValueError: when the host was removed.
         """
         host = self.hosts[name]
+        if host.gone:
+            raise ValueError(f"host {name!r} left the network for good")
         host.online = True
         host.refusing = False
         self.log.debug("host {host} online", host=name)
@@ -568,7 +592,7 @@ class MemoryNetwork:
             and (target.online or target.refusing)
         ):
             what(*args)
-        else:
+        elif not (source.gone or target.gone):
             self._stalled.append((source, target, what, args))
 
     def _send(
@@ -886,6 +910,7 @@ class MemoryConnection:
             self.host.upload.activate(send)
         if self._streaming and not self._producer_paused and send.size > WRITE_BUFFER_SIZE:
             self._producer_paused = True
+            self._update_watch()
             self.producer.pauseProducing()
 
     def writeSequence(self, data: Iterable[bytes]) -> None:
@@ -900,7 +925,12 @@ class MemoryConnection:
             self.network.clock.callLater(0, self._drain_check)
 
     def _update_watch(self) -> None:
-        self._watching_buffer = self.producer is not None or self._write_closing
+        # Whether an emptied send queue means anything: a close waits for
+        # it, or a producer is to be asked for more.  A streaming producer
+        # that is not paused needs no check after every chunk.
+        self._watching_buffer = self._write_closing or (
+            self.producer is not None and (not self._streaming or self._producer_paused)
+        )
 
     def _drain_check(self) -> None:
         self._drain_check_scheduled = False
@@ -911,6 +941,7 @@ class MemoryConnection:
             # As Twisted's FileDescriptor: an empty buffer asks for more
             # before it closes.
             self._producer_paused = False
+            self._update_watch()
             producer.resumeProducing()
             return
         if self._write_closing:
