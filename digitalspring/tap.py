@@ -21,7 +21,7 @@ from .channel import ConnectionPool
 from .cli._passphrase import ask_passphrase
 from .control import DEFAULT_CONTROL, BadControlEndpoint, check_control_endpoint, unix_control
 from .dht import DHT, Contact, DHTDirectory, DHTSettings, DirectoryChain
-from .directory import AddressBook
+from .directory import AddressBook, check_address
 from .errors import DigitalSpringError
 from .identity import (
     Identity,
@@ -51,10 +51,13 @@ from .node._startup import StartupReport
 from .storage import IStore, open_sqlite_store, storage_key
 from .transport import (
     ITransport,
+    ListenDescription,
     TransportContext,
+    TransportError,
     get_transport_plugin,
     split_address,
 )
+from .transport._tcp import tcp_server_endpoint
 
 log = Logger()
 
@@ -185,8 +188,8 @@ class Options(usage.Options):
         (repeatable; default tcp:7655).
         """
         try:
-            self["listen"].append(check_listen(address))
-        except BadOption as e:
+            self["listen"].append(_check_listen(address))
+        except (BadOption, TransportError) as e:
             raise usage.UsageError(str(e)) from None
 
     def opt_bootstrap(self, peer: str) -> None:
@@ -195,9 +198,14 @@ class Options(usage.Options):
         DATA_DIR/bootstrap.txt, one a line).
         """
         try:
-            self["bootstrap"].append(BootstrapPeer.parse(peer))
+            bootstrap = BootstrapPeer.parse(peer)
         except BadOption as e:
             raise usage.UsageError(str(e)) from None
+        try:
+            check_address(bootstrap.address)
+        except TransportError as e:
+            raise usage.UsageError(f"bad bootstrap peer {peer!r}: {e}") from None
+        self["bootstrap"].append(bootstrap)
 
     def opt_tor_option(self, line: str) -> None:
         """
@@ -250,6 +258,15 @@ class Options(usage.Options):
                 raise usage.UsageError(
                     "--source-address is for tcp, which --onion-only does not use"
                 )
+        if not self["onion-only"]:
+            try:
+                # The tcp transport checks --advertise and --source-address
+                # as it is made, which does nothing else.
+                get_transport_plugin("tcp").make_transport(
+                    TransportContext(None, None, _transport_options("tcp", self))
+                )
+            except TransportError as e:
+                raise usage.UsageError(str(e)) from None
         self["data-dir"] = data_dir_path(
             self["data-dir"] or os.environ.get("DSPRING_DIR") or DEFAULT_DATA_DIR
         )
@@ -260,6 +277,25 @@ class Options(usage.Options):
             check_control_endpoint(self["control"], onion_only=self["onion-only"])
         except BadControlEndpoint as e:
             raise usage.UsageError(str(e)) from None
+
+
+def _check_listen(text: str) -> str:
+    """
+    A ``--listen`` value, checked as its transport will read it, so that a
+    malformed one is refused before anything is created or started.
+
+    :raises BadOption: when it is not ``TRANSPORT:DESCRIPTION``.
+    :raises TransportError: when the transport is unknown or the
+        description malformed.
+    """
+    name, description = split_address(check_listen(text))
+    if name == "tcp":
+        tcp_server_endpoint(None, description)
+    elif name == "tor":
+        ListenDescription.parse(description)
+    else:
+        get_transport_plugin(name)
+    return text
 
 
 def _number(options: Options, name: str, kind: type[int] | type[float]) -> Any:

@@ -139,6 +139,39 @@ class TwistdUsageTests(SynchronousTestCase):
             self.assertIn(text, lines[0])
             self.assertEqual(lines[1], "(see 'twistd dspring --help' for every option)")
 
+    def test_bad_addresses_before_anything(self) -> None:
+        """
+        A --listen, --bootstrap or --advertise value its transport cannot
+        read is refused by ``twistd dspring`` in one line, with exit status
+        1, before anything starts: the data directory is not made, so no
+        identity.key or dht-*.json is left behind.  ``--listen tcp:77o1``
+        was found only by the tcp transport once the reactor ran.
+        """
+        peer = str(Identity.from_seed(bytes(32)).peer_id)
+        for argv, text in [
+            (["--listen", "tcp:77o1"], "'77o1' is not a port number"),
+            (["--listen", "tcp:7655:bogus=1"], "bad tcp listening description"),
+            (["--listen", "tor:77o1"], "bad tor listening description"),
+            (["--bootstrap", f"{peer}@tcp:localhost:77o2"], "bad tcp address"),
+            (["--bootstrap", f"{peer}@tpc:127.0.0.1:7702"], "unknown transport 'tpc'"),
+            (["--advertise", "not a host"], "tcp option 'advertise'"),
+        ]:
+            data_dir = FilePath(self.mktemp())
+            result = subprocess.run(
+                [
+                    sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "dspring",
+                    "--data-dir", data_dir.path, "--no-passphrase", *argv,
+                ],
+                capture_output=True,
+                text=True,
+                timeout=60,
+            )
+            self.assertEqual(result.returncode, 1, result.stderr)
+            lines = result.stderr.splitlines()
+            self.assertEqual(len(lines), 2, result.stderr)
+            self.assertIn(text, lines[0])
+            self.assertFalse(data_dir.exists(), argv)
+
 
 class MakeServiceTests(SynchronousTestCase):
     def setUp(self) -> None:
@@ -197,17 +230,21 @@ class MakeServiceTests(SynchronousTestCase):
 
     def test_unknown_transport(self) -> None:
         """
-        Listening on an unknown transport ends with an error naming the
-        installed ones.
+        Listening on an unknown transport is a usage error naming the
+        installed ones, before a data directory is made.
         """
         e = self.assertRaises(
-            SystemExit,
-            makeService,
-            _parse("--data-dir", self.data_dir.path, "--no-passphrase", "--listen", "carrier:1"),
-            MemoryReactorClock(),
+            usage.UsageError,
+            _parse,
+            "--data-dir",
+            self.data_dir.path,
+            "--no-passphrase",
+            "--listen",
+            "carrier:1",
         )
         self.assertIn("unknown transport 'carrier'", str(e))
         self.assertIn("tcp", str(e))
+        self.assertFalse(self.data_dir.exists())
 
 
 class InstalledTests(SynchronousTestCase):

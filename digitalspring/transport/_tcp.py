@@ -34,6 +34,26 @@ from ._plugins import InvalidAddress, TransportConfigError, TransportContext
 _WILDCARDS = frozenset({"0.0.0.0", "::", "0:0:0:0:0:0:0:0"})  # noqa: S104
 
 
+def tcp_server_endpoint(reactor: Any, description: str) -> Any:
+    """
+    The endpoint of a ``tcp`` listening description,
+    ``PORT[:interface=IP][:backlog=N]``, read by Twisted's own parser.
+    Making it touches no reactor, so options can be checked with it (and
+    ``reactor`` ``None``) before one runs.
+
+    :raises InvalidAddress: when the description is malformed.
+    """
+    try:
+        # The port comes first (``7655:interface=127.0.0.1``); Twisted's
+        # own parser would only say "invalid literal for int()".
+        first = description.split(":", 1)[0]
+        if "=" not in first:
+            parse_port(first, allow_zero=True)
+        return serverFromString(reactor, "tcp:" + description)  # type: ignore[no-untyped-call]
+    except (InvalidAddress, ValueError, TypeError, KeyError) as e:
+        raise InvalidAddress(f"bad tcp listening description {description!r}: {e}") from None
+
+
 @implementer(IListeningPort)
 class _PublishedPort:
     """
@@ -117,16 +137,9 @@ class TCPTransport:
         See :meth:`ITransport.listen`.
         """
         try:
-            # The port comes first (``7655:interface=127.0.0.1``); Twisted's
-            # own parser would only say "invalid literal for int()".
-            first = description.split(":", 1)[0]
-            if "=" not in first:
-                parse_port(first, allow_zero=True)
-            endpoint = serverFromString(  # type: ignore[no-untyped-call]
-                self._reactor, "tcp:" + description
-            )
-        except (InvalidAddress, ValueError, TypeError, KeyError) as e:
-            return fail(InvalidAddress(f"bad tcp listening description {description!r}: {e}"))
+            endpoint = tcp_server_endpoint(self._reactor, description)
+        except InvalidAddress as e:
+            return fail(e)
 
         def listening(port: IListeningPort) -> IListeningPort:
             published = _PublishedPort(self, port)
