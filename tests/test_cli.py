@@ -78,7 +78,7 @@ class CLITests(SynchronousTestCase):
         self.assertEqual((status, out, err), (0, f"{peer_id}\n", ""))
         self.assertEqual(
             note.getvalue(),
-            f"dspring: no node is running for {self.data_dir.path}, so no addresses\n",
+            f"dspring: no addresses: no node is running for {self.data_dir.path}\n",
         )
         self.assertEqual(load_identity(self.data_dir, b"secret").peer_id, peer_id)
 
@@ -337,8 +337,15 @@ class CLITests(SynchronousTestCase):
         self.assertFailsWith(["contacts", "name", "alice", "bob"], 1, "already")
         self.assertEqual(self.run_cli("contacts", "remove", "alice")[0], 0)
         self.assertEqual(self.run_cli("contacts", "remove", bob)[0], 0)
-        self.assertEqual(self.run_cli("contacts", "list")[1], "")
+        self.assertEqual(self.run_cli("contacts", "list")[1], "no contacts\n")
         self.assertFailsWith(["contacts", "remove", bob], 1, "not in the contacts")
+
+    def test_contacts_list_empty(self) -> None:
+        """
+        ``contacts list`` with no contacts says so, rather than print
+        nothing.
+        """
+        self.assertEqual(self.run_cli("contacts", "list"), (0, "no contacts\n", ""))
 
     def test_contacts_add_checks_address(self) -> None:
         """
@@ -455,7 +462,10 @@ class ScriptTests(SynchronousTestCase):
         )
         self.assertEqual(result.returncode, 0)
         self.assertEqual(len(result.stdout.splitlines()), 1, result.stdout)
-        self.assertIn(stale, result.stderr)
+        self.assertTrue(result.stderr.startswith(f"dspring: no addresses: {stale}"))
+        # Once "(no node is running for DIR (stale control file ...), so no
+        # addresses)": no parenthesis in a parenthesis.
+        self.assertEqual(result.stderr.count("("), 1, result.stderr)
 
 
 class RunningNodeTests(TestCase):
@@ -534,3 +544,91 @@ class RunningNodeTests(TestCase):
         self.assertEqual(asked, [{"peer": STRANGER}])
         self.assertIn("it is in your contacts", err)
         self.assertEqual(len(err.splitlines()), 1, err)
+
+    async def test_ping_by_name(self) -> None:
+        """
+        ``ping bob`` names bob and his peer ID in its first line, as
+        ping(8) names the host and its address, and bob in its statistics.
+        """
+
+        async def ping(body: dict[str, Any]) -> dict[str, Any]:
+            return {"rtt_ms": 0.5, "connect_ms": 2.0, "new": False}
+
+        data_dir = await self.serve({"ping": (b"POST", ping)})
+        await self.dspring(data_dir, "contacts", "add", "-n", "bob", f"{STRANGER}@tcp:h:1")
+        code, out, err = await self.dspring(data_dir, "ping", "-c", "1", "bob")
+        self.assertEqual((code, err), (0, ""))
+        lines = out.splitlines()
+        self.assertEqual(lines[0], f"PING bob ({STRANGER}): 56 data bytes")
+        self.assertEqual(lines[2], "--- bob ping statistics ---")
+        code, out, err = await self.dspring(data_dir, "ping", "-c", "1", STRANGER)
+        self.assertEqual(out.splitlines()[0], f"PING {STRANGER}: 56 data bytes")
+
+    async def test_counts_in_the_right_number(self) -> None:
+        """
+        Counts of one read "1 hop", "1 request", "1 contact", "1 node" (not
+        "1 hops", "1 contacts"); a request still unanswered when a lookup
+        ended shows no time, since it had no round trip.
+        """
+
+        async def lookup(body: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "peer": body["peer"],
+                "found": False,
+                "record": None,
+                "hops": 1,
+                "rpcs": 1,
+                "duration_ms": 3.0,
+                "path": [
+                    {"peer": STRANGER, "hop": 1, "outcome": "answered", "rtt_ms": 1.25},
+                    {"peer": STRANGER, "hop": 1, "outcome": "unanswered", "rtt_ms": 2.5},
+                ],
+            }
+
+        async def join(body: dict[str, Any]) -> dict[str, Any]:
+            return {**body, "contacts": 1, "published_to": 1}
+
+        async def status(body: dict[str, Any]) -> dict[str, Any]:
+            return {
+                "peer_id": STRANGER,
+                "addresses": [],
+                "connections": [],
+                "network": {
+                    "inbound": 0,
+                    "outbound": 0,
+                    "handshaking": 1,
+                    "refused": {},
+                    "trimmed": 1,
+                    "channel_failures": {},
+                },
+                "dht": {
+                    "routing_table": 1,
+                    "buckets": 1,
+                    "records": 1,
+                    "own_record": {"sequence": 1, "stored_at": 1},
+                    "known_peers": [],
+                },
+            }
+
+        data_dir = await self.serve(
+            {
+                "dht-lookup": (b"POST", lookup),
+                "dht-join": (b"POST", join),
+                "status": (b"GET", status),
+            }
+        )
+        _, out, _ = await self.dspring(data_dir, "dht", "lookup", STRANGER)
+        lines = out.splitlines()
+        self.assertIn("not found in 1 hop, 1 request, 3.0 ms", lines[0])
+        self.assertRegex(lines[1], r"answered +1\.2 ms$")
+        self.assertEqual(lines[2], f"  hop 1  {STRANGER}  unanswered")
+        _, out, err = await self.dspring(data_dir, "dht", "join", f"{STRANGER}@tcp:h:1")
+        self.assertIn("1 contact in the routing table, record stored at 1 node\n", out, err)
+        _, out, err = await self.dspring(data_dir, "status")
+        for text in (
+            "1 inbound handshake)",
+            "1 idle connection\n",
+            "1 contact in 1 bucket, 1 record held",
+            "stored at 1 node\n",
+        ):
+            self.assertIn(text, out, err)

@@ -55,6 +55,14 @@ class CommandOptions(usage.Options):
         sys.exit(0)
 
 
+def plural(count: int, noun: str) -> str:
+    """
+    ``"1 hop"``, ``"2 hops"``: a count and its noun, in the right number
+    (every noun counted in ``dspring``'s output takes an ``s``).
+    """
+    return f"{count} {noun}" if count == 1 else f"{count} {noun}s"
+
+
 def run_async(work: Callable[[Any], Coroutine[Any, Any, None]]) -> None:
     """
     Run a coroutine function of the reactor to completion, turning errors

@@ -17,7 +17,7 @@ from ..directory import AddressBook, check_address
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID
 from ..transport import TransportError
-from ._base import CommandOptions, run_async
+from ._base import CommandOptions, plural, run_async
 
 
 class LookupFailed(DigitalSpringError):
@@ -75,14 +75,18 @@ class DhtLookupOptions(CommandOptions):
             out.write(f"expires:   {_when(record['expires'])}\n")
             out.write(f"addresses: {' '.join(record['addresses']) or '(none)'}\n")
         out.write(
-            f"lookup:    {'found' if answer['found'] else 'not found'} in {answer['hops']} hops, "
-            f"{answer['rpcs']} requests, {answer['duration_ms']:.1f} ms\n"
+            f"lookup:    {'found' if answer['found'] else 'not found'} in "
+            f"{plural(answer['hops'], 'hop')}, {plural(answer['rpcs'], 'request')}, "
+            f"{answer['duration_ms']:.1f} ms\n"
         )
         for hop in answer["path"]:
-            out.write(
-                f"  hop {hop['hop']}  {hop['peer']}  {hop['outcome']:<10} "
-                f"{hop['rtt_ms']:8.1f} ms\n"
-            )
+            row = f"  hop {hop['hop']}  {hop['peer']}  {hop['outcome']:<10}"
+            if hop["outcome"] == "unanswered":
+                # No answer, so no round trip: how long it was waited for is
+                # not one.
+                out.write(f"{row.rstrip()}\n")
+            else:
+                out.write(f"{row} {hop['rtt_ms']:8.1f} ms\n")
 
 
 class DhtJoinOptions(CommandOptions):
@@ -124,8 +128,8 @@ class DhtJoinOptions(CommandOptions):
             return
         out.write(
             f"joined the DHT through {answer['peer']} at {answer['address']}: "
-            f"{answer['contacts']} contacts in the routing table, "
-            f"record stored at {answer['published_to']} nodes\n"
+            f"{plural(answer['contacts'], 'contact')} in the routing table, "
+            f"record stored at {plural(answer['published_to'], 'node')}\n"
         )
 
 

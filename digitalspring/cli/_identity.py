@@ -98,7 +98,7 @@ class IdOptions(CommandOptions):
         peer_id = read_key_file(_key_file_path(data_dir)).peer_id
         out.write(f"{peer_id}\n")
         if not data_dir.child(CONTROL_FILE_NAME).exists():
-            _note(f"no node is running for {data_dir.path}, so no addresses")
+            _note(f"no node is running for {data_dir.path}")
             return
         status: dict[str, Any] = {}
 
@@ -108,7 +108,7 @@ class IdOptions(CommandOptions):
         try:
             run_async(ask)
         except NodeNotRunning as e:
-            _note(f"{e}, so no addresses")
+            _note(str(e))
             return
         if status["peer_id"] != str(peer_id):
             _note(f"the node running for {data_dir.path} is {status['peer_id']}")
@@ -116,7 +116,7 @@ class IdOptions(CommandOptions):
         for address in status["addresses"]:
             out.write(f"{peer_id}@{address}\n")
         if not status["addresses"]:
-            _note("the node listens nowhere, so no addresses")
+            _note("the node listens nowhere")
 
 
 def _note(text: str) -> None:
@@ -124,7 +124,7 @@ def _note(text: str) -> None:
     Say why ``dspring id`` prints no addresses, on stderr: its stdout is
     read by scripts (``$(dspring id | tail -n 1)``).
     """
-    sys.stderr.write(f"dspring: {text}\n")
+    sys.stderr.write(f"dspring: no addresses: {text}\n")
 
 
 class ExportOptions(CommandOptions):

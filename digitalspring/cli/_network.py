@@ -20,7 +20,7 @@ from ..directory import AddressBook, Contact, check_address, check_name
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID, key_file_path, read_key_file
 from ..transport import TransportError
-from ._base import CommandOptions
+from ._base import CommandOptions, plural
 from ._base import run_async as _run_async
 
 
@@ -152,7 +152,10 @@ class ContactsListOptions(CommandOptions):
     )
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        for contact in AddressBook.in_data_dir(data_dir).contacts():
+        contacts = AddressBook.in_data_dir(data_dir).contacts()
+        if not contacts:
+            out.write("no contacts\n")
+        for contact in contacts:
             for line in _contact_lines(contact):
                 out.write(line + "\n")
 
@@ -226,13 +229,16 @@ class PingOptions(CommandOptions):
         if peer_id == own:
             raise PingFailed(f"{peer_id} is this node's own peer ID; ping another peer")
         peer = str(peer_id)
+        # As ping(8) shows the host it was given and its address.
+        target = peer if self["peer"] == peer else self["peer"]
         rtts: list[float] = []
         sent = 0
 
         async def pings(reactor: Any) -> None:
             nonlocal sent
             client = ControlClient(reactor, data_dir)
-            out.write(f"PING {peer}: {self['size']} data bytes\n")
+            shown = peer if target == peer else f"{target} ({peer})"
+            out.write(f"PING {shown}: {self['size']} data bytes\n")
             while self["count"] == 0 or sent < self["count"]:
                 if sent:
                     await deferLater(reactor, self["interval"], lambda: None)
@@ -257,7 +263,7 @@ class PingOptions(CommandOptions):
         finally:
             if sent:
                 lost = sent - len(rtts)
-                out.write(f"--- {peer} ping statistics ---\n")
+                out.write(f"--- {target} ping statistics ---\n")
                 out.write(
                     f"{sent} sent, {len(rtts)} received, {100 * lost / sent:.0f}% packet loss\n"
                 )
@@ -269,7 +275,7 @@ class PingOptions(CommandOptions):
                         f"{max(rtts):.3f}/{mdev:.3f} ms\n"
                     )
         if not rtts:
-            raise PingFailed(f"no answer from {peer}")
+            raise PingFailed(f"no answer from {target}")
 
 
 def _counts(counts: dict[str, int]) -> str:
@@ -316,25 +322,26 @@ class StatusOptions(CommandOptions):
         else:
             out.write(
                 f"connections: {len(status['connections'])} ({network['inbound']} inbound, "
-                f"{network['outbound']} outbound; {network['handshaking']} inbound handshakes)\n"
+                f"{network['outbound']} outbound; "
+                f"{plural(network['handshaking'], 'inbound handshake')})\n"
             )
         for peer in status["connections"]:
             out.write(f"  {peer}\n")
         if network is not None:
             out.write(f"refused:     {_counts(network['refused'])}\n")
-            out.write(f"trimmed:     {network['trimmed']} idle connections\n")
+            out.write(f"trimmed:     {plural(network['trimmed'], 'idle connection')}\n")
             out.write(f"failed channels: {_counts(network['channel_failures'])}\n")
         dht = status.get("dht")
         if dht is not None:
             out.write(
-                f"DHT:         {dht['routing_table']} contacts in {dht['buckets']} buckets, "
-                f"{dht['records']} records held\n"
+                f"DHT:         {plural(dht['routing_table'], 'contact')} in "
+                f"{plural(dht['buckets'], 'bucket')}, {plural(dht['records'], 'record')} held\n"
             )
             own = dht["own_record"]
             if own is not None:
                 out.write(
                     f"own record:  sequence {own['sequence']}, "
-                    f"stored at {own['stored_at']} nodes\n"
+                    f"stored at {plural(own['stored_at'], 'node')}\n"
                 )
             out.write(f"known peers: {len(dht['known_peers'])}\n")
             for peer in dht["known_peers"]:
