@@ -170,8 +170,8 @@ class EpochTests(SynchronousTestCase):
         """
         A member removed while offline, with a message and a neighbour
         change waiting for it, is pending for nothing: its delivery states
-        are gone, the message's fragments are dropped (everyone else has
-        it), and the only thing waiting for it is the removal.
+        are gone, the only thing waiting for it is the removal, and the
+        owner's own copy of the message (its fragments and key) stays.
         """
         net = network()
         owner, b, c = net.node("owner"), net.node("b"), net.node("c")
@@ -187,7 +187,7 @@ class EpochTests(SynchronousTestCase):
         self.assertEqual(
             net.result(owner.store.deliveries(group_id, 0, 0)), {b.local: "committed"}
         )
-        self.assertEqual(net.result(owner.store.fragments(group_id, 0, 0)), {})
+        self.assertEqual([m.data for m in net.result(owner.history(group_id))], [b"while away"])
         self.assertEqual(report.pending, frozenset())
         self.assertEqual([e.kind for e in net.result(owner.store.outbox(c.local))], ["remove"])
 

@@ -28,6 +28,7 @@ from digitalspring.storage import (
     AddInvitation,
     ChainState,
     CommitReceived,
+    CommitSent,
     DamagedDatabase,
     DatabaseUnusable,
     DeleteGroup,
@@ -46,7 +47,15 @@ from digitalspring.storage import (
     open_sqlite_store,
 )
 from digitalspring.storage._sealing import row_identity, seal
-from digitalspring.testing._store import ALICE, GROUP_ID, OWNER, epoch_keys, joined_group
+from digitalspring.testing._store import (
+    ALICE,
+    GROUP_ID,
+    OTHER_GROUP_ID,
+    OWNER,
+    epoch_keys,
+    joined_group,
+    owned_group,
+)
 
 KEY = b"k" * 32
 
@@ -376,13 +385,29 @@ class SecretsAtRestTests(SQLiteTestCase):
     @inline
     async def test_no_plaintext_in_files(self) -> None:
         """
-        Neither message contents, nor any key, nor outbox and invitation
-        payloads (which carry keys) appear in node.db or its WAL, even while
-        they are stored.
+        Neither message contents, nor any key (a sent message's key
+        included), nor outbox and invitation payloads (which carry keys)
+        appear in node.db or its WAL, even while they are stored.
         """
         store = await self.open()
         keys = epoch_keys()
         await store.commit(AddGroup(joined_group()), AddEpoch(keys))
+        await store.commit(
+            AddGroup(owned_group(OTHER_GROUP_ID)),
+            AddEpoch(epoch_keys(OTHER_GROUP_ID)),
+            CommitSent(
+                OTHER_GROUP_ID,
+                0,
+                0,
+                b"m",
+                [b"c"],
+                None,
+                1.0,
+                ChainState(b"n" * 32, 1),
+                frozenset(),
+                message_key=b"sent message key".ljust(32, b"!"),
+            ),
+        )
         secret = b"the secret message " * 10
         await self.receive(store, 0, secret)
         await store.commit(
@@ -398,6 +423,7 @@ class SecretsAtRestTests(SQLiteTestCase):
             _chain_key(1),
             b"outbox epoch keys",
             b"invitation epoch keys",
+            b"sent message key",
         ):
             assert plain is not None
             self.assertFalse(plain in raw)

@@ -38,6 +38,8 @@ from ._content import Content
 from ._context import GroupContext, decode_stored
 from ._core import GroupError, ServiceCore, deferred
 from ._crypto import signing_public_key
+from ._manifest import decode_manifest
+from ._message import open_sent
 from ._notices import (
     ACKNOWLEDGEMENT,
     DEPARTURE,
@@ -93,9 +95,15 @@ class MemberSide(ServiceCore):
         group = await self.store.group(group_id)
         found = []
         for stored in await self.store.history(group_id, after, limit):
-            if stored.content is None:
+            if stored.content is not None:
+                content = decode_stored(stored.content, int(stored.sent_at or 0))
+            elif stored.message_key is not None:
+                manifest = decode_manifest(stored.manifest)
+                held = await self.store.fragments(group_id, stored.epoch, stored.index)
+                fragments = [held.get(n, b"") for n in range(len(manifest.fragment_hashes))]
+                content = open_sent(manifest, fragments, stored.message_key)
+            else:
                 continue
-            content = decode_stored(stored.content, int(stored.sent_at or 0))
             found.append(
                 self._received(group_id, group.owner, stored.epoch, stored.index, content)
             )

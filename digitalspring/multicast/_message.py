@@ -114,3 +114,29 @@ def open_message(
     message_key, after = receive_message_key(chain, manifest.index)
     padded = decrypt(message_key, manifest.nonce, b"".join(fragments), manifest.header)
     return unpad_content(padded), after
+
+
+def sent_message_key(owner: OwnerEpoch) -> bytes:
+    """
+    The key :func:`seal` encrypts the owner's next message with: what the
+    owner keeps, with the fragments, as its own copy of a message it sent.
+    """
+    return next_message_key(owner.chain)[1]
+
+
+def open_sent(manifest: Manifest, fragments: Sequence[bytes], message_key: bytes) -> Content:
+    """
+    The content of a message the owner sent, from its fragments and key.
+
+    :raises FragmentRejected: when a fragment is missing or does not match.
+    :raises UndecryptableMessage: when the ciphertext does not decrypt.
+    :raises MalformedContent: when the content is not canonical.
+    """
+    if len(fragments) != len(manifest.fragment_hashes):
+        raise FragmentRejected(
+            f"the message has {len(manifest.fragment_hashes)} fragments, not {len(fragments)}"
+        )
+    for number, fragment in enumerate(fragments):
+        check_fragment(manifest, number, fragment)
+    padded = decrypt(message_key, manifest.nonce, b"".join(fragments), manifest.header)
+    return unpad_content(padded)

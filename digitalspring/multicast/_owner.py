@@ -116,8 +116,8 @@ class OwnerOperations(ServiceCore):
         assert epoch.access_key is not None
         last_hash = NO_PREVIOUS
         if epoch.chain.next_index:
-            last = await self.store.message(group_id, epoch.epoch, epoch.chain.next_index - 1)
-            last_hash = decode_manifest(last.manifest).hash
+            last = await self.store.manifest(group_id, epoch.epoch, epoch.chain.next_index - 1)
+            last_hash = decode_manifest(last).hash
         held = None
         if epoch.epoch:
             held = (await self.store.epoch(group_id, epoch.epoch - 1)).signing_secret

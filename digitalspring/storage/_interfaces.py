@@ -93,6 +93,13 @@ class IStore(Interface):
             when there is none.
         """
 
+    def manifest(group_id: bytes, epoch: int, index: int) -> Deferred[bytes]:
+        """
+        :returns: a Deferred that fires with a message's signed manifest,
+            without reading (or decrypting) its content.  It fails with
+            :class:`~digitalspring.storage.NotStored` when there is none.
+        """
+
     def history(
         group_id: bytes, after: tuple[int, int] | None = None, limit: int = 100
     ) -> Deferred[list[StoredMessage]]:

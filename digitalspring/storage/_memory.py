@@ -175,6 +175,9 @@ class MemoryStore:
     def message(self, group_id: bytes, epoch: int, index: int) -> Deferred[StoredMessage]:
         return self._read(lambda: self._message((group_id, epoch, index)))
 
+    def manifest(self, group_id: bytes, epoch: int, index: int) -> Deferred[bytes]:
+        return self._read(lambda: self._message((group_id, epoch, index)).manifest)
+
     def _sorted_messages(self, group_id: bytes) -> list[StoredMessage]:
         return sorted(
             (m for (g, _, _), m in self._messages.items() if g == group_id),
@@ -359,6 +362,7 @@ class MemoryStore:
                 "complete",
                 change.content,
                 change.sent_at,
+                message_key=change.message_key,
             ),
         )
         self._set(self._fragments, key, dict(enumerate(change.fragments)))
@@ -457,7 +461,7 @@ class MemoryStore:
     def _drop_fragments(self, change: DropFragments) -> None:
         key = (change.group_id, change.epoch, change.index)
         message = self._messages.get(key)
-        if message is not None and message.state == "complete":
+        if message is not None and message.state == "complete" and message.message_key is None:
             self._delete(self._fragments, key)
 
     def _forget_recipient(self, change: ForgetRecipient) -> None:

@@ -136,7 +136,10 @@ CREATE TABLE blocked (
 # reading (and unsealing) the peer's whole outbox; and an index from a
 # member to the groups it is in.  Entries queued by version 1 are about no
 # group: they are still delivered, found only by reading the peer's outbox.
+# And the key of a message we sent, sealed: the owner keeps a sent message
+# as its ciphertext fragments and that key, not a second copy in clear.
 _V2 = """
+ALTER TABLE messages ADD COLUMN message_key BLOB;
 ALTER TABLE outbox ADD COLUMN group_id BLOB CHECK (group_id IS NULL OR length(group_id) = 32);
 CREATE INDEX outbox_group ON outbox (peer, group_id, kind);
 CREATE INDEX members_peer ON members (peer);

@@ -306,8 +306,9 @@ class SQLiteStore:
         )
 
     def _message_value(self, group_id: bytes, row: tuple[Any, ...]) -> StoredMessage:
-        epoch, index, manifest, state, content, sent_at, from_peer = row
+        epoch, index, manifest, state, content, sent_at, from_peer, message_key = row
         ad = row_identity("messages", "content", group_id, epoch, index)
+        key_ad = row_identity("messages", "message_key", group_id, epoch, index)
         return StoredMessage(
             group_id,
             epoch,
@@ -317,6 +318,7 @@ class SQLiteStore:
             _unsealed(content, self._key, ad),
             sent_at,
             None if from_peer is None else PeerID(from_peer),
+            _unsealed(message_key, self._key, key_ad),
         )
 
     # --- reads -----------------------------------------------------------------
@@ -383,7 +385,8 @@ class SQLiteStore:
     def message(self, group_id: bytes, epoch: int, index: int) -> Deferred[StoredMessage]:
         def read() -> StoredMessage:
             row = self._db.execute(
-                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer"
+                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
+                " message_key"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND epoch = ? AND idx = ?",
                 (group_id, epoch, index),
@@ -394,6 +397,20 @@ class SQLiteStore:
 
         return self._run(read)
 
+    def manifest(self, group_id: bytes, epoch: int, index: int) -> Deferred[bytes]:
+        def read() -> bytes:
+            row = self._db.execute(
+                "SELECT manifest FROM messages JOIN groups USING (gid)"
+                " WHERE group_id = ? AND epoch = ? AND idx = ?",
+                (group_id, epoch, index),
+            ).fetchone()
+            if row is None:
+                raise NotStored(f"no message {epoch}/{index} in group {group_id.hex()}")
+            manifest: bytes = row[0]
+            return manifest
+
+        return self._run(read)
+
     def history(
         self, group_id: bytes, after: tuple[int, int] | None = None, limit: int = 100
     ) -> Deferred[list[StoredMessage]]:
@@ -401,7 +418,8 @@ class SQLiteStore:
 
         def read() -> list[StoredMessage]:
             rows = self._db.execute(
-                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer"
+                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
+                " message_key"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND messages.state = 'complete' AND (epoch, idx) > (?, ?)"
                 " ORDER BY epoch, idx LIMIT ?",
@@ -414,7 +432,8 @@ class SQLiteStore:
     def partial_messages(self, group_id: bytes) -> Deferred[list[StoredMessage]]:
         def read() -> list[StoredMessage]:
             rows = self._db.execute(
-                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer"
+                "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
+                " message_key"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND messages.state = 'partial' ORDER BY epoch, idx",
                 (group_id,),
@@ -739,6 +758,14 @@ class SQLiteStore:
         msg = self._insert_message(
             gid, change.group_id, change, "complete", change.content, change.sent_at, None
         )
+        if change.message_key is not None:
+            ad = row_identity(
+                "messages", "message_key", change.group_id, change.epoch, change.index
+            )
+            self._db.execute(
+                "UPDATE messages SET message_key = ? WHERE msg = ?",
+                (seal(self._key, ad, change.message_key), msg),
+            )
         self._set_chain(gid, change.group_id, change.epoch, change.chain)
         self._db.executemany(
             "INSERT INTO fragments (msg, number, data) VALUES (?, ?, ?)",
@@ -842,7 +869,17 @@ class SQLiteStore:
         except NotStored:
             return
         if state == "complete":
-            self._db.execute("DELETE FROM fragments WHERE msg = ?", (msg,))
+            self._drop_kept_fragments(msg)
+
+    def _drop_kept_fragments(self, msg: int) -> None:
+        """
+        Delete the fragments of a message we sent, unless they are our copy.
+        """
+        self._db.execute(
+            "DELETE FROM fragments WHERE msg = ?"
+            " AND (SELECT message_key IS NULL FROM messages WHERE msg = ?)",
+            (msg, msg),
+        )
 
     def _forget_recipient(self, change: ForgetRecipient) -> None:
         gid = self._gid(change.group_id)
@@ -861,7 +898,7 @@ class SQLiteStore:
             if not self._db.execute(
                 "SELECT 1 FROM deliveries WHERE msg = ? AND state = 'pending'", (msg,)
             ).fetchone():
-                self._db.execute("DELETE FROM fragments WHERE msg = ?", (msg,))
+                self._drop_kept_fragments(msg)
 
     def _mark_delivered(self, change: MarkDelivered) -> None:
         cursor = self._db.execute(

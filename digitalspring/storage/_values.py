@@ -154,6 +154,8 @@ class StoredMessage:
     :ivar sent_at: the send time from inside the encrypted content, once
         known.
     :ivar from_peer: the peer whose fragments are held for a partial message.
+    :ivar message_key: the key of a message we sent and keep as its
+        fragments (see :class:`CommitSent`).
     """
 
     group_id: bytes
@@ -164,6 +166,7 @@ class StoredMessage:
     content: bytes | None = field(default=None, repr=False)
     sent_at: float | None = None
     from_peer: PeerID | None = None
+    message_key: bytes | None = field(default=None, repr=False)
 
 
 @frozen
@@ -393,10 +396,13 @@ class ForgetEpochKeys(Change):
 @frozen
 class CommitSent(Change):
     """
-    Commit a message we send (owner): its manifest and ciphertext fragments
-    (kept until every recipient has it), optionally its content (our
-    history), the send chain moved to ``chain``, and a pending delivery
-    state for each recipient.
+    Commit a message we send (owner): its manifest and ciphertext fragments,
+    the send chain moved to ``chain``, and a pending delivery state for each
+    recipient.  Our own copy (history) is either ``message_key``, and then
+    the fragments are kept as long as the message (they are its content,
+    and :class:`DropFragments` and :class:`ForgetRecipient` leave them), or
+    ``content``, and then the fragments are kept until every recipient has
+    them; or neither (no history).
 
     ``index`` must be where the chain was, and ``chain.next_index`` past it.
 
@@ -412,6 +418,7 @@ class CommitSent(Change):
     sent_at: float
     chain: ChainState
     recipients: frozenset[PeerID]
+    message_key: bytes | None = field(default=None, repr=False)
 
 
 @frozen
@@ -488,7 +495,7 @@ class DropMessage(Change):
 class DropFragments(Change):
     """
     Delete the fragments kept of a message we sent, once every recipient
-    has it.
+    has it (unless they are our copy of it: :class:`CommitSent`).
     """
 
     erases: ClassVar[bool] = True

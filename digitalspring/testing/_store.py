@@ -354,6 +354,8 @@ class StoreConformanceMixin(_Base):
             ("complete", b"hello", 5000.0, b"manifest 0"),
         )
         self.assertEqual((await store.epoch(GROUP_ID)).chain, ChainState(b"n" * 32, 1))
+        self.assertEqual(await store.manifest(GROUP_ID, 0, 0), b"manifest 0")
+        await _refused(store.manifest(GROUP_ID, 0, 1), NotStored)
         self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {0: b"f0", 1: b"f1"})
         await store.commit(MarkDelivered(GROUP_ID, 0, 0, ALICE))
         self.assertEqual(
@@ -401,6 +403,47 @@ class StoreConformanceMixin(_Base):
         self.assertEqual(await store.fragments(GROUP_ID, 0, 1), {0: b"f"})
         self.assertEqual(await store.undelivered(GROUP_ID, ALICE), [(0, 1)])
         await store.commit(ForgetRecipient(GROUP_ID, DAVE))
+
+    @_deferred
+    async def test_sent_message_kept_as_fragments_and_key(self) -> None:
+        """
+        A message sent with its key kept (not its content) keeps its
+        fragments as long as it is kept: delivered to everyone, or its
+        recipient forgotten, they stay; deleting the message deletes them.
+        """
+        store = await self._store()
+        await self._group_with_members(store, ALICE, BOB)
+        for index in (0, 1):
+            await store.commit(
+                CommitSent(
+                    GROUP_ID,
+                    0,
+                    index,
+                    b"manifest %d" % index,
+                    [b"f0", b"f1"],
+                    None,
+                    5000.0,
+                    ChainState(b"n" * 32, index + 1),
+                    frozenset({ALICE, BOB}),
+                    message_key=b"K" * 32,
+                )
+            )
+        await store.commit(
+            MarkDelivered(GROUP_ID, 0, 0, ALICE),
+            MarkDelivered(GROUP_ID, 0, 0, BOB),
+            DropFragments(GROUP_ID, 0, 0),
+            ForgetRecipient(GROUP_ID, BOB),
+            ForgetRecipient(GROUP_ID, ALICE),
+        )
+        for index in (0, 1):
+            self.assertEqual(await store.fragments(GROUP_ID, 0, index), {0: b"f0", 1: b"f1"})
+        message = await store.message(GROUP_ID, 0, 1)
+        self.assertEqual((message.content, message.message_key), (None, b"K" * 32))
+        self.assertEqual(
+            [m.message_key for m in await store.history(GROUP_ID)], [b"K" * 32, b"K" * 32]
+        )
+        await store.commit(DropMessage(GROUP_ID, 0, 0))
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 0), {})
 
     @_deferred
     async def test_member_of(self) -> None:
