@@ -280,11 +280,17 @@ class FailedStartProcessTests(SynchronousTestCase):
         )
         self.assertFalse(self.data_dir.child("control.json").exists())
 
-    def test_bad_port(self) -> None:
+    def test_interface_not_here(self) -> None:
         """
-        ``--listen tcp:77o1`` ends the node with one line and status 1.
+        ``--listen`` on an interface address this machine does not have
+        (well formed, so only binding finds it) ends the node with one line
+        and status 1.  (A malformed one, ``tcp:77o1``, is refused earlier,
+        as the options are read: see ``tests.test_tap``.)
         """
-        self.assertOneLineFailure(self.run_twistd("--listen", "tcp:77o1"), "tcp:77o1")
+        self.assertOneLineFailure(
+            self.run_twistd("--listen", "tcp:0:interface=192.0.2.1"),
+            "cannot listen on tcp:0:interface=192.0.2.1",
+        )
 
     def test_missing_tor_binary(self) -> None:
         """
