@@ -353,6 +353,25 @@ class RestartTests(SynchronousTestCase):
         )
         self.assertEqual({s.contact.peer_id for s in again}, known)
 
+    def test_contacts_saved_once_joined(self) -> None:
+        """
+        A node saves the contacts it joined through as soon as the join is
+        done, not only at its next upkeep or a clean stop: a node killed
+        right after joining still rejoins through them.
+        """
+        sim = network(4, join=False)
+        last = sim.nodes[3]
+        last.dht.state_dir = self.state_dir
+        sim.join_all()
+        self.assertTrue(last.dht.running)
+        saved = decode_contacts_file(
+            self.state_dir.child(CONTACTS_FILE_NAME).getContent(), last.identity.peer_id
+        )
+        self.assertEqual(
+            {s.contact.peer_id for s in saved}, {c.peer_id for c in last.dht.table.contacts()}
+        )
+        self.assertEqual(len(saved), 3)
+
     def check_ignored(self, contacts: bytes, records: bytes, reason: str) -> None:
         """
         A node whose state files hold ``contacts`` and ``records`` starts,
@@ -407,7 +426,8 @@ class RestartTests(SynchronousTestCase):
     def test_unreadable_files(self) -> None:
         """
         A state file the node cannot read (here, a directory) is ignored
-        with a warning.
+        with a warning, and each save (once joined, and at the stop) says
+        it cannot write it.
         """
         self.state_dir.child(CONTACTS_FILE_NAME).makedirs()
         self.state_dir.child(RECORDS_FILE_NAME).makedirs()
@@ -416,11 +436,14 @@ class RestartTests(SynchronousTestCase):
         node.dht.state_dir = self.state_dir
         events = log_events(self)
         sim.join_all()
-        self.assertEqual(len(warnings(events)), 2)
+        self.assertEqual(
+            [e["log_format"].split(" ")[0] for e in warnings(events)],
+            ["ignoring"] * 2 + ["cannot"] * 2,
+        )
         self.assertEqual(len(node.dht.table), 1)
         node.dht.stopService()
         self.assertEqual(
-            [e["log_format"] for e in warnings(events)[2:]], ["cannot save {path}: {reason}"] * 2
+            [e["log_format"] for e in warnings(events)[2:]], ["cannot save {path}: {reason}"] * 4
         )
 
     def test_expired_and_invalid_records_dropped(self) -> None:

@@ -29,7 +29,6 @@ from typing import Any
 from attrs import field, frozen
 from twisted.application.service import Service
 from twisted.internet.defer import Deferred, DeferredList, succeed
-from twisted.internet.error import ConnectionDone, ConnectionLost
 from twisted.internet.interfaces import IAddress
 from twisted.internet.task import LoopingCall
 from twisted.logger import Logger, LogLevel
@@ -436,29 +435,31 @@ class DHT(Service):
         origin = self._origin
 
         async def call() -> Any:
-            connection = await pool.connect(contact.peer_id, contact.addresses)
             try:
-                try:
-                    result = await connection.callRemote(command, origin=origin, **kw)
-                except (ConnectionLost, ConnectionDone):
-                    # When both peers dial each other at once, the pool keeps one
-                    # connection and closes the other, with our request in it.
-                    live = pool.connections().get(contact.peer_id)
-                    if live is None or live is connection:
-                        raise
-                    connection = live
-                    result = await live.callRemote(command, origin=origin, **kw)
+                result = await pool.call(
+                    contact.peer_id, command, contact.addresses, origin=origin, **kw
+                )
             except _ANSWERS:
                 # It answered, if not what we hoped.
-                self.talked(connection, contact.addresses)
+                self._talked_through_pool(contact)
                 raise
-            self.talked(connection, contact.addresses)
+            self._talked_through_pool(contact)
             return result
 
         d = Deferred.fromCoroutine(call())
         d.addTimeout(self.settings.rpc_timeout, self.clock)
         d.addErrback(self._call_failed, contact)
         return d
+
+    def _talked_through_pool(self, contact: Contact) -> None:
+        """
+        ``contact`` answered a request: :meth:`talked` over the connection
+        the pool now holds with it (the one the answer came on, unless the
+        pool closed that one in the meantime).
+        """
+        connection = self.pool.connections().get(contact.peer_id)
+        if connection is not None:
+            self.talked(connection, contact.addresses)
 
     def _call_failed(self, failure: Failure, contact: Contact) -> Failure:
         if not failure.check(*_ANSWERS):
@@ -903,6 +904,10 @@ class DHT(Service):
         return Deferred.fromCoroutine(greet())
 
     def _joined_once(self) -> None:
+        # The contacts just met are what a restart rejoins through: save
+        # them now, not only at the next upkeep or a clean stop, so a node
+        # killed soon after joining still knows the network.
+        self.save_state()
         self._joining -= 1
         if not self._joining and self._publish_wanted:
             self._publish_wanted = False
