@@ -392,5 +392,5 @@ class ConnectionPool(Service):
             del self._connected_at[peer_id]
 
     def stopService(self) -> Deferred[Any]:
-        super().stopService()  # type: ignore[no-untyped-call]
+        super().stopService()
         return self.channel_factory.close_all()

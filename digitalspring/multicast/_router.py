@@ -132,7 +132,7 @@ class MembershipRouter(ServiceCore):
         channel = ISecureChannel(connection.transport)
         ours = Role.DIALLER if connection.initiator else Role.LISTENER
         theirs = Role.LISTENER if connection.initiator else Role.DIALLER
-        answer = await connection.callRemote(  # type: ignore[no-untyped-call]
+        answer = await connection.callRemote(
             ProveMembership,
             group=group_id,
             epoch=epoch.epoch,
