@@ -64,6 +64,18 @@ def _free_ports(count: int, namespace: NetworkNamespace | None) -> list[int]:
             s.close()
 
 
+# A fixed circuit build timeout instead of a learned one.  On an idle
+# loopback every circuit builds in about 55 ms, so tor learns a timeout of
+# 75-85 ms (and keeps it in its state file); once the machine is loaded,
+# builds take longer than that, so tor abandons most introduction,
+# rendezvous and descriptor circuits and builds them again until it has
+# seen enough timeouts to reset itself, and a connect or a publish that
+# needs them waits out its own timeout.  Ten seconds is tor's smallest
+# recommended fixed timeout: many times a build on a loaded machine, and a
+# circuit that is really lost still costs only a sixth of a connect's 60 s.
+CIRCUIT_BUILD_TIMEOUT = ("LearnCircuitBuildTimeout 0", "CircuitBuildTimeout 10")
+
+
 def _common_torrc(
     nickname: str, data_dir: str, control_port: int, dir_authorities: Sequence[str]
 ) -> list[str]:
@@ -79,6 +91,7 @@ def _common_torrc(
         "ClientUseIPv6 0",
         "AddressDisableIPv6 1",
         "PathsNeededToBuildCircuits 0.67",
+        *CIRCUIT_BUILD_TIMEOUT,
         "TestingDirAuthVoteGuard *",
         "TestingDirAuthVoteExit *",
         "TestingDirAuthVoteHSDir *",
@@ -467,6 +480,7 @@ class PrivateTorNetwork:
             *self._dir_authorities,
             f"EntryNodes {self._entry_nodes}",
             "PathsNeededToBuildCircuits 0.67",
+            *CIRCUIT_BUILD_TIMEOUT,
             "ClientUseIPv6 0",
             "AddressDisableIPv6 1",
             "Sandbox 0",
