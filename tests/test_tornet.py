@@ -287,6 +287,23 @@ class SharedNetworkTests(TestCase):
                 consensus_not_ready(authority.data_dir, AUTHORITIES + DEFAULT_RELAYS)
             )
 
+    async def test_fixed_circuit_build_timeout(self) -> None:
+        """
+        The network's client tors build circuits with a fixed 10 s timeout
+        instead of one learned on the idle loopback (75-85 ms, which a loaded
+        machine exceeds, so that tor abandoned the circuits onion services
+        need), and a tor joining through ``client_torrc_options`` is told
+        the same.
+        """
+        tor = await self._control(self.network.client)
+        conf = await tor.protocol.get_conf("LearnCircuitBuildTimeout", "CircuitBuildTimeout")
+        self.assertEqual(
+            (conf["LearnCircuitBuildTimeout"], conf["CircuitBuildTimeout"]), ("0", "10")
+        )
+        options = self.network.client_torrc_options()
+        self.assertIn("LearnCircuitBuildTimeout 0", options)
+        self.assertIn("CircuitBuildTimeout 10", options)
+
     def test_tors_in_namespace(self) -> None:
         """
         Every tor runs, inside the loopback-only namespace: the servers and
