@@ -16,7 +16,18 @@ from ..errors import DigitalSpringError
 from ..node._options import DEFAULT_DATA_DIR, data_dir_path
 from ._base import CommandOptions
 from ._dht import DhtOptions
+from ._groups import GroupOptions
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
+from ._messages import (
+    AcceptOptions,
+    BlockOptions,
+    DeclineOptions,
+    FollowOptions,
+    InboxOptions,
+    InvitationsOptions,
+    SendOptions,
+    UnblockOptions,
+)
 from ._network import ContactsOptions, PingOptions, StatusOptions
 
 
@@ -28,7 +39,8 @@ class Options(CommandOptions):
     synopsis = "[--data-dir DIR] COMMAND [options]"
     longdesc = (
         "Manage a Digital Spring node: its identity and contacts, and, through the "
-        "running node, pings, its status and its DHT. Run a node with 'twistd -n dspring'."
+        "running node, pings, its status, its DHT and its groups, sending and receiving. "
+        "Run a node with 'twistd -n dspring'."
     )
     subCommands = [
         ["init", None, InitOptions, "Create the node's identity."],
@@ -39,6 +51,15 @@ class Options(CommandOptions):
         ["ping", None, PingOptions, "Ping a peer through the running node."],
         ["status", None, StatusOptions, "Show the running node's status."],
         ["dht", None, DhtOptions, "Look into the running node's DHT."],
+        ["group", None, GroupOptions, "Manage the running node's groups."],
+        ["send", None, SendOptions, "Send a text or a file to a group or a contact."],
+        ["follow", None, FollowOptions, "Print what arrives, like tail -f."],
+        ["inbox", None, InboxOptions, "Show what was sent and received."],
+        ["invitations", None, InvitationsOptions, "List invitations waiting for consent."],
+        ["accept", None, AcceptOptions, "Join a group you were invited into."],
+        ["decline", None, DeclineOptions, "Forget an invitation."],
+        ["block", None, BlockOptions, "Refuse everything from a peer."],
+        ["unblock", None, UnblockOptions, "Stop blocking a peer."],
     ]
 
     def postOptions(self) -> None:

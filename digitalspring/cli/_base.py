@@ -6,6 +6,7 @@ to the running node.
 
 from __future__ import annotations
 
+import getopt
 import sys
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -33,6 +34,28 @@ class CommandOptions(usage.Options):
             "(default: $DSPRING_DIR, else ~/.dspring).",
         ],
     ]
+
+    def parseOptions(self, options: list[str] | None = None) -> None:
+        """
+        A command without subcommands takes its options after its
+        arguments too (``dspring send GROUP --file PATH``), as GNU tools do;
+        ``--`` ends the options.
+        """
+        if options is None or getattr(self, "subCommands", None):
+            super().parseOptions(options)
+            return
+        try:
+            found, arguments = getopt.gnu_getopt(options, self.shortOpt, self.longOpt)
+        except getopt.error as e:
+            raise usage.UsageError(str(e)) from None
+        ordered: list[str] = []
+        for option, value in found:
+            if option.startswith("--"):
+                takes_value = option[2:] + "=" in self.longOpt
+                ordered.append(f"{option}={value}" if takes_value else option)
+            else:
+                ordered += [option, value] if option[1] + ":" in self.shortOpt else [option]
+        super().parseOptions([*ordered, "--", *arguments])
 
     def getSynopsis(self) -> str:
         """

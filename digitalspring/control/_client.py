@@ -6,13 +6,18 @@ The client side of the control API, for the ``dspring`` command.
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from io import BytesIO
 from typing import Any
+from urllib.parse import urlencode
 
+from twisted.internet.defer import Deferred
 from twisted.internet.endpoints import UNIXClientEndpoint
 from twisted.internet.interfaces import IStreamClientEndpoint
+from twisted.internet.protocol import Protocol, connectionDone
+from twisted.python.failure import Failure
 from twisted.python.filepath import FilePath
-from twisted.web.client import URI, Agent, FileBodyProducer, readBody
+from twisted.web.client import URI, Agent, FileBodyProducer, ResponseDone, readBody
 from twisted.web.http_headers import Headers
 from twisted.web.iweb import IAgentEndpointFactory
 from zope.interface import implementer
@@ -116,9 +121,93 @@ class ControlClient:
             raise ControlError(str(document.get("error", f"HTTP {response.code}")))
         return document
 
+    async def stream(
+        self,
+        path: str,
+        query: dict[str, str],
+        on_event: Callable[[str, dict[str, Any]], object],
+        on_open: Callable[[], object] = lambda: None,
+    ) -> None:
+        """
+        Follow an event stream of the API: ``on_open()`` once it is open,
+        then ``on_event(event, data)`` for each event, until it ends.
+
+        :raises ControlError: when the node refuses the stream.
+        :raises NodeGone: when the node does not answer, or stops.
+        """
+        headers = Headers({b"authorization": [b"Bearer " + self._token]})
+        url = self._url + path.encode("ascii")
+        if query:
+            url += b"?" + urlencode(query).encode("ascii")
+        try:
+            response = await self._agent.request(b"GET", url, headers, None)
+        except Exception as e:
+            if isinstance(e, ConnectionError) or type(e).__module__.startswith(
+                "twisted.internet.error"
+            ):
+                raise self._gone(e) from None
+            raise
+        if response.code != 200:
+            raw = await readBody(response)
+            try:
+                error = json.loads(raw).get("error", f"HTTP {response.code}")
+            except (ValueError, AttributeError):
+                error = f"HTTP {response.code}"
+            raise ControlError(str(error))
+        on_open()
+        ended: Deferred[None] = Deferred()
+        response.deliverBody(_EventReader(on_event, ended))
+        await ended
+
     def _gone(self, error: Exception) -> NodeGone:
         control = self._data_dir.child(CONTROL_FILE_NAME)
         return NodeGone(
             f"no node is running for {self._data_dir.path} (stale control file "
             f"{control.path}: the node does not answer: {error})"
         )
+
+
+class _EventReader(Protocol):
+    """
+    Reads a ``text/event-stream`` body: each event's ``event:`` and
+    ``data:`` lines, up to the blank line that ends it.
+    """
+
+    def __init__(
+        self, on_event: Callable[[str, dict[str, Any]], object], ended: Deferred[None]
+    ) -> None:
+        self._on_event = on_event
+        self._ended = ended
+        self._buffer = b""
+        self._event = "message"
+        self._data: list[bytes] = []
+
+    def dataReceived(self, data: bytes) -> None:
+        self._buffer += data
+        *lines, self._buffer = self._buffer.split(b"\n")
+        for line in lines:
+            self._line(line.rstrip(b"\r"))
+
+    def _line(self, line: bytes) -> None:
+        if not line:
+            if self._data:
+                try:
+                    data = json.loads(b"\n".join(self._data))
+                except ValueError:
+                    data = None
+                if isinstance(data, dict):
+                    self._on_event(self._event, data)
+            self._event, self._data = "message", []
+            return
+        field, _, value = line.partition(b":")
+        value = value[1:] if value.startswith(b" ") else value
+        if field == b"event":
+            self._event = value.decode("utf-8", "replace")
+        elif field == b"data":
+            self._data.append(value)
+
+    def connectionLost(self, reason: Failure = connectionDone) -> None:
+        if reason.check(ResponseDone):
+            self._ended.errback(NodeGone("the node ended the event stream (it stopped)"))
+        else:
+            self._ended.errback(NodeGone(f"the event stream broke: {reason.getErrorMessage()}"))

@@ -132,6 +132,4 @@ class EventSink:
 #: sink, it subscribes the sink to its events and returns the function that
 #: unsubscribes it.  It raises a ``DigitalSpringError`` for a query it
 #: refuses, which is answered as a plain route's error.
-StreamHandler = Callable[
-    [dict[str, str], EventSink], Coroutine[Any, Any, Callable[[], None]]
-]
+StreamHandler = Callable[[dict[str, str], EventSink], Coroutine[Any, Any, Callable[[], None]]]
