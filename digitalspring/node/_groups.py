@@ -23,6 +23,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred
+from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.filepath import FilePath
 
@@ -46,6 +47,12 @@ MAX_EVENT_TEXT = 64 * 1024
 
 #: The most messages ``inbox`` returns at once.
 MAX_INBOX = 1000
+
+#: Seconds the first message of a conversation waits for the peer to take
+#: its invitation (checked every ``_POLL`` seconds); past it, the message
+#: goes, and reaches a peer that was out of reach when it is back.
+INVITATION_WAIT = 10.0
+_POLL = 0.05
 
 _Handler = Callable[[dict[str, Any]], Any]
 
@@ -313,6 +320,14 @@ class GroupRoutes:
         await service.store.commit(SetSetting(_direct_setting(peer), group_id.hex()))
         self._conversations[group_id] = peer
         await service.add_member(group_id, peer)
+        # The first message would reach the peer before its invitation
+        # did, be refused, and wait for the owner's retry: wait (a little)
+        # for the invitation to be taken first.
+        for _ in range(int(INVITATION_WAIT / _POLL)):
+            members = await service.store.members(group_id)
+            if any(m.peer == peer and m.status == "active" for m in members):
+                break
+            await deferLater(self._node.reactor, _POLL, lambda: None)
         return group_id, True
 
     async def send(self, body: dict[str, Any]) -> dict[str, Any]:

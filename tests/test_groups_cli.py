@@ -1,0 +1,378 @@
+"""
+Tests of the node's groups as the user reaches them: the node opening its
+store before it listens, the group routes of the control API on two
+in-process nodes over TCP (conversations with a contact, petnames, refusals),
+and the ``dspring`` commands' parsing and display of what peers send.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+from typing import Any
+
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock
+from twisted.python.filepath import FilePath
+from twisted.trial.unittest import SynchronousTestCase, TestCase
+
+from digitalspring.channel import ConnectionPool
+from digitalspring.cli import Options as CLIOptions
+from digitalspring.cli._display import (
+    MAX_SAVED_NAME,
+    message_lines,
+    printable,
+    safe_file_name,
+    save_received,
+)
+from digitalspring.cli._messages import BAR_WIDTH, _Delivery
+from digitalspring.control import ControlClient, ControlError
+from digitalspring.dht import DirectoryChain
+from digitalspring.identity import Identity
+from digitalspring.node import Node, StartFailed
+from digitalspring.storage import DamagedDatabase, IStore, MemoryStore
+from digitalspring.tap import Options, _make_node
+from digitalspring.transport import MemoryNetwork
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+class NodeStoreTests(SynchronousTestCase):
+    """
+    The node opens its store at start-up, before it listens.
+    """
+
+    def node(self, open_store: Any) -> tuple[Node, MemoryNetwork]:
+        clock = Clock()
+        network = MemoryNetwork(clock)
+        network.add_host("a")
+        identity = Identity.generate()
+        transports = {"memory": network.transport("a")}
+        pool = ConnectionPool(identity, clock, transports, DirectoryChain([]))
+        node = Node(identity, clock, transports, ["memory:1"], pool, open_store=open_store)
+        return node, network
+
+    def test_groups_start_before_listening(self) -> None:
+        """
+        With a store, the node starts its multicast service on it, whose
+        commands are in the pool, and only then listens; on stop the
+        store is closed.
+        """
+        store = MemoryStore()
+        node, _ = self.node(lambda: succeed(store))
+        node.startService()
+        assert node.multicast is not None
+        self.assertTrue(node.multicast.running)
+        self.assertIs(node.store, store)
+        self.assertTrue(node.pool.locators)
+        services = list(node)
+        self.assertLess(services.index(node.multicast), services.index(node._listeners[0]))
+        self.successResultOf(node.stopService())
+        self.assertTrue(store._closed)
+
+    def test_store_refused(self) -> None:
+        """
+        A store that cannot be opened (damaged, newer, the wrong key) stops
+        the start: ``ready`` fails with its reason, and the node never
+        listens nor runs groups.
+        """
+        reason = "/d/node.db is damaged (file is not a database); restore it from a backup"
+        node, _ = self.node(lambda: fail(DamagedDatabase(reason)))
+        node.startService()
+        failure = self.failureResultOf(node.ready, StartFailed)
+        self.assertEqual(str(failure.value), reason)
+        self.assertIsNone(node.multicast)
+        self.assertFalse([listener for listener in node._listeners if listener.running])
+        self.successResultOf(node.stopService())
+
+    def test_stopped_while_opening(self) -> None:
+        """
+        A node stopped while its store is still opening closes the store
+        once it opens, and starts nothing on it.
+        """
+        store = MemoryStore()
+        opening: Deferred[IStore] = Deferred()
+        node, _ = self.node(lambda: opening)
+        node.startService()
+        self.successResultOf(node.stopService())
+        opening.callback(store)
+        self.assertIsNone(node.multicast)
+        self.assertTrue(store._closed)
+
+
+class DisplayTests(SynchronousTestCase):
+    """
+    What peers send is shown and saved safely.
+    """
+
+    def test_control_characters_stripped(self) -> None:
+        """
+        Escape sequences, other C0 and C1 controls, DEL and bidirectional
+        overrides are removed from what is printed; a text keeps its own
+        newlines, a one-line field does not.
+        """
+        hostile = "a\x1b]0;pwned\x07b\x1b[2Jc\x9b31md\x7fe\u202ef\rg\nh"
+        self.assertEqual(printable(hostile), "a]0;pwnedb[2Jc31mdefg h")
+        self.assertEqual(printable(hostile, lines=True), "a]0;pwnedb[2Jc31mdefg\nh")
+        message = {
+            "group": "ab" * 32,
+            "group_name": None,
+            "proposed_name": "evil\x1b[31m",
+            "sent_at": 0,
+            "sender": "peer",
+            "sender_name": None,
+            "type": "file",
+            "file_name": "x\x1b[1A.txt",
+            "size": 3,
+        }
+        for line in message_lines(message):
+            self.assertNotIn("\x1b", line)
+
+    def test_file_names_sanitised(self) -> None:
+        """
+        A proposed file name loses its directories, its leading dots and
+        its control characters, never is empty, and is cut to a length a
+        file system takes, keeping its extension.
+        """
+        self.assertEqual(safe_file_name("../../etc/passwd"), "_.._etc_passwd")
+        self.assertEqual(safe_file_name(".."), "file")
+        self.assertEqual(safe_file_name("."), "file")
+        self.assertEqual(safe_file_name(""), "file")
+        self.assertEqual(safe_file_name(".bashrc"), "bashrc")
+        self.assertEqual(safe_file_name("a\\b/c\x00d"), "a_b_cd")
+        long = safe_file_name("x" * 300 + ".pdf")
+        self.assertEqual(len(long.encode()), MAX_SAVED_NAME)
+        self.assertTrue(long.endswith(".pdf"))
+
+    def test_never_overwrites(self) -> None:
+        """
+        Saving files of one name keeps each: the next gets ``-1``, ``-2``
+        before its extension; nothing is written outside
+        ``DATA_DIR/received/``, and a symbolic link there is not followed.
+        """
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        first = save_received(data_dir, "report.pdf", b"one")
+        second = save_received(data_dir, "../report.pdf", b"two")
+        third = save_received(data_dir, "report.pdf", b"three")
+        received = data_dir.child("received")
+        self.assertEqual(
+            [p.basename() for p in (first, second, third)],
+            ["report.pdf", "_report.pdf", "report-1.pdf"],
+        )
+        self.assertEqual(first.getContent(), b"one")
+        self.assertEqual(third.getContent(), b"three")
+        self.assertEqual({p.parent() for p in (first, second, third)}, {received})
+        target = data_dir.child("target")
+        target.setContent(b"keep")
+        os.symlink(target.path, received.child("link").path)
+        saved = save_received(data_dir, "link", b"evil")
+        self.assertEqual(saved.basename(), "link-1")
+        self.assertEqual(target.getContent(), b"keep")
+        self.assertEqual(os.stat(saved.path).st_mode & 0o777, 0o600)
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+class CommandTests(SynchronousTestCase):
+    """
+    Parsing and progress of the commands.
+    """
+
+    def test_options_after_arguments(self) -> None:
+        """
+        ``send GROUP --file PATH`` and ``group add GROUP PEER --role
+        mailbox`` read their options after the arguments; after ``--``,
+        an option is text.
+        """
+        options = CLIOptions()
+        options.parseOptions(["send", "friends", "--file", "/tmp/f"])
+        self.assertEqual(
+            (options.subOptions["to"], options.subOptions["file"]), ("friends", "/tmp/f")
+        )
+        options = CLIOptions()
+        options.parseOptions(["group", "add", "friends", "bob", "--role", "mailbox"])
+        self.assertEqual(options.subOptions.subOptions["role"], "mailbox")
+        options = CLIOptions()
+        options.parseOptions(["send", "friends", "--", "--file", "x"])
+        self.assertEqual(options.subOptions["text"], "--file x")
+
+    def state(self, **changes: Any) -> dict[str, Any]:
+        state: dict[str, Any] = {
+            "group": "ab" * 32,
+            "epoch": 0,
+            "index": 3,
+            "fragments": 10,
+            "committed": [],
+            "pending": ["b", "c"],
+            "unreached": [],
+            "progress": {},
+        }
+        state.update(changes)
+        return state
+
+    def test_progress_bar_on_a_terminal(self) -> None:
+        """
+        On a terminal the bar redraws on each change; it is done once every
+        member committed, and the summary says who has it.
+        """
+        out = _Terminal()
+        delivery = _Delivery(self.state(), out)
+        delivery.update(self.state(progress={"b": 5, "c": 5}))
+        self.assertIn(f"\r[{'#' * (BAR_WIDTH // 2)}", out.getvalue())
+        self.assertFalse(delivery.done.called)
+        delivery.update(self.state(committed=["b", "c"], pending=[]))
+        self.assertTrue(delivery.done.called)
+        self.assertIn("100%  2/2 members", out.getvalue())
+        summary = delivery.summary({"b": "bob"})
+        self.assertEqual(summary[0], "message 0/3 (10 fragments): delivered to 2 of 2 members")
+        self.assertIn("  delivered: bob", summary)
+
+    def test_no_bar_in_a_pipe(self) -> None:
+        """
+        Not on a terminal nothing is drawn; a member out of reach ends the
+        wait once the transmission ended, and is named pending.
+        """
+        out = io.StringIO()
+        delivery = _Delivery(self.state(), out)
+        delivery.update(self.state(committed=["b"], pending=["c"], unreached=["c"]))
+        self.assertFalse(delivery.done.called)
+        delivery.update(
+            self.state(committed=["b"], pending=["c"], unreached=["c"], transmitted=True)
+        )
+        self.assertTrue(delivery.done.called)
+        self.assertEqual(out.getvalue(), "")
+        self.assertIn(
+            "  pending:   c (not reachable now; it gets the message when it is back)",
+            delivery.summary({}),
+        )
+
+
+class GroupRouteTests(TestCase):
+    """
+    The group routes of two real nodes over TCP on loopback.
+    """
+
+    async def _node(self, name: str) -> tuple[Node, ControlClient]:
+        data_dir = FilePath(self.mktemp()).child(name)
+        options = Options()
+        options.parseOptions(
+            [
+                "--data-dir",
+                data_dir.path,
+                "--no-passphrase",
+                "--listen",
+                "tcp:0:interface=127.0.0.1",
+            ]
+        )
+        node = _make_node(options, _reactor())
+        node.startService()
+        self.addCleanup(node.stopService)
+        await node.ready
+        return node, ControlClient(_reactor(), data_dir)
+
+    async def contacts(self) -> tuple[Node, ControlClient, Node, ControlClient]:
+        from digitalspring.directory import AddressBook
+
+        a, client_a = await self._node("a")
+        b, client_b = await self._node("b")
+        assert a.groups is not None and b.groups is not None
+        AddressBook.in_data_dir(a.groups._book.path.parent()).add(
+            b.peer_id, b.addresses()[0], "bob"
+        )
+        AddressBook.in_data_dir(b.groups._book.path.parent()).add(
+            a.peer_id, a.addresses()[0], "alice"
+        )
+        return a, client_a, b, client_b
+
+    async def test_conversation(self) -> None:
+        """
+        ``send`` to a contact makes a two-member group on first use (and
+        reuses it); the contact answers through its own; each side's
+        inbox of the contact shows both as one conversation.
+        """
+        _, client_a, _, client_b = await self.contacts()
+        first = await client_a.call("send", {"to": "bob", "text": "hi bob"})
+        self.assertTrue(first["created"])
+        await self.settled(client_a, first)
+        again = await client_a.call("send", {"to": "bob", "text": "still there?"})
+        self.assertFalse(again["created"])
+        self.assertEqual(again["group"], first["group"])
+        await self.settled(client_a, again)
+        answer = await client_b.call("send", {"to": "alice", "text": "hi alice"})
+        self.assertTrue(answer["created"])
+        await self.settled(client_b, answer)
+        # Interleaved by send time, to the second: within one second,
+        # each side's own order holds.
+        inbox_a = (await client_a.call("inbox", {"to": "bob"}))["messages"]
+        self.assertEqual([m["text"] for m in inbox_a if m["outgoing"]], ["hi bob", "still there?"])
+        self.assertEqual([m["text"] for m in inbox_a if not m["outgoing"]], ["hi alice"])
+        self.assertEqual({m["conversation_name"] for m in inbox_a}, {"bob"})
+        inbox_b = (await client_b.call("inbox", {"to": "alice"}))["messages"]
+        self.assertEqual(
+            [m["text"] for m in inbox_b if not m["outgoing"]], ["hi bob", "still there?"]
+        )
+        self.assertEqual([m["text"] for m in inbox_b if m["outgoing"]], ["hi alice"])
+        listed = (await client_b.call("group-list"))["groups"]
+        self.assertEqual({g["conversation_name"] for g in listed}, {"alice"})
+
+    async def settled(self, client: ControlClient, sent: dict[str, Any]) -> None:
+        """
+        Wait until the recipient committed a sent message.
+        """
+        from twisted.internet.task import deferLater
+
+        for _ in range(200):
+            shown = await client.call("group-show", {"group": sent["group"]})
+            if all(m["undelivered"] == 0 and m["status"] == "active" for m in shown["members"]):
+                return
+            await deferLater(_reactor(), 0.05, lambda: None)
+        self.fail(f"not delivered: {shown}")
+
+    async def test_names_and_refusals(self) -> None:
+        """
+        A group is named by its ID or its petname; a petname a contact has
+        is refused, as is a group a contact's name stands for, sending to a
+        group this node does not own, and a relative file path.
+        """
+        _, client_a, _, client_b = await self.contacts()
+        created = await client_a.call("group-create", {"name": "friends"})
+        by_name = await client_a.call("group-show", {"group": "friends"})
+        by_id = await client_a.call("group-show", {"group": created["group"]})
+        self.assertEqual(by_name["group"], by_id["group"])
+        with self.assertRaises(ControlError) as caught:
+            await client_a.call("group-create", {"name": "Bob"})
+        self.assertIn("contact", str(caught.exception))
+        with self.assertRaises(ControlError) as caught:
+            await client_a.call("group-create", {"name": "FRIENDS"})
+        self.assertIn("already a group's", str(caught.exception))
+        with self.assertRaises(ControlError) as caught:
+            await client_a.call("group-show", {"group": "bob"})
+        self.assertIn("is a contact, not a group", str(caught.exception))
+        with self.assertRaises(ControlError) as caught:
+            await client_a.call("send", {"to": "friends", "path": "relative.txt"})
+        self.assertIn("absolute path", str(caught.exception))
+        await client_a.call("group-add", {"group": "friends", "peer": "bob"})
+        for _ in range(200):
+            groups = (await client_b.call("group-list"))["groups"]
+            if groups:
+                break
+            from twisted.internet.task import deferLater
+
+            await deferLater(_reactor(), 0.05, lambda: None)
+        [group] = groups
+        with self.assertRaises(ControlError) as caught:
+            await client_b.call("send", {"to": group["group"], "text": "hi"})
+        self.assertIn("only a group's owner sends", str(caught.exception))
+        named = await client_b.call("group-name", {"group": group["group"], "name": "alices"})
+        self.assertEqual(named["petname"], "alices")
+        shown = await client_b.call("group-show", {"group": "alices"})
+        self.assertEqual(json.dumps(shown["neighbours"]), "[]")
