@@ -30,6 +30,7 @@ from twisted.internet.endpoints import (
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import IStreamClientEndpoint
 from twisted.internet.protocol import Protocol
+from twisted.internet.task import Clock, deferLater
 from twisted.internet.testing import MemoryReactorClock, StringTransport
 from twisted.logger import LogLevel, formatEvent, globalLogPublisher
 from twisted.python import usage
@@ -41,14 +42,19 @@ from digitalspring.control import (
     CONTROL_FILE_NAME,
     DEFAULT_CONTROL,
     IDLE_TIMEOUT,
+    KEEPALIVE,
     MAX_BODY,
     MAX_CONNECTIONS,
     MAX_IN_FLIGHT,
+    MAX_QUEUED_BYTES,
+    MAX_STREAMS,
     BadControlEndpoint,
     BadRequest,
     ControlClient,
     ControlError,
     ControlService,
+    EventSink,
+    NodeGone,
     check_control_endpoint,
     unix_control,
 )
@@ -764,3 +770,251 @@ class NodeRoutesTests(TestCase):
         with self.assertRaises(ControlError) as caught:
             await client.call("ping", {"peer": "not a peer"})
         self.assertIn("peer", str(caught.exception))
+
+
+# Event streams.
+
+
+class _FakeRequest:
+    """
+    The parts of a request an :class:`EventSink` uses, recording them.
+    """
+
+    def __init__(self) -> None:
+        self.written: list[bytes] = []
+        self.headers: dict[bytes, bytes] = {}
+        self.code: int | None = None
+        self.producer: Any = None
+        self.finished = False
+        self.lost = False
+        self.channel: object | None = object()
+
+    def setResponseCode(self, code: int) -> None:
+        self.code = code
+
+    def setHeader(self, name: bytes, value: bytes) -> None:
+        self.headers[name] = value
+
+    def registerProducer(self, producer: Any, streaming: bool) -> None:
+        self.producer = producer
+
+    def unregisterProducer(self) -> None:
+        self.producer = None
+
+    def write(self, data: bytes) -> None:
+        assert not self.finished
+        self.written.append(data)
+
+    def finish(self) -> None:
+        self.finished = True
+
+    def loseConnection(self) -> None:
+        self.lost = True
+
+
+class EventSinkTests(SynchronousTestCase):
+    """
+    One event stream's queue and keep-alive, on a simulated clock.
+    """
+
+    def sink(self) -> tuple[EventSink, _FakeRequest, Clock]:
+        clock, request = Clock(), _FakeRequest()
+        return EventSink(clock, request), request, clock  # type: ignore[arg-type]
+
+    def test_events_in_order(self) -> None:
+        """
+        Events sent before the stream starts wait, then go first, in
+        order, each as ``event:`` and one ``data:`` line of JSON.
+        """
+        sink, request, _ = self.sink()
+        sink.send("message", {"n": 1})
+        self.assertEqual(request.written, [])
+        sink.start()
+        sink.send("delivery", {"n": 2})
+        self.assertEqual(request.headers[b"content-type"], b"text/event-stream")
+        self.assertEqual(
+            b"".join(request.written),
+            b'event: message\ndata: {"n": 1}\n\n: ready\n\nevent: delivery\ndata: {"n": 2}\n\n',
+        )
+
+    def test_keepalive(self) -> None:
+        """
+        A stream with nothing to say sends a comment every KEEPALIVE
+        seconds, and none while events flow.
+        """
+        sink, request, clock = self.sink()
+        sink.start()
+        clock.advance(KEEPALIVE - 1)
+        sink.send("message", {})
+        clock.advance(KEEPALIVE - 1)
+        self.assertNotIn(b": keepalive\n\n", request.written)
+        clock.advance(1)
+        self.assertEqual(request.written[-1], b": keepalive\n\n")
+        sink.close()
+        self.assertEqual(clock.getDelayedCalls(), [])
+
+    def test_reader_that_does_not_read(self) -> None:
+        """
+        While the connection is full (paused), events queue; past
+        MAX_QUEUED_BYTES the stream is closed and its queue dropped, so a
+        client that never reads holds a bounded amount of the node's
+        memory.
+        """
+        sink, request, _ = self.sink()
+        sink.start()
+        sink.pauseProducing()
+        written = len(request.written)
+        event = {"text": "x" * 60_000}
+        for _ in range(MAX_QUEUED_BYTES // 60_000 - 1):
+            sink.send("message", event)
+        self.assertFalse(sink.closed)
+        self.assertEqual(len(request.written), written)
+        for _ in range(2):
+            sink.send("message", event)
+        self.assertTrue(sink.closed)
+        self.assertTrue(request.finished)
+        self.assertEqual(len(request.written), written)
+
+
+class _Stream(Protocol):
+    """
+    Opens an event stream and collects what comes, staying open.
+    """
+
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+        self.received = b""
+        self.ready: Deferred[None] = Deferred()
+        self.closed: Deferred[None] = Deferred()
+
+    def connectionMade(self) -> None:
+        assert self.transport is not None
+        self.transport.write(self.data)
+
+    def dataReceived(self, data: bytes) -> None:
+        self.received += data
+        if b": ready" in self.received and not self.ready.called:
+            self.ready.callback(None)
+
+    def connectionLost(self, reason: Failure | None = None) -> None:
+        self.closed.callback(None)
+
+
+class EventStreamTests(TestCase):
+    """
+    Event streams of the real service over 127.0.0.1.
+    """
+
+    async def start(self) -> tuple[_API, dict[str, Any]]:
+        data_dir = FilePath(self.mktemp())
+        data_dir.makedirs()
+        api = _API(data_dir, DEFAULT_CONTROL)
+        state: dict[str, Any] = {"sinks": [], "stopped": 0, "queries": []}
+
+        async def events(query: dict[str, str], sink: EventSink) -> Any:
+            if query.get("to") == "nobody":
+                raise BadRequest("no group is named 'nobody'")
+            state["queries"].append(query)
+            state["sinks"].append(sink)
+
+            def stop() -> None:
+                state["stopped"] += 1
+
+            return stop
+
+        api.service.streams = {"events": events}
+        api.service.startService()
+        self.addCleanup(api.service.stopService)
+        assert api.service._starting is not None
+        await api.service._starting
+        return api, state
+
+    def request(self, api: _API, path: str = "/v1/events", token: str | None = "") -> bytes:
+        return _request(
+            path=path,
+            host=f"127.0.0.1:{api.port}",
+            token=api.token if token == "" else token,
+        )
+
+    async def open(self, api: _API) -> _Stream:
+        stream = _Stream(self.request(api))
+        await connectProtocol(api.endpoint(), stream)
+        await stream.ready
+        return stream
+
+    async def test_events_reach_the_client(self) -> None:
+        """
+        ``ControlClient.stream`` gets the events a route sends, in order,
+        with the route's query; when the node ends the stream, the client
+        is told the node stopped, and the route's subscription ends.
+        """
+        api, state = await self.start()
+        got: list[tuple[str, dict[str, Any]]] = []
+
+        def opened() -> None:
+            [sink] = state["sinks"]
+            sink.send("message", {"n": 1})
+            sink.send("delivery", {"n": 2})
+            _reactor().callLater(0.05, sink.close)
+
+        client = ControlClient(_reactor(), api.data_dir)
+        with self.assertRaises(NodeGone):
+            await client.stream(
+                "events", {"to": "friends"}, lambda e, d: got.append((e, d)), opened
+            )
+        self.assertEqual(got, [("message", {"n": 1}), ("delivery", {"n": 2})])
+        self.assertEqual(state["queries"], [{"to": "friends"}])
+        self.assertEqual(state["stopped"], 1)
+
+    async def test_refused_stream(self) -> None:
+        """
+        A stream the route refuses is a 400 with the reason, and one
+        without the token a 401: neither is counted as open.
+        """
+        api, _ = await self.start()
+        status, _, body = await api.send(self.request(api, "/v1/events?to=nobody"))
+        self.assertEqual((status, body), (400, {"error": "no group is named 'nobody'"}))
+        status, _, body = await api.send(self.request(api, token="wrong"))
+        self.assertEqual(status, 401)
+        assert api.service._api is not None
+        self.assertEqual(api.service._api.open_streams, set())
+        with self.assertRaises(ControlError) as caught:
+            await ControlClient(_reactor(), api.data_dir).stream("events", {"to": "nobody"}, print)
+        self.assertIn("nobody", str(caught.exception))
+
+    async def test_streams_bounded(self) -> None:
+        """
+        MAX_STREAMS streams may be open at once; one more is answered 503
+        at once.  A client that goes away frees its place and ends its
+        subscription.
+        """
+        api, state = await self.start()
+        streams = [await self.open(api) for _ in range(MAX_STREAMS)]
+        status, _, body = await api.send(self.request(api))
+        self.assertEqual(status, 503)
+        self.assertIn("event streams are open already", body["error"])
+        first = streams[0]
+        assert first.transport is not None
+        first.transport.loseConnection()
+        await first.closed
+        for _ in range(100):
+            if state["stopped"]:
+                break
+            await deferLater(_reactor(), 0.01, lambda: None)
+        self.assertEqual(state["stopped"], 1)
+        again = await self.open(api)
+        self.assertIn(b"text/event-stream", again.received)
+        for stream in [*streams[1:], again]:
+            assert stream.transport is not None
+            stream.transport.loseConnection()
+            await stream.closed
+
+    async def test_stop_ends_streams(self) -> None:
+        """
+        Stopping the service ends every open stream.
+        """
+        api, state = await self.start()
+        stream = await self.open(api)
+        await api.service.stopService()
+        await stream.closed
+        self.assertEqual(state["stopped"], 1)
