@@ -49,6 +49,7 @@ class _Delivery:
         self.fragments: int = answer["fragments"]
         self.recipients = set(answer["committed"]) | set(answer["pending"])
         self.state = answer
+        self.created = bool(answer.get("created"))
         self.done: Deferred[None] = Deferred()
         self._out = out
         self._bar = out.isatty()
@@ -169,7 +170,7 @@ class SendOptions(CommandOptions):
         run_async(sending)
         if out.isatty():
             out.write("\n")
-        if delivery[0].state.get("created"):
+        if delivery[0].created:
             out.write(f"started a conversation with {printable(self['to'])}\n")
         for line in delivery[0].summary(names):
             out.write(line + "\n")

@@ -382,6 +382,7 @@ class GroupRoutes:
         delivery = report.as_json()
         delivery["fragments"] = fragments
         delivery["progress"] = {str(p): n for p, n in report.progress.items()}
+        delivery["transmitted"] = report.transmitted.called
         conversation = self._conversations.get(report.group_id)
         delivery["conversation"] = None if conversation is None else str(conversation)
         return delivery
@@ -393,9 +394,7 @@ class GroupRoutes:
         stop = report.follow(changed)
 
         def transmitted(result: object) -> object:
-            delivery = self._delivery(report, fragments)
-            delivery["transmitted"] = True
-            self._broadcast("delivery", delivery)
+            self._broadcast("delivery", self._delivery(report, fragments))
             if not report.pending:
                 stop()
             return result
