@@ -206,3 +206,33 @@ class GroupProcessTests(TestCase):
         )
         self.assertNotIn(new_epoch.signing_public, raw)
         self.assertNotIn(new_message.manifest, raw)
+
+
+class StoreStartupTests(TestCase):
+    def test_unusable_database_stops_the_start(self) -> None:
+        """
+        A ``node.db`` that is not a database stops ``twistd -n dspring``
+        before it listens: exit status 1, one ``dspring: error:`` line
+        naming the file, and the file left byte for byte as it was.
+        """
+        workdir = FilePath(self.mktemp())
+        data_dir = workdir.child("a").child("data")
+        data_dir.makedirs()
+        garbage = b"this is not an SQLite database\n" * 100
+        data_dir.child(DATABASE_NAME).setContent(garbage)
+        node = NodeProcess(workdir, "a")
+        self.addCleanup(node.stop)
+        assert node.proc.stdout is not None
+        output = node.proc.stdout.read()
+        self.assertEqual(node.proc.wait(timeout=60), 1, output)
+        errors = [line for line in output.splitlines() if line.startswith("dspring: error:")]
+        self.assertEqual(
+            errors,
+            [
+                f"dspring: error: {data_dir.child(DATABASE_NAME).path} is not an SQLite "
+                "database; it was left as it is"
+            ],
+        )
+        self.assertNotIn("ready at", output)
+        self.assertNotIn("Traceback", output)
+        self.assertEqual(data_dir.child(DATABASE_NAME).getContent(), garbage)
