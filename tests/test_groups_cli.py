@@ -29,6 +29,7 @@ from digitalspring.cli._display import (
 from digitalspring.cli._messages import BAR_WIDTH, _Delivery
 from digitalspring.control import ControlClient, ControlError
 from digitalspring.dht import DirectoryChain
+from digitalspring.directory import AddressBook
 from digitalspring.identity import Identity
 from digitalspring.node import Node, StartFailed
 from digitalspring.storage import DamagedDatabase, IStore, MemoryStore
@@ -280,8 +281,6 @@ class GroupRouteTests(TestCase):
         return node, ControlClient(_reactor(), data_dir)
 
     async def contacts(self) -> tuple[Node, ControlClient, Node, ControlClient]:
-        from digitalspring.directory import AddressBook
-
         a, client_a = await self._node("a")
         b, client_b = await self._node("b")
         assert a.groups is not None and b.groups is not None
@@ -340,10 +339,11 @@ class GroupRouteTests(TestCase):
     async def test_names_and_refusals(self) -> None:
         """
         A group is named by its ID or its petname; a petname a contact has
-        is refused, as is a group a contact's name stands for, sending to a
-        group this node does not own, and a relative file path.
+        is refused, as is a group a contact's name stands for, a name both
+        a group and a contact (named later) have, sending to a group this
+        node does not own, and a relative file path.
         """
-        _, client_a, _, client_b = await self.contacts()
+        a, client_a, _, client_b = await self.contacts()
         created = await client_a.call("group-create", {"name": "friends"})
         by_name = await client_a.call("group-show", {"group": "friends"})
         by_id = await client_a.call("group-show", {"group": created["group"]})
@@ -357,10 +357,18 @@ class GroupRouteTests(TestCase):
         with self.assertRaises(ControlError) as caught:
             await client_a.call("group-show", {"group": "bob"})
         self.assertIn("is a contact, not a group", str(caught.exception))
+        assert a.groups is not None
+        AddressBook.in_data_dir(a.groups._book.path.parent()).add(
+            Identity.generate().peer_id, "tcp:127.0.0.1:9", "Friends"
+        )
         with self.assertRaises(ControlError) as caught:
-            await client_a.call("send", {"to": "friends", "path": "relative.txt"})
+            await client_a.call("send", {"to": "friends", "text": "hi"})
+        self.assertIn("names both a group and a contact", str(caught.exception))
+        await client_a.call("send", {"to": created["group"], "text": "by ID it goes"})
+        with self.assertRaises(ControlError) as caught:
+            await client_a.call("send", {"to": created["group"], "path": "relative.txt"})
         self.assertIn("absolute path", str(caught.exception))
-        await client_a.call("group-add", {"group": "friends", "peer": "bob"})
+        await client_a.call("group-add", {"group": created["group"], "peer": "bob"})
         for _ in range(200):
             groups = (await client_b.call("group-list"))["groups"]
             if groups:

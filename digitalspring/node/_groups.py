@@ -63,6 +63,13 @@ class NoGroups(DigitalSpringError):
     """
 
 
+class AmbiguousName(BadRequest):
+    """
+    The name is both a group's and a contact's: rename one, or give the
+    group's ID or the peer's.
+    """
+
+
 def _direct_setting(peer: PeerID) -> str:
     return f"direct:{peer}"
 
@@ -183,9 +190,16 @@ class GroupRoutes:
             for g in await service.group_list()
             if g.petname is not None and g.petname.lower() == text.lower()
         ]
+        contact = text.lower() in (name.lower() for name in self._contact_names().values())
+        if found and contact:
+            # A contact named later: the user must say which.
+            raise AmbiguousName(
+                f"{text!r} names both a group and a contact: rename one "
+                "('dspring group name' or 'dspring contacts name'), or give the group's ID"
+            )
         if found:
             return found[0]
-        if text.lower() in (name.lower() for name in self._contact_names().values()):
+        if contact:
             raise BadRequest(f"{text!r} is a contact, not a group")
         raise BadRequest(f"no group is named {text!r} (see 'dspring group list')")
 
@@ -296,6 +310,8 @@ class GroupRoutes:
             raise BadRequest("to is a group's ID or name, or a contact")
         try:
             return await self._group(text), None
+        except AmbiguousName:
+            raise
         except BadRequest as not_group:
             try:
                 peer = self._book.find(text)
