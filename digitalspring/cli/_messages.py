@@ -207,13 +207,14 @@ class FollowOptions(CommandOptions):
         "made safe (no directories, and a number added rather than overwrite a file). "
         "Stops when the node stops, or with Ctrl-C."
     )
-    optParameters = [["lines", "n", 10, "Print the last COUNT messages first."]]
+    optParameters = [["lines", "n", 10, "Print the last COUNT messages first (0 to 1000)."]]
 
     def parseArgs(self, to: str | None = None) -> None:
         self["to"] = to
 
     def postOptions(self) -> None:
-        _number(self, "lines")
+        if _number(self, "lines") > 1000:
+            raise usage.UsageError("--lines takes a number from 0 to 1000")
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         async def following(reactor: Any) -> None:
