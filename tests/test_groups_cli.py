@@ -384,3 +384,43 @@ class GroupRouteTests(TestCase):
         self.assertEqual(named["petname"], "alices")
         shown = await client_b.call("group-show", {"group": "alices"})
         self.assertEqual(json.dumps(shown["neighbours"]), "[]")
+
+    async def test_consent(self) -> None:
+        """
+        An invitation from a peer who is not a contact waits in
+        ``invitations`` (its proposed name as sent) until ``accept`` with
+        the start of the group's ID joins it; ``block`` and ``unblock``
+        answer with the peer.
+        """
+        from twisted.internet.task import deferLater
+
+        a, client_a = await self._node("a")
+        b, client_b = await self._node("b")
+        assert a.groups is not None
+        AddressBook.in_data_dir(a.groups._book.path.parent()).add(
+            b.peer_id, b.addresses()[0], "bob"
+        )
+        created = await client_a.call("group-create", {"name": "club"})
+        await client_a.call("group-add", {"group": "club", "peer": "bob"})
+        for _ in range(200):
+            waiting = (await client_b.call("invitations"))["invitations"]
+            if waiting:
+                break
+            await deferLater(_reactor(), 0.05, lambda: None)
+        [invitation] = waiting
+        self.assertEqual(
+            (invitation["from"], invitation["group"], invitation["name"]),
+            (str(a.peer_id), created["group"], "club"),
+        )
+        self.assertEqual((await client_b.call("group-list"))["groups"], [])
+        with self.assertRaises(ControlError):
+            await client_b.call("accept", {"group": "0" * 64})
+        joined = await client_b.call("accept", {"group": created["group"][:8]})
+        self.assertEqual(joined["group"], created["group"])
+        [group] = (await client_b.call("group-list"))["groups"]
+        self.assertEqual((group["group"], group["role"]), (created["group"], "member"))
+        self.assertEqual((await client_b.call("invitations"))["invitations"], [])
+        blocked = await client_b.call("block", {"peer": str(a.peer_id)})
+        self.assertEqual(blocked["peer"], str(a.peer_id))
+        unblocked = await client_b.call("unblock", {"peer": str(a.peer_id)})
+        self.assertEqual(unblocked["peer"], str(a.peer_id))
