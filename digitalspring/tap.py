@@ -50,6 +50,7 @@ from .node._options import (
 from .node._startup import StartupReport
 from .storage import IStore, open_sqlite_store, storage_key
 from .transport import (
+    BOOTSTRAP_WARNING,
     ITransport,
     ListenDescription,
     TransportContext,
@@ -158,6 +159,13 @@ class Options(usage.Options):
             None,
             "The tor program to launch (default: tor on PATH).",
         ],
+        [
+            "tor-bootstrap-warning",
+            None,
+            BOOTSTRAP_WARNING,
+            "Seconds after which a tor that has not bootstrapped gets one warning in the "
+            "log, quoting what tor complains of (the start fails at 180).",
+        ],
     ]
     optFlags = [
         [
@@ -242,6 +250,8 @@ class Options(usage.Options):
             raise usage.UsageError("--passphrase-fd takes an open file descriptor, 0 or more")
         if _number(self, "idle-timeout", float) <= 0:
             raise usage.UsageError("--idle-timeout takes a number of seconds above 0")
+        if _number(self, "tor-bootstrap-warning", float) <= 0:
+            raise usage.UsageError("--tor-bootstrap-warning takes a number of seconds above 0")
         if _number(self, "dht-difficulty", int) < 0:
             raise usage.UsageError("--dht-difficulty takes a number of bits, 0 or more")
         if not self["listen"]:
@@ -324,6 +334,7 @@ def _transport_options(name: str, options: Options) -> dict[str, Any]:
             "torrc": options["tor-option"],
             "tor_binary": options["tor-binary"],
             "onion_only": options["onion-only"],
+            "bootstrap_warning": options["tor-bootstrap-warning"],
         }
         if options["tor-control-password-file"]:
             password = read_passphrase_file(options["tor-control-password-file"])

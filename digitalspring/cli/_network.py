@@ -286,6 +286,22 @@ def _counts(counts: dict[str, int]) -> str:
     return f"{sum(counts.values())} ({parts})" if parts else "0"
 
 
+def _bootstrap_lines(name: str, report: dict[str, Any]) -> list[str]:
+    """
+    ``tor:         bootstrapping, 14% (Handshaking with a relay)``, and
+    what tor complains of on a line of its own.
+    """
+    if report["progress"] is None:
+        state = report["state"] if report["state"] == "ready" else "starting, no report yet"
+    else:
+        phase = report["summary"] or report["tag"]
+        state = f"{report['state']}, {report['progress']}% ({phase})"
+    lines = [f"{name + ':':<13}{state}"]
+    if report["complaint"] and report["state"] != "ready":
+        lines.append(f"{'':<13}{name} says: {report['complaint']}")
+    return lines
+
+
 class StatusOptions(CommandOptions):
     """
     ``dspring status``.
@@ -294,8 +310,9 @@ class StatusOptions(CommandOptions):
     synopsis = ""
     longdesc = (
         "Show the running node's peer ID, the addresses it publishes (what other peers "
-        "dial; on tcp they see this machine's IP address), what is wrong with them, its "
-        "connected peers, the connections "
+        "dial; on tcp they see this machine's IP address), what is wrong with them, how "
+        "far tor has bootstrapped (with what tor complains of), its connected peers, the "
+        "connections "
         "it refused (by reason) or trimmed and the secure channels that failed (by error), "
         "and the size of its DHT routing table with the peers in it."
     )
@@ -316,6 +333,9 @@ class StatusOptions(CommandOptions):
         out.write(f"addresses:   {published + '  (published)' if published else '(none)'}\n")
         for warning in status.get("warnings", []):
             out.write(f"warning:     {warning}\n")
+        for name, report in sorted(status.get("bootstrap", {}).items()):
+            for line in _bootstrap_lines(name, report):
+                out.write(line + "\n")
         network = status.get("network")
         if network is None:
             out.write(f"connections: {len(status['connections'])}\n")

@@ -61,6 +61,18 @@ class _Reachable(Protocol):
     def reached(self) -> Deferred[None]: ...
 
 
+@runtime_checkable
+class _Bootstrapping(Protocol):
+    """
+    A transport that joins a network of its own as it starts (tor), and
+    says how far it has come.
+    """
+
+    name: str
+
+    def bootstrap_status(self) -> dict[str, Any]: ...
+
+
 class Node(MultiService):
     """
     One peer: its identity, its transports and the services of every layer.
@@ -206,8 +218,10 @@ class Node(MultiService):
         """
         What the node is: its peer ID, addresses and connected peers, the
         counts of its connections (live, refused by reason, trimmed, failed
-        channels; see :meth:`ConnectionPool.status`), and its DHT's routing
-        table.
+        channels; see :meth:`ConnectionPool.status`), its DHT's routing
+        table, and how far each transport with a network of its own (tor)
+        has bootstrapped, by name (see
+        :meth:`~digitalspring.transport.TorTransport.bootstrap_status`).
         """
         return {
             "peer_id": str(self.peer_id),
@@ -216,6 +230,11 @@ class Node(MultiService):
             "connections": sorted(str(peer) for peer in self.pool.connections()),
             "network": self.pool.status(),
             "dht": None if self.dht is None else self.dht.status(),
+            "bootstrap": {
+                transport.name: transport.bootstrap_status()
+                for transport in self.transports.values()
+                if isinstance(transport, _Bootstrapping)
+            },
         }
 
     async def dht_lookup(self, peer_id: PeerID) -> dict[str, Any]:

@@ -27,7 +27,9 @@ from ..transport import (
     IOnionService,
     ITorControl,
     OnionServiceUnreachable,
+    TorBootstrap,
     TorStreamFailed,
+    TorUnavailable,
     onion_host,
 )
 from ..transport._torkey import new_seed
@@ -235,3 +237,18 @@ class TorControlContractMixin(_Base):
         with self.assertRaises(CannotListenError):
             await first.publish_onion(80, local_port, new_seed())
         await first.close()
+
+    async def test_bootstrap_phase(self) -> None:
+        """
+        A control of a tor that has bootstrapped reports it as tor does:
+        100 %, tag ``done``, no problem.  A closed control fails with
+        ``TorUnavailable``.
+        """
+        control = await self.make_control()
+        phase = await control.bootstrap_phase()
+        self.assertIsInstance(phase, TorBootstrap)
+        self.assertEqual((phase.progress, phase.tag, phase.warning), (100, "done", None))
+        self.assertTrue(phase.done)
+        await control.close()
+        with self.assertRaises(TorUnavailable):
+            await control.bootstrap_phase()

@@ -32,7 +32,9 @@ from ..transport import (
     IOnionService,
     ITorControl,
     OnionServiceUnreachable,
+    TorBootstrap,
     TorStreamFailed,
+    TorUnavailable,
     onion_host,
     parse_onion_address,
 )
@@ -152,6 +154,8 @@ class FakeTorControl:
     and connects to them directly over loopback TCP.
 
     :ivar closed: whether :meth:`close` was called.
+    :ivar bootstrap: what :meth:`bootstrap_phase` reports: a tor that has
+        bootstrapped, unless a test sets how far its tor has come.
     """
 
     def __init__(self, reactor: Any, network: FakeOnionNetwork) -> None:
@@ -159,6 +163,15 @@ class FakeTorControl:
         self._network = network
         self._published: list[FakeOnionService] = []
         self.closed = False
+        self.bootstrap = TorBootstrap(100, "done", "Done")
+
+    def bootstrap_phase(self) -> Deferred[TorBootstrap]:
+        """
+        See :meth:`ITorControl.bootstrap_phase`: :attr:`bootstrap`.
+        """
+        if self.closed:
+            return fail(TorUnavailable("the tor control connection is closed"))
+        return succeed(self.bootstrap)
 
     def publish_onion(self, virtual_port: int, local_port: int, seed: bytes) -> Deferred[Any]:
         """

@@ -32,6 +32,7 @@ from ._tor import (
     TorTransport,
     TorTransportPlugin,
 )
+from ._torbootstrap import BOOTSTRAP_WARNING, TorBootstrap, TorBootstrapWatch
 from ._torcontrol import TxtorconControl, attach_tor, launch_tor
 from ._torerrors import (
     OnionServiceUnreachable,
@@ -43,6 +44,7 @@ from ._torerrors import (
 from ._torkey import onion_host, parse_onion_address
 
 __all__ = [
+    "BOOTSTRAP_WARNING",
     "IOnionService",
     "ITorControl",
     "ITransport",
@@ -63,6 +65,8 @@ __all__ = [
     "SimulatedClock",
     "TCPTransport",
     "TCPTransportPlugin",
+    "TorBootstrap",
+    "TorBootstrapWatch",
     "TorClientAddress",
     "TorNotFound",
     "TorStreamFailed",

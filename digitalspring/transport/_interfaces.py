@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     )
 
     from ._plugins import TransportContext
+    from ._torbootstrap import TorBootstrap
 
 
 class ITransport(Interface):
@@ -158,6 +159,19 @@ class ITorControl(Interface):
         and with another ``ConnectError`` otherwise.  Connections it makes
         end with Twisted's usual reasons (``ConnectionDone``,
         ``ConnectionLost``, ``ConnectionAborted``).
+        """
+
+    def bootstrap_phase() -> Deferred[TorBootstrap]:
+        """
+        How far tor has bootstrapped, in its own words
+        (``GETINFO status/bootstrap-phase``).
+
+        :returns: a ``Deferred`` that fires with a
+            :class:`~digitalspring.transport.TorBootstrap`: 100 % (tag
+            ``done``) once tor can build circuits, and with tor's
+            ``warning`` while it has a problem.
+        :raises TorUnavailable: (through the Deferred) once the control is
+            closed.
         """
 
     def close() -> Deferred[None]:

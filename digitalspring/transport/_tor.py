@@ -39,6 +39,7 @@ from zope.interface import implementer
 from ._address import parse_port
 from ._interfaces import IOnionService, ITorControl, ITransport, ITransportPlugin
 from ._plugins import InvalidAddress, TransportConfigError, TransportContext, TransportError
+from ._torbootstrap import BOOTSTRAP_WARNING, TorBootstrapWatch
 from ._torcontrol import RESERVED_TORRC_KEYS, attach_tor, launch_tor
 from ._torerrors import OnionServiceUnreachable, TorStreamTimeout
 from ._torkey import load_or_create_seed, new_seed, onion_host, parse_onion_address
@@ -240,6 +241,8 @@ class TorTransport(Service):
     :param retries: how many times to dial an onion service again when tor
         found no descriptor for it or could not introduce us.
     :param retry_delay: seconds between those attempts.
+    :param bootstrap: what ``reach_tor`` follows tor's bootstrap with, for
+        :meth:`bootstrap_status`; by default one nothing feeds.
     :param connect_timeout: seconds before :meth:`connect` gives up, with
         :class:`TorStreamTimeout` (a ``TimeoutError``), whatever it waits
         for: tor itself, the onion service, or the next attempt.  Tor's own
@@ -258,8 +261,10 @@ class TorTransport(Service):
         retries: int = 2,
         retry_delay: float = 1.0,
         connect_timeout: float = 60.0,
+        bootstrap: TorBootstrapWatch | None = None,
     ) -> None:
         self._reactor = reactor
+        self.bootstrap = TorBootstrapWatch(reactor) if bootstrap is None else bootstrap
         self._connect_timeout = connect_timeout
         self._retries = retries
         self._retry_delay = retry_delay
@@ -324,6 +329,13 @@ class TorTransport(Service):
         use tor waits for before it says it has started.
         """
         return self._tor().addCallback(lambda control: None)
+
+    def bootstrap_status(self) -> dict[str, Any]:
+        """
+        How far tor has come, for ``dspring status``: see
+        :meth:`TorBootstrapWatch.as_json`.
+        """
+        return self.bootstrap.as_json(reached=self._control is not None)
 
     def stopService(self) -> Deferred[None]:
         """
@@ -511,6 +523,9 @@ class TorTransportPlugin:
     - ``torrc``: extra ``Key Value`` lines for a launched tor's torrc;
     - ``onion_only``: refuse a control endpoint that is not on this machine;
     - ``timeout``: seconds for tor to start and bootstrap (default 180);
+    - ``bootstrap_warning``: seconds after which a tor that has not
+      bootstrapped gets one warning in the log, quoting tor's complaint
+      (default 120);
     - ``connect_timeout``: seconds before a connection attempt fails with
       ``TimeoutError`` (default 60).
     """
@@ -527,6 +542,10 @@ class TorTransportPlugin:
         timeout = options.get("timeout", 180.0)
         if not isinstance(timeout, int | float) or timeout <= 0:
             raise TransportConfigError(f"bad tor timeout {timeout!r}")
+        warning = options.get("bootstrap_warning", BOOTSTRAP_WARNING)
+        if not isinstance(warning, int | float) or warning <= 0:
+            raise TransportConfigError(f"bad tor bootstrap_warning {warning!r}")
+        watch = TorBootstrapWatch(reactor, float(warning))
         connect_timeout = options.get("connect_timeout", 60.0)
         if not isinstance(connect_timeout, int | float) or connect_timeout <= 0:
             raise TransportConfigError(f"bad tor connect_timeout {connect_timeout!r}")
@@ -553,7 +572,7 @@ class TorTransportPlugin:
 
             def reach() -> Deferred[ITorControl]:
                 return Deferred.fromCoroutine(
-                    attach_tor(reactor, endpoint, control, password, float(timeout))
+                    attach_tor(reactor, endpoint, control, password, float(timeout), watch)
                 )
 
         else:
@@ -574,7 +593,10 @@ class TorTransportPlugin:
                         tor_binary=binary,
                         torrc_options=torrc,
                         timeout=float(timeout),
+                        watch=watch,
                     )
                 )
 
-        return TorTransport(reactor, reach, tor_dir, connect_timeout=float(connect_timeout))
+        return TorTransport(
+            reactor, reach, tor_dir, connect_timeout=float(connect_timeout), bootstrap=watch
+        )

@@ -10,7 +10,6 @@ rest of our code (and its tests' fake) depends on our interface only.
 from __future__ import annotations
 
 import os
-import re
 import shutil
 from collections.abc import Sequence
 from contextlib import suppress
@@ -41,6 +40,7 @@ from txtorcon.socks import SocksError
 from zope.interface import implementer
 
 from ._interfaces import IOnionService, ITorControl
+from ._torbootstrap import TorBootstrap, TorBootstrapWatch
 from ._torerrors import (
     OnionServiceUnreachable,
     TorNotFound,
@@ -57,8 +57,6 @@ from ._toronion import (
     add_onion_command,
     service_id,
 )
-
-_PROGRESS = re.compile(r"\bPROGRESS=(\d+)")
 
 #: Seconds a dial waits on a rendezvous whose introduction was
 #: acknowledged before closing it: a live service joins in a few seconds
@@ -425,6 +423,7 @@ async def launch_tor(
     tor_binary: str | None = None,
     torrc_options: Sequence[str] = (),
     timeout: float = 180.0,
+    watch: TorBootstrapWatch | None = None,
 ) -> TxtorconControl:
     """
     Start a tor of our own with its data below ``tor_dir``, connect to its
@@ -432,6 +431,8 @@ async def launch_tor(
 
     :param torrc_options: extra configuration lines, ``Key Value``.
     :param timeout: seconds for it to open its control port and bootstrap.
+    :param watch: follows the bootstrap (logs it, warns when it is slow,
+        keeps its state); by default one with the default warning.
     :raises TorNotFound: when there is no tor to run.
     :raises TorUnavailable: when it exits or does not bootstrap in time; the
         message ends with its log.
@@ -465,7 +466,8 @@ async def launch_tor(
     launched = LaunchedTor(reactor, watcher, process.pid, log_path)
     Logger().info("launched {binary} (PID {pid}) with its data in {dir}",
                   binary=binary, pid=launched.pid, dir=data.path)
-    deadline = reactor.seconds() + timeout
+    started = reactor.seconds()
+    deadline = started + timeout
     try:
         while not port_file.exists() or not port_file.getContent().endswith(b"\n"):
             _check_alive(launched, reactor, deadline, "its control port")
@@ -477,7 +479,11 @@ async def launch_tor(
         try:
             # Tor exits when this connection closes, whatever happens to us.
             await tor.protocol.queue_command("TAKEOWNERSHIP")
-            await control.wait_bootstrapped(deadline)
+            await (watch or TorBootstrapWatch(reactor)).wait(
+                control, started, deadline,
+                check_alive=lambda: _check_alive(launched, reactor, None, "the bootstrap"),
+                tor_log=launched.log_tail,
+            )
             await control.find_socks_port()
         except BaseException:
             await control.close()
@@ -488,12 +494,13 @@ async def launch_tor(
     return control
 
 
-def _check_alive(launched: LaunchedTor, reactor: Any, deadline: float, what: str) -> None:
+def _check_alive(launched: LaunchedTor, reactor: Any, deadline: float | None,
+                 what: str) -> None:
     if not launched.running:
         raise TorUnavailable(
             f"tor exited while the node waited for {what}; its log:\n" + launched.log_tail()
         )
-    if reactor.seconds() > deadline:
+    if deadline is not None and reactor.seconds() > deadline:
         raise TorUnavailable(
             f"timed out waiting for {what} of tor (PID {launched.pid}); its log:\n"
             + launched.log_tail()
@@ -506,23 +513,27 @@ async def attach_tor(
     description: str,
     password: str | None = None,
     timeout: float = 180.0,
+    watch: TorBootstrapWatch | None = None,
 ) -> TxtorconControl:
     """
     Connect to a running tor's control port, authenticate (with tor's
     cookie file, or ``password``) and wait for its 100 % bootstrap.
 
     :param description: how the user named the endpoint, for messages.
+    :param watch: follows the bootstrap; by default one with the default
+        warning.
     :raises TorUnavailable: when it cannot be reached, refuses us, or does
         not bootstrap in time.
     """
     password_function = None if password is None else (lambda: password)
+    started = reactor.seconds()
     try:
         tor = await txtorcon.connect(reactor, endpoint, password_function=password_function)
     except Exception as e:
         raise TorUnavailable(f"cannot use the tor control port {description}: {e}") from None
     control = TxtorconControl(reactor, tor, None)
     try:
-        await control.wait_bootstrapped(reactor.seconds() + timeout)
+        await (watch or TorBootstrapWatch(reactor)).wait(control, started, started + timeout)
         await control.find_socks_port()
     except BaseException:
         await control.close()
@@ -561,13 +572,18 @@ class TxtorconControl:
         self._published: list[_Onion] = []
         self._socks: IStreamClientEndpoint | None = None
 
-    async def bootstrap_progress(self) -> int:
+    def bootstrap_phase(self) -> Deferred[TorBootstrap]:
         """
-        How far (percent) tor has bootstrapped.
+        See :meth:`ITorControl.bootstrap_phase`.
         """
-        info = await self._tor.protocol.get_info("status/bootstrap-phase")
-        match = _PROGRESS.search(str(info.get("status/bootstrap-phase", "")))
-        return int(match.group(1)) if match else 0
+        if self._closed:
+            return fail(TorUnavailable("the tor control connection is closed"))
+
+        async def ask() -> TorBootstrap:
+            info = await self._tor.protocol.get_info("status/bootstrap-phase")
+            return TorBootstrap.parse(str(info.get("status/bootstrap-phase", "")))
+
+        return Deferred.fromCoroutine(ask())
 
     async def find_socks_port(self) -> IStreamClientEndpoint:
         """
@@ -585,27 +601,6 @@ class TxtorconControl:
             if self._socks is None:
                 self._socks = await self._tor._default_socks_endpoint()
         return self._socks
-
-    async def wait_bootstrapped(self, deadline: float) -> None:
-        """
-        Return once tor has bootstrapped to 100 %.
-
-        :raises TorUnavailable: if it has not by ``deadline`` (reactor
-            seconds), or a launched tor exited.
-        """
-        last = -1
-        while True:
-            progress = await self.bootstrap_progress()
-            if progress != last:
-                self.log.info("tor bootstrapped {progress}%", progress=progress)
-                last = progress
-            if progress >= 100:
-                return
-            if self.launched is not None:
-                _check_alive(self.launched, self._reactor, deadline, "the bootstrap")
-            elif self._reactor.seconds() > deadline:
-                raise TorUnavailable(f"tor did not bootstrap in time (at {progress}%)")
-            await deferLater(self._reactor, 0.2, lambda: None)
 
     def publish_onion(self, virtual_port: int, local_port: int, seed: bytes) -> Deferred[Any]:
         """
