@@ -162,9 +162,9 @@ class TorBootstrapWatch:
     :param clock: the reactor's ``IReactorTime``.
     :param warning_after: seconds before the warning.
     :ivar state: tor's latest report, or ``None`` before its first.
-    :ivar complaint: what tor complains of: from its latest report, or
-        once the warning was given, the one the warning quoted (from tor's
-        log when its report names none); ``None`` otherwise.
+    :ivar complaint: what tor complains of in its latest report; once
+        the warning was given with a line of a launched tor's log (its
+        report naming no problem), that line; ``None`` otherwise.
     :ivar warned: whether the warning was logged.
     """
 
@@ -185,6 +185,7 @@ class TorBootstrapWatch:
         *,
         check_alive: Callable[[], None] = _alive,
         tor_log: Callable[[], str] | None = None,
+        log_path: str | None = None,
     ) -> None:
         """
         Return once tor has bootstrapped.
@@ -195,7 +196,9 @@ class TorBootstrapWatch:
         :param check_alive: raises :class:`TorUnavailable` if the tor the
             node launched has exited.
         :param tor_log: the end of a launched tor's log, quoted when tor's
-            report names no problem, and added to the timeout's message.
+            report names no problem.
+        :param log_path: where a launched tor's log is, named in the
+            timeout's message (which stays one line).
         :raises TorUnavailable: at the deadline, with how far tor came and
             its complaint, or when tor goes away.
         """
@@ -211,8 +214,11 @@ class TorBootstrapWatch:
                     f"lost tor's control connection while tor bootstrapped: {e}"
                 ) from None
             self.state = state
-            if not self.warned:
-                self.complaint = state.complaint()
+            complaint = state.complaint()
+            if complaint is not None or not self.warned:
+                # Once warned with a line of tor's log, that line stays
+                # until tor's report names a problem itself.
+                self.complaint = complaint
             if (state.progress, state.tag) != last:
                 last = (state.progress, state.tag)
                 self.log.info("tor bootstrapped {progress}", progress=state.describe())
@@ -221,7 +227,9 @@ class TorBootstrapWatch:
             check_alive()
             now = self._clock.seconds()
             if now > deadline:
-                raise TorUnavailable(self._timeout_message(state, now - started, tor_log))
+                raise TorUnavailable(
+                    self._timeout_message(state, now - started, tor_log, log_path)
+                )
             if not self.warned and now - started >= self.warning_after:
                 self._warn(state, now - started, tor_log)
             await deferLater(self._clock, POLL_INTERVAL, lambda: None)
@@ -243,14 +251,14 @@ class TorBootstrapWatch:
         )
 
     def _timeout_message(self, state: TorBootstrap, elapsed: float,
-                         tor_log: Callable[[], str] | None) -> str:
+                         tor_log: Callable[[], str] | None, log_path: str | None) -> str:
         complaint = self._quote(state, tor_log)
         message = (
             f"tor did not bootstrap in {elapsed:.0f} s: it stopped at {state.describe()}; "
             f"tor says: {complaint or 'nothing about a problem'}"
         )
-        if tor_log is not None:
-            message += "; its log:\n" + tor_log()
+        if log_path is not None:
+            message += f" (tor's log: {log_path})"
         return message
 
     def as_json(self, reached: bool) -> dict[str, Any]:

@@ -483,6 +483,7 @@ async def launch_tor(
                 control, started, deadline,
                 check_alive=lambda: _check_alive(launched, reactor, None, "the bootstrap"),
                 tor_log=launched.log_tail,
+                log_path=launched.log_path,
             )
             await control.find_socks_port()
         except BaseException:
