@@ -90,6 +90,8 @@ class Node(MultiService):
     :ivar lock: the lock of its data directory, or ``None``.
     :ivar store: its store once open, or ``None``.
     :ivar multicast: its groups, once the store is open, or ``None``.
+    :ivar groups: the control routes of its groups (with a control API and
+        a store), or ``None``.
     :ivar warnings: what the node found wrong once listening, in words a
         user reads: an address that only this machine can reach.
     """
