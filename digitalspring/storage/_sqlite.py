@@ -1049,7 +1049,8 @@ def _group(row: tuple[Any, ...]) -> Group:
 
 def _outbox_row(peer: PeerID, kind: str, created: float, group_id: bytes | None) -> bytes:
     about = () if group_id is None else (group_id,)
-    return row_identity("outbox", "payload", peer.public_key, kind, repr(created), *about)
+    # The column is REAL: bind the float SQLite gives back, whatever was given.
+    return row_identity("outbox", "payload", peer.public_key, kind, repr(float(created)), *about)
 
 
 def _invitation_row(peer: bytes, group_id: bytes) -> bytes:

@@ -686,6 +686,18 @@ class StoreConformanceMixin(_Base):
         self.assertEqual(await store.outbox_peers(), frozenset({ALICE}))
 
     @_deferred
+    async def test_outbox_whole_second(self) -> None:
+        """
+        An entry made at a whole second (an ``int``, as the group service's
+        clock gives) reads back as it was written: a store that keeps time
+        as a float must not change what the sealed payload is bound to.
+        """
+        store = await self._store()
+        await store.commit(Enqueue(ALICE, "invitation", b"p", 1796106752, GROUP_ID))
+        [entry] = await store.outbox(ALICE)
+        self.assertEqual((entry.payload, entry.created), (b"p", 1796106752.0))
+
+    @_deferred
     async def test_outbox_by_group_and_kind(self) -> None:
         """
         Entries about a group are found by peer, kind and group, in order,
