@@ -8,7 +8,6 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.error import ConnectionDone
 from twisted.protocols import amp
 from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
@@ -23,6 +22,7 @@ from digitalspring.channel import (
     PeerUnreachable,
     Ping,
 )
+from digitalspring.channel._pool import DUPLICATE_GRACE
 from digitalspring.directory import IPeerDirectory, UnknownPeer
 from digitalspring.identity import Identity, PeerID
 from digitalspring.transport import MemoryNetwork, SimulatedClock
@@ -175,11 +175,12 @@ class PoolTests(SynchronousTestCase):
         )
         del a, b
 
-    def test_call_survives_simultaneous_dial(self) -> None:
+    def test_duplicate_drains(self) -> None:
         """
         A request sent on the connection that the simultaneous-dial rule
-        then closes is answered on the connection kept: ``call`` sends it
-        again there, where ``callRemote`` on the closed one fails.
+        drops is still answered on it; the pool gives the kept connection to
+        new callers at once, and closes the dropped one after
+        ``DUPLICATE_GRACE`` seconds.
         """
         net = Network(latency=0.05)
         alice, bob = net.node("alice", b"1" * 32), net.node("bob", b"2" * 32)
@@ -195,8 +196,29 @@ class PoolTests(SynchronousTestCase):
         direct = dropped.callRemote(Ping, data=b"direct")
         through_pool = alice.call(bob.identity.peer_id, Ping, data=b"pool")
         self.assertEqual(net.result(Deferred.fromCoroutine(through_pool)), {"data": b"pool"})
-        self.assertIsNot(alice.connections()[bob.identity.peer_id], dropped)
-        self.assertRaises(ConnectionDone, net.result, direct)
+        self.assertEqual(net.result(direct), {"data": b"direct"})
+        kept = alice.connections()[bob.identity.peer_id]
+        self.assertIsNot(kept, dropped)
+        lost: list[object] = []
+        dropped.transport.wrappedProtocol.connectionLost = lost.append  # type: ignore[union-attr]
+        net.clock.advance(DUPLICATE_GRACE - 1)
+        self.assertEqual(lost, [])
+        net.clock.advance(2)
+        self.assertEqual(len(lost), 1)
+        self.assertIs(alice.connections()[bob.identity.peer_id], kept)
+
+    def test_call_sends_again_when_its_connection_is_lost(self) -> None:
+        """
+        A request whose connection is lost under it (here: closed by the
+        peer at once) is sent once more, on a new connection.
+        """
+        net = Network(latency=0.05)
+        alice, bob = net.node("alice"), net.node("bob")
+        first = net.result(alice.connect(bob.identity.peer_id))
+        call = Deferred.fromCoroutine(alice.call(bob.identity.peer_id, Ping, data=b"again"))
+        first.transport.loseConnection()  # type: ignore[union-attr]
+        self.assertEqual(net.result(call), {"data": b"again"})
+        self.assertIsNot(alice.connections()[bob.identity.peer_id], first)
 
     def test_idle_close(self) -> None:
         """

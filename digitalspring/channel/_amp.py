@@ -253,10 +253,12 @@ class PeerConnection(amp.AMP, TimeoutMixin):
             if call is not None and call.active():
                 call.cancel()
         self._box_timer = self._parse_call = None
+        # The pool forgets this connection before the requests still waiting
+        # on it fail, so that a caller that sends again is given another.
+        self.pool._connection_lost(self, reason)
         # Not AMP.connectionLost, which logs at info level (see makeConnection).
         amp.BinaryBoxProtocol.connectionLost(self, reason)
         self.transport = None
-        self.pool._connection_lost(self, reason)
 
     def _active(self) -> None:
         self.last_active = self.pool.clock.seconds()

@@ -40,6 +40,11 @@ REFUSED_AFTER_HANDSHAKE = {
 }
 
 
+#: Seconds a connection dropped by the simultaneous-dial rule keeps answering
+#: before it closes: a few round trips, on Tor too.
+DUPLICATE_GRACE = 10.0
+
+
 class PeerUnreachable(DigitalSpringError):
     """
     The peer could not be reached at any of its addresses.
@@ -130,6 +135,9 @@ class ConnectionPool(Service):
         # One info line per connection, but a flood of them stays bounded.
         self._connected_log = RateLimitedLog(self.log, clock, burst=50, per_second=1.0)
         self._connected_at: dict[PeerID, float] = {}
+        #: Connections closed by the simultaneous-dial rule, still answering
+        #: what was sent on them, and when they close.
+        self._draining: dict[PeerConnection, Any] = {}
         self._connections: dict[PeerID, PeerConnection] = {}
         self._waiting: dict[PeerID, list[Deferred[PeerConnection]]] = {}
         self._dialling: set[PeerID] = set()
@@ -311,7 +319,7 @@ class ConnectionPool(Service):
                 who="we" if keep.initiator else "they",
             )
             self._connections[peer_id] = keep
-            drop.transport.loseConnection()  # type: ignore[union-attr]
+            self._drain(drop)
         else:
             self._connections[peer_id] = connection
         if self._connections[peer_id] is connection:
@@ -385,7 +393,24 @@ class ConnectionPool(Service):
         we_are_smaller = self.identity.peer_id.public_key < a.peer_id.public_key
         return a if a.initiator == we_are_smaller else b
 
+    def _drain(self, connection: PeerConnection) -> None:
+        """
+        Stop using ``connection``, one of two with the same peer, and close
+        it :data:`DUPLICATE_GRACE` seconds later.  Until then it still
+        answers: the peer, which may not have seen the other connection open
+        yet, may still send requests on it (and answers to ours may still be
+        on their way), and both would be lost if it closed at once.
+        """
+        if connection not in self._draining:
+            self._draining[connection] = self.clock.callLater(
+                DUPLICATE_GRACE,
+                connection.transport.loseConnection,  # type: ignore[union-attr]
+            )
+
     def _connection_lost(self, connection: PeerConnection, reason: Failure) -> None:
+        closing = self._draining.pop(connection, None)
+        if closing is not None and closing.active():
+            closing.cancel()
         peer_id = connection.peer_id
         if self._connections.get(peer_id) is connection:
             del self._connections[peer_id]
