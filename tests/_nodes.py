@@ -35,10 +35,16 @@ class NodeProcess:
     A ``twistd -n dspring`` process with an unencrypted identity, listening
     on a free TCP port of an address of its own (:func:`loopback_address`),
     and dialling from that address.
+
+    :param host: the address to take again (a node restarted where its
+        peers know it); a new one by default.
+    :param port: the port to listen on; a free one by default.
     """
 
-    def __init__(self, workdir: FilePath[str], name: str, *extra: str) -> None:
-        self.host = loopback_address()
+    def __init__(
+        self, workdir: FilePath[str], name: str, *extra: str, host: str = "", port: int = 0
+    ) -> None:
+        self.host = host or loopback_address()
         self.dir = workdir.child(name)
         self.dir.makedirs(ignoreExistingDirectory=True)
         self.data_dir = self.dir.child("data")
@@ -56,7 +62,7 @@ class NodeProcess:
                 self.data_dir.path,
                 "--no-passphrase",
                 "--listen",
-                f"tcp:0:interface={self.host}",
+                f"tcp:{port}:interface={self.host}",
                 "--source-address",
                 self.host,
                 *extra,

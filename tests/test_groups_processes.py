@@ -20,6 +20,7 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import TestCase
 
 from digitalspring.identity import load_identity
+from digitalspring.multicast._context import decode_stored
 from digitalspring.storage import DATABASE_NAME, NotStored, open_sqlite_store, storage_key
 
 from ._nodes import NodeProcess
@@ -236,3 +237,176 @@ class StoreStartupTests(TestCase):
         self.assertNotIn("ready at", output)
         self.assertNotIn("Traceback", output)
         self.assertEqual(data_dir.child(DATABASE_NAME).getContent(), garbage)
+
+
+#: Messages in the burst, and the size of each: several fragments each,
+#: so that a kill can fall between two fragments of one message.
+BURST = 60
+BURST_SIZE = 150_000
+
+#: Sends the burst through the owner's control API as fast as the owner
+#: commits it, then watches the owner's count of what the member has not
+#: committed and SIGKILLs the member once it acknowledged a few messages
+#: and before it acknowledged all: argv is the owner's data dir, the
+#: group, the member's peer ID and process ID, and the directory of the
+#: files sent (the control API takes a text of 64 KiB at most).
+_BURST_DRIVER = f"""
+import os, signal, sys
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
+from digitalspring.control import ControlClient
+
+async def main(reactor):
+    data_dir, group, member, pid, files = sys.argv[1:]
+    client = ControlClient(reactor, FilePath(data_dir))
+    for i in range({BURST}):
+        path = os.path.join(files, "burst-%04d" % i)
+        await client.call("send", {{"to": group, "path": path}})
+    while True:
+        shown = await client.call("group-show", {{"group": group}})
+        [entry] = [m for m in shown["members"] if m["peer"] == member]
+        if entry["undelivered"] <= {BURST} - 3:
+            os.kill(int(pid), signal.SIGKILL)
+            print("killed with", entry["undelivered"], "undelivered", flush=True)
+            return
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+def _burst_data(index: int) -> bytes:
+    return f"burst {index:04d} ".encode() + bytes([index]) * BURST_SIZE
+
+
+class KilledMemberTests(TestCase):
+    timeout = 600
+
+    def setUp(self) -> None:
+        self.workdir = FilePath(self.mktemp())
+        self.workdir.makedirs()
+
+    def start(self, name: str, host: str = "", port: int = 0) -> NodeProcess:
+        node = NodeProcess(self.workdir, name, host=host, port=port)
+        self.addCleanup(node.stop)
+        node.wait_ready()
+        return node
+
+    async def test_sigkill_mid_burst(self) -> None:
+        """
+        A member's real node process (``twistd -n dspring``) killed with
+        SIGKILL while a burst of 60 messages of 150 kB (three fragments
+        each, sent as files) arrives from the owner over TCP: every message
+        the owner's store counts as committed by the member is in the
+        member's node.db after the kill, whole (byte for byte what was sent) and
+        complete, and the member's store holds no complete message that
+        is not whole; restarted where the owner knows it, the member gets
+        the rest from the owner, and ``dspring inbox`` shows all 60, each
+        once, in order.
+        """
+        a, b = self.start("a"), self.start("b")
+        _ok(a.dspring("contacts", "add", "--name", "bob", f"{b.peer_id}@{b.address}"))
+        _ok(b.dspring("contacts", "add", "--name", "alice", f"{a.peer_id}@{a.address}"))
+        created = _ok(a.dspring("group", "create", "burst"))
+        found = re.search(r"([0-9a-f]{64})", created)
+        assert found is not None, created
+        group = bytes.fromhex(found.group(1))
+        _ok(a.dspring("group", "add", "burst", "bob"))
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            shown = json.loads(_ok(a.dspring("group", "show", "--json", "burst")))
+            if [m["status"] for m in shown["members"]] == ["active"]:
+                break
+            time.sleep(0.1)
+        else:
+            self.fail(f"bob never took the invitation: {shown}")
+
+        files = self.workdir.child("files")
+        files.makedirs()
+        for index in range(BURST):
+            files.child(f"burst-{index:04d}").setContent(_burst_data(index))
+        driver = subprocess.run(
+            [
+                sys.executable,
+                "-c",
+                _BURST_DRIVER,
+                a.data_dir.path,
+                "burst",
+                b.peer_id,
+                str(b.proc.pid),
+                files.path,
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        self.assertEqual(driver.returncode, 0, driver.stdout + driver.stderr)
+        self.assertEqual(b.proc.wait(timeout=30), -9)
+        b.stop()
+        # The owner stops too, so that its store can be read; an
+        # acknowledgement it took but had not committed counts as pending.
+        a.stop()
+
+        from twisted.internet import reactor
+
+        owner = await open_sqlite_store(
+            reactor, a.data_dir, storage_key(load_identity(a.data_dir, None))
+        )
+        try:
+            member = next(p for p in await owner.members(group) if str(p.peer) == b.peer_id)
+            pending = set(await owner.undelivered(group, member.peer))
+            sent = [(m.epoch, m.index) for m in await owner.history(group, None, 1000)]
+        finally:
+            await owner.close()
+        self.assertEqual(len(sent), BURST)
+        acknowledged = [key for key in sent if key not in pending]
+        self.assertGreaterEqual(len(acknowledged), 3, driver.stdout)
+        # The kill fell in the middle of the burst.
+        self.assertTrue(pending, driver.stdout)
+
+        kept = await self.read_member(b, group)
+        self.assertLessEqual(set(acknowledged), set(kept))
+        for (epoch, index), data in kept.items():
+            self.assertEqual(data, _burst_data(index), f"message {epoch}.{index} is not whole")
+
+        a = self.start("a", a.host, int(a.address.rsplit(":", 1)[1]))
+        b = self.start("b", b.host, int(b.address.rsplit(":", 1)[1]))
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            shown = json.loads(_ok(a.dspring("group", "show", "--json", "burst")))
+            if shown["members"][0]["undelivered"] == 0:
+                break
+            time.sleep(0.2)
+        else:
+            self.fail(f"bob never caught up: {shown}")
+        inbox = json.loads(_ok(b.dspring("inbox", "--json", "-n", "1000", group.hex())))
+        self.assertEqual(
+            [(m["index"], m["size"]) for m in inbox["messages"]],
+            [(i, len(_burst_data(i))) for i in range(BURST)],
+        )
+        a.stop()
+        b.stop()
+        kept = await self.read_member(b, group)
+        self.assertEqual(kept, {key: _burst_data(key[1]) for key in sent}, "after the catch-up")
+
+    async def read_member(self, node: NodeProcess, group: bytes) -> dict[tuple[int, int], bytes]:
+        """
+        The complete messages of ``group`` in ``node``'s store (opened
+        with its integrity checked), their data by (epoch, index); a partial
+        message is left to the owner's catch-up.
+        """
+        from twisted.internet import reactor
+
+        store = await open_sqlite_store(
+            reactor, node.data_dir, storage_key(load_identity(node.data_dir, None))
+        )
+        try:
+            kept = {}
+            for message in await store.history(group, None, 1000):
+                self.assertEqual(message.state, "complete")
+                assert message.content is not None
+                content = decode_stored(message.content, int(message.sent_at or 0))
+                kept[message.epoch, message.index] = content.data
+            return kept
+        finally:
+            await store.close()
