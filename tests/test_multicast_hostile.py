@@ -28,6 +28,7 @@ from digitalspring.multicast._epoch import (
     next_epoch,
 )
 from digitalspring.multicast._manifest import NO_PREVIOUS, decode_manifest, sign_manifest
+from digitalspring.multicast._membership import MembershipNotProven
 from digitalspring.multicast._message import SealedMessage, seal
 from digitalspring.multicast._notices import (
     GroupInvitation,
@@ -36,7 +37,7 @@ from digitalspring.multicast._notices import (
     encode_new_epoch,
 )
 from digitalspring.multicast._unicast import FragmentRefused, UnicastFragment
-from digitalspring.storage import Epoch
+from digitalspring.storage import Epoch, MemoryStore, StoreLimits
 from digitalspring.testing import GroupNetwork
 
 
@@ -46,10 +47,11 @@ class _Attack:
     ``c`` (the target), with ``c``'s subscription.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, c_limits: StoreLimits | None = None) -> None:
         self.net = GroupNetwork({"unicast": UnicastStrategyPlugin()})
         net = self.net
-        self.owner, self.b, self.c = net.node("owner"), net.node("b"), net.node("c")
+        self.owner, self.b = net.node("owner"), net.node("b")
+        self.c = net.node("c", MemoryStore(c_limits))
         self.group_id = net.group(self.owner, self.b, self.c, strategy="unicast")
         self.got: list[ReceivedMessage] = net.subscribe(self.c, self.group_id)
 
@@ -206,6 +208,77 @@ class BadMessageTests(SynchronousTestCase):
         self.assertEqual(attack.send(sealed[0]), {"new": True})
         self.assertEqual([m.data for m in attack.got], [b"zero", b"one", b"two"])
         attack.c_holds_nothing_more(self, 3)
+
+
+class SenderBoundTests(SynchronousTestCase):
+    def test_receive_quota_per_sender(self) -> None:
+        """
+        Each sender has a receive quota, charged to the message's sender
+        (the group's owner, who signed it) whoever forwards its fragments:
+        a member sending another member the first fragment of more
+        two-fragment messages than the target's
+        ``partial_messages_per_peer`` (2 here) gets the one past it
+        refused, and the target holds 2 partial messages charged to the
+        owner.  Another sender (the member, owner of a group of its own)
+        still gets a two-fragment message through, and the owner's own
+        delivery completes all three, since a completed message no longer
+        counts.
+        """
+        attack = _Attack(StoreLimits(partial_messages_per_peer=2))
+        net, owner, b, c = attack.net, attack.owner, attack.b, attack.c
+        sealed = attack.publish_unseen(*(str(i) * 70_000 for i in range(3)))
+        self.assertEqual({len(s.fragments) for s in sealed}, {2})
+        self.assertEqual(attack.send(sealed[0]), {"new": True})
+        self.assertEqual(attack.send(sealed[1]), {"new": True})
+        with self.assertRaises(FragmentRefused):
+            attack.send(sealed[2])
+        partial = net.result(c.store.partial_messages(attack.group_id))
+        self.assertEqual(
+            [(m.index, m.from_peer) for m in partial], [(0, owner.local), (1, owner.local)]
+        )
+        self.assertEqual(attack.got, [])
+
+        other = net.group(b, c, strategy="unicast")
+        report = net.result(b.publish(other, "b" * 70_000))
+        net.result(report.settled())
+        [got] = net.result(c.history(other))
+        self.assertEqual(got.data, b"b" * 70_000)
+
+        net.run(60)
+        self.assertEqual(
+            [m.data for m in attack.got], [str(i).encode() * 70_000 for i in range(3)]
+        )
+        attack.c_holds_nothing_more(self, 3)
+
+    def test_blocked_peer_refused_everything(self) -> None:
+        """
+        ``block`` refuses everything from a peer, not only its
+        invitations: a member that blocks its group's owner gets none of
+        the owner's messages (the owner's report keeps it pending) and
+        keeps its group when the owner removes it; a member it blocks
+        cannot prove membership to it.  Unblocked, the owner's message
+        arrives, so the block was all that stopped it.
+        """
+        attack = _Attack()
+        net, owner, b, c, group_id = attack.net, attack.owner, attack.b, attack.c, attack.group_id
+        net.result(c.block(owner.local))
+        net.result(c.block(b.local))
+        report = net.result(owner.publish(group_id, "blocked"))
+        net.run(60)
+        attack.c_holds_nothing_more(self, 0)
+        self.assertEqual(report.pending, frozenset([c.local]))
+        with self.assertRaises(MembershipNotProven):
+            net.result(b.proven_connection(group_id, c.local))
+
+        net.result(c.unblock(owner.local))
+        net.run(60)
+        self.assertEqual([m.data for m in attack.got], [b"blocked"])
+        self.assertEqual(report.pending, frozenset())
+
+        net.result(c.block(owner.local))
+        net.result(owner.remove_member(group_id, c.local))
+        net.run(60)
+        self.assertEqual(net.result(c.store.group(group_id)).state, "active")
 
 
 class PosingAsOwnerTests(SynchronousTestCase):
