@@ -87,6 +87,12 @@ class _Fin:
 _FIN = _Fin()
 _Item = bytes | _Fin
 
+#: What an empty queue of chunks holds: a deque takes about 600 bytes even
+#: empty, and a simulation has a few per connection, nearly all empty.  A
+#: queue gets a deque of its own when something is put in it, and lets it
+#: go when it empties; nothing is ever added to this one.
+_NO_ITEMS: deque[_Item] = deque(maxlen=0)
+
 
 @implementer(IAddress)
 @frozen
@@ -165,18 +171,20 @@ class _Queue:
 
     def __init__(self, flow: _Flow) -> None:
         self.flow = flow
-        self.items: deque[_Item] = deque()
+        self.items = _NO_ITEMS
         self.offset = 0
         self.size = 0
         self.scheduled = False
 
     def put(self, item: _Item) -> None:
+        if self.items is _NO_ITEMS:
+            self.items = deque()
         self.items.append(item)
         if item is not _FIN:
             self.size += len(item)  # type: ignore[arg-type]
 
     def clear(self) -> None:
-        self.items.clear()
+        self.items = _NO_ITEMS
         self.offset = 0
         self.size = 0
 
@@ -188,7 +196,10 @@ class _Queue:
         if not items:
             return None
         if items[0] is _FIN:
-            return items.popleft()
+            fin = items.popleft()
+            if not items:
+                self.items = _NO_ITEMS
+            return fin
         room = self.room()
         if room is not None:
             if room <= 0:
@@ -211,6 +222,8 @@ class _Queue:
             taken += available
             if most is not None and taken == most:
                 break
+        if not items:
+            self.items = _NO_ITEMS
         self.size -= taken
         self.taken(taken)
         return pieces[0] if len(pieces) == 1 else b"".join(pieces)
@@ -270,7 +283,7 @@ class _Flow:
         self.receiver: MemoryConnection | None = None
         self.send = _SendQueue(self)
         self.receive = _ReceiveQueue(self)
-        self.in_flight: deque[_Item] = deque()
+        self.in_flight = _NO_ITEMS
         self.last_arrival = 0.0
         # Bytes that left the sender's queue and have not reached the
         # receiving protocol: what the receive window bounds.
@@ -281,7 +294,7 @@ class _Flow:
         self.dead = True
         self.send.clear()
         self.receive.clear()
-        self.in_flight.clear()
+        self.in_flight = _NO_ITEMS
 
     def depart(self, item: _Item) -> None:
         if self.dead:
@@ -295,6 +308,8 @@ class _Flow:
         if arrival < self.last_arrival:
             arrival = self.last_arrival
         self.last_arrival = arrival
+        if self.in_flight is _NO_ITEMS:
+            self.in_flight = deque()
         self.in_flight.append(item)
         network.clock.callLater(
             arrival - now, network._land, self.source, self.target, self.arrive
@@ -308,7 +323,10 @@ class _Flow:
         # event fires, bytes stay in order.
         if self.dead or not self.in_flight:
             return
-        self.receive.put(self.in_flight.popleft())
+        item = self.in_flight.popleft()
+        if not self.in_flight:
+            self.in_flight = _NO_ITEMS
+        self.receive.put(item)
         self.target.download.activate(self.receive)
 
     def deliver(self, item: _Item) -> None:
@@ -762,7 +780,7 @@ class MemoryConnection:
         self._write_closed = False
         self._read_closed = False
         self._reading_paused = False
-        self._inbox: deque[_Item] = deque()
+        self._inbox = _NO_ITEMS
         self._flush_scheduled = False
         self.producer: Any = None
         self._streaming = False
@@ -791,7 +809,7 @@ class MemoryConnection:
         self.lost = True
         self.connected = False
         self._read_closed = True
-        self._inbox.clear()
+        self._inbox = _NO_ITEMS
         self.incoming.kill()
         self.host.connections.discard(self)
         producer, self.producer = self.producer, None
@@ -836,6 +854,8 @@ class MemoryConnection:
         if self.lost or self._read_closed:
             return
         if self._reading_paused or not self.connected or self._inbox:
+            if self._inbox is _NO_ITEMS:
+                self._inbox = deque()
             self._inbox.append(item)
             return
         self._consume(item)
@@ -855,6 +875,8 @@ class MemoryConnection:
         inbox = self._inbox
         while inbox and not self._reading_paused and not self.lost:
             self._consume(inbox.popleft())
+        if not inbox and self._inbox is inbox:
+            self._inbox = _NO_ITEMS
 
     def _fin_received(self) -> None:
         if self.lost:
