@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from twisted.internet.defer import Deferred
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -36,6 +37,7 @@ from digitalspring.multicast._notices import (
     decode_invitation,
     make_acknowledgement,
 )
+from digitalspring.storage import Change, CommitReceived, MemoryStore
 from digitalspring.testing import GroupNetwork
 
 
@@ -473,6 +475,27 @@ class NoticeTests(SynchronousTestCase):
                 )
             )
 
+    def test_report_counts_only_committed(self) -> None:
+        """
+        The owner's report counts a member only once that member has
+        committed the message: with every fragment at ``c`` but ``c``'s
+        commit held, ``c`` stays pending while ``b`` counts; once ``c``'s
+        commit is done, its acknowledgement counts it.
+        """
+        net = network()
+        held = _HeldStore()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c", held)
+        group_id = net.group(owner, b, c, strategy="unicast")
+        report = net.result(owner.publish(group_id, "x"))
+        net.run(5)
+        self.assertEqual(len(held.held), 1)
+        self.assertEqual(report.committed, frozenset([b.local]))
+        self.assertEqual(report.pending, frozenset([c.local]))
+        held.held.pop().callback(None)
+        net.run(5)
+        self.assertEqual(report.committed, frozenset([b.local, c.local]))
+        self.assertEqual(report.pending, frozenset())
+
     def test_member_claiming_owner_refused(self) -> None:
         """
         A member that sends another member a removal or new keys for the
@@ -492,6 +515,24 @@ class NoticeTests(SynchronousTestCase):
         """
         with self.assertRaises(MalformedNotice):
             decode_invitation(b"\0" * 40)
+
+
+class _HeldStore(MemoryStore):
+    """
+    A member's store whose commits of received messages wait in
+    :attr:`held` until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.held: list[Deferred[None]] = []
+
+    def commit(self, *changes: Change) -> Deferred[None]:
+        if not any(isinstance(change, CommitReceived) for change in changes):
+            return super().commit(*changes)
+        waiting: Deferred[None] = Deferred()
+        self.held.append(waiting)
+        return waiting.addCallback(lambda ignored: MemoryStore.commit(self, *changes))
 
 
 class IdleTests(SynchronousTestCase):
