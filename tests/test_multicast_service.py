@@ -25,6 +25,7 @@ from digitalspring.multicast import (
     NotOwner,
     UnicastStrategyPlugin,
     UnknownStrategy,
+    _epoch,
     make_proof,
 )
 from digitalspring.multicast._commands import GroupNotice, NoticeRefused, ProveMembership
@@ -192,6 +193,60 @@ class EpochTests(SynchronousTestCase):
         self.assertEqual([m.data for m in net.result(owner.history(group_id))], [b"while away"])
         self.assertEqual(report.pending, frozenset())
         self.assertEqual([e.kind for e in net.result(owner.store.outbox(c.local))], ["remove"])
+
+    def test_age_and_count_end_the_epoch_at_next_send(self) -> None:
+        """
+        Over the service, an epoch ends at the first send after it is 7
+        days old, and at the first send after it holds the most messages
+        (3 here, for the test): the member gets each next epoch's keys
+        with the close statement of the old one and reads every message.
+        An epoch that sends nothing is not ended while it idles.
+        """
+        self.patch(_epoch, "EPOCH_MAX_MESSAGES", 3)
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.group(owner, b, strategy="unicast")
+        net.result(net.result(owner.publish(group_id, "first")).settled())
+        for _ in range(7 * 24):
+            net.run(3600)
+        self.assertEqual(net.result(owner.store.epoch(group_id)).epoch, 0)
+        report = net.result(owner.publish(group_id, "a week later"))
+        net.result(report.settled())
+        self.assertEqual((report.epoch, report.index), (1, 0))
+        self.assertEqual(net.result(b.store.epoch(group_id, 0)).close.last_index, 0)
+        for text in ("two", "three"):
+            net.result(net.result(owner.publish(group_id, text)).settled())
+        report = net.result(owner.publish(group_id, "fourth of epoch 1"))
+        net.result(report.settled())
+        self.assertEqual((report.epoch, report.index), (2, 0))
+        self.assertEqual(net.result(b.store.epoch(group_id, 1)).close.last_index, 2)
+        self.assertEqual(
+            [m.data for m in net.result(b.history(group_id))],
+            [b"first", b"a week later", b"two", b"three", b"fourth of epoch 1"],
+        )
+
+    def test_delete_group(self) -> None:
+        """
+        An owner deleting a group keeps nothing of it and tells its
+        members, who mark it removed and forget its keys; a member deleting
+        a group leaves it first, so its owner removes it and starts a new
+        epoch for the others.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        net.result(c.delete_group(group_id))
+        net.run(5)
+        self.assertEqual(net.result(c.store.groups()), [])
+        members = {m.peer: m.status for m in net.result(owner.store.members(group_id))}
+        self.assertEqual(members[c.local], "removed")
+        self.assertEqual(net.result(owner.store.epoch(group_id)).epoch, 1)
+
+        net.result(owner.delete_group(group_id))
+        net.run(5)
+        self.assertEqual(net.result(owner.store.groups()), [])
+        self.assertEqual(net.result(b.store.group(group_id)).state, "removed")
+        self.assertIsNone(net.result(b.store.epoch(group_id)).access_key)
 
     def test_leave(self) -> None:
         """
