@@ -81,6 +81,50 @@ class OwnerOperationTests(SynchronousTestCase):
         self.assertEqual({m["status"] for m in shown["members"]}, {"active"})
         self.assertEqual(net.result(a.show(group_id))["neighbours"], [str(b.local)])
 
+    def test_member_knows_neighbours_not_the_group(self) -> None:
+        """
+        A member knows its neighbours and whom it meets, not the whole
+        group: in a group of 10 members of degree 3, each member's store
+        holds no member list and 3 neighbours, and ``show`` at a member
+        gives those alone; the owner alone holds the 10 members.
+        """
+        net = network()
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(10)]
+        group_id = net.result(owner.create_group("g", "unicast", 3))
+        for member in members:
+            net.result(owner.add_member(group_id, member.local))
+        net.run(30)
+        self.assertEqual(len(net.result(owner.store.members(group_id))), 10)
+        everyone = {m.local for m in members}
+        for member in members:
+            self.assertEqual(net.result(member.store.members(group_id)), [])
+            neighbours = net.result(member.store.neighbours(group_id))
+            self.assertEqual(len(neighbours), 3)
+            self.assertLess(neighbours, everyone - {member.local})
+            shown = net.result(member.show(group_id))
+            self.assertNotIn("members", shown)
+            self.assertEqual(shown["neighbours"], sorted(str(p) for p in neighbours))
+
+    def test_padded_to_a_bucket_on_the_wire(self) -> None:
+        """
+        Contents are padded to size buckets: texts of 1 and 40 bytes, and
+        of 1,000,000 and 1,010,000 bytes, make manifests with the same
+        padded size and fragments of the same sizes, so a forwarder
+        learns a bucket, not a length.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.group(owner, b, strategy="unicast")
+
+        def on_the_wire(text: str) -> tuple[int, list[int]]:
+            report = net.result(owner.publish(group_id, text))
+            sealed = net.result(owner.sealed_message(group_id, report.epoch, report.index))
+            return sealed.manifest.padded_size, [len(f) for f in sealed.fragments]
+
+        self.assertEqual(on_the_wire("x"), on_the_wire("x" * 40))
+        self.assertEqual(on_the_wire("x" * 1_000_000), on_the_wire("x" * 1_010_000))
+
     def test_unknown_strategy(self) -> None:
         """
         Creating a group with a strategy nobody installed fails, naming the
