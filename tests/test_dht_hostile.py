@@ -579,6 +579,28 @@ class StoreWorkTests(SynchronousTestCase):
         )
         self.assertGreater(min(per_source.values()), 0)
 
+    def test_store_rates_forget_full_buckets(self) -> None:
+        """
+        A bucket that has filled up again is forgotten (it is the same as a
+        new one): after 1,000 peers from 1,000 addresses stored once each
+        and a quiet minute, a steady store a second keeps the limiter's
+        maps at a handful of buckets instead of a thousand, and a peer
+        refused for an empty bucket is still refused.
+        """
+        clock = SimulatedClock()
+        limiter = StoreLimiter(clock, StoreRates())
+        for n in range(1000):
+            limiter.admit(f"peer {n}", f"tcp:10.{n // 256}.{n % 256}.1")
+        clock.advance(60)
+        for _ in range(1000):
+            limiter.admit("steady", "tcp:10.9.9.9")
+            clock.advance(1)
+        self.assertLessEqual(len(limiter._peers._buckets), 3)
+        self.assertLessEqual(len(limiter._sources._buckets), 3)
+        for _ in range(StoreRates().peer.burst):
+            self.assertIsNone(limiter.admit("greedy", "tcp:10.8.8.8"))
+        self.assertEqual(limiter.admit("greedy", "tcp:10.8.8.8"), "peer")
+
 
 class WorkPerTurn:
     """

@@ -71,10 +71,23 @@ class _Buckets:
         return self._tokens(name) >= 1.0
 
     def take(self, name: Hashable) -> None:
-        self._buckets[name] = (self._tokens(name) - 1.0, self._clock.seconds())
-        self._buckets.move_to_end(name)
-        if len(self._buckets) > REMEMBERED:
-            self._buckets.popitem(last=False)
+        buckets = self._buckets
+        now = self._clock.seconds()
+        buckets[name] = (self._tokens(name) - 1.0, now)
+        buckets.move_to_end(name)
+        if len(buckets) > REMEMBERED:
+            buckets.popitem(last=False)
+        # A bucket full again is the same as one never used: forget the
+        # least recently used while it is (two at most, so a take stays
+        # cheap), and the map holds only the names that took tokens in the
+        # last ``burst / per_second`` seconds, not REMEMBERED of them.
+        rate = self._rate
+        for _ in range(2):
+            oldest = next(iter(buckets))
+            tokens, updated = buckets[oldest]
+            if oldest == name or tokens + (now - updated) * rate.per_second < rate.burst:
+                break
+            del buckets[oldest]
 
     def _tokens(self, name: Hashable) -> float:
         rate = self._rate
