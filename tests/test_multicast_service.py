@@ -31,9 +31,11 @@ from digitalspring.multicast import (
 from digitalspring.multicast._commands import GroupNotice, NoticeRefused, ProveMembership
 from digitalspring.multicast._membership import Role
 from digitalspring.multicast._notices import (
+    ACK_MAC_SIZE,
     ACKNOWLEDGEMENT,
     MalformedNotice,
     acknowledgement_key,
+    acknowledgement_valid,
     decode_acknowledgement,
     decode_invitation,
     make_acknowledgement,
@@ -573,6 +575,35 @@ class NoticeTests(SynchronousTestCase):
                     payload=make_acknowledgement(other, group_id, 0, 0),
                 )
             )
+
+    def test_acknowledgement_tells_others_nothing(self) -> None:
+        """
+        An acknowledgement names the message and carries a MAC under a key
+        only the owner and the acknowledging member compute: it holds no
+        peer ID, two members' acknowledgements of one message differ only
+        in their MACs, and another member (as a forwarder would be) can
+        neither verify it under its own key nor tell whose it is, while
+        the owner verifies it under the key it shares with that member.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        key_b = acknowledgement_key(b.identity, owner.local, group_id)
+        key_c = acknowledgement_key(c.identity, owner.local, group_id)
+        ack_b = make_acknowledgement(key_b, group_id, 0, 7)
+        ack_c = make_acknowledgement(key_c, group_id, 0, 7)
+        self.assertEqual(len(ack_b), len(ack_c))
+        self.assertNotEqual(ack_b, ack_c)
+        self.assertEqual(ack_b[:-ACK_MAC_SIZE], ack_c[:-ACK_MAC_SIZE])
+        for peer in (owner, b, c):
+            self.assertNotIn(peer.local.public_key, ack_b + ack_c)
+        self.assertFalse(acknowledgement_valid(key_b, decode_acknowledgement(ack_c)))
+        self.assertTrue(
+            acknowledgement_valid(
+                acknowledgement_key(owner.identity, c.local, group_id),
+                decode_acknowledgement(ack_c),
+            )
+        )
 
     def test_report_counts_only_committed(self) -> None:
         """
