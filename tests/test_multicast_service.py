@@ -147,6 +147,32 @@ class OwnerOperationTests(SynchronousTestCase):
         with self.assertRaises(NotOwner):
             net.result(member.publish(group_id, "hello"))
 
+    def test_report_followed_as_it_progresses(self) -> None:
+        """
+        A delivery report can be followed: the follower sees fragments
+        go out to each member and each member counted as it commits, in
+        that order, until no one is pending; after ``stop`` it sees no
+        more.
+        """
+        net = network()
+        owner, b, c = net.node("owner"), net.node("b"), net.node("c")
+        group_id = net.group(owner, b, c, strategy="unicast")
+        report = net.result(owner.publish(group_id, "x" * 200_000))
+        seen: list[tuple[frozenset[Any], dict[Any, int]]] = []
+        report.follow(lambda r: seen.append((r.committed, dict(r.progress))))
+        net.result(report.settled())
+        self.assertEqual(seen[-1][0], frozenset([b.local, c.local]))
+        committed_counts = [len(committed) for committed, _ in seen]
+        self.assertEqual(committed_counts, sorted(committed_counts))
+        self.assertEqual(sorted(set(committed_counts)), [0, 1, 2])
+        self.assertTrue(any(progress for committed, progress in seen if not committed))
+        stopped: list[object] = []
+        report = net.result(owner.publish(group_id, "next"))
+        stop = report.follow(stopped.append)
+        stop()
+        net.result(report.settled())
+        self.assertEqual(stopped, [])
+
     def test_history(self) -> None:
         """
         The stored history gives the messages by index, at the member and
