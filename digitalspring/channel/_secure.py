@@ -319,6 +319,47 @@ class SecureChannelProtocol(Protocol):
 
     log = Logger()
 
+    # Slots: a node holds two of these per connection, and an instance
+    # dictionary of this many attributes takes about 2 KB.
+    __slots__ = (
+        "_clock",
+        "_deliver_call",
+        "_end_received",
+        "_flush_call",
+        "_frame_timer",
+        "_gate",
+        "_handshake",
+        "_inbox",
+        "_outbox",
+        "_outbox_length",
+        "_output_full",
+        "_pattern_code",
+        "_producer",
+        "_read_pauses",
+        "_reason",
+        "_receiving",
+        "_recv",
+        "_recv_bytes",
+        "_recv_frames",
+        "_send",
+        "_sent_bytes",
+        "_sent_frames",
+        "_settings",
+        "_stall_timer",
+        "_state",
+        "_timeout",
+        "_waiters",
+        "_wrote",
+        "disconnecting",
+        "expected_peer",
+        "factory",
+        "handshake_hash",
+        "initiator",
+        "pattern",
+        "peer_id",
+        "wrappedProtocol",
+    )
+
     def __init__(
         self,
         factory: SecureChannelFactory,
