@@ -18,6 +18,7 @@ from digitalspring.identity import Identity
 from digitalspring.multicast import (
     EpochKeys,
     GroupAccess,
+    GroupError,
     IStrategyContext,
     IStrategyRouter,
     MembershipNotProven,
@@ -172,6 +173,29 @@ class OwnerOperationTests(SynchronousTestCase):
         stop()
         net.result(report.settled())
         self.assertEqual(stopped, [])
+
+    def test_mailbox_role_recorded(self) -> None:
+        """
+        The ``mailbox`` role exists now: a mailbox added to a group is
+        listed with its role, is no recipient of messages (what it gets
+        comes with the offline issue), and holds nothing of the group,
+        neither key nor invitation; a role other than member or mailbox is
+        refused.
+        """
+        net = network()
+        owner, b, box = net.node("owner"), net.node("b"), net.node("box")
+        group_id = net.group(owner, b, strategy="unicast")
+        net.result(owner.add_member(group_id, box.local, "mailbox"))
+        report = net.result(owner.publish(group_id, "hi"))
+        net.result(report.settled())
+        self.assertEqual(report.committed, frozenset([b.local]))
+        shown = {m["peer"]: m["role"] for m in net.result(owner.show(group_id))["members"]}
+        self.assertEqual(shown, {str(b.local): "member", str(box.local): "mailbox"})
+        net.run(60)
+        self.assertEqual(net.result(box.store.groups()), [])
+        self.assertEqual(net.result(box.invitations()), [])
+        with self.assertRaises(GroupError):
+            net.result(owner.add_member(group_id, net.node("d").local, "admin"))
 
     def test_history(self) -> None:
         """
