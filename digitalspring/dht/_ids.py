@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+from functools import lru_cache
 
 from ..identity import PeerID
 
@@ -24,7 +25,17 @@ def node_id(peer_id: PeerID) -> int:
     The Kademlia node ID of a peer: BLAKE2b-256 of its public key, as an
     integer.
     """
-    return int.from_bytes(hashlib.blake2b(peer_id.public_key, digest_size=32).digest(), "big")
+    return _node_id_of_key(peer_id.public_key)
+
+
+#: Node IDs remembered: every contact decoded from an answer derives one,
+#: and a busy node meets the same few thousand peers again and again.
+NODE_IDS_REMEMBERED = 1 << 15
+
+
+@lru_cache(maxsize=NODE_IDS_REMEMBERED)
+def _node_id_of_key(public_key: bytes) -> int:
+    return int.from_bytes(hashlib.blake2b(public_key, digest_size=32).digest(), "big")
 
 
 def id_bytes(value: int) -> bytes:

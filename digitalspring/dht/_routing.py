@@ -206,11 +206,13 @@ class RoutingTable:
         The ``count`` (default ``k``) contacts closest to ``target``,
         closest first.
         """
-        return heapq.nsmallest(
-            self.k if count is None else count,
-            (entry.contact for entry in self._index.values()),
-            key=lambda contact: contact.node_id ^ target,
-        )
+        # By distance alone: node IDs differ, so distances do too, and
+        # integers compare without a key function.
+        by_distance = {
+            entry.contact.node_id ^ target: entry.contact for entry in self._index.values()
+        }
+        nearest = heapq.nsmallest(self.k if count is None else count, by_distance)
+        return [by_distance[distance] for distance in nearest]
 
     def bucket_for(self, target: int) -> Bucket:
         """

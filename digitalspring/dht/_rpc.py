@@ -19,6 +19,7 @@ A malformed entry ends the list: the entries before it are kept.
 
 from __future__ import annotations
 
+from functools import lru_cache
 from typing import Any
 
 from twisted.protocols import amp
@@ -47,19 +48,37 @@ class BadDHTRequest(DigitalSpringError):
     """
 
 
+#: Contacts remembered by the codec, each way: an answer to a lookup holds
+#: up to :data:`MAX_CONTACTS` contacts, mostly peers met before.  Decoding,
+#: a key's checks (canonical form, a point of the prime-order group) cost
+#: more than the rest; only keys that pass them are remembered.
+PEER_IDS_REMEMBERED = 1 << 15
+
+
 def encode_contacts(contacts: list[Contact] | tuple[Contact, ...]) -> bytes:
     """
     The wire form of a list of contacts (the first :data:`MAX_CONTACTS`).
     """
-    out = bytearray([min(len(contacts), MAX_CONTACTS)])
-    for contact in contacts[:MAX_CONTACTS]:
-        out += contact.peer_id.public_key
-        addresses = [a.encode("utf-8") for a in contact.addresses[:MAX_ADDRESSES]]
-        addresses = [a for a in addresses if len(a) <= MAX_ADDRESS]
-        out.append(len(addresses))
-        for address in addresses:
-            out.append(len(address))
-            out += address
+    chosen = contacts[:MAX_CONTACTS]
+    return b"".join(
+        [bytes([len(chosen)])]
+        + [_encode_contact(c.peer_id.public_key, c.addresses) for c in chosen]
+    )
+
+
+@lru_cache(maxsize=PEER_IDS_REMEMBERED)
+def _encode_contact(public_key: bytes, addresses: tuple[str, ...]) -> bytes:
+    """
+    One contact's wire form: remembered, as a node answers with the same
+    contacts again and again.
+    """
+    out = bytearray(public_key)
+    encoded = [a.encode("utf-8") for a in addresses[:MAX_ADDRESSES]]
+    encoded = [a for a in encoded if len(a) <= MAX_ADDRESS]
+    out.append(len(encoded))
+    for address in encoded:
+        out.append(len(address))
+        out += address
     return bytes(out)
 
 
@@ -90,12 +109,17 @@ def decode_contacts(data: bytes) -> list[Contact]:
                 addresses.append(raw.decode("utf-8"))
                 offset += 1 + size
             try:
-                contacts.append(Contact(PeerID(key), addresses))
+                contacts.append(Contact(_peer_id(key), addresses))
             except InvalidPeerID:
                 continue  # not a key any peer can have: skip the contact
     except (IndexError, UnicodeDecodeError):
         pass
     return contacts
+
+
+@lru_cache(maxsize=PEER_IDS_REMEMBERED)
+def _peer_id(key: bytes) -> PeerID:
+    return PeerID(key)
 
 
 class Contacts(amp.Argument):
