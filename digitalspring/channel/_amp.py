@@ -421,7 +421,7 @@ class PeerConnection(amp.AMP, TimeoutMixin):
         return super()._sendBoxCommand(command, box, requiresAnswer)  # type: ignore[no-any-return]
 
     def timeoutConnection(self) -> None:
-        self.log.debug("closing idle connection with {peer}", peer=str(self.peer_id))
+        self.log.debug("closing idle connection with {peer}", peer=self.peer_id)
         self.transport.loseConnection()  # type: ignore[union-attr]
 
     def locateResponder(self, name: bytes) -> Any:

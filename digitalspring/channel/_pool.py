@@ -315,7 +315,7 @@ class ConnectionPool(Service):
             drop = connection if keep is existing else existing
             self.log.debug(
                 "two connections with {peer}: keeping the one {who} dialled",
-                peer=str(peer_id),
+                peer=peer_id,
                 who="we" if keep.initiator else "they",
             )
             self._connections[peer_id] = keep
@@ -327,9 +327,11 @@ class ConnectionPool(Service):
             self._connected_log.info(
                 "connected",
                 "connected with {peer} ({direction}, {address})",
-                peer=str(peer_id),
+                # Formatted only if logged: most connections' lines are
+                # filtered out or held back, and a peer ID's text costs.
+                peer=peer_id,
                 direction="outbound" if connection.initiator else "inbound",
-                address=str(connection.transport.getPeer()),  # type: ignore[union-attr]
+                address=connection.transport.getPeer(),  # type: ignore[union-attr]
             )
         self._dialling.discard(peer_id)
         self._failures.pop(peer_id, None)
