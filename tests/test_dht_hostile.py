@@ -49,7 +49,7 @@ from digitalspring.dht import (
     node_id,
     sign_record,
 )
-from digitalspring.dht._origin import dialled_address, source_of
+from digitalspring.dht._origin import _TokenBuckets, dialled_address, source_of
 from digitalspring.dht._rates import StoreLimiter
 from digitalspring.identity import Identity
 from digitalspring.transport import MemoryAddress, MemoryNetwork, SimulatedClock, TCPTransport
@@ -600,6 +600,26 @@ class StoreWorkTests(SynchronousTestCase):
         for _ in range(StoreRates().peer.burst):
             self.assertIsNone(limiter.admit("greedy", "tcp:10.8.8.8"))
         self.assertEqual(limiter.admit("greedy", "tcp:10.8.8.8"), "peer")
+
+    def test_dialback_buckets_forget_full_ones(self) -> None:
+        """
+        The dial-back's buckets per source address forget the buckets that
+        have filled up again as the map grows, not only once it holds
+        ``max_sources``: after 1,000 addresses claimed once each and the
+        refill time, 30 new addresses leave fewer than 64 buckets, and an
+        address that spent its burst is still refused.
+        """
+        clock = SimulatedClock()
+        buckets = _TokenBuckets(clock, 4, 1 / 30, 10_000)
+        for n in range(1000):
+            self.assertTrue(buckets.take(f"10.0.{n // 256}.{n % 256}"))
+        clock.advance(121)
+        for n in range(30):
+            buckets.take(f"10.1.0.{n}")
+        self.assertLess(len(buckets._buckets), 64)
+        for _ in range(3):
+            self.assertTrue(buckets.take("10.1.0.0"))
+        self.assertFalse(buckets.take("10.1.0.0"))
 
 
 class WorkPerTurn:

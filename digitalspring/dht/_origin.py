@@ -145,6 +145,11 @@ class _Budget:
     updated: float
 
 
+#: The size of a token bucket map at which its full buckets are first
+#: swept out.
+_FIRST_SWEEP = 64
+
+
 class _TokenBuckets:
     """
     A token bucket per key, refilled at ``rate`` per second up to
@@ -158,11 +163,19 @@ class _TokenBuckets:
         self.rate = rate
         self.max_keys = max_keys
         self._buckets: dict[str, _Budget] = {}
+        # Full buckets are swept out whenever the map reaches this size,
+        # which then becomes twice what is left: the map stays within
+        # twice the keys that took a token in the last ``burst / rate``
+        # seconds, at a constant cost per take.
+        self._sweep_at = _FIRST_SWEEP
 
     def take(self, key: str) -> bool:
         now = self.clock.seconds()
         budget = self._buckets.get(key)
         if budget is None:
+            if len(self._buckets) >= self._sweep_at:
+                self._forget_full(now)
+                self._sweep_at = max(_FIRST_SWEEP, 2 * len(self._buckets))
             if len(self._buckets) >= self.max_keys:
                 self._forget_full(now)
                 if len(self._buckets) >= self.max_keys:
