@@ -113,6 +113,21 @@ class TokenBucketTests(SynchronousTestCase):
         self.assertEqual(len(buckets), 3)
         self.assertFalse(buckets.take("kept", 0.0), "a key in use was forgotten")
 
+    def test_full_buckets_forgotten(self) -> None:
+        """
+        A bucket that has filled up again is forgotten (it is the same as a
+        new one): after 1,000 keys once each and the refill time, a key
+        taking a token a second keeps the map at a few buckets, not 1,000,
+        and a key that spent its burst is still refused.
+        """
+        buckets = KeyedBuckets(rate=1.0, burst=5, size=4096)
+        for n in range(1000):
+            buckets.take(n, 0.0)
+        for second in range(10, 1010):
+            buckets.take("steady", float(second))
+        self.assertLessEqual(len(buckets), 3)
+        self.assertEqual(sum(buckets.take("greedy", 2000.0) for _ in range(10)), 5)
+
 
 class SourceKeyTests(SynchronousTestCase):
     """

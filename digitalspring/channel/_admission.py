@@ -126,7 +126,10 @@ class KeyedBuckets:
     A :class:`TokenBucket` per key, for at most ``size`` keys: the one seen
     least recently is forgotten first.  Forgetting a key gives it a full
     bucket again; to profit, an attacker needs ``size`` other keys in the
-    meantime, and the total bounds hold those back.
+    meantime, and the total bounds hold those back.  A bucket that has filled
+    up again is forgotten too, as soon as it is the least recently used: it
+    is the same as a new one, and the map then holds only the keys seen in
+    the last ``burst / rate`` seconds.
     """
 
     def __init__(self, rate: float, burst: float, size: int) -> None:
@@ -144,14 +147,28 @@ class KeyedBuckets:
 
         :returns: whether there was one.
         """
-        bucket = self._buckets.get(key)
+        buckets = self._buckets
+        bucket = buckets.get(key)
         if bucket is None:
-            bucket = self._buckets[key] = TokenBucket.full(self._rate, self._burst, now)
-            if len(self._buckets) > self._size:
-                self._buckets.popitem(last=False)
+            bucket = buckets[key] = TokenBucket.full(self._rate, self._burst, now)
+            if len(buckets) > self._size:
+                buckets.popitem(last=False)
         else:
-            self._buckets.move_to_end(key)
-        return bucket.take(now)
+            buckets.move_to_end(key)
+        taken = bucket.take(now)
+        # A bucket full again is the same as a forgotten one: forget the
+        # least recently used while they are (two at most per take), so
+        # that the map holds the keys seen in the last ``burst / rate``
+        # seconds, not ``size`` keys for good.
+        for _ in range(2):
+            oldest = next(iter(buckets))
+            if oldest == key:
+                break
+            old = buckets[oldest]
+            if old.tokens + (now - old.updated) * old.rate < old.burst:
+                break
+            del buckets[oldest]
+        return taken
 
 
 def source_key(address: IAddress | None) -> str | None:
