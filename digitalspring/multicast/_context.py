@@ -243,6 +243,8 @@ class GroupContext:
         except NotStored:
             raise FragmentRejected("the fragment's message was not accepted first") from None
         if stored.state == "complete":
+            if self.role == "member" and number == 0:
+                await self._service.acknowledge(self, manifest.epoch, manifest.index)
             return False
         if stored.manifest != _signed_body_match(stored.manifest, manifest):
             raise FragmentRejected("the fragment is of another manifest of its message")

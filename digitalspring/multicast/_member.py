@@ -139,6 +139,17 @@ class MemberSide(ServiceCore):
                 callback(message)
             except Exception:
                 self.log.failure("a subscriber failed")
+        await self.acknowledge(context, epoch, index)
+
+    async def acknowledge(self, context: GroupContext, epoch: int, index: int) -> None:
+        """
+        Tell the owner that message ``index`` of ``epoch`` is committed here
+        (through the outbox if the owner cannot be reached now).  Also sent
+        again when the owner sends a message already committed: the first
+        acknowledgement may have been lost with a node killed right after
+        its commit.
+        """
+        group_id = context.group_id
         key = acknowledgement_key(self.identity, context.owner, group_id)
         payload = make_acknowledgement(key, group_id, epoch, index)
         try:
