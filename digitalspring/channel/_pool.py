@@ -237,6 +237,35 @@ class ConnectionPool(Service):
             connection = await self.connect(peer_id, addresses)
             return await connection.callRemote(command, **arguments)
 
+    def dial(
+        self, peer_id: PeerID, address: str, pattern: str | None = None
+    ) -> Deferred[IAddress]:
+        """
+        Dial ``address`` expecting ``peer_id`` (Noise IK, or ``pattern``), on
+        a new connection even when one is live: what proves that the peer
+        listens there.  The connection joins the pool like any other (the
+        pool keeps one per peer).
+
+        :returns: a Deferred that fires with the other end's address once
+            the handshake proved the peer.
+        :raises PeerUnreachable: (through the Deferred) when this node has
+            no transport for the address.
+        """
+
+        async def dial() -> IAddress:
+            name, description = split_address(address)
+            transport = self.transports.get(name)
+            if transport is None:
+                raise PeerUnreachable(f"this node has no {name} transport")
+            factory = self.channel_factory.for_dialling(peer_id, pattern)
+            channel = await transport.connect(description, factory)
+            assert isinstance(channel, SecureChannelProtocol)
+            await channel.when_secured()
+            there: IAddress = channel.getPeer()
+            return there
+
+        return Deferred.fromCoroutine(dial())
+
     async def _refuse_self(self) -> PeerConnection:
         raise PeerUnreachable("a node does not connect to itself")
 

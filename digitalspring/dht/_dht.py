@@ -38,12 +38,11 @@ from twisted.python.filepath import FilePath
 from zope.interface import implementer
 
 from .._ratelimit import RateLimitedLog
-from ..channel import ConnectionPool, PeerConnection
 from ..identity import PeerID, atomic_write
 from ..transport import InvalidAddress, split_address
 from ._handoff import Handoff
 from ._ids import bucket_index, id_bytes, id_from_bytes, node_id, random_id_in_bucket
-from ._interfaces import IDistributedHashTable
+from ._interfaces import IDistributedHashTable, RequestConnection, RequestPool
 from ._join import Joined, JoinFailed, NotADHTNode, dial_expecting
 from ._lookup import Answer, Lookup, LookupResult
 from ._origin import (
@@ -195,7 +194,7 @@ class DHTResponder(amp.CommandLocator):
 
     log = Logger()
 
-    def __init__(self, dht: DHT, connection: PeerConnection) -> None:
+    def __init__(self, dht: DHT, connection: RequestConnection) -> None:
         self.dht = dht
         self.connection = connection
 
@@ -300,7 +299,7 @@ class DHTResponder(amp.CommandLocator):
         raise BadDHTRequest(f"no such kind of DHT value: {kind[:40]!r}")
 
 
-def _peer_address(connection: PeerConnection) -> IAddress | None:
+def _peer_address(connection: RequestConnection) -> IAddress | None:
     transport = connection.transport
     return None if transport is None else transport.getPeer()
 
@@ -329,7 +328,7 @@ class DHT(Service):
 
     def __init__(
         self,
-        pool: ConnectionPool,
+        pool: RequestPool,
         settings: DHTSettings | None = None,
         bootstrap: Iterable[Contact] = (),
         state_dir: FilePath[str] | None = None,
@@ -403,7 +402,7 @@ class DHT(Service):
         self._save_loop: LoopingCall | None = None
         pool.locators.append(self._locator)
 
-    def _locator(self, connection: PeerConnection) -> DHTResponder:
+    def _locator(self, connection: RequestConnection) -> DHTResponder:
         return DHTResponder(self, connection)
 
     # -- this node's addresses ---------------------------------------------------------
@@ -534,7 +533,7 @@ class DHT(Service):
 
     # -- whom the table holds, and where -------------------------------------------
 
-    def talked(self, connection: PeerConnection, claimed: tuple[str, ...]) -> None:
+    def talked(self, connection: RequestConnection, claimed: tuple[str, ...]) -> None:
         """
         A peer answered us or asked us something over ``connection``,
         claiming (or being said by others) to listen at ``claimed``.
@@ -597,26 +596,11 @@ class DHT(Service):
         self, peer_id: PeerID, address: str, pattern: str | None = None
     ) -> Deferred[IAddress]:
         """
-        Dial ``address`` expecting ``peer_id`` (Noise IK, or ``pattern``):
-        fires with the other end's address once the handshake proved the
-        peer.  The connection joins the pool like any other (the pool keeps
-        one per peer).
+        Dial ``address`` expecting ``peer_id`` (see
+        :meth:`~digitalspring.channel.ConnectionPool.dial`), within a
+        request's timeout.
         """
-        pool = self.pool
-
-        async def dial() -> IAddress:
-            name, description = split_address(address)
-            transport = pool.transports.get(name)
-            if transport is None:
-                raise DialBackFailed(f"this node has no {name} transport")
-            # The pool's dialling factory: the connection joins the pool.
-            factory = pool.channel_factory.for_dialling(peer_id, pattern)
-            channel: Any = await transport.connect(description, factory)
-            await channel.when_secured()
-            there: IAddress = channel.getPeer()
-            return there
-
-        d = Deferred.fromCoroutine(dial())
+        d = self.pool.dial(peer_id, address, pattern)
         d.addTimeout(self.settings.rpc_timeout, self.clock)
         return d
 

@@ -5,14 +5,17 @@ What the DHT offers the layers above it.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import Interface
 
 if TYPE_CHECKING:
     from twisted.internet.defer import Deferred
+    from twisted.internet.interfaces import IAddress
+    from twisted.protocols import amp
 
-    from ..identity import PeerID
+    from ..identity import Identity, PeerID
     from ._join import Joined
     from ._lookup import LookupResult
 
@@ -94,4 +97,70 @@ class IDistributedHashTable(Interface):
     def status() -> dict[str, object]:
         """
         Routing-table size, known peers and stored items, as JSON values.
+        """
+
+
+class RequestConnection(Protocol):
+    """
+    One connection with a peer, as the DHT sees it: a
+    :class:`~digitalspring.channel.PeerConnection` in a node.
+    """
+
+    @property
+    def peer_id(self) -> PeerID:
+        """
+        The peer, as the handshake proved it.
+        """
+
+    @property
+    def initiator(self) -> bool:
+        """
+        Whether this side dialled.
+        """
+
+    @property
+    def transport(self) -> Any:
+        """
+        The transport under it, whose ``getPeer()`` is where the other end
+        sits (``None`` once closed).
+        """
+
+
+class RequestPool(Protocol):
+    """
+    What the DHT needs of a connection pool: a
+    :class:`~digitalspring.channel.ConnectionPool` in a node, or a lighter
+    stand-in in large simulations (:mod:`digitalspring.dht._requestnet`).
+    """
+
+    identity: Identity
+    clock: Any
+    #: Transports by name; the DHT reads their ``published_addresses()``.
+    transports: Mapping[str, Any]
+    #: Callables that give each connection a layer's command locator.
+    locators: list[Callable[[Any], Any]]
+
+    def connections(self) -> Mapping[PeerID, RequestConnection]:
+        """
+        The live connection of every connected peer.
+        """
+
+    async def call(
+        self,
+        peer_id: PeerID,
+        command: type[amp.Command],
+        addresses: Sequence[str] | None = None,
+        **arguments: Any,
+    ) -> Any:
+        """
+        Send ``command`` to ``peer_id`` and wait for its answer, connecting
+        first if need be.
+        """
+
+    def dial(
+        self, peer_id: PeerID, address: str, pattern: str | None = None
+    ) -> Deferred[IAddress]:
+        """
+        Dial ``address`` expecting ``peer_id``: fires with the other end's
+        address once the handshake proved the peer.
         """
