@@ -441,6 +441,38 @@ class LatencyTests(_Fixture, SynchronousTestCase):
         self.assertAlmostEqual(server.arrivals[0][0] - start, 0.01)
         self.assertAlmostEqual(client.arrivals[0][0] - start, 0.2)
 
+    def test_connect_delay(self) -> None:
+        """
+        A connection set-up delay holds each attempt's first packet back by
+        what the function gives for its pair of hosts, called once per
+        attempt, on top of the latency; an attempt whose delay outlasts its
+        timeout times out.
+        """
+        asked: list[tuple[str, str]] = []
+        delays = {"b": 2.0, "c": 9.0}
+
+        def connect_delay(source: str, target: str) -> float:
+            asked.append((source, target))
+            return delays[target]
+
+        self.network(latency=0.05, connect_delay=connect_delay)
+        a = self.host("a")
+        self.host("b")
+        self.host("c")
+        client, server = self.pair(a, "b")
+        self.assertAlmostEqual(server.made_at, 2.05)
+        self.assertAlmostEqual(client.made_at, 2.10)
+        self.assertEqual(asked, [("a", "b")])
+        start = self.clock.seconds()
+        client.transport.write(b"ping")  # type: ignore[union-attr]
+        self.clock.run_until_idle()
+        self.assertAlmostEqual(server.arrivals[0][0] - start, 0.05)
+        d = self.connect(a, "c:80")
+        self.clock.run_until_idle()
+        self.failureResultOf(d, TimeoutError)  # type: ignore[attr-defined]
+        self.assertEqual(self.accepted["c"], [])
+        self.assertEqual(asked, [("a", "b"), ("a", "c")])
+
     def test_never_synchronous(self) -> None:
         """
         Even with no latency, nothing written arrives before the clock
@@ -521,6 +553,33 @@ class BandwidthTests(_Fixture, SynchronousTestCase):
         self.clock.run_until_idle()
         for server in (at_b1, at_b2):
             self.assertApproximates(server.time_when(200_000) - start, 4.01, 0.17)
+
+
+class TrafficTests(_Fixture, SynchronousTestCase):
+    """
+    Each host counts the bytes that left its uplink.
+    """
+
+    def test_bytes_sent_counted_as_they_leave(self) -> None:
+        """
+        Bytes count when they leave the sender's uplink, not when written:
+        after half a second on a 100 kB/s uplink three 16 KiB chunks of
+        100,000 bytes have left; what an abort then drops never counts.
+        The other direction counts at its own host.
+        """
+        self.network(latency=0.01)
+        a = self.host("a", upload_bps=800_000)
+        b = self.host("b")
+        client, server = self.pair(a, "b")
+        self.assertEqual((a.host.bytes_sent, b.host.bytes_sent), (0, 0))
+        server.transport.write(b"hello")  # type: ignore[union-attr]
+        client.transport.write(b"x" * 100_000)  # type: ignore[union-attr]
+        self.clock.advance(0.5)
+        self.assertEqual(a.host.bytes_sent, 3 * 16 * 1024)
+        self.assertEqual(b.host.bytes_sent, 5)
+        client.transport.abortConnection()  # type: ignore[union-attr]
+        self.clock.run_until_idle()
+        self.assertEqual(a.host.bytes_sent, 3 * 16 * 1024)
 
 
 class LossTests(_Fixture, SynchronousTestCase):

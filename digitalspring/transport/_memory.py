@@ -299,6 +299,8 @@ class _Flow:
     def depart(self, item: _Item) -> None:
         if self.dead:
             return
+        if item is not _FIN:
+            self.source.bytes_sent += len(item)  # type: ignore[arg-type]
         network = self.network
         now = network.clock.seconds()
         delay = network.latency(self.source.name, self.target.name)
@@ -353,10 +355,14 @@ class MemoryHost:
     :ivar online: whether it is connected to the network.
     :ivar gone: whether it left the network for good
         (:meth:`MemoryNetwork.remove_host`).
+    :ivar bytes_sent: the bytes that have left its uplink, on every
+        connection: what a benchmark counts as its traffic on the wire
+        (everything its protocols wrote, without TCP/IP headers).
     """
 
     __slots__ = (
         "_next_port",
+        "bytes_sent",
         "connections",
         "download",
         "download_bps",
@@ -388,6 +394,7 @@ class MemoryHost:
         self.gone = False
         self.refusing = False
         self.side = 0
+        self.bytes_sent = 0
         self._next_port = _FIRST_EPHEMERAL_PORT
 
     def allocate_port(self) -> int:
@@ -440,6 +447,7 @@ class MemoryNetwork:
         seed: int | str | bytes = 0,
         min_rto: float = 0.2,
         receive_window: int = 4 * 1024 * 1024,
+        connect_delay: float | Callable[[str, str], float] = 0.0,
     ) -> None:
         """
         :param clock: an ``IReactorTime``: a
@@ -454,6 +462,12 @@ class MemoryNetwork:
         :param min_rto: the shortest retransmission timeout; a loss costs
             ``max(min_rto, 2 * round-trip time)``.
         :param receive_window: see the class's ``receive_window``.
+        :param connect_delay: seconds a connection attempt waits before its
+            first packet leaves (on top of the latency), or a function of
+            the connecting and the listening host's names that gives it,
+            called once per attempt: the time an onion service takes to
+            build its circuits, say.  It counts against the attempt's
+            timeout.
         """
         self.clock = clock
         self.latency: Callable[[str, str], float] = (
@@ -465,6 +479,9 @@ class MemoryNetwork:
         self.random = random.Random(seed)  # noqa: S311 (a simulation, not crypto)
         self.min_rto = min_rto
         self.receive_window = receive_window
+        self.connect_delay: Callable[[str, str], float] = (
+            connect_delay if callable(connect_delay) else _constant(float(connect_delay))
+        )
         self.hosts: dict[str, MemoryHost] = {}
         self._stalled: list[tuple[MemoryHost, MemoryHost, Callable[..., object], tuple[Any, ...]]]
         self._stalled = []
@@ -643,7 +660,11 @@ class MemoryNetwork:
             return fail(DNSLookupError(f"no host {name!r} on this memory network"))
         attempt = _ConnectionAttempt(self, source, target, port, factory)
         attempt.timeout = self.clock.callLater(timeout, attempt.time_out)
-        self._send(source, target, attempt.syn_arrived)
+        delay = self.connect_delay(source.name, target.name)
+        if delay > 0:
+            self.clock.callLater(delay, self._send, source, target, attempt.syn_arrived)
+        else:
+            self._send(source, target, attempt.syn_arrived)
         return attempt.deferred
 
 
