@@ -35,10 +35,11 @@ from ..storage import (
 from ._chain import DuplicateMessage, FarFutureIndex, ReceivingChain
 from ._content import Content, ContentType, MalformedContent
 from ._epoch import CloseStatement
-from ._interfaces import IStrategyContext
+from ._interfaces import IAcknowledgementRelay, IStrategyContext
 from ._links import ConflictingManifest, ManifestChain, ManifestOutOfChain, accept_manifest
 from ._manifest import FragmentRejected, Manifest, check_fragment, decode_manifest, verify_manifest
 from ._message import open_message
+from ._notices import ACK_MAC_SIZE, acknowledgement_key, make_acknowledgement
 
 if TYPE_CHECKING:
     from ..channel import PeerConnection
@@ -88,7 +89,7 @@ def decode_stored(data: bytes, sent_at: int) -> Content:
     return Content(sent_at, kind, data[reader.offset :], name)
 
 
-@implementer(IStrategyContext)
+@implementer(IStrategyContext, IAcknowledgementRelay)
 class GroupContext:
     """
     A group at this node, for its strategy: made by the
@@ -151,6 +152,15 @@ class GroupContext:
 
     def progress(self, manifest: Manifest, peer: PeerID, fragments: int) -> None:
         self._service.transmission_progress(self.group_id, manifest, peer, fragments)
+
+    def acknowledgement(self, epoch: int, index: int) -> bytes:
+        key = acknowledgement_key(self._service.identity, self.owner, self.group_id)
+        return make_acknowledgement(key, self.group_id, epoch, index)[-ACK_MAC_SIZE:]
+
+    def acknowledged(
+        self, epoch: int, index: int, macs: list[bytes]
+    ) -> Deferred[frozenset[PeerID]]:
+        return self._service.acknowledged_macs(self.group_id, epoch, index, macs)
 
     # --- receiving -------------------------------------------------------
 

@@ -18,12 +18,17 @@ report counts a member only once that member has committed the message, and
 a forwarder learns nothing of who acknowledged what), and subscribers.  What
 a strategy decides is who sends which fragment to whom, and when.
 
-Built in, ``unicast`` (the owner sends every member every fragment) and, in
-a later issue, ``spring`` (the whitepaper's transmission phase: the owner
-activates its neighbours, activations spread along the neighbour graph and
-seed a distribution graph in which each online member keeps ``D``
-connections, announces the fragments it gets and sends them to those who
-ask).
+Built in, ``unicast`` (the owner sends every member every fragment) and
+``spring``, the default (the whitepaper's transmission phase: the owner
+activates members, activations spread along the neighbour graph and seed a
+distribution graph in which each online member keeps ``D`` connections,
+announces the fragments it gets and sends them to those who ask).
+
+A strategy may also carry the members' acknowledgements to the owner
+itself (:class:`IAcknowledgementCarrier`), for example aggregated along the
+paths its transmission took, so that the owner does not need a connection
+per member; they stay authenticated end to end
+(:class:`IAcknowledgementRelay`).
 """
 
 from __future__ import annotations
@@ -161,6 +166,53 @@ class IStrategyContext(Interface):
         Tell the service that ``peer`` has taken ``fragments`` fragments of
         the message from this node so far, for progress bars.  Only a hint:
         the delivery report counts acknowledgements of commitment.
+        """
+
+
+class IAcknowledgementRelay(Interface):
+    """
+    The acknowledgements of one group, as a strategy that carries them
+    sees them: provided by the service's contexts along with
+    :class:`IStrategyContext`.
+
+    An acknowledgement is a MAC under a key only the owner and the member
+    who made it hold (the X25519 Diffie-Hellman of their identities): a
+    forwarder can neither read whose it is nor forge one, and the owner
+    counts each for the member who made it and no one else.
+    """
+
+    def acknowledgement(epoch: int, index: int) -> bytes:
+        """
+        This member's acknowledgement MAC of message ``index`` of
+        ``epoch`` (whether or not it committed it: only send it once it
+        has).
+        """
+
+    def acknowledged(epoch: int, index: int, macs: list[bytes]) -> Deferred[frozenset[PeerID]]:
+        """
+        At the owner: count the members whose acknowledgements of message
+        ``index`` of ``epoch`` are among ``macs``, as if each had sent its
+        own.  MACs that are no pending member's are ignored.
+
+        :returns: a ``Deferred`` that fires with the members newly counted.
+        """
+
+
+class IAcknowledgementCarrier(Interface):
+    """
+    A strategy that carries its members' acknowledgements to the owner
+    itself.  The service offers it each acknowledgement before it sends one
+    to the owner directly.
+    """
+
+    def carry_acknowledgement(epoch: int, index: int, mac: bytes) -> bool:
+        """
+        Carry this member's acknowledgement MAC of message ``index`` of
+        ``epoch`` to the owner.
+
+        :returns: ``True`` when the strategy takes it (it then sees it to
+            the owner, or leaves the owner to send the message again),
+            ``False`` to let the service send it directly.
         """
 
 

@@ -38,9 +38,11 @@ from ._content import Content
 from ._context import GroupContext, decode_stored
 from ._core import GroupError, ServiceCore, deferred
 from ._crypto import signing_public_key
+from ._interfaces import IAcknowledgementCarrier
 from ._manifest import decode_manifest
 from ._message import open_sent
 from ._notices import (
+    ACK_MAC_SIZE,
     ACKNOWLEDGEMENT,
     DEPARTURE,
     GroupInvitation,
@@ -143,8 +145,10 @@ class MemberSide(ServiceCore):
 
     async def acknowledge(self, context: GroupContext, epoch: int, index: int) -> None:
         """
-        Tell the owner that message ``index`` of ``epoch`` is committed here
-        (through the outbox if the owner cannot be reached now).  Also sent
+        Tell the owner that message ``index`` of ``epoch`` is committed here:
+        through the group's strategy when it carries acknowledgements
+        (:class:`~digitalspring.multicast.IAcknowledgementCarrier`), else
+        directly (through the outbox if the owner cannot be reached now).  Also sent
         again when the owner sends a message already committed: the first
         acknowledgement may have been lost with a node killed right after
         its commit.
@@ -152,6 +156,11 @@ class MemberSide(ServiceCore):
         group_id = context.group_id
         key = acknowledgement_key(self.identity, context.owner, group_id)
         payload = make_acknowledgement(key, group_id, epoch, index)
+        carrier = IAcknowledgementCarrier(self._strategies.get(group_id), None)
+        if carrier is not None and carrier.carry_acknowledgement(
+            epoch, index, payload[-ACK_MAC_SIZE:]
+        ):
+            return
         try:
             await self.pool.call(context.owner, GroupNotice, kind=ACKNOWLEDGEMENT, payload=payload)
         except Exception:

@@ -9,6 +9,7 @@ through the outbox.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -28,7 +29,13 @@ from ._core import GroupError, NotAMember, NotOwner, deferred
 from ._epoch import end_reason
 from ._manifest import Manifest, decode_manifest
 from ._message import SealedMessage, seal, sent_message_key
-from ._notices import acknowledgement_key, acknowledgement_valid, decode_acknowledgement
+from ._notices import (
+    ACK_MAC_SIZE,
+    acknowledgement_key,
+    acknowledgement_valid,
+    decode_acknowledgement,
+    make_acknowledgement,
+)
 from ._outbox import CATCH_UP
 from ._owner import OwnerOperations
 from ._report import DeliveryReport
@@ -37,11 +44,17 @@ from ._report import DeliveryReport
 #: dropped (the store keeps every delivery state).
 MAX_REPORTS = 1000
 
+#: The most members' acknowledgement keys remembered, to check the
+#: acknowledgements a strategy carries (32 bytes each); the oldest go first.
+MAX_ACK_KEYS = 65_536
+
 
 class Publishing(OwnerOperations):
     """
     The owner's publishing and delivery reports.
     """
+
+    _ack_keys: dict[tuple[bytes, PeerID], bytes]
 
     def publish(
         self, group_id: bytes, data: bytes | str, file_name: str | None = None
@@ -194,15 +207,72 @@ class Publishing(OwnerOperations):
         states = await self.store.deliveries(group.group_id, ack.epoch, ack.index)
         if peer not in states:
             raise NotAMember("an acknowledgement of a message not sent to this peer")
-        changes: list[Any] = [MarkDelivered(group.group_id, ack.epoch, ack.index, peer)]
-        if all(s == "committed" for p, s in states.items() if p != peer):
-            changes.append(DropFragments(group.group_id, ack.epoch, ack.index))
+        await self._count(group.group_id, ack.epoch, ack.index, states, frozenset({peer}))
+
+    async def _count(
+        self,
+        group_id: bytes,
+        epoch: int,
+        index: int,
+        states: Mapping[PeerID, str],
+        peers: frozenset[PeerID],
+    ) -> None:
+        """
+        Count ``peers`` as having committed a message, and drop its
+        fragments once every recipient has.
+        """
+        changes: list[Any] = [MarkDelivered(group_id, epoch, index, p) for p in sorted(peers)]
+        if all(s == "committed" for p, s in states.items() if p not in peers):
+            changes.append(DropFragments(group_id, epoch, index))
         await self.store.commit(*changes)
-        report = self._reports.get((group.group_id, ack.epoch, ack.index))
+        report = self._reports.get((group_id, epoch, index))
         if report is not None:
-            report.mark_committed(peer)
+            for peer in peers:
+                report.mark_committed(peer)
             if not report.pending:
-                del self._reports[(group.group_id, ack.epoch, ack.index)]
+                del self._reports[(group_id, epoch, index)]
+
+    @deferred
+    async def acknowledged_macs(
+        self, group_id: bytes, epoch: int, index: int, macs: list[bytes]
+    ) -> frozenset[PeerID]:
+        """
+        Acknowledgements a strategy carried to this owner, as MACs alone
+        (see :meth:`IAcknowledgementRelay.acknowledged`): each is matched
+        against the MAC each pending member would make, so it counts only
+        for the member who made it, and the forwarders never learned whose
+        it was.
+
+        :returns: the members newly counted.
+        """
+        await self._owned(group_id)
+        states = await self.store.deliveries(group_id, epoch, index)
+        wanted = set(macs)
+        found = frozenset(
+            peer
+            for peer, state in states.items()
+            if state == "pending"
+            and make_acknowledgement(self._ack_key(group_id, peer), group_id, epoch, index)[
+                -ACK_MAC_SIZE:
+            ]
+            in wanted
+        )
+        if found:
+            await self._count(group_id, epoch, index, states, found)
+        return found
+
+    def _ack_key(self, group_id: bytes, peer: PeerID) -> bytes:
+        """
+        The acknowledgement key of a member, remembered (an X25519 each).
+        """
+        key = self._ack_keys.get((group_id, peer))
+        if key is None:
+            if len(self._ack_keys) >= MAX_ACK_KEYS:
+                del self._ack_keys[next(iter(self._ack_keys))]
+            key = self._ack_keys[(group_id, peer)] = acknowledgement_key(
+                self.identity, peer, group_id
+            )
+        return key
 
     async def catch_up(self, peer: PeerID, group_id: bytes) -> bool:
         """

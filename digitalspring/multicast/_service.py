@@ -106,6 +106,7 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
         self._strategies = {}
         self._locks = {}
         self._reports = {}
+        self._ack_keys = {}
         self._subscribers = {}
         self._blocked = frozenset()
         self._locators: list[Callable[[Any], Any]] = []
