@@ -262,6 +262,14 @@ def check_targets(rows: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return targets
 
 
+def _say_targets(targets: list[dict[str, Any]]) -> None:
+    for target in targets:
+        met = target["met"]
+        label = "not run" if met == "not run" else "met" if met else "MISSED"
+        value = f" ({target['value']})" if "value" in target else ""
+        progress(f"{label}: {target['target']}{value}")
+
+
 # --- plot ----------------------------------------------------------------------
 
 
@@ -290,6 +298,122 @@ def plot(rows: list[dict[str, Any]], path: Path) -> None:
     progress(f"plot written to {path}")
 
 
+# --- against gossipsub ---------------------------------------------------------
+
+#: The anchor's benchmark, beside the repository in ``../shared``.
+GOSSIP_BENCH = HERE.parent.parent / "shared" / "anchors" / "gossipsub" / "gossip_bench.py"
+
+#: The issue's rows for the comparison: (hosts, size).
+GOSSIP_GRID = [(n, size) for n in (10, 30, 60) for size in (KIB, 256 * KIB)]
+
+
+def tcp_row_child(spec: dict[str, Any]) -> None:
+    """
+    In a child process: one strategy over TCP, one JSON line.
+    """
+    from _multicast_tcp import tcp_child
+
+    from digitalspring.multicast import get_strategy
+
+    tcp_child(get_strategy(spec["strategy"]), spec["n"], spec["size"], spec["messages"])
+
+
+def _last_json(out: str) -> dict[str, Any]:
+    result: dict[str, Any] = json.loads(out.strip().splitlines()[-1])
+    return result
+
+
+def gossipsub_row(python: str, bench: Path, n: int, size: int, messages: int) -> dict[str, Any]:
+    """
+    The anchor's gossipsub benchmark, with its own interpreter, stop-and-wait.
+    """
+    out = subprocess.run(
+        [
+            python,
+            str(bench),
+            *("--n", str(n), "--size", str(size), "--m", str(messages)),
+            *("--stop-and-wait", "--interval", "0.05"),
+        ],
+        check=True,
+        stdout=subprocess.PIPE,
+        text=True,
+    ).stdout
+    return _last_json(out)
+
+
+def _ratio(ours: Any, theirs: Any) -> float | None:
+    if ours is None or not theirs:
+        return None
+    return round(float(ours) / float(theirs), 3)
+
+
+def _summary(figures: dict[str, Any]) -> dict[str, Any]:
+    """
+    The anchor's figures that both sides report, under the issue's names.
+    """
+    return {
+        "delivery_ratio": figures.get("delivery_ratio"),
+        "t_last_median_ms": figures.get("t_last_median_ms"),
+        "t_last_p95_ms": figures.get("t_last_p95_ms"),
+        "wire_x": figures.get("all_hosts_wire_per_delivered_payload"),
+        "dup_per_member_per_msg": figures.get("dup_per_sub_per_msg_mean"),
+        "sender_upload_x": figures.get("pub_wire_amplification"),
+        "cpu_s": figures.get("cpu_publish_phase_s"),
+    }
+
+
+def vs_gossipsub(
+    python: str,
+    bench: Path,
+    strategies: list[str],
+    rows: list[tuple[int, int]],
+    messages: int,
+) -> dict[str, Any]:
+    """
+    Each row with each strategy over TCP and with gossipsub, side by side,
+    and the issue's two targets for ``spring``.
+    """
+    results = []
+    targets: list[dict[str, Any]] = []
+    for n, size in rows:
+        progress(f"gossipsub, n={n}, {size_name(size)}")
+        theirs = _summary(gossipsub_row(python, bench, n, size, messages))
+        row: dict[str, Any] = {"n": n, "size": size, "gossipsub": theirs}
+        progress(f"  {theirs}")
+        for strategy in strategies:
+            progress(f"{strategy} over TCP, n={n}, {size_name(size)}")
+            spec = json.dumps({"strategy": strategy, "n": n, "size": size, "messages": messages})
+            out = subprocess.run(
+                [sys.executable, str(Path(__file__).resolve()), "--tcp-row", spec],
+                check=True,
+                stdout=subprocess.PIPE,
+                text=True,
+            ).stdout
+            ours = _summary(_last_json(out))
+            ours["ratios"] = {
+                name: _ratio(ours[name], theirs[name])
+                for name in ("t_last_median_ms", "t_last_p95_ms", "wire_x")
+            }
+            row[strategy] = ours
+            progress(f"  {ours}")
+            if strategy == "spring":
+                where = f"spring vs gossipsub n={n} {size_name(size)}"
+                ratios = ours["ratios"]
+                targets.append(
+                    _check(f"{where}: wire_x <= 0.3 x gossipsub's", ratios["wire_x"], 0.3, "<=")
+                )
+                targets.append(
+                    _check(
+                        f"{where}: median last-member latency <= 1.0 x gossipsub's",
+                        ratios["t_last_median_ms"],
+                        1.0,
+                        "<=",
+                    )
+                )
+        results.append(row)
+    return {"vs_gossipsub": results, "targets": targets}
+
+
 # --- main ----------------------------------------------------------------------
 
 
@@ -302,10 +426,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--seed", type=int, default=1)
     parser.add_argument("--plot", action="store_true", help=f"draw {PLOT.name} in docs/")
     parser.add_argument("--from-json", metavar="FILE", help="plot an earlier run's rows")
+    parser.add_argument(
+        "--vs-gossipsub",
+        metavar="PYTHON",
+        help="run the strategies over TCP beside the gossipsub anchor, run with PYTHON",
+    )
+    parser.add_argument("--gossip-bench", default=str(GOSSIP_BENCH), help=argparse.SUPPRESS)
+    parser.add_argument("--messages", type=int, default=20, help="messages per --vs-gossipsub row")
     parser.add_argument("--row", help=argparse.SUPPRESS)
+    parser.add_argument("--tcp-row", help=argparse.SUPPRESS)
     options = parser.parse_args(argv)
     if options.row:
         row_child(json.loads(options.row))
+        sys.exit(0)
+    if options.tcp_row:
+        tcp_row_child(json.loads(options.tcp_row))
         sys.exit(0)
     if options.from_json:
         lines = Path(options.from_json).read_text().strip().splitlines()
@@ -322,6 +457,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     ns = [int(n) for n in _list(options.n)] if options.n else None
     sizes = [parse_size(s) for s in _list(options.size)] if options.size else None
     strategies = installed(_list(options.strategy))
+    if options.vs_gossipsub:
+        chosen = [
+            (n, size)
+            for n, size in GOSSIP_GRID
+            if (ns is None or n in ns) and (sizes is None or size in sizes)
+        ]
+        compared = vs_gossipsub(
+            options.vs_gossipsub, Path(options.gossip_bench), strategies, chosen, options.messages
+        )
+        _say_targets(compared["targets"])
+        print(json.dumps(compared))
+        return compared
     began = time.perf_counter()
     rows: list[dict[str, Any]] = []
     details: list[dict[str, Any]] = []
@@ -351,12 +498,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                     f"{row['wall_s']} s wall, {row['peak_rss_mb']} MB"
                 )
     targets = check_targets(rows)
-    for target in targets:
-        met = target["met"]
-        label = "not run" if met == "not run" else "met" if met else "MISSED"
-        progress(
-            f"{label}: {target['target']}" + (f" ({target['value']})" if "value" in target else "")
-        )
+    _say_targets(targets)
     figures: dict[str, Any] = {"rows": rows, "details": details, "targets": targets}
     if options.plot:
         plot(rows, PLOT)
