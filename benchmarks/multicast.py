@@ -460,8 +460,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.vs_gossipsub:
         chosen = [
             (n, size)
-            for n, size in GOSSIP_GRID
-            if (ns is None or n in ns) and (sizes is None or size in sizes)
+            for n in (ns or sorted({n for n, _ in GOSSIP_GRID}))
+            for size in (sizes or sorted({size for _, size in GOSSIP_GRID}))
         ]
         compared = vs_gossipsub(
             options.vs_gossipsub, Path(options.gossip_bench), strategies, chosen, options.messages

@@ -111,6 +111,52 @@ class MulticastBenchmarkTests(SynchronousTestCase):
         self.assertEqual(row["delivered_ratio"], 1.0)
         self.assertGreater(row["completion_s"], 2.0 + 2 * 0.25)
 
+    def test_vs_gossipsub_side_by_side(self) -> None:
+        """
+        ``--vs-gossipsub`` runs the strategy over TCP on loopback and the
+        anchor's benchmark with the interpreter given (here a stand-in
+        that prints the anchor's figures), and reports both with the
+        ratios: unicast, 3 nodes, 2 messages of 1 KiB, all delivered.
+        """
+        anchor = Path(self.mktemp())
+        anchor.mkdir()
+        fake = anchor / "gossip_bench.py"
+        canned = {
+            "delivery_ratio": 1.0,
+            "t_last_median_ms": 100.0,
+            "t_last_p95_ms": 200.0,
+            "all_hosts_wire_per_delivered_payload": 10.0,
+            "dup_per_sub_per_msg_mean": 3.0,
+            "pub_wire_amplification": 6.0,
+            "cpu_publish_phase_s": 1.0,
+        }
+        fake.write_text(f"import json, sys\nprint(sys.argv[1:])\nprint(json.dumps({canned!r}))\n")
+        figures, _ = _run(
+            "--vs-gossipsub",
+            sys.executable,
+            "--gossip-bench",
+            str(fake),
+            "--strategy",
+            "unicast",
+            "--n",
+            "3",
+            "--size",
+            "1KiB",
+            "--messages",
+            "2",
+        )
+        [row] = figures["vs_gossipsub"]
+        self.assertEqual((row["n"], row["size"]), (3, 1024))
+        self.assertEqual(row["gossipsub"]["wire_x"], 10.0)
+        ours = row["unicast"]
+        self.assertEqual(ours["delivery_ratio"], 1.0)
+        self.assertEqual(ours["dup_per_member_per_msg"], 0)
+        self.assertGreater(ours["t_last_median_ms"], 0)
+        self.assertAlmostEqual(ours["ratios"]["wire_x"], ours["wire_x"] / 10.0, places=2)
+        self.assertAlmostEqual(
+            ours["ratios"]["t_last_median_ms"], ours["t_last_median_ms"] / 100.0, places=2
+        )
+
     def test_lower_bound_and_rows(self) -> None:
         """
         The lower bound is the issue's formula; the default rows are the
