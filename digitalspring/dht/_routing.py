@@ -205,14 +205,36 @@ class RoutingTable:
         """
         The ``count`` (default ``k``) contacts closest to ``target``,
         closest first.
+
+        Buckets are visited in order of distance, so the work is about the
+        contacts returned, not the whole table, for the common question
+        (``k`` contacts near a key far from us): with ``top`` the highest
+        bit in which ``target`` differs from our ID, the contacts of bucket
+        ``top`` are the closest (below ``2**top`` away), then all those of
+        the buckets below it (in ``[2**top, 2**(top + 1))``), then bucket
+        ``top + 1``, ``top + 2``, and so on.
         """
-        # By distance alone: node IDs differ, so distances do too, and
-        # integers compare without a key function.
-        by_distance = {
-            entry.contact.node_id ^ target: entry.contact for entry in self._index.values()
-        }
-        nearest = heapq.nsmallest(self.k if count is None else count, by_distance)
-        return [by_distance[distance] for distance in nearest]
+        want = self.k if count is None else count
+
+        def distance(contact: Contact) -> int:
+            return contact.node_id ^ target
+
+        top = (self.own_id ^ target).bit_length() - 1
+        buckets = self.buckets
+        chosen: list[Contact] = []
+        nearest = buckets.get(top)
+        if nearest is not None:
+            chosen = sorted(nearest.contacts(), key=distance)
+            if len(chosen) >= want:
+                return chosen[:want]
+        below = [e.contact for i, b in buckets.items() if i < top for e in b.entries]
+        if below:
+            chosen += heapq.nsmallest(want - len(chosen), below, key=distance)
+        for index in sorted(i for i in buckets if i > top):
+            if len(chosen) >= want:
+                break
+            chosen += sorted(buckets[index].contacts(), key=distance)[: want - len(chosen)]
+        return chosen
 
     def bucket_for(self, target: int) -> Bucket:
         """

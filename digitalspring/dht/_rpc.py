@@ -90,31 +90,54 @@ def decode_contacts(data: bytes) -> list[Contact]:
     if not data:
         return contacts
     count, offset = data[0], 1
-    try:
-        for _ in range(min(count, MAX_CONTACTS)):
-            key = data[offset : offset + 32]
-            if len(key) != 32:
+    for _ in range(min(count, MAX_CONTACTS)):
+        # The entry's extent first: 32 B of key, then its addresses.
+        end = offset + 32
+        if end >= len(data):
+            break
+        n = data[end]
+        if n > MAX_ADDRESSES:
+            break
+        end += 1
+        for _ in range(n):
+            if end >= len(data):
                 break
-            offset += 32
-            n = data[offset]
-            offset += 1
-            if n > MAX_ADDRESSES:
-                break
-            addresses = []
-            for _ in range(n):
-                size = data[offset]
-                raw = data[offset + 1 : offset + 1 + size]
-                if len(raw) != size:
-                    raise IndexError
-                addresses.append(raw.decode("utf-8"))
-                offset += 1 + size
-            try:
-                contacts.append(Contact(_peer_id(key), addresses))
-            except InvalidPeerID:
-                continue  # not a key any peer can have: skip the contact
-    except (IndexError, UnicodeDecodeError):
-        pass
+            end += 1 + data[end]
+        if end > len(data):
+            break
+        try:
+            contact = _contact(data[offset:end])
+        except (IndexError, UnicodeDecodeError):
+            break
+        offset = end
+        if contact is not None:
+            contacts.append(contact)
     return contacts
+
+
+@lru_cache(maxsize=PEER_IDS_REMEMBERED)
+def _contact(entry: bytes) -> Contact | None:
+    """
+    One contact of an answer, from its whole entry, or ``None`` for a key
+    no peer can have (the entry is skipped): remembered, as answers name
+    the same contacts again and again, and a contact is immutable.
+
+    :raises IndexError: when an address's length runs past the entry.
+    :raises UnicodeDecodeError: for an address that is not UTF-8.
+    """
+    offset = 33
+    addresses = []
+    for _ in range(entry[32]):
+        size = entry[offset]
+        raw = entry[offset + 1 : offset + 1 + size]
+        if len(raw) != size:
+            raise IndexError
+        addresses.append(raw.decode("utf-8"))
+        offset += 1 + size
+    try:
+        return Contact(_peer_id(entry[:32]), addresses)
+    except InvalidPeerID:
+        return None
 
 
 @lru_cache(maxsize=PEER_IDS_REMEMBERED)
