@@ -347,6 +347,7 @@ def run_churn(
     idle_timeout: float = 60.0,
     session_median: float = SESSION_MEDIAN,
     settings: DHTSettings = SETTINGS,
+    network: str = "requests",
 ) -> dict[str, Any]:
     """
     Run the benchmark with joins and churn; the figures.
@@ -356,6 +357,8 @@ def run_churn(
     :param join_interval: simulated seconds between two joins.
     :param session_median: the median session length, in seconds.
     :param quiet: whether to leave out the progress lines on stderr.
+    :param network: ``"requests"`` for the lighter request network, or
+        ``"memory"`` for real pools, Noise and AMP on the memory network.
     """
     progress = Progress(quiet)
     warnings = _quiet_logs()
@@ -367,6 +370,7 @@ def run_churn(
         loss=LOSS,
         idle_timeout=idle_timeout,
         connect_timeout=10.0,
+        requests_only=network == "requests",
     )
     clock = sim.clock
     churn = Churn(sim, session_median)
@@ -452,6 +456,7 @@ def run_churn(
     durations = [r.duration for r in found]
     return {
         "join_mode": "churn",
+        "network": network,
         "nodes": nodes,
         "median_hops": statistics.median(hops) if hops else None,
         "p99_hops": _percentile(hops, 0.99) if hops else None,
@@ -594,6 +599,12 @@ def main() -> None:
     parser.add_argument("--join-interval", type=float, default=0.1, help="simulated s")
     parser.add_argument("--idle-timeout", type=float, default=60.0, help="the pools', in s")
     parser.add_argument("--records", type=int, default=1000, help="prefill: records published")
+    parser.add_argument(
+        "--network",
+        choices=("requests", "memory"),
+        default="requests",
+        help="churn: the lighter request network, or real pools on the memory network",
+    )
     args = parser.parse_args()
     if args.join_mode == "prefill":
         figures = run_prefill(args.nodes, args.lookups or 2000, args.records, args.seed)
@@ -606,6 +617,7 @@ def main() -> None:
             warmup=args.warmup,
             join_interval=args.join_interval,
             idle_timeout=args.idle_timeout,
+            network=args.network,
         )
     print(json.dumps(figures))
 

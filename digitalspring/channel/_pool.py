@@ -230,12 +230,26 @@ class ConnectionPool(Service):
         :returns: the answer, as :meth:`amp.AMP.callRemote` gives it.
         :raises PeerUnreachable: as :meth:`connect` does.
         """
+        _, answer = await self.request(peer_id, command, addresses, **arguments)
+        return answer
+
+    async def request(
+        self,
+        peer_id: PeerID,
+        command: type[amp.Command],
+        addresses: Sequence[str] | None = None,
+        **arguments: Any,
+    ) -> tuple[PeerConnection, Any]:
+        """
+        As :meth:`call`, with the connection the answer came on: not always
+        the one the pool holds by then, when both peers dialled at once.
+        """
         connection = await self.connect(peer_id, addresses)
         try:
-            return await connection.callRemote(command, **arguments)
+            return connection, await connection.callRemote(command, **arguments)
         except (ConnectionLost, ConnectionDone, Truncated):
             connection = await self.connect(peer_id, addresses)
-            return await connection.callRemote(command, **arguments)
+            return connection, await connection.callRemote(command, **arguments)
 
     def dial(
         self, peer_id: PeerID, address: str, pattern: str | None = None

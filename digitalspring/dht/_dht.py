@@ -435,14 +435,16 @@ class DHT(Service):
 
         async def call() -> Any:
             try:
-                result = await pool.call(
+                connection, result = await pool.request(
                     contact.peer_id, command, contact.addresses, origin=origin, **kw
                 )
             except _ANSWERS:
                 # It answered, if not what we hoped.
                 self._talked_through_pool(contact)
                 raise
-            self._talked_through_pool(contact)
+            # On the connection the answer came on: one we dialled proves
+            # the address even when the pool has kept the peer's since.
+            self.talked(connection, contact.addresses)
             return result
 
         d = Deferred.fromCoroutine(call())
@@ -452,9 +454,8 @@ class DHT(Service):
 
     def _talked_through_pool(self, contact: Contact) -> None:
         """
-        ``contact`` answered a request: :meth:`talked` over the connection
-        the pool now holds with it (the one the answer came on, unless the
-        pool closed that one in the meantime).
+        ``contact`` answered a request with an error: :meth:`talked` over
+        the connection the pool now holds with it.
         """
         connection = self.pool.connections().get(contact.peer_id)
         if connection is not None:

@@ -145,16 +145,16 @@ class RequestPool(Protocol):
         The live connection of every connected peer.
         """
 
-    async def call(
+    async def request(
         self,
         peer_id: PeerID,
         command: type[amp.Command],
         addresses: Sequence[str] | None = None,
         **arguments: Any,
-    ) -> Any:
+    ) -> tuple[RequestConnection, Any]:
         """
         Send ``command`` to ``peer_id`` and wait for its answer, connecting
-        first if need be.
+        first if need be: the connection the answer came on, and the answer.
         """
 
     def dial(

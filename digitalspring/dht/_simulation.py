@@ -8,6 +8,11 @@ with bootstrap peers and joins through them: :meth:`DHTSimulation.join`),
 or have their tables filled directly (:meth:`DHTSimulation.fill_tables`);
 they can leave for good (:meth:`DHTSimulation.leave`) and new ones be
 added at any time, for simulations with churn.
+
+With ``requests_only``, the nodes' pools are the lighter stand-ins of
+:mod:`digitalspring.dht._requestnet` (the same DHT code, its requests
+carried as AMP boxes without Noise or a byte stream), for simulations of
+thousands of nodes.
 """
 
 from __future__ import annotations
@@ -28,6 +33,7 @@ from ..identity import Identity
 from ..transport import MemoryNetwork, MemoryTransport, SimulatedClock
 from ._dht import DHT, DHTSettings
 from ._directory import DHTDirectory, DirectoryChain
+from ._requestnet import LightPool, RequestNetwork
 from ._routing import Contact
 
 #: The port every simulated node listens on.
@@ -42,8 +48,9 @@ class SimulatedNode:
 
     host: str
     identity: Identity
-    transport: MemoryTransport
-    pool: ConnectionPool
+    #: ``None`` on a :class:`~digitalspring.dht._requestnet.RequestNetwork`.
+    transport: MemoryTransport | None
+    pool: ConnectionPool | LightPool
     dht: DHT
 
     @property
@@ -91,6 +98,9 @@ class DHTSimulation:
         simulation does not keep every connection it ever opened.
     :param connect_timeout: how long the memory transport waits for an
         unreachable host.
+    :param requests_only: whether the nodes' requests travel on a
+        :class:`~digitalspring.dht._requestnet.RequestNetwork` instead of
+        real pools on the memory network.
     :ivar dead: the indices of the nodes that are off the network.
     """
 
@@ -103,16 +113,24 @@ class DHTSimulation:
         idle_timeout: float = 10.0,
         connect_timeout: float = 10.0,
         loss: float = 0.0,
+        requests_only: bool = False,
     ) -> None:
         self.clock = SimulatedClock()
         self.random = random.Random(seed)  # noqa: S311 (a simulation)
         self.seed = seed
-        self.network = MemoryNetwork(
-            self.clock,
-            latency=ring_latency() if latency is None else latency,
-            loss=loss,
-            seed=seed,
-        )
+        if latency is None:
+            latency = ring_latency()
+        self.network = MemoryNetwork(self.clock, latency=latency, loss=loss, seed=seed)
+        self.requests: RequestNetwork | None = None
+        if requests_only:
+            self.requests = RequestNetwork(
+                self.clock,
+                self.network.latency,
+                loss,
+                random.Random(f"{seed}/requests"),  # noqa: S311 (a simulation)
+                idle_timeout=idle_timeout,
+                connect_timeout=connect_timeout,
+            )
         self.settings = settings or DHTSettings()
         self.idle_timeout = idle_timeout
         self.connect_timeout = connect_timeout
@@ -130,11 +148,16 @@ class DHTSimulation:
         """
         i = len(self.nodes)
         name = f"n{i}"
-        self.network.add_host(name)
-        transport = self.network.transport(name, connect_timeout=self.connect_timeout)
         identity = Identity.from_seed(
             hashlib.blake2b(f"{self.seed}/{i}".encode(), digest_size=32).digest()
         )
+        if self.requests is not None:
+            light = self.requests.add_host(name, identity)
+            dht = DHT(light, self.settings)
+            self.nodes.append(SimulatedNode(name, identity, None, light, dht))
+            return i
+        self.network.add_host(name)
+        transport = self.network.transport(name, connect_timeout=self.connect_timeout)
         directory = DirectoryChain([])
         pool = ConnectionPool(
             identity,
@@ -221,7 +244,10 @@ class DHTSimulation:
         on both ends, and dialling it times out), and its services stop.
         """
         node = self.nodes[i]
-        self.network.remove_host(node.host)
+        if self.requests is not None:
+            self.requests.remove_host(node.host)
+        else:
+            self.network.remove_host(node.host)
         self.dead.add(i)
         if node.dht.running:
             node.dht.stopService()
@@ -239,7 +265,10 @@ class DHTSimulation:
         alive = [i for i in range(len(self.nodes)) if i not in self.dead and i not in keep]
         victims = set(self.random.sample(alive, int(fraction * len(self.nodes))))
         for i in victims:
-            self.network.take_offline(self.nodes[i].host)
+            if self.requests is not None:
+                self.requests.remove_host(self.nodes[i].host)
+            else:
+                self.network.take_offline(self.nodes[i].host)
         self.dead |= victims
         return victims
 
