@@ -24,6 +24,7 @@ from digitalspring.multicast import (
     MembershipNotProven,
     MulticastService,
     NotOwner,
+    SpringStrategyPlugin,
     UnicastStrategyPlugin,
     UnknownStrategy,
     _epoch,
@@ -46,7 +47,7 @@ from digitalspring.testing import GroupNetwork
 
 
 def network() -> GroupNetwork:
-    return GroupNetwork({"unicast": UnicastStrategyPlugin()})
+    return GroupNetwork({"unicast": UnicastStrategyPlugin(), "spring": SpringStrategyPlugin()})
 
 
 class OwnerOperationTests(SynchronousTestCase):

@@ -59,6 +59,8 @@ from ._epoch import (
     start_group,
 )
 from ._interfaces import (
+    IAcknowledgementCarrier,
+    IAcknowledgementRelay,
     IMulticastStrategy,
     IMulticastStrategyPlugin,
     IStrategyContext,
@@ -109,7 +111,7 @@ from ._neighbours import (
     NeighbourGraph,
     NeighbourGraphError,
 )
-from ._plugins import UnknownStrategy, get_strategy, strategy_plugins
+from ._plugins import DEFAULT_STRATEGY, UnknownStrategy, get_strategy, strategy_plugins
 from ._report import DeliveryReport, ReceivedMessage
 from ._service import (
     AlreadyMember,
@@ -119,10 +121,14 @@ from ._service import (
     NotInGroup,
     NotOwner,
 )
+from ._spring import SpringStrategy, SpringStrategyPlugin
+from ._spring_upload import DEFAULT_UPLOAD_BUDGET, UploadBudget
 from ._unicast import UnicastStrategy, UnicastStrategyPlugin
 
 __all__ = [
     "DEFAULT_DEGREE",
+    "DEFAULT_STRATEGY",
+    "DEFAULT_UPLOAD_BUDGET",
     "EPOCH_MAX_AGE",
     "EPOCH_MAX_MESSAGES",
     "FRAGMENT_SIZE",
@@ -155,6 +161,8 @@ __all__ = [
     "FragmentRejected",
     "GroupAccess",
     "GroupError",
+    "IAcknowledgementCarrier",
+    "IAcknowledgementRelay",
     "IMulticastStrategy",
     "IMulticastStrategyPlugin",
     "IStrategyContext",
@@ -185,11 +193,14 @@ __all__ = [
     "Role",
     "SealedMessage",
     "SendingChain",
+    "SpringStrategy",
+    "SpringStrategyPlugin",
     "TransmissionReport",
     "UndecryptableMessage",
     "UnicastStrategy",
     "UnicastStrategyPlugin",
     "UnknownStrategy",
+    "UploadBudget",
     "accept_manifest",
     "check_fragment",
     "check_proof",

@@ -60,7 +60,7 @@ from ._notices import (
     notice_group,
 )
 from ._outbox import CATCH_UP
-from ._plugins import get_strategy
+from ._plugins import DEFAULT_STRATEGY, get_strategy
 
 #: What waits in the outbox for a member that it no longer needs once it is
 #: removed: messages, keys, neighbours and an invitation it did not take.
@@ -74,7 +74,7 @@ class OwnerOperations(ServiceCore):
 
     @deferred
     async def create_group(
-        self, name: str, strategy: str = "unicast", degree: int = DEFAULT_DEGREE
+        self, name: str, strategy: str = DEFAULT_STRATEGY, degree: int = DEFAULT_DEGREE
     ) -> bytes:
         """
         Create a group owned by this node.

@@ -10,6 +10,10 @@ from twisted.plugin import getPlugins
 from ..errors import DigitalSpringError
 from ._interfaces import IMulticastStrategyPlugin
 
+#: The strategy of a new group unless its owner names another: the
+#: whitepaper's transmission phase.
+DEFAULT_STRATEGY = "spring"
+
 
 class UnknownStrategy(DigitalSpringError):
     """
