@@ -16,6 +16,7 @@ from zope.interface.verify import verifyObject
 from digitalspring.channel import ISecureChannel
 from digitalspring.identity import Identity
 from digitalspring.multicast import (
+    FRAGMENT_SIZE,
     EpochKeys,
     GroupAccess,
     GroupError,
@@ -42,7 +43,7 @@ from digitalspring.multicast._notices import (
     decode_invitation,
     make_acknowledgement,
 )
-from digitalspring.storage import Change, CommitReceived, MemoryStore
+from digitalspring.storage import AddFragment, Change, CommitReceived, MemoryStore, StartMessage
 from digitalspring.testing import GroupNetwork
 
 
@@ -447,6 +448,54 @@ class OutboxTests(SynchronousTestCase):
         net.result(net.result(owner.publish(group_id, "x")).settled())
         self.assertEqual(owner.outbox.timers, {})
         self.assertEqual(b.outbox.timers, {})
+
+
+class RestartTests(SynchronousTestCase):
+    def _killed_mid_burst(self, strategy: str) -> None:
+        """
+        A member killed while a burst arrived, holding message 0 whole but
+        not committed (killed between its last fragment and the commit)
+        and message 2 whole while 1 was missing, restarted with its store:
+        once back, the owner's catch-up gets it all three committed, in
+        order.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.group(owner, b, strategy=strategy)
+        net.network.take_offline("b", refuse=True)
+        data = [bytes([i]) * (2 * FRAGMENT_SIZE) for i in range(3)]
+        reports = [net.result(owner.publish(group_id, d, f"f{i}")) for i, d in enumerate(data)]
+        for report in reports:
+            net.result(report.transmitted)
+        sealed = [net.result(owner.sealed_message(group_id, 0, i)) for i in range(3)]
+        for i in (0, 2):
+            changes: list[Any] = [
+                StartMessage(group_id, 0, i, sealed[i].signed_manifest, from_peer=owner.local)
+            ]
+            changes += [
+                AddFragment(group_id, 0, i, n, f, from_peer=owner.local)
+                for n, f in enumerate(sealed[i].fragments)
+            ]
+            net.result(b.store.commit(*changes))
+        b = net.restart("b")
+        got = net.subscribe(b, group_id)
+        net.result(b.pool.connect(owner.local))
+        for report in reports:
+            net.result(report.settled(), limit=60)
+        self.assertEqual([m.data for m in got], data)
+        self.assertEqual(net.result(b.store.partial_messages(group_id)), [])
+
+    def test_killed_mid_burst_unicast(self) -> None:
+        """
+        With ``unicast``: see :meth:`_killed_mid_burst`.
+        """
+        self._killed_mid_burst("unicast")
+
+    def test_killed_mid_burst_spring(self) -> None:
+        """
+        With ``spring``: see :meth:`_killed_mid_burst`.
+        """
+        self._killed_mid_burst("spring")
 
 
 class ConsentTests(SynchronousTestCase):

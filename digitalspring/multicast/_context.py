@@ -263,6 +263,11 @@ class GroupContext:
             held = await self.store.fragments(self.group_id, *key)
             arriving = self._arriving.setdefault(key, (manifest, set(held)))
         if number in arriving[1]:
+            # Held already: yet the message may be whole and next in line
+            # without having been committed (a node killed between the
+            # last fragment and the commit), and this is what tells us.
+            if self.role == "member" and len(arriving[1]) == len(manifest.fragment_hashes):
+                await self._commit_lock.run(self._commit_ready, manifest.epoch)
             return False
         await self.store.commit(
             AddFragment(self.group_id, *key, number, data, from_peer=self.owner)
@@ -283,6 +288,8 @@ class GroupContext:
                 return
             index = epoch.chain.next_index
             arriving = self._arriving.get((epoch_number, index))
+            if arriving is None:
+                arriving = await self._arrived(epoch_number, index)
             if arriving is None or len(arriving[1]) < len(arriving[0].fragment_hashes):
                 return
             manifest = arriving[0]
@@ -320,6 +327,27 @@ class GroupContext:
             await self.store.commit(*changes)
             del self._arriving[(epoch_number, index)]
             await self._service.committed(self, epoch_number, index, content)
+
+    async def _arrived(self, epoch_number: int, index: int) -> tuple[Manifest, set[int]] | None:
+        """
+        A partial message as the store keeps it, for a message whose
+        fragments arrived before this node last started (what arrives
+        since is in ``_arriving``): a message whole before the one ahead of
+        it, when the node stopped, is committed once that one is.
+
+        :returns: its manifest and the fragment numbers held, or ``None``
+            when the store holds no partial message there.
+        """
+        try:
+            stored = await self.store.message(self.group_id, epoch_number, index)
+        except NotStored:
+            return None
+        if stored.state == "complete":
+            return None
+        held = await self.store.fragments(self.group_id, epoch_number, index)
+        return self._arriving.setdefault(
+            (epoch_number, index), (decode_manifest(stored.manifest), set(held))
+        )
 
 
 def _signed_body_match(stored: bytes, manifest: Manifest) -> bytes:

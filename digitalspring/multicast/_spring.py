@@ -919,6 +919,10 @@ class SpringStrategy:
                 t.data[number] = fragment
             if t.complete:
                 t.completed_at = t.clock.seconds()
+                # Whole in the store yet not committed (the node stopped
+                # between its last fragment and the commit): offered again,
+                # a fragment commits it if it is next in line.
+                await context.accept_fragment(manifest, 0, t.data[0])
             state = t.peer(peer)
             t.start(context.neighbours(), {peer, context.owner})
         else:

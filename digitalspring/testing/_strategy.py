@@ -74,6 +74,7 @@ class GroupNetwork:
         self.contacts = True
         self.sent = 0
         self.services: dict[str, MulticastService] = {}
+        self._listeners: dict[str, Any] = {}
         self._unpatch: Callable[[], None] | None = None
 
     def count_bytes(self) -> Callable[[], None]:
@@ -95,13 +96,18 @@ class GroupNetwork:
 
         return restore
 
-    def node(self, name: str, store: MemoryStore | None = None) -> MulticastService:
+    def node(
+        self, name: str, store: MemoryStore | None = None, identity: Identity | None = None
+    ) -> MulticastService:
         """
         A new node called ``name``, started.
+
+        :param identity: its identity; a new one by default.
         """
-        self.network.add_host(name)
+        if name not in self.network.hosts:
+            self.network.add_host(name)
         transport = self.network.transport(name)
-        identity = Identity.generate()
+        identity = identity or Identity.generate()
         pool = ConnectionPool(
             identity,
             self.clock,
@@ -109,7 +115,9 @@ class GroupNetwork:
             self.directory,
             idle_timeout=self.idle_timeout,
         )
-        transport.listen("1", pool.server_factory)
+        transport.listen("1", pool.server_factory).addCallback(
+            lambda port: self._listeners.__setitem__(name, port)
+        )
         self.directory.addresses[identity.peer_id] = [f"memory:{name}:1"]
         service = MulticastService(
             identity,
@@ -123,6 +131,21 @@ class GroupNetwork:
         service.startService()
         self.services[name] = service
         return service
+
+    def restart(self, name: str) -> MulticastService:
+        """
+        Kill node ``name`` and start it again, as a process killed and
+        restarted: its connections are lost, nothing of it runs on, and it
+        comes back with its identity and its store and nothing else.
+        """
+        old = self.services[name]
+        self.network.take_offline(name, refuse=True)
+        old.stopService()
+        old.pool.stopService()
+        self._listeners.pop(name).stopListening()
+        self.network.bring_online(name)
+        assert isinstance(old.store, MemoryStore)
+        return self.node(name, old.store, old.identity)
 
     def result(self, d: Deferred[Any], limit: float = 600.0) -> Any:
         """
