@@ -33,6 +33,12 @@ from .identity import (
     load_or_create_identity,
     read_key_file,
 )
+from .multicast import (
+    DEFAULT_UPLOAD_BUDGET,
+    IMulticastStrategyPlugin,
+    SpringStrategyPlugin,
+    strategy_plugins,
+)
 from .node import DataDirLock, Node
 from .node._options import (
     DEFAULT_DATA_DIR,
@@ -42,6 +48,7 @@ from .node._options import (
     BootstrapPeer,
     check_listen,
     data_dir_path,
+    parse_rate,
     read_bootstrap_file,
     read_passphrase_fd,
     read_passphrase_file,
@@ -118,6 +125,14 @@ class Options(usage.Options):
             None,
             300.0,
             "Seconds after which a connection without traffic is closed.",
+        ],
+        [
+            "upload-budget",
+            None,
+            DEFAULT_UPLOAD_BUDGET,
+            "Bytes per second the node uploads to other members when it forwards a "
+            "group's messages (spring), all groups together; k, M or G multiply by a "
+            "thousand, million or billion (default 1.25M: 10 Mbit/s).",
         ],
         [
             "dht-difficulty",
@@ -252,6 +267,11 @@ class Options(usage.Options):
             raise usage.UsageError("--idle-timeout takes a number of seconds above 0")
         if _number(self, "tor-bootstrap-warning", float) <= 0:
             raise usage.UsageError("--tor-bootstrap-warning takes a number of seconds above 0")
+        if isinstance(self["upload-budget"], str):
+            try:
+                self["upload-budget"] = parse_rate(self["upload-budget"])
+            except BadOption as e:
+                raise usage.UsageError(f"--upload-budget: {e}") from None
         if _number(self, "dht-difficulty", int) < 0:
             raise usage.UsageError("--dht-difficulty takes a number of bits, 0 or more")
         if not self["listen"]:
@@ -519,7 +539,19 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         lock=lock,
         open_store=_store_opener(reactor, options["data-dir"], identity),
         is_contact=lambda peer: _is_contact(book, peer),
+        strategies=node_strategies(options),
     )
+
+
+def node_strategies(options: Options) -> dict[str, IMulticastStrategyPlugin]:
+    """
+    The multicast strategies a node runs: every installed one, ``spring``
+    with the node's ``--upload-budget``.
+    """
+    return {
+        **strategy_plugins(),
+        "spring": SpringStrategyPlugin(upload_budget=options["upload-budget"]),
+    }
 
 
 def _store_opener(
@@ -550,4 +582,4 @@ def _is_contact(book: AddressBook, peer: PeerID) -> bool:
         return False
 
 
-__all__ = ["Options", "build_transports", "makeService"]
+__all__ = ["Options", "build_transports", "makeService", "node_strategies"]

@@ -17,10 +17,21 @@ from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase
 
 from digitalspring.identity import FAST_KDF, Identity, PeerID, create_identity
+from digitalspring.multicast import DEFAULT_UPLOAD_BUDGET, SpringStrategyPlugin
 from digitalspring.node import Node
 from digitalspring.tap import Options, makeService
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
+
+
+class _Context:
+    """
+    What :meth:`SpringStrategyPlugin.budget` reads of a strategy context.
+    """
+
+    def __init__(self, local: PeerID, clock: MemoryReactorClock) -> None:
+        self.local = local
+        self.clock = clock
 
 
 def _parse(*argv: str) -> Options:
@@ -112,6 +123,21 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, _parse, *argv)
             self.assertEqual(str(e), text)
 
+    def test_upload_budget(self) -> None:
+        """
+        --upload-budget is a rate in bytes per second, 1.25 MB/s (10 Mbit/s)
+        by default, with k, M or G for thousands, millions, billions; what
+        is not a positive finite rate is a usage error naming the option.
+        """
+        self.assertEqual(_parse()["upload-budget"], DEFAULT_UPLOAD_BUDGET)
+        self.assertEqual(DEFAULT_UPLOAD_BUDGET, 1_250_000)
+        for text, rate in [("500000", 500_000), ("500k", 500_000), ("1.5M", 1_500_000)]:
+            self.assertEqual(_parse("--upload-budget", text)["upload-budget"], rate)
+        for text in ["0", "-1k", "abc", "1.5X", "M", "inf", "nan", ""]:
+            e = self.assertRaises(usage.UsageError, _parse, "--upload-budget", text)
+            self.assertIn("--upload-budget", str(e))
+            self.assertIn("bytes per second", str(e))
+
 
 class TwistdUsageTests(SynchronousTestCase):
     def test_one_line_usage_error(self) -> None:
@@ -192,6 +218,28 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertIn("tcp", node.transports)
         self.assertEqual(reactor.tcpServers, [])
         self.assertTrue(self.data_dir.child("identity.key").exists())
+
+    def test_upload_budget_reaches_spring(self) -> None:
+        """
+        The node built from ``--upload-budget 300k`` runs ``spring`` with
+        that budget (its strategies are the installed ones, unicast among
+        them), so each of its spring strategies uploads at most 300,000
+        bytes/s.
+        """
+        reactor = MemoryReactorClock()
+        node = makeService(
+            _parse("--data-dir", self.data_dir.path, "--no-passphrase", "--upload-budget", "300k"),
+            reactor,
+        )
+        assert isinstance(node, Node) and node.lock is not None
+        self.addCleanup(node.lock.release)
+        assert node.strategies is not None
+        self.assertIn("unicast", node.strategies)
+        spring = node.strategies["spring"]
+        assert isinstance(spring, SpringStrategyPlugin)
+        self.assertEqual(spring.upload_budget, 300_000)
+        context = _Context(node.peer_id, reactor)
+        self.assertEqual(spring.budget(context).rate, 300_000)
 
     def test_passphrase_needed(self) -> None:
         """

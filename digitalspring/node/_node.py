@@ -23,7 +23,7 @@ from ..control import BadRequest, ControlService, peer_from_body
 from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..multicast import MulticastService
+from ..multicast import IMulticastStrategyPlugin, MulticastService
 from ..storage import IStore
 from ..transport import ITransport, split_address
 from ._groups import GroupRoutes
@@ -90,6 +90,8 @@ class Node(MultiService):
     :ivar lock: the lock of its data directory, or ``None``.
     :ivar store: its store once open, or ``None``.
     :ivar multicast: its groups, once the store is open, or ``None``.
+    :ivar strategies: the multicast strategy plugins its groups run, by
+        name, or ``None`` for every installed one.
     :ivar groups: the control routes of its groups (with a control API and
         a store), or ``None``.
     :ivar warnings: what the node found wrong once listening, in words a
@@ -111,6 +113,7 @@ class Node(MultiService):
         lock: DataDirLock | None = None,
         open_store: Callable[[], Deferred[IStore]] | None = None,
         is_contact: Callable[[PeerID], bool] = lambda peer: False,
+        strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -129,6 +132,8 @@ class Node(MultiService):
             ``None`` for a node without groups.
         :param is_contact: whether a peer is in the user's address book
             (its invitations are accepted unasked).
+        :param strategies: the multicast strategies its groups run, by
+            name; every installed one by default.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
@@ -143,6 +148,7 @@ class Node(MultiService):
         self.multicast: MulticastService | None = None
         self._open_store = open_store
         self._is_contact = is_contact
+        self.strategies = dict(strategies) if strategies is not None else None
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
@@ -323,7 +329,12 @@ class Node(MultiService):
             store.close()
             return
         self.multicast = MulticastService(
-            self.identity, self.reactor, self.pool, store, is_contact=self._is_contact
+            self.identity,
+            self.reactor,
+            self.pool,
+            store,
+            is_contact=self._is_contact,
+            strategies=self.strategies,
         )
         self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
         if self.groups is not None:

@@ -184,3 +184,30 @@ def check_listen(text: str) -> str:
     except InvalidAddress as e:
         raise BadOption(f"bad --listen value: {e}") from None
     return text
+
+
+#: Multipliers of the suffixes a rate may have: decimal, as network rates
+#: are given (``1.25M`` is 1,250,000 bytes/s, 10 Mbit/s).
+_RATE_SUFFIXES = {"": 1, "k": 1_000, "K": 1_000, "M": 1_000_000, "G": 1_000_000_000}
+
+
+def parse_rate(text: str) -> float:
+    """
+    A rate in bytes per second: a number, optionally followed by ``k``,
+    ``M`` or ``G`` (thousands, millions, billions), e.g. ``1.25M``.
+
+    :raises BadOption: when it is not a positive number so written.
+    """
+    value = text.strip()
+    suffix = value[-1:] if value[-1:] in _RATE_SUFFIXES else ""
+    number = value[: len(value) - len(suffix)]
+    try:
+        rate = float(number) * _RATE_SUFFIXES[suffix]
+    except ValueError:
+        rate = 0.0
+    if not 0 < rate < float("inf"):
+        raise BadOption(
+            f"{text!r} is not a rate in bytes per second above 0 (a number, or one "
+            "ending in k, M or G, e.g. 1.25M)"
+        )
+    return rate
