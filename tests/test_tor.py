@@ -68,6 +68,7 @@ from digitalspring.transport import (
 )
 from digitalspring.transport._tor import _AddressingFactory
 from digitalspring.transport._torcontrol import (
+    PUBLISH_PATIENCE,
     _connect_failure,
     _socks_endpoint,
     launch_torrc,
@@ -955,6 +956,26 @@ class TxtorconPublishTests(SynchronousTestCase):
         self.assertNoResult(publishing)
         clock.pump([1.0] * 7)
         self.successResultOf(publishing)
+
+    def test_gives_up_when_no_upload_lands(self) -> None:
+        """
+        When every upload fails (no HSDir takes the descriptors), the
+        publish does not wait forever: after ``PUBLISH_PATIENCE`` seconds
+        it fails, naming the HSDirs and their reasons, and the service is
+        taken off tor again.
+        """
+        protocol = _FakeControlProtocol()
+        clock, publishing, host = self._publish(protocol)
+        for hsdir, descriptor in (("A", _CURRENT), ("B", _NEXT)):
+            protocol.hs_desc(_upload(hsdir, descriptor, host))
+            protocol.hs_desc(f"FAILED {host} UNKNOWN ${hsdir}~relay REASON=UPLOAD_REJECTED")
+        clock.pump([1.0] * int(PUBLISH_PATIENCE - 1))
+        self.assertNoResult(publishing)
+        clock.pump([0.05] * 60)
+        error = self.failureResultOf(publishing, CannotListenError).value
+        self.assertIn("A (UPLOAD_REJECTED), B (UPLOAD_REJECTED)", str(error))
+        self.assertEqual(protocol.commands[-1], f"DEL_ONION {host}")
+        self.assertEqual(protocol.listeners, [])
 
     def test_tor_without_pow(self) -> None:
         """

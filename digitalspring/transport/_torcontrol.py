@@ -66,6 +66,11 @@ REND_PATIENCE = 30.0
 #: Seconds a publish waits for HSDir uploads still in flight once both
 #: descriptors are stored somewhere.
 UPLOAD_SETTLE = 10.0
+#: Seconds a publish waits for both descriptors to be stored somewhere
+#: before it gives up (uploads take seconds on a test network, under a
+#: minute on Tor's; tor tries a failed upload again only at its next
+#: descriptor rotation, up to an hour later).
+PUBLISH_PATIENCE = 180.0
 
 #: SOCKS5 replies (RFC 1928, and tor's ``ExtendedErrors`` for onion
 #: services) that mean nobody answers at the onion address.
@@ -624,7 +629,11 @@ class TxtorconControl:
                 defences = await self._add_onion(virtual_port, local_port, seed, host)
                 onion = _Onion(protocol, host, self._published, defences)
                 self._published.append(onion)
-                await self._until_reachable(uploads)
+                try:
+                    await self._until_reachable(uploads, virtual_port)
+                except BaseException:
+                    await onion.remove()
+                    raise
             finally:
                 await protocol.remove_event_listener("HS_DESC", uploads.event)
             return onion
@@ -660,17 +669,30 @@ class TxtorconControl:
                 )
             return defences
 
-    async def _until_reachable(self, uploads: DescriptorUploads) -> None:
+    async def _until_reachable(self, uploads: DescriptorUploads, virtual_port: int) -> None:
         """
         Return once clients can find the service (see
         :class:`DescriptorUploads`); uploads still in flight
         :data:`UPLOAD_SETTLE` seconds after both descriptors were stored
         are not waited for, as an HSDir of Tor's network may take minutes
         to fail.
+
+        :raises CannotListenError: when the descriptors are not both
+            stored within :data:`PUBLISH_PATIENCE` seconds.
         """
+        started = self._reactor.seconds()
         stored_at: float | None = None
         while not uploads.reachable:
             now = self._reactor.seconds()
+            if not uploads.stored and now - started > PUBLISH_PATIENCE:
+                failed = ", ".join(f"{h} ({why})" for h, why in uploads.failures.items())
+                raise CannotListenError(  # type: ignore[no-untyped-call]
+                    "onion",
+                    virtual_port,
+                    f"tor did not store the onion service's descriptors in "
+                    f"{PUBLISH_PATIENCE:.0f} s (uploads failed at: {failed or 'none yet'}; "
+                    f"in flight at: {', '.join(uploads.in_flight()) or 'none'})",
+                )
             if uploads.stored:
                 if stored_at is None:
                     stored_at = now

@@ -108,6 +108,8 @@ class DescriptorUploads:
     _pending: dict[str, list[str]] = field(factory=dict, init=False)
     _stored: set[str] = field(factory=set, init=False)
     _seen: set[str] = field(factory=set, init=False)
+    #: HSDirs where an upload failed, with tor's reason.
+    failures: dict[str, str] = field(factory=dict, init=False)
 
     def event(self, text: str) -> None:
         """
@@ -125,6 +127,9 @@ class DescriptorUploads:
             descriptor = self._pending[hsdir].pop(0)
             if action == "UPLOADED":
                 self._stored.add(descriptor)
+            else:
+                reasons = [w for w in words[4:] if w.startswith("REASON=")]
+                self.failures[hsdir] = reasons[0][len("REASON=") :] if reasons else "unknown"
 
     @property
     def stored(self) -> bool:
