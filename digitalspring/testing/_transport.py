@@ -239,6 +239,11 @@ def _payload(seed: int, size: int) -> bytes:
     return random.Random(seed).randbytes(size)  # noqa: S311 (test data)
 
 
+#: How many waits of a settle time a test makes for a transport to reach
+#: a state before it fails, rather than waiting forever.
+_PATIENCE = 100
+
+
 def scenario(
     body: Callable[[Any], Coroutine[Any, Any, None]],
 ) -> Callable[[Any], Deferred[None] | None]:
@@ -560,14 +565,28 @@ class TransportConformanceMixin(_Base):
         client.connection.registerProducer(pump, True)
         pump.pump()
         written = -1
-        while written != pump.written or not pump.paused:
+        for _ in range(_PATIENCE):
+            if written == pump.written and pump.paused:
+                break
             written = pump.written
             await self.sleep(self.settle_time)
+        else:
+            self.fail(
+                f"the writer was not paused and stalled after {_PATIENCE} x "
+                f"{self.settle_time} s ({pump.written} bytes written, paused: {pump.paused})"
+            )
         self.assertLess(written, cap)
         resumed = pump.resumed
         server.connection.resumeProducing()
-        while pump.resumed == resumed:
+        for _ in range(_PATIENCE):
+            if pump.resumed != resumed:
+                break
             await self.sleep(self.settle_time / 10)
+        else:
+            self.fail(
+                f"the writer was not resumed {_PATIENCE} x {self.settle_time / 10} s "
+                "after the reader resumed"
+            )
         pump.stopped = True
         client.connection.unregisterProducer()
         await server.received_at_least(pump.written)
