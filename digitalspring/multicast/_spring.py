@@ -97,6 +97,12 @@ MAX_ACKS_PER_PEER = 16_384
 MAX_ACKS = 65_536
 #: Seconds: a request not answered in this time is given up.
 REQUEST_TIMEOUT = 20.0
+#: Seconds, at least, and round trips to the peer, after which a request
+#: is overdue: the fragment is asked of another holder too.  A holder
+#: answers within its queue's wait (at most MAX_WAITING fragments: 0.4 s at
+#: the default budget) and a round trip.
+PATIENCE = 2.0
+PATIENCE_LATENCIES = 4.0
 #: Seconds an activation may take, dialling included.
 ACTIVATE_TIMEOUT = 40.0
 #: Seconds a holder that said BUSY is not asked again.
@@ -121,6 +127,12 @@ LINGER = 2.0
 #: many seconds per byte of the message at the upload budget.
 OWNER_QUIET = 30.0
 OWNER_QUIET_FACTOR = 4.0
+#: Seconds of quiet at the owner, at least, and the share of the
+#: transmission's age before the quiet, after which it asks the members
+#: whose acknowledgements it lacks directly; at most MAX_PROBES at a time.
+PROBE_QUIET = 5.0
+PROBE_AGE = 0.5
+MAX_PROBES = 64
 #: A latency for peers not measured yet: served after the measured ones.
 UNKNOWN_LATENCY = 1.0
 
@@ -138,12 +150,12 @@ class _Peer:
     __slots__ = (
         "acks",
         "announces",
+        "asked",
         "bad",
         "busy_until",
         "complete",
         "gone",
         "have",
-        "inflight",
         "latency",
         "pushes",
         "requests",
@@ -159,7 +171,7 @@ class _Peer:
         self.bad = False
         self.gone = False
         self.busy_until = 0.0
-        self.inflight = 0
+        self.asked: dict[int, float] = {}
         self.serving = 0
         self.announces = 0
         self.requests = 0
@@ -198,7 +210,6 @@ class _Transmission:
         self.held = 0
         self.data: dict[int, bytes] = {}
         self.peers: dict[PeerID, _Peer] = {}
-        self.inflight: dict[int, PeerID] = {}
         self.hinted = 0
         self.hint_until = 0.0
         self.unreached: set[PeerID] = set()
@@ -229,7 +240,7 @@ class _Transmission:
         self.quiet = OWNER_QUIET + OWNER_QUIET_FACTOR * manifest.ciphertext_size / (
             strategy.budget.rate
         )
-        self.last_check = self.started
+        self.probed: dict[PeerID, float] = {}
 
     # --- state ------------------------------------------------------------
 
@@ -438,7 +449,12 @@ class _Transmission:
         """
         pushed = 0
         for number in range(self.count):
-            if not hint >> number & 1 or state.have >> number & 1 or self.ended:
+            if not hint >> number & 1 or self.ended:
+                continue
+            if state.have >> number & 1:
+                # It says it holds it: others ask the owner for it as usual
+                # (had it lied, nobody else would ever get it).
+                self.pushing.discard(number)
                 continue
             data = self.data[number]
             await self.strategy.budget.reserve(len(data), state.latency, refuse=False)
@@ -521,27 +537,55 @@ class _Transmission:
         finally:
             self.announcing.discard(peer)
 
+    def patience(self, state: _Peer) -> float:
+        """
+        Seconds after which a request to this peer is overdue: then the
+        fragment is asked of another holder too, and the peer gets no new
+        request until it answers.
+        """
+        return max(PATIENCE, PATIENCE_LATENCIES * state.latency)
+
     def pump(self) -> None:
         """
         Ask holders for missing fragments, rarest first, each from the
-        holder with the lowest latency that is not busy.
+        holder with the lowest latency that is not busy, and again from
+        another holder when a request is overdue (a holder that never
+        answers, such as a hostile one, costs a fragment :meth:`patience`
+        seconds, not :data:`REQUEST_TIMEOUT`).
         """
         if self.ended or self.complete or self.owner:
             return
         now = self.clock.seconds()
-        slots = MAX_INFLIGHT - len(self.inflight)
-        if slots <= 0:
-            return
+        live: set[int] = set()
+        retry_at: float | None = None
+        overdue_peers: set[PeerID] = set()
+        for peer, state in self.peers.items():
+            limit = self.patience(state)
+            for number, asked in state.asked.items():
+                due = asked + limit
+                if now < due:
+                    live.add(number)
+                    retry_at = due if retry_at is None else min(retry_at, due)
+                else:
+                    overdue_peers.add(peer)
+        slots = MAX_INFLIGHT - sum(
+            1
+            for peer, state in self.peers.items()
+            if peer not in overdue_peers
+            for _ in state.asked
+        )
         waiting = self.hinted if now < self.hint_until else 0
         usable = [
             (peer, s)
             for peer, s in self.peers.items()
-            if s.usable and s.inflight < MAX_INFLIGHT_PER_PEER and s.busy_until <= now
+            if s.usable
+            and len(s.asked) < MAX_INFLIGHT_PER_PEER
+            and s.busy_until <= now
+            and peer not in overdue_peers
         ]
         candidates = []
-        retry_at: float | None = None
         for number in self.order:
-            if self.held >> number & 1 or number in self.inflight or waiting >> number & 1:
+            if self.held >> number & 1 or number in live or waiting >> number & 1:
                 continue
             holders = sum(1 for s in self.peers.values() if s.usable and s.have >> number & 1)
             if holders:
@@ -563,8 +607,10 @@ class _Transmission:
             peer, state = choice
             slots -= 1
             self.request(peer, state, number)
-            usable = [(p, s) for p, s in usable if s.inflight < MAX_INFLIGHT_PER_PEER]
-        if waiting and not self.inflight:
+            due = now + self.patience(state)
+            retry_at = due if retry_at is None else min(retry_at, due)
+            usable = [(p, s) for p, s in usable if len(s.asked) < MAX_INFLIGHT_PER_PEER]
+        if waiting and not live:
             retry_at = self.hint_until if retry_at is None else min(retry_at, self.hint_until)
         if retry_at is not None:
             self.wake(max(0.0, retry_at - now))
@@ -573,24 +619,24 @@ class _Transmission:
         self, number: int, usable: list[tuple[PeerID, _Peer]]
     ) -> tuple[PeerID, _Peer] | None:
         """
-        The holder to ask for fragment ``number``: a member before the
-        owner (which has sent every fragment once already), then the
-        lowest latency, then the least loaded.
+        The holder to ask for fragment ``number``, among those not asked
+        for it already: a member before the owner (which has sent every
+        fragment once already), then the lowest latency, then the least
+        loaded.
         """
         owner = self.context.owner
         best: tuple[PeerID, _Peer] | None = None
         best_key: tuple[bool, float, int] | None = None
         for peer, state in usable:
-            if not state.have >> number & 1:
+            if not state.have >> number & 1 or number in state.asked:
                 continue
-            key = (peer == owner, state.latency, state.inflight)
+            key = (peer == owner, state.latency, len(state.asked))
             if best_key is None or key < best_key:
                 best, best_key = (peer, state), key
         return best
 
     def request(self, peer: PeerID, state: _Peer, number: int) -> None:
-        self.inflight[number] = peer
-        state.inflight += 1
+        state.asked[number] = self.clock.seconds()
         d = Deferred.fromCoroutine(self._request(peer, state, number))
         d.addErrback(self.strategy.log_failure)
 
@@ -615,9 +661,7 @@ class _Transmission:
             except DigitalSpringError as e:
                 self.drop(peer, f"sent a fragment that did not check out: {e}")
         finally:
-            if self.inflight.get(number) == peer:
-                del self.inflight[number]
-            state.inflight -= 1
+            state.asked.pop(number, None)
         self.pump()
 
     # --- serving ----------------------------------------------------------
@@ -724,7 +768,33 @@ class _Transmission:
             self.end("quiet")
             return
         Deferred.fromCoroutine(self.check_delivered()).addErrback(self.strategy.log_failure)
+        self.probe(now)
         self.wake(2.0)
+
+    def probe(self, now: float) -> None:
+        """
+        At the owner, once nothing has happened for a while (nobody asked
+        it for a fragment, no acknowledgement came): activate directly the
+        members whose acknowledgements it lacks, each at most once per such
+        spell.  One that committed the message acknowledges it directly
+        (its own went to a forwarder that dropped it); one that did not
+        takes the owner as a peer to fetch from (its peers failed it).
+
+        The spell grows with the transmission's age, so that a slow
+        network (tor) is not taken for a silent one: in an honest run
+        acknowledgements keep coming and nobody is probed.
+        """
+        wait = max(PROBE_QUIET, PROBE_AGE * (self.last_progress - self.started))
+        if now - self.last_progress < wait:
+            return
+        missing = sorted(
+            p
+            for p in self.targets - self.acked - self.failed - self.activating
+            if now - self.probed.get(p, -wait) >= wait
+        )
+        for peer in missing[:MAX_PROBES]:
+            self.probed[peer] = now
+            self.activate(peer)
 
     async def check_delivered(self) -> None:
         """
@@ -896,15 +966,19 @@ class SpringStrategy:
             raise SpringRefused("not taking activations")
         manifest = await context.accept_manifest(signed)
         key = (manifest.epoch, manifest.index)
-        t = self._transmissions.get(key)
-        if t is None:
-            stored = await context.store.message(context.group_id, *key)
-            if stored.state == "complete":
-                relay = IAcknowledgementRelay(context, None)
-                if relay is not None:
-                    await self.send_acks(key, [peer], [relay.acknowledgement(*key)])
-                return b"", True
+        stored = await context.store.message(context.group_id, *key)
+        if stored.state == "complete":
+            # Committed already.  The owner asks again when it lacks our
+            # acknowledgement (lost on the way, or swallowed by a hostile
+            # forwarder): it gets it directly.  Anyone else learns only
+            # that we hold it.
+            relay = IAcknowledgementRelay(context, None)
+            if peer == context.owner and relay is not None:
+                await self.send_acks(key, [peer], [relay.acknowledgement(*key)])
             t = self._transmissions.get(key)
+            if t is None:
+                return b"", True
+        t = self._transmissions.get(key)
         if t is None:
             if len(self._transmissions) >= MAX_TRANSMISSIONS:
                 raise SpringRefused("too many transmissions under way")
