@@ -438,6 +438,41 @@ class OutboxTests(SynchronousTestCase):
         net.result(report.settled(), limit=3 * 3600)
         self.assertEqual([m.data for m in got], [b"while away"])
 
+    def _missed_then_epoch(self, strategy: str) -> None:
+        """
+        A member away while a message went out, and while another member
+        was removed (a new epoch), gets both once back: the catch-up of
+        the old epoch's message waited in the outbox ahead of the new
+        epoch, yet it can only go once the member holds the new epoch (the
+        owner proves membership in it), so it goes last.
+        """
+        net = network()
+        owner, b, c, d = net.node("owner"), net.node("b"), net.node("c"), net.node("d")
+        group_id = net.group(owner, b, c, d, strategy=strategy)
+        net.network.take_offline("c", refuse=True)
+        report = net.result(owner.publish(group_id, "while away"))
+        net.result(report.transmitted)
+        net.result(owner.remove_member(group_id, d.local))
+        net.run(1)
+        net.network.bring_online("c")
+        got = net.subscribe(c, group_id)
+        net.result(c.pool.connect(owner.local))
+        net.result(report.settled(), limit=10)
+        self.assertEqual([m.data for m in got], [b"while away"])
+        self.assertEqual(net.result(c.store.epoch(group_id)).epoch, 1)
+
+    def test_missed_then_epoch_unicast(self) -> None:
+        """
+        With ``unicast``: see :meth:`_missed_then_epoch`.
+        """
+        self._missed_then_epoch("unicast")
+
+    def test_missed_then_epoch_spring(self) -> None:
+        """
+        With ``spring``: see :meth:`_missed_then_epoch`.
+        """
+        self._missed_then_epoch("spring")
+
     def test_no_timer_without_outbox(self) -> None:
         """
         With nothing waiting in the outbox the service holds no timer.

@@ -43,7 +43,11 @@ Delivered = Callable[[PeerID, bytes], Awaitable[None]]
 class Outbox:
     """
     Sends what waits in the store's outbox for each peer, in the order it
-    was queued, stopping at the first entry the peer does not take.
+    was queued, stopping at the first entry the peer does not take; the
+    entries of a special kind (catch-ups) go after the notices, since they
+    may need what the notices carry: a catch-up queued before a new epoch
+    goes over a connection proven in that epoch, which the member can
+    check only once it has the epoch's keys.
 
     :param special: how entries of kinds other than a plain group notice
         are delivered (a catch-up, say), by kind.
@@ -150,7 +154,9 @@ class Outbox:
         self.log.failure("the outbox", failure)
 
     async def _send(self, peer: PeerID) -> None:
-        for entry in await self._store.outbox(peer):
+        entries = await self._store.outbox(peer)
+        notices = [e for e in entries if e.kind not in self._special]
+        for entry in notices + [e for e in entries if e.kind in self._special]:
             try:
                 special = self._special.get(entry.kind)
                 if special is not None:
