@@ -35,6 +35,7 @@ from digitalspring.multicast._manifest import decode_manifest, sign_manifest
 from digitalspring.multicast._spring import (
     MAX_ACKS,
     MAX_ACKS_PER_PEER,
+    MAX_PEERS,
     MAX_SERVING_PER_PEER,
     STALL_TIMEOUT,
     SpringResponder,
@@ -304,10 +305,12 @@ class _Replayed:
     it pleases.
     """
 
-    def __init__(self, others: int = 0, activate: bool = True) -> None:
+    def __init__(self, others: int = 0, activate: bool = True, away: float = 0.0) -> None:
         """
         :param others: how many more members the group has.
         :param activate: whether ``h`` activates ``a``.
+        :param away: seconds ``a`` stays away after the others have the
+            message (past their transmissions, once over 20 s).
         """
         self.net = net = GroupNetwork({"spring": SpringStrategyPlugin()})
         self.owner = _seeded(net, "owner", 0)
@@ -320,6 +323,7 @@ class _Replayed:
         report = net.result(self.owner.publish(self.group_id, bytes(3 * FRAGMENT_SIZE), "f"))
         self.sealed = net.result(self.owner.sealed_message(self.group_id, 0, 0))
         net.result(report.transmitted)
+        net.run(away)
         net.network.bring_online("a")
         # Past the pool's back-off from the attempts made while it was away.
         net.run(2)
@@ -422,6 +426,37 @@ class FloodTests(SynchronousTestCase):
         self.assertEqual(answers.count(SpringBusy), 10 - MAX_SERVING_PER_PEER)
         for answer in served:
             self.assertEqual(answer["data"], replayed.sealed.fragments[1])
+
+    def test_peer_places_taken_still_leave_room_for_owner(self) -> None:
+        """
+        Members that fill every place for peers of a member's transmission
+        (:data:`MAX_PEERS`, by announcing that they hold nothing) do not
+        cut it off from the owner: the owner's catch-up still gets it the
+        message.
+        """
+        # Away past the others' transmissions, and past the owner's first
+        # retry (the next is two minutes later), so that nobody but ``h``
+        # has activated it.
+        replayed = _Replayed(others=MAX_PEERS, away=100)
+        net, a = replayed.net, replayed.a
+        got = net.subscribe(a, replayed.group_id)
+        for other in replayed.others:
+            connection = net.result(other.proven_connection(replayed.group_id, a.local))
+            _failures(
+                net,
+                [
+                    connection.callRemote(
+                        SpringHave, group=replayed.group_id, epoch=0, index=0, have=b""
+                    )
+                ],
+            )
+        self.assertEqual(len(replayed.transmission.peers), MAX_PEERS)
+        self.assertNotIn(replayed.owner.local, replayed.transmission.peers)
+        self.assertEqual(replayed.transmission.held, 0)
+        net.result(a.pool.connect(replayed.owner.local))
+        # Sooner than the transmission would stall and start afresh.
+        net.clock.run_until(lambda: bool(got), limit=STALL_TIMEOUT / 2)
+        self.assertEqual([m.data for m in got], [bytes(3 * FRAGMENT_SIZE)])
 
     def test_acknowledgement_flood_refused(self) -> None:
         """

@@ -259,7 +259,10 @@ class _Transmission:
         state = self.peers.get(peer)
         if state is None:
             limit = MAX_PEERS + (len(self.targets) if self.owner else 0)
-            if len(self.peers) >= limit or peer == self.context.local:
+            # The owner is always taken: others filling every place (the
+            # hostile ones first) must not cut a member off from it.
+            full = len(self.peers) >= limit and peer != self.context.owner
+            if full or peer == self.context.local:
                 return None
             state = self.peers[peer] = _Peer(latency)
         elif latency != UNKNOWN_LATENCY:
