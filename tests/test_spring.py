@@ -6,20 +6,24 @@ rather than from the owner to each.
 
 from __future__ import annotations
 
+import hashlib
+
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
+from digitalspring.identity import Identity
 from digitalspring.multicast import (
     DEFAULT_STRATEGY,
     IMulticastStrategyPlugin,
+    MulticastService,
     SpringStrategyPlugin,
     UploadBudget,
     get_strategy,
 )
 from digitalspring.multicast._spring_upload import MAX_WAITING
 from digitalspring.multicast._spring_wire import SpringBusy
-from digitalspring.testing import StrategyConformanceMixin
+from digitalspring.testing import GroupNetwork, StrategyConformanceMixin
 
 
 class SpringConformanceTests(StrategyConformanceMixin, SynchronousTestCase):
@@ -95,3 +99,53 @@ class UploadBudgetTests(SynchronousTestCase):
         clock.pump([0.5] * 60)
         self.assertIsNone(self.successResultOf(pushed))
         self.assertEqual(budget.waiting, 0)
+
+
+class ChurnTests(SynchronousTestCase):
+    def _churn(self, seed: int) -> None:
+        """
+        30 members on 10 Mbit/s uplinks, 3 of them (10 %) offline; while a
+        1 MiB message goes out, 9 of the others (30 %) go offline one every
+        0.2 s, and the 3 come online halfway: every member online at the
+        end commits the message within 30 s.
+        """
+        net = GroupNetwork({"spring": SpringStrategyPlugin()}, latency=0.05)
+
+        def node(name: str) -> MulticastService:
+            seeded = hashlib.blake2b(f"{seed} {name}".encode(), digest_size=32).digest()
+            return net.node(
+                name, identity=Identity.from_seed(seeded), upload_bps=10e6, download_bps=50e6
+            )
+
+        owner = node("owner")
+        members = [node(f"m{i}") for i in range(30)]
+        group_id = net.group(owner, *members, strategy="spring")
+        net.run(5)
+        late = [0, 3, 6]
+        leaving = [1, 4, 7, 10, 13, 16, 19, 22, 25]
+        for i in late:
+            net.network.take_offline(f"m{i}", refuse=True)
+        got = [net.subscribe(m, group_id) for m in members]
+        data = bytes(range(256)) * 4096
+        start = net.clock.seconds()
+        net.result(owner.publish(group_id, data, "big.bin"))
+        for k, i in enumerate(leaving):
+            net.run(start + 0.2 * (k + 1) - net.clock.seconds())
+            net.network.take_offline(f"m{i}")
+            if k == len(leaving) // 2:
+                for j in late:
+                    net.network.bring_online(f"m{j}")
+        # The churn fell within the transmission.
+        self.assertFalse(any(got))
+        online = [i for i in range(len(members)) if i not in leaving]
+        net.clock.run_until(lambda: all(got[i] for i in online), limit=30)
+        self.assertEqual(
+            [i for i in online if [m.data for m in got[i]] != [data]], [], f"seed {seed}"
+        )
+
+    def test_churn(self) -> None:
+        """
+        See :meth:`_churn`; three groups.
+        """
+        for seed in range(3):
+            self._churn(seed)

@@ -97,15 +97,23 @@ class GroupNetwork:
         return restore
 
     def node(
-        self, name: str, store: MemoryStore | None = None, identity: Identity | None = None
+        self,
+        name: str,
+        store: MemoryStore | None = None,
+        identity: Identity | None = None,
+        upload_bps: float | None = None,
+        download_bps: float | None = None,
     ) -> MulticastService:
         """
         A new node called ``name``, started.
 
         :param identity: its identity; a new one by default.
+        :param upload_bps: its host's upload rate in bits per second (see
+            :meth:`MemoryNetwork.add_host`); unlimited by default, likewise
+            ``download_bps``.
         """
         if name not in self.network.hosts:
-            self.network.add_host(name)
+            self.network.add_host(name, upload_bps=upload_bps, download_bps=download_bps)
         transport = self.network.transport(name)
         identity = identity or Identity.generate()
         pool = ConnectionPool(
