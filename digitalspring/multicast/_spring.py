@@ -13,13 +13,18 @@ was activated by, up to :data:`MAX_PEERS` (it starts at most :data:`D`
 itself).  A member that holds a fragment announces it to its peers, and
 sends it to those that ask, as its upload budget allows (lowest latency
 first, refusing when its queue is full, so that requests spread over the
-holders).  A message of one fragment rides on the activations themselves.
+holders).  A request a holder leaves unanswered too long is asked of
+another holder too.  A message of one fragment rides on the activations
+themselves.
 
 Acknowledgements go back up the activation tree: each member sends its
 own, and those of the members it activated, to its activator, so the
 owner gets them over the connections of its direct activations alone.
 They are MACs that only the owner can check, so a forwarder learns nothing
-from them and cannot forge one.
+from them and cannot forge one.  An owner that has heard nothing for a
+while activates directly the members whose acknowledgements it lacks: a
+forwarder that dropped them, or peers that failed a member, delay it then,
+but do not stop it.
 
 A transmission ends at a member once it holds every fragment and its
 peers do too (or after :data:`STALL_TIMEOUT` without progress, which also
