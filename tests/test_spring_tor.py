@@ -108,8 +108,7 @@ class SpringOverTorTests(TestCase):
                     book.add(peers[other], onions[other], other)
         clients = [self.network.client, await _client(self.network, "spring")]
         nodes = [
-            await self._node(dirs[name], clients[i % len(clients)])
-            for i, name in enumerate(names)
+            await self._node(dirs[name], clients[i % len(clients)]) for i, name in enumerate(names)
         ]
         services: list[MulticastService] = []
         for node in nodes:
