@@ -32,14 +32,13 @@ from digitalspring.multicast import (
     TransmissionReport,
 )
 from digitalspring.multicast._manifest import decode_manifest, sign_manifest
-from digitalspring.multicast._spring import (
+from digitalspring.multicast._spring import SpringResponder, SpringStrategy
+from digitalspring.multicast._spring_transmission import (
     MAX_ACKS,
     MAX_ACKS_PER_PEER,
     MAX_PEERS,
     MAX_SERVING_PER_PEER,
     STALL_TIMEOUT,
-    SpringResponder,
-    SpringStrategy,
 )
 from digitalspring.multicast._spring_wire import (
     MAX_ACKS_PER_BOX,

@@ -32,11 +32,14 @@ frees an incomplete one); at the owner once every recipient has
 acknowledged, or after a quiet spell proportional to the message's size.
 Nothing of it is left then: no timer, and connections the pool closes once
 idle.  ``docs/multicast.rst`` describes it in full.
+
+Here are the strategy of one group at one node, the responders of its
+commands and its plugin; each message's transmission is a state machine of
+its own, in ``_spring_transmission.py`` with the constants named above.
 """
 
 from __future__ import annotations
 
-import random
 from typing import TYPE_CHECKING, Any
 
 from twisted.internet.defer import Deferred, succeed
@@ -48,7 +51,6 @@ from zope.interface import implementer
 from ..errors import DigitalSpringError
 from ..identity import PeerID
 from ..storage import NotStored
-from ._context import MAX_OUT_OF_ORDER
 from ._interfaces import (
     IAcknowledgementCarrier,
     IAcknowledgementRelay,
@@ -59,764 +61,27 @@ from ._interfaces import (
     TransmissionReport,
 )
 from ._membership import MembershipNotProven
+from ._spring_transmission import (
+    DIRECT,
+    HINT_GRACE,
+    MAX_TRANSMISSIONS,
+    REQUEST_TIMEOUT,
+    Transmission,
+)
 from ._spring_upload import DEFAULT_UPLOAD_BUDGET, UploadBudget
 from ._spring_wire import (
-    MAX_ACKS_PER_BOX,
     SpringAcks,
     SpringActivate,
-    SpringBusy,
     SpringHave,
     SpringPush,
     SpringRefused,
     SpringRequest,
     decode_bitmap,
-    encode_bitmap,
     split_macs,
 )
 
 if TYPE_CHECKING:
-    from ._manifest import Manifest
     from ._message import SealedMessage
-
-#: How many members the owner activates itself.
-DIRECT = 16
-#: How many connections a member starts itself during a transmission: its
-#: neighbours (6 by default), with room for a larger ``N``.
-D = 8
-#: The most peers a member exchanges fragments with in one transmission
-#: (those it activated and those that activated it); an activation beyond
-#: them is answered, but its sender is not taken as a peer.
-MAX_PEERS = 2 * D
-#: The most requests a member has under way, in all and to one peer.
-MAX_INFLIGHT = 8
-MAX_INFLIGHT_PER_PEER = 3
-#: The most requests of one peer a member serves at once; more are BUSY.
-MAX_SERVING_PER_PEER = 2
-#: The most transmissions of one group under way at a member: as many as
-#: messages it accepts ahead of the next one to commit, so that a burst of
-#: messages is taken whole.
-MAX_TRANSMISSIONS = MAX_OUT_OF_ORDER
-#: The most acknowledgements a member forwards for one peer, and in all,
-#: in one transmission.
-MAX_ACKS_PER_PEER = 16_384
-MAX_ACKS = 65_536
-#: Seconds: a request not answered in this time is given up.
-REQUEST_TIMEOUT = 20.0
-#: Seconds, at least, and round trips to the peer, after which a request
-#: is overdue: the fragment is asked of another holder too.  A holder
-#: answers within its queue's wait (at most MAX_WAITING fragments: 0.4 s at
-#: the default budget) and a round trip.
-PATIENCE = 2.0
-PATIENCE_LATENCIES = 4.0
-#: Seconds an activation may take, dialling included.
-ACTIVATE_TIMEOUT = 40.0
-#: Seconds a holder that said BUSY is not asked again.
-BUSY_BACKOFF = 0.2
-#: Seconds a member waits for the fragments the owner said it would push
-#: before asking others for them.
-HINT_GRACE = 3.0
-#: Seconds the owner refuses to send a fragment again that it has just
-#: sent: others will have it to give.
-OWNER_REPEAT = 4.0
-#: Seconds without progress after which a transmission ends at a member,
-#: complete or not, freeing what it held.
-STALL_TIMEOUT = 30.0
-#: Seconds a member that holds everything keeps trying to activate the
-#: neighbours it could not reach, for members coming online.
-REPAIR_WINDOW = 20.0
-#: Seconds between such attempts.
-RETRY_INTERVAL = 5.0
-#: Seconds a complete member stays for peers whose state it has not heard.
-LINGER = 2.0
-#: Seconds of quiet after which the owner ends a transmission, plus this
-#: many seconds per byte of the message at the upload budget.
-OWNER_QUIET = 30.0
-OWNER_QUIET_FACTOR = 4.0
-#: Seconds of quiet at the owner, at least, and the share of the
-#: transmission's age before the quiet, after which it asks the members
-#: whose acknowledgements it lacks directly; at most MAX_PROBES at a time.
-PROBE_QUIET = 5.0
-PROBE_AGE = 0.5
-MAX_PROBES = 64
-#: A latency for peers not measured yet: served after the measured ones.
-UNKNOWN_LATENCY = 1.0
-
-
-class _Peer:
-    """
-    What one member knows of a peer during a transmission.
-
-    :ivar have: the fragments it holds, as a bitmap.
-    :ivar sent: the bitmap last announced to it.
-    :ivar bad: it misbehaved: nothing more is exchanged with it.
-    :ivar gone: a call to it failed: not asked again until it calls.
-    """
-
-    __slots__ = (
-        "acks",
-        "announces",
-        "asked",
-        "bad",
-        "busy_until",
-        "complete",
-        "gone",
-        "have",
-        "latency",
-        "pushes",
-        "requests",
-        "sent",
-        "serving",
-    )
-
-    def __init__(self, latency: float) -> None:
-        self.have = 0
-        self.sent = 0
-        self.latency = latency
-        self.complete = False
-        self.bad = False
-        self.gone = False
-        self.busy_until = 0.0
-        self.asked: dict[int, float] = {}
-        self.serving = 0
-        self.announces = 0
-        self.requests = 0
-        self.pushes = 0
-        self.acks = 0
-
-    @property
-    def usable(self) -> bool:
-        return not (self.bad or self.gone)
-
-
-class _Transmission:
-    """
-    One message's transmission at one node.
-    """
-
-    log = Logger()
-
-    def __init__(
-        self,
-        strategy: SpringStrategy,
-        manifest: Manifest,
-        signed: bytes,
-        parent: PeerID | None,
-    ) -> None:
-        self.strategy = strategy
-        self.context = context = strategy.context
-        self.clock = context.clock
-        self.manifest = manifest
-        self.signed = signed
-        self.key = (manifest.epoch, manifest.index)
-        self.count = len(manifest.fragment_hashes)
-        self.full = (1 << self.count) - 1
-        self.parent = parent
-        self.owner = context.role == "owner"
-        self.held = 0
-        self.data: dict[int, bytes] = {}
-        self.peers: dict[PeerID, _Peer] = {}
-        self.hinted = 0
-        self.hint_until = 0.0
-        self.unreached: set[PeerID] = set()
-        self.activating: set[PeerID] = set()
-        self.announcing: set[PeerID] = set()
-        self.acks_out: list[bytes] = []
-        self.acks_seen: set[bytes] = set()
-        self.acks_sending = False
-        self.served_at: dict[int, float] = {}
-        self.pushing: set[int] = set()
-        self.started = self.clock.seconds()
-        self.last_progress = self.started
-        self.completed_at: float | None = None
-        self.last_retry = self.started
-        self.ended = False
-        self._timer: Any = None
-        self._wake: float | None = None
-        seed = context.local.public_key + manifest.hash
-        self.random = random.Random(seed)  # noqa: S311 (an order of requests, not a secret)
-        order = list(range(self.count))
-        self.random.shuffle(order)
-        self.order = order
-        # At the owner:
-        self.targets: set[PeerID] = set()
-        self.acked: set[PeerID] = set()
-        self.failed: set[PeerID] = set()
-        self.waiters: list[tuple[frozenset[PeerID], Deferred[TransmissionReport]]] = []
-        self.quiet = OWNER_QUIET + OWNER_QUIET_FACTOR * manifest.ciphertext_size / (
-            strategy.budget.rate
-        )
-        self.probed: dict[PeerID, float] = {}
-
-    # --- state ------------------------------------------------------------
-
-    @property
-    def complete(self) -> bool:
-        return self.held == self.full
-
-    def touch(self) -> None:
-        self.last_progress = self.clock.seconds()
-
-    def peer(self, peer: PeerID, latency: float = UNKNOWN_LATENCY) -> _Peer | None:
-        """
-        The peer's state, added if there is room; ``None`` when there is
-        none, or the peer misbehaved.
-        """
-        state = self.peers.get(peer)
-        if state is None:
-            limit = MAX_PEERS + (len(self.targets) if self.owner else 0)
-            # The owner is always taken: others filling every place (the
-            # hostile ones first) must not cut a member off from it.
-            full = len(self.peers) >= limit and peer != self.context.owner
-            if full or peer == self.context.local:
-                return None
-            state = self.peers[peer] = _Peer(latency)
-        elif latency != UNKNOWN_LATENCY:
-            state.latency = latency
-        if state.bad:
-            return None
-        state.gone = False
-        return state
-
-    def drop(self, peer: PeerID, why: str) -> None:
-        """
-        Stop exchanging with ``peer``: it misbehaved.
-        """
-        state = self.peers.get(peer)
-        if state is not None and not state.bad:
-            state.bad = True
-            self.strategy.rlog(
-                "spring: dropped {peer} from transmission {key}: {why}",
-                peer=str(peer),
-                key=self.key,
-                why=why,
-            )
-
-    def bitmap(self) -> bytes:
-        return encode_bitmap(self.held)
-
-    # --- timers -----------------------------------------------------------
-
-    def wake(self, delay: float) -> None:
-        """
-        Run :meth:`tick` in ``delay`` seconds at the latest.
-        """
-        if self.ended:
-            return
-        when = self.clock.seconds() + delay
-        if self._timer is not None and self._wake is not None and self._wake <= when:
-            return
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._wake = when
-        self._timer = self.clock.callLater(delay, self.tick)
-
-    def tick(self) -> None:
-        self._timer = self._wake = None
-        if self.ended:
-            return
-        now = self.clock.seconds()
-        if self.owner:
-            self.owner_tick(now)
-            return
-        if now - self.last_progress >= STALL_TIMEOUT:
-            self.end("stalled")
-            return
-        if self.unreached and now - self.last_retry >= RETRY_INTERVAL:
-            self.last_retry = now
-            if self.completed_at is None or now - self.completed_at < REPAIR_WINDOW:
-                for peer in sorted(self.unreached):
-                    self.activate(peer)
-        if self.finished(now):
-            self.end("done")
-            return
-        self.pump()
-        self.wake(min(RETRY_INTERVAL, LINGER))
-
-    def finished(self, now: float) -> bool:
-        """
-        Whether a member's part is over: it holds everything, so do its
-        peers, nothing is under way, and it no longer tries to reach
-        neighbours.
-        """
-        if not self.complete or self.completed_at is None:
-            return False
-        if self.acks_out or self.acks_sending or self.activating:
-            return False
-        if any(p.serving for p in self.peers.values()):
-            return False
-        if now - self.completed_at < LINGER:
-            return False
-        if self.unreached and now - self.completed_at < REPAIR_WINDOW:
-            return False
-        return all(p.complete or not p.usable or p.have == self.full for p in self.peers.values())
-
-    def end(self, why: str) -> None:
-        """
-        End the transmission here: timers cancelled, memory freed.
-        """
-        if self.ended:
-            return
-        self.ended = True
-        if self._timer is not None and self._timer.active():
-            self._timer.cancel()
-        self._timer = None
-        self.data.clear()
-        self.peers.clear()
-        self.strategy.ended(self)
-        self.log.debug(
-            "spring transmission {key} of {group} ended: {why}",
-            key=self.key,
-            group=self.context.group_id.hex()[:16],
-            why=why,
-        )
-        if self.owner:
-            waiters, self.waiters = self.waiters, []
-            for watch, d in waiters:
-                d.callback(TransmissionReport(watch & self.acked, watch - self.acked))
-
-    def settle(self) -> None:
-        """
-        At the owner: fire what waits on members who have all acknowledged
-        or could not be activated; end once every target acknowledged.
-        """
-        if self.targets <= self.acked:
-            self.end("delivered")
-            return
-        done = self.acked | self.failed
-        for watch, d in [w for w in self.waiters if w[0] <= done]:
-            self.waiters.remove((watch, d))
-            d.callback(TransmissionReport(watch & self.acked, watch - self.acked))
-
-    # --- activation -------------------------------------------------------
-
-    def start(self, neighbours: frozenset[PeerID], skip: set[PeerID]) -> None:
-        """
-        Pass the activation on to up to :data:`D` neighbours.
-        """
-        chosen = sorted(p for p in neighbours if p not in skip and p != self.context.local)
-        self.random.shuffle(chosen)
-        for peer in chosen[:D]:
-            self.activate(peer)
-        self.wake(RETRY_INTERVAL)
-
-    def activate(self, peer: PeerID, hint: int = 0) -> None:
-        if peer in self.activating or self.ended:
-            return
-        self.activating.add(peer)
-        d = Deferred.fromCoroutine(self._activate(peer, hint))
-        d.addErrback(self.strategy.log_failure)
-
-    async def _activate(self, peer: PeerID, hint: int) -> None:
-        sent = self.clock.seconds()
-        small = self.count == 1 and 0 in self.data
-        try:
-            connection = await self.context.connect(peer)
-            answer = await connection.callRemote(
-                SpringActivate,
-                group=self.context.group_id,
-                manifest=self.signed,
-                have=self.bitmap(),
-                hint=encode_bitmap(hint),
-                data=self.data[0] if small else None,
-            ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
-            have = decode_bitmap(answer["have"], self.count)
-        except Exception as e:
-            self.activating.discard(peer)
-            self.pushing -= {n for n in range(self.count) if hint >> n & 1}
-            if not self.ended:
-                self.unreached.add(peer)
-                if self.owner:
-                    self.failed.add(peer)
-                    self.settle()
-                self.log.debug(
-                    "spring: could not activate {peer}: {error}", peer=str(peer), error=str(e)
-                )
-            return
-        self.activating.discard(peer)
-        self.unreached.discard(peer)
-        if self.ended:
-            return
-        self.touch()
-        state = self.peer(peer, self.clock.seconds() - sent)
-        if state is None:
-            self.pushing -= {n for n in range(self.count) if hint >> n & 1}
-            return
-        state.have |= have
-        state.complete = bool(answer["complete"])
-        if hint and self.owner:
-            Deferred.fromCoroutine(self._push(peer, state, hint)).addErrback(
-                self.strategy.log_failure
-            )
-        self.announce()
-        self.pump()
-
-    async def _push(self, peer: PeerID, state: _Peer, hint: int) -> None:
-        """
-        At the owner: send the fragments of ``hint`` to a member it
-        activated, unasked.
-        """
-        pushed = 0
-        for number in range(self.count):
-            if not hint >> number & 1 or self.ended:
-                continue
-            if state.have >> number & 1:
-                # It says it holds it: others ask the owner for it as usual
-                # (had it lied, nobody else would ever get it).
-                self.pushing.discard(number)
-                continue
-            data = self.data[number]
-            await self.strategy.budget.reserve(len(data), state.latency, refuse=False)
-            if self.ended:
-                return
-            try:
-                connection = await self.context.connect(peer)
-                await connection.callRemote(
-                    SpringPush,
-                    group=self.context.group_id,
-                    epoch=self.key[0],
-                    index=self.key[1],
-                    number=number,
-                    data=data,
-                ).addTimeout(REQUEST_TIMEOUT, self.clock)
-            except Exception as e:
-                self.log.debug("spring: push to {peer} failed: {e}", peer=str(peer), e=str(e))
-                self.pushing -= {n for n in range(self.count) if hint >> n & 1}
-                return
-            finally:
-                self.served_at[number] = self.clock.seconds()
-            self.pushing.discard(number)
-            pushed += 1
-            state.have |= 1 << number
-            self.touch()
-            self.context.progress(self.manifest, peer, pushed)
-
-    # --- fragments --------------------------------------------------------
-
-    async def accept(self, number: int, data: bytes) -> bool:
-        """
-        A fragment from a peer: checked against the manifest and stored
-        (by the context), then announced.
-        """
-        new = await self.context.accept_fragment(self.manifest, number, data)
-        if self.ended or self.held >> number & 1:
-            return new
-        self.held |= 1 << number
-        self.data[number] = data
-        self.touch()
-        if self.complete:
-            self.completed_at = self.clock.seconds()
-            self.wake(LINGER)
-        self.announce()
-        return new
-
-    def announce(self) -> None:
-        """
-        Tell each peer that lacks something this node holds what it holds,
-        one announcement under way per peer at most.
-        """
-        for peer, state in list(self.peers.items()):
-            if not state.usable or peer in self.announcing or state.complete:
-                continue
-            if self.held & ~state.have & ~state.sent == 0 or self.held == state.sent:
-                continue
-            self.announcing.add(peer)
-            Deferred.fromCoroutine(self._announce(peer, state)).addErrback(
-                self.strategy.log_failure
-            )
-
-    async def _announce(self, peer: PeerID, state: _Peer) -> None:
-        try:
-            while not self.ended and self.held != state.sent and not state.bad:
-                held = self.held
-                sent = self.clock.seconds()
-                connection = await self.context.connect(peer)
-                await connection.callRemote(
-                    SpringHave,
-                    group=self.context.group_id,
-                    epoch=self.key[0],
-                    index=self.key[1],
-                    have=encode_bitmap(held),
-                ).addTimeout(REQUEST_TIMEOUT, self.clock)
-                state.sent = held
-                state.latency = min(state.latency, self.clock.seconds() - sent)
-        except Exception as e:
-            self.log.debug("spring: announcement to {p} failed: {e}", p=str(peer), e=str(e))
-            state.gone = True
-        finally:
-            self.announcing.discard(peer)
-
-    def patience(self, state: _Peer) -> float:
-        """
-        Seconds after which a request to this peer is overdue: then the
-        fragment is asked of another holder too, and the peer gets no new
-        request until it answers.
-        """
-        return max(PATIENCE, PATIENCE_LATENCIES * state.latency)
-
-    def pump(self) -> None:
-        """
-        Ask holders for missing fragments, rarest first, each from the
-        holder with the lowest latency that is not busy, and again from
-        another holder when a request is overdue (a holder that never
-        answers, such as a hostile one, costs a fragment :meth:`patience`
-        seconds, not :data:`REQUEST_TIMEOUT`).
-        """
-        if self.ended or self.complete or self.owner:
-            return
-        now = self.clock.seconds()
-        live: set[int] = set()
-        retry_at: float | None = None
-        overdue_peers: set[PeerID] = set()
-        for peer, state in self.peers.items():
-            limit = self.patience(state)
-            for number, asked in state.asked.items():
-                due = asked + limit
-                if now < due:
-                    live.add(number)
-                    retry_at = due if retry_at is None else min(retry_at, due)
-                else:
-                    overdue_peers.add(peer)
-        slots = MAX_INFLIGHT - sum(
-            1
-            for peer, state in self.peers.items()
-            if peer not in overdue_peers
-            for _ in state.asked
-        )
-        waiting = self.hinted if now < self.hint_until else 0
-        usable = [
-            (peer, s)
-            for peer, s in self.peers.items()
-            if s.usable
-            and len(s.asked) < MAX_INFLIGHT_PER_PEER
-            and s.busy_until <= now
-            and peer not in overdue_peers
-        ]
-        candidates = []
-        for number in self.order:
-            if self.held >> number & 1 or number in live or waiting >> number & 1:
-                continue
-            holders = sum(1 for s in self.peers.values() if s.usable and s.have >> number & 1)
-            if holders:
-                candidates.append((holders, number))
-        candidates.sort()
-        for _, number in candidates:
-            if slots <= 0:
-                break
-            choice = self.choose(number, usable)
-            if choice is None:
-                busy = [
-                    s.busy_until
-                    for s in self.peers.values()
-                    if s.have >> number & 1 and s.usable and s.busy_until > now
-                ]
-                if busy:
-                    retry_at = min(busy) if retry_at is None else min(retry_at, *busy)
-                continue
-            peer, state = choice
-            slots -= 1
-            self.request(peer, state, number)
-            due = now + self.patience(state)
-            retry_at = due if retry_at is None else min(retry_at, due)
-            usable = [(p, s) for p, s in usable if len(s.asked) < MAX_INFLIGHT_PER_PEER]
-        if waiting and not live:
-            retry_at = self.hint_until if retry_at is None else min(retry_at, self.hint_until)
-        if retry_at is not None:
-            self.wake(max(0.0, retry_at - now))
-
-    def choose(
-        self, number: int, usable: list[tuple[PeerID, _Peer]]
-    ) -> tuple[PeerID, _Peer] | None:
-        """
-        The holder to ask for fragment ``number``, among those not asked
-        for it already: a member before the owner (which has sent every
-        fragment once already), then the lowest latency, then the least
-        loaded.
-        """
-        owner = self.context.owner
-        best: tuple[PeerID, _Peer] | None = None
-        best_key: tuple[bool, float, int] | None = None
-        for peer, state in usable:
-            if not state.have >> number & 1 or number in state.asked:
-                continue
-            key = (peer == owner, state.latency, len(state.asked))
-            if best_key is None or key < best_key:
-                best, best_key = (peer, state), key
-        return best
-
-    def request(self, peer: PeerID, state: _Peer, number: int) -> None:
-        state.asked[number] = self.clock.seconds()
-        d = Deferred.fromCoroutine(self._request(peer, state, number))
-        d.addErrback(self.strategy.log_failure)
-
-    async def _request(self, peer: PeerID, state: _Peer, number: int) -> None:
-        try:
-            connection = await self.context.connect(peer)
-            answer = await connection.callRemote(
-                SpringRequest,
-                group=self.context.group_id,
-                epoch=self.key[0],
-                index=self.key[1],
-                number=number,
-            ).addTimeout(REQUEST_TIMEOUT, self.clock)
-        except SpringBusy:
-            state.busy_until = self.clock.seconds() + BUSY_BACKOFF
-        except Exception as e:
-            self.log.debug("spring: request to {p} failed: {e}", p=str(peer), e=str(e))
-            state.gone = True
-        else:
-            try:
-                await self.accept(number, answer["data"])
-            except DigitalSpringError as e:
-                self.drop(peer, f"sent a fragment that did not check out: {e}")
-        finally:
-            state.asked.pop(number, None)
-        self.pump()
-
-    # --- serving ----------------------------------------------------------
-
-    async def serve(self, peer: PeerID, number: int) -> bytes:
-        state = self.peer(peer)
-        if state is None:
-            raise SpringRefused("not a peer of this transmission")
-        state.requests += 1
-        if state.requests > 3 * self.count + 16:
-            self.drop(peer, "too many requests")
-            raise SpringRefused("too many requests")
-        if not 0 <= number < self.count or number not in self.data:
-            raise SpringRefused("a fragment this node does not hold")
-        if state.serving >= MAX_SERVING_PER_PEER:
-            raise SpringBusy("requests of this peer are under way")
-        now = self.clock.seconds()
-        if self.owner and (
-            number in self.pushing
-            or now - self.served_at.get(number, -OWNER_REPEAT) < OWNER_REPEAT
-        ):
-            raise SpringBusy("the owner sends this fragment to another member")
-        data = self.data[number]
-        state.serving += 1
-        try:
-            await self.strategy.budget.reserve(len(data), state.latency)
-            if self.owner:
-                self.served_at[number] = self.clock.seconds()
-        finally:
-            state.serving -= 1
-        self.touch()
-        state.have |= 1 << number
-        return data
-
-    def announced(self, peer: PeerID, have: bytes) -> None:
-        state = self.peer(peer)
-        if state is None:
-            raise SpringRefused("not a peer of this transmission")
-        state.announces += 1
-        if state.announces > 2 * self.count + 16:
-            self.drop(peer, "too many announcements")
-            raise SpringRefused("too many announcements")
-        state.have |= decode_bitmap(have, self.count)
-        if state.have == self.full:
-            state.complete = True
-        self.pump()
-        if self.finished(self.clock.seconds()):
-            self.wake(0)
-
-    async def pushed(self, peer: PeerID, number: int, data: bytes) -> bool:
-        if peer != self.context.owner:
-            raise SpringRefused("only the owner pushes fragments")
-        state = self.peer(peer)
-        if state is None:
-            raise SpringRefused("not a peer of this transmission")
-        state.pushes += 1
-        if state.pushes > self.count:
-            raise SpringRefused("too many pushes")
-        state.have |= 1 << number if 0 <= number < self.count else 0
-        return await self.accept(number, data)
-
-    # --- acknowledgements -------------------------------------------------
-
-    def carry(self, macs: list[bytes]) -> None:
-        """
-        Forward acknowledgement MACs towards the owner.
-        """
-        for mac in macs:
-            if mac not in self.acks_seen and len(self.acks_seen) < MAX_ACKS:
-                self.acks_seen.add(mac)
-                self.acks_out.append(mac)
-        if self.acks_out and not self.acks_sending:
-            self.acks_sending = True
-            Deferred.fromCoroutine(self._send_acks()).addErrback(self.strategy.log_failure)
-
-    async def _send_acks(self) -> None:
-        try:
-            while self.acks_out:
-                batch = self.acks_out[:MAX_ACKS_PER_BOX]
-                del self.acks_out[:MAX_ACKS_PER_BOX]
-                await self.strategy.send_acks(self.key, [self.parent, self.context.owner], batch)
-                self.touch()
-        finally:
-            self.acks_sending = False
-        if not self.ended and self.finished(self.clock.seconds()):
-            self.wake(0)
-
-    def forwarded(self, peer: PeerID, macs: list[bytes]) -> None:
-        state = self.peers.get(peer)
-        if state is None:
-            state = self.peer(peer)
-        if state is None or state.bad:
-            raise SpringRefused("not a peer of this transmission")
-        state.acks += len(macs)
-        if state.acks > MAX_ACKS_PER_PEER:
-            self.drop(peer, "too many acknowledgements")
-            raise SpringRefused("too many acknowledgements")
-        self.carry(macs)
-
-    # --- the owner --------------------------------------------------------
-
-    def owner_tick(self, now: float) -> None:
-        if now - self.last_progress >= self.quiet:
-            self.end("quiet")
-            return
-        Deferred.fromCoroutine(self.check_delivered()).addErrback(self.strategy.log_failure)
-        self.probe(now)
-        self.wake(2.0)
-
-    def probe(self, now: float) -> None:
-        """
-        At the owner, once nothing has happened for a while (nobody asked
-        it for a fragment, no acknowledgement came): activate directly the
-        members whose acknowledgements it lacks, each at most once per such
-        spell.  One that committed the message acknowledges it directly
-        (its own went to a forwarder that dropped it); one that did not
-        takes the owner as a peer to fetch from (its peers failed it).
-
-        The spell grows with the transmission's age, so that a slow
-        network (tor) is not taken for a silent one: in an honest run
-        acknowledgements keep coming and nobody is probed.
-        """
-        wait = max(PROBE_QUIET, PROBE_AGE * (self.last_progress - self.started))
-        if now - self.last_progress < wait:
-            return
-        missing = sorted(
-            p
-            for p in self.targets - self.acked - self.failed - self.activating
-            if now - self.probed.get(p, -wait) >= wait
-        )
-        for peer in missing[:MAX_PROBES]:
-            self.probed[peer] = now
-            self.activate(peer)
-
-    async def check_delivered(self) -> None:
-        """
-        At the owner: end once every target committed the message, however
-        its acknowledgement came.
-        """
-        states = await self.context.store.deliveries(self.context.group_id, *self.key)
-        if self.ended:
-            return
-        done = {p for p in self.targets if states.get(p, "committed") == "committed"}
-        if done - self.acked:
-            self.acked |= done
-            self.touch()
-        self.settle()
 
 
 @implementer(IMulticastStrategy, IAcknowledgementCarrier)
@@ -832,7 +97,7 @@ class SpringStrategy:
     def __init__(self, context: IStrategyContext, budget: UploadBudget) -> None:
         self.context = context
         self.budget = budget
-        self._transmissions: dict[tuple[int, int], _Transmission] = {}
+        self._transmissions: dict[tuple[int, int], Transmission] = {}
         self._stopped = False
         self._logged = 0.0
 
@@ -848,13 +113,13 @@ class SpringStrategy:
     def log_failure(self, failure: Any) -> None:
         self.log.failure("spring", failure)
 
-    def transmission(self, epoch: int, index: int) -> _Transmission:
+    def transmission(self, epoch: int, index: int) -> Transmission:
         t = self._transmissions.get((epoch, index))
         if t is None:
             raise SpringRefused("no such transmission here")
         return t
 
-    def ended(self, transmission: _Transmission) -> None:
+    def ended(self, transmission: Transmission) -> None:
         if self._transmissions.get(transmission.key) is transmission:
             del self._transmissions[transmission.key]
 
@@ -887,7 +152,7 @@ class SpringStrategy:
         # those members acknowledged it or could not be activated.
         first = t is None and all(s == "pending" for s in states.values())
         if t is None:
-            t = _Transmission(self, manifest, message.signed_manifest, None)
+            t = Transmission(self, manifest, message.signed_manifest, None)
             t.data = dict(enumerate(message.fragments))
             t.held = t.full
             self._transmissions[key] = t
@@ -990,7 +255,7 @@ class SpringStrategy:
         if t is None:
             if len(self._transmissions) >= MAX_TRANSMISSIONS:
                 raise SpringRefused("too many transmissions under way")
-            t = _Transmission(self, manifest, signed, peer)
+            t = Transmission(self, manifest, signed, peer)
             self._transmissions[key] = t
             try:
                 held = await context.store.fragments(context.group_id, *key)
