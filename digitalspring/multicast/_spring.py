@@ -65,6 +65,7 @@ from ._spring_transmission import (
     DIRECT,
     HINT_GRACE,
     MAX_TRANSMISSIONS,
+    PUSH_GRACE,
     REQUEST_TIMEOUT,
     Transmission,
 )
@@ -165,6 +166,10 @@ class SpringStrategy:
         watch = targets if first else set(direct) | (targets & t.activating)
         d: Deferred[TransmissionReport] = Deferred()
         t.waiters.append((frozenset(watch), d))
+        t.push_until = max(
+            t.push_until,
+            context.clock.seconds() + PUSH_GRACE + manifest.ciphertext_size / self.budget.rate,
+        )
         for i, peer in enumerate(direct):
             hint = 0
             if t.count > 1:

@@ -75,6 +75,12 @@ HINT_GRACE = 3.0
 #: Seconds the owner refuses to send a fragment again that it has just
 #: sent: others will have it to give.
 OWNER_REPEAT = 4.0
+#: Seconds the owner keeps the fragments it is to push to the members it
+#: activated for them, beyond the time its upload budget needs for the
+#: whole message: after that it serves them to whoever asks (a member it
+#: was pushing to may have gone, its pushes waiting on a connection that
+#: times out).
+PUSH_GRACE = 4.0
 #: Seconds without progress after which a transmission ends at a member,
 #: complete or not, freeing what it held.
 STALL_TIMEOUT = 30.0
@@ -182,6 +188,7 @@ class Transmission:
         self.acks_sending = False
         self.served_at: dict[int, float] = {}
         self.pushing: set[int] = set()
+        self.push_until = 0.0
         self.started = self.clock.seconds()
         self.last_progress = self.started
         self.completed_at: float | None = None
@@ -645,7 +652,7 @@ class Transmission:
             raise SpringBusy("requests of this peer are under way")
         now = self.clock.seconds()
         if self.owner and (
-            number in self.pushing
+            (number in self.pushing and now < self.push_until)
             or now - self.served_at.get(number, -OWNER_REPEAT) < OWNER_REPEAT
         ):
             raise SpringBusy("the owner sends this fragment to another member")
