@@ -301,6 +301,48 @@ class ServiceTests(SynchronousTestCase):
         sim.clock.advance(2000)
         self.assertGreaterEqual(len(holders()), 4)
 
+    def test_rereplication_by_one_holder(self) -> None:
+        """
+        The holders of a record whose owner is gone got it at the same
+        moment, but do not all store it again: the first one due stores it
+        at the others, whose wait starts over (Kademlia's rule), so the
+        record is re-replicated by about one holder per interval, not by
+        each of the ``k`` (``k`` lookups and ``k`` squared stores).
+        """
+        settings = DHTSettings(
+            k=8,
+            rpc_timeout=1.0,
+            replicate_interval=600,
+            maintenance_interval=10,
+            record_lifetime=20_000,
+            republish_interval=20_000,
+        )
+        sim = network(24, settings)
+        owner = sim.nodes[0]
+        sim.run(owner.dht.publish())
+        key = node_id(owner.identity.peer_id)
+        holders = [node for node in sim.nodes[1:] if key in node.dht.store.records]
+        self.assertGreaterEqual(len(holders), 6)
+        sim.network.take_offline(owner.host)
+        sim.dead.add(0)
+        replicating: list[int] = []
+        for i, node in enumerate(sim.nodes):
+            replicate = node.dht._replicate
+
+            def counted(
+                k: int, kind: str, data: bytes, i: int = i, replicate: Any = replicate
+            ) -> Any:
+                if k == key:
+                    replicating.append(i)
+                return replicate(k, kind, data)
+
+            node.dht._replicate = counted  # type: ignore[method-assign]
+        # Two intervals and their spread (1.05 to 1.3 intervals each).
+        sim.clock.advance(2 * 1.3 * 600)
+        self.assertGreaterEqual(len(replicating), 1)
+        self.assertLessEqual(len(replicating), 4, replicating)
+        self.assertGreaterEqual(len([n for n in holders if key in n.dht.store.records]), 6)
+
     def test_handoff_to_closer_newcomer(self) -> None:
         """
         A node that joins and is among the closest to a stored key receives

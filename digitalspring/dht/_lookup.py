@@ -164,11 +164,9 @@ class Lookup:
             return
         candidate = _Candidate(contact, hop)
         self._candidates[contact.peer_id] = candidate
-        insort(
-            self._order,
-            (contact.node_id ^ self.target, contact.peer_id.public_key, candidate),
-            key=lambda item: (item[0], item[1]),
-        )
+        # Distance, then key: the candidate itself is never compared, as
+        # no two candidates share a peer ID.
+        insort(self._order, (contact.node_id ^ self.target, contact.peer_id.public_key, candidate))
 
     def _window(self) -> list[_Candidate]:
         window = []
