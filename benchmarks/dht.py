@@ -5,29 +5,39 @@ records for two simulated hours while nodes leave and arrive.
 What is real and what is simulated
 ----------------------------------
 
-Every node is the real code, as a production node runs it: its own Ed25519
-identity, connection pool, Noise channels (a handshake per new connection),
-AMP, and the DHT with its production settings (``DHTSettings()``: k = 20,
-alpha = 3, 5 s per request, 30 s per lookup).  Nodes join as a real node
-does, through one bootstrap peer (a ping, then a lookup of their own ID,
-through the same ``startService`` a node runs), and the DHT's upkeep runs
-exactly as in production: every minute each node checks whether to
-republish its record (hourly), refresh a bucket no lookup touched for an
-hour, and re-replicate records it holds for others; origins are proved by
-dial-back; stores are checked against quotas.
+Every node runs the real DHT code, as a production node runs it: its own
+Ed25519 identity and peer ID, the DHT with its production settings
+(``DHTSettings()``: k = 20, alpha = 3, 5 s per request, 30 s per lookup),
+its requests and answers encoded as AMP boxes and decoded by the real
+responders.  Nodes join as a real node does, through one bootstrap peer (a
+ping, then a lookup of their own ID and of each farther bucket, through the
+same ``startService`` a node runs), and the DHT's upkeep runs exactly as in
+production: every minute each node checks whether to republish its record
+(hourly), refresh a bucket no lookup touched for an hour, and re-replicate
+records it holds for others; origins are proved by dial-back; stores are
+checked against quotas.
 
-What is simulated is everything underneath: the network is the memory
-transport (``digitalspring.transport.MemoryNetwork``), one host per node,
-with 20 to 150 ms of one-way latency (hosts sit on a ring, and latency
-grows with the distance around it) and 1 % loss (a lost chunk arrives one
-retransmission timeout later, as over TCP); time is a simulated clock, so a
-run's figures are simulated seconds, and CPU time never delays a node.  The
-pools close idle connections after ``--idle-timeout`` seconds (60 by default,
-where a production node waits 300): ten thousand nodes keeping every
-connection for five minutes would need about 30 KiB each of the machine's
-memory, and a node that dials again pays one more handshake.  A node that
-leaves disappears without a goodbye: its connections drop, and dialling it
-times out (the memory network's ``remove_host``).
+What is simulated is everything under the DHT.  By default
+(``--network requests``) that is the request network of
+:mod:`digitalspring.dht._requestnet`: a light pool per node that carries
+AMP boxes with the delays a real connection has (a new connection answers
+its first request after the SYN's round trip and Noise IK's two messages,
+one connection per pair of peers with the pool's simultaneous-dial rule,
+idle connections closed, backoff after failed dials), without running
+Noise's cryptography or the byte-level transport.  ``--network memory``
+runs the real connection pools and Noise channels over the memory
+transport instead (``digitalspring.transport.MemoryNetwork``): four times
+slower and three times the memory, with the same figures
+(``tests/test_dht_requestnet.py``'s ``SameAsMemoryNetworkTests`` checks
+they agree).  Either way there is one host per node, 20 to 150 ms of
+one-way latency (hosts sit on a ring, and latency grows with the distance
+around it) and 1 % loss (a lost message arrives one retransmission timeout
+later, as over TCP); time is a simulated clock, so a run's figures are
+simulated seconds, and CPU time never delays a node.  Pools close idle
+connections after ``--idle-timeout`` seconds (60 by default, where a
+production node waits 300), and a node that dials again pays one more
+handshake.  A node that leaves disappears without a goodbye: its
+connections drop, and dialling it times out.
 
 The run (``--join-mode churn``, the default)
 --------------------------------------------
@@ -115,6 +125,8 @@ LOSS = 0.01
 
 #: Nodes whose tables are read for each sample of stale contacts.
 STALE_SAMPLE = 1000
+#: Joins between two freezes of what the collector need not walk again.
+FREEZE_EVERY = 250
 
 #: Requests and lookups started at once in the prefill mode.
 BATCH = 200
@@ -181,11 +193,15 @@ def _tune_gc() -> None:
     collector less often: nodes hold millions of objects, most freed by
     reference counting, and the collector walking them again and again
     costs a third of a run (measured on 300 joins: 111 s of CPU with the
-    default thresholds, 76 s with these; the peak memory barely moves).
+    default thresholds, 76 s with 50,000; 500 nodes' joins and 6 minutes of
+    churn: 64 s with 50,000, 58 s with 500,000, and 56 s with no collector
+    at all; the peak memory barely moves).  The join phase freezes what it
+    built every :data:`FREEZE_EVERY` joins too: at 1,000 nodes, the
+    collector walking the tables that grow there was 50 s of 175.
     """
     gc.collect()
     gc.freeze()
-    gc.set_threshold(50_000, 20, 100)
+    gc.set_threshold(500_000, 20, 100)
 
 
 def session_scale(median: float) -> float:
@@ -389,6 +405,9 @@ def run_churn(
         clock.advance(join_interval)
         through = churn.random_joined()
         add([through if through is not None else 0])
+        if n % FREEZE_EVERY == 0:
+            gc.collect()
+            gc.freeze()
         if n % 1000 == 0:
             progress(f"{n} nodes joined or joining at {clock.seconds():.0f} s simulated")
     last = sim.nodes[-1].dht.joined

@@ -9,7 +9,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from twisted.internet.defer import Deferred, gatherResults
+from twisted.internet.defer import gatherResults
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.trial.unittest import SynchronousTestCase
 
@@ -38,8 +38,8 @@ def _pair(**kw: Any) -> tuple[DHTSimulation, LightPool, LightPool]:
 def _ping(sim: DHTSimulation, source: int, target: int) -> Any:
     node = sim.nodes[source]
     other = sim.nodes[target]
-    return Deferred.fromCoroutine(
-        node.pool.request(other.identity.peer_id, DHTPing, [f"memory:{other.host}:1"], origin=())
+    return node.pool.request(
+        other.identity.peer_id, DHTPing, [f"memory:{other.host}:1"], origin=()
     )
 
 
@@ -145,9 +145,7 @@ class ConnectionTests(SynchronousTestCase):
         sim = DHTSimulation(3, DHTSettings(), latency=LATENCY, requests_only=True)
         sim.start()
         pool = sim.nodes[0].pool
-        d = Deferred.fromCoroutine(
-            pool.request(sim.nodes[1].identity.peer_id, DHTPing, ["memory:n2:1"], origin=())
-        )
+        d = pool.request(sim.nodes[1].identity.peer_id, DHTPing, ["memory:n2:1"], origin=())
         self.assertRaises(PeerUnreachable, sim.run, d)
 
 

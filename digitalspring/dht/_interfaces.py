@@ -5,7 +5,7 @@ What the DHT offers the layers above it.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import Interface
@@ -145,13 +145,13 @@ class RequestPool(Protocol):
         The live connection of every connected peer.
         """
 
-    async def request(
+    def request(
         self,
         peer_id: PeerID,
         command: type[amp.Command],
         addresses: Sequence[str] | None = None,
         **arguments: Any,
-    ) -> tuple[RequestConnection, Any]:
+    ) -> Awaitable[tuple[RequestConnection, Any]]:
         """
         Send ``command`` to ``peer_id`` and wait for its answer, connecting
         first if need be: the connection the answer came on, and the answer.

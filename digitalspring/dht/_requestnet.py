@@ -286,23 +286,30 @@ class LightPool(Service):
             if not d.called:
                 d.errback(failure)
 
-    async def request(
+    def request(
         self,
         peer_id: PeerID,
         command: type[amp.Command],
         addresses: Sequence[str] | None = None,
         **arguments: Any,
-    ) -> tuple[End, Any]:
+    ) -> Deferred[tuple[End, Any]]:
         """
         As :meth:`ConnectionPool.request`: sent once more on another
-        connection when the one it went on is lost.
+        connection when the one it went on is lost.  (Callbacks rather
+        than a coroutine: simulations send millions.)
         """
-        end = await self.connect(peer_id, addresses)
-        try:
-            return end, await end.dispatcher.callRemote(command, **arguments)
-        except (ConnectionLost, ConnectionDone):
-            end = await self.connect(peer_id, addresses)
-            return end, await end.dispatcher.callRemote(command, **arguments)
+
+        def send(end: End) -> Deferred[tuple[End, Any]]:
+            d: Deferred[Any] = end.dispatcher.callRemote(command, **arguments)
+            return d.addCallback(lambda answer: (end, answer))
+
+        def again(failure: Failure) -> Deferred[tuple[End, Any]]:
+            failure.trap(ConnectionLost, ConnectionDone)
+            return self.connect(peer_id, addresses).addCallback(send)
+
+        return self.connect(peer_id, addresses).addCallback(
+            lambda end: send(end).addErrback(again)
+        )
 
     def dial(self, peer_id: PeerID, address: str, pattern: str | None = None) -> Deferred[Any]:
         """
