@@ -33,11 +33,16 @@ from digitalspring.storage import (
     DatabaseUnusable,
     DeleteGroup,
     Enqueue,
+    Epoch,
     ForgetEpochKeys,
+    Group,
     Invitation,
+    MailboxTerms,
     MigrationFailed,
     NewerDatabase,
     NotADatabase,
+    SetMailboxes,
+    SetMailboxTerms,
     SetSetting,
     SQLiteStore,
     StartMessage,
@@ -288,6 +293,21 @@ class MigrationTests(SQLiteTestCase):
     Forward migrations.
     """
 
+    def write_old_message(self, index: int, content: bytes) -> None:
+        """
+        Write a received message as an older version did, with the columns
+        every version has (today's code writes the columns of today).
+        """
+        connection = sqlite3.connect(self.data_dir.child("node.db").path)
+        ad = row_identity("messages", "content", GROUP_ID, 0, index)
+        connection.execute(
+            "INSERT INTO messages (gid, epoch, idx, manifest, state, content, sent_at)"
+            " VALUES ((SELECT gid FROM groups WHERE group_id = ?), 0, ?, ?, 'complete', ?, 1.0)",
+            (GROUP_ID, index, b"signed manifest", seal(KEY, ad, content)),
+        )
+        connection.commit()
+        connection.close()
+
     @inline
     async def test_from_first_version(self) -> None:
         """
@@ -299,8 +319,8 @@ class MigrationTests(SQLiteTestCase):
         """
         store = await self.open(migrations=MIGRATIONS[:1])
         await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
-        await self.receive(store, 0, b"from version 1")
         await store.close()
+        self.write_old_message(0, b"from version 1")
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(1,)])
         # What version 1 wrote in its outbox (it had no group column).
         connection = sqlite3.connect(self.data_dir.child("node.db").path)
@@ -313,7 +333,7 @@ class MigrationTests(SQLiteTestCase):
         connection.close()
         store = await self.open()
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
-        self.assertEqual(len(MIGRATIONS), 2)
+        self.assertEqual(len(MIGRATIONS), 3)
         self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
         [old] = await store.outbox(ALICE)
         self.assertEqual((old.kind, old.payload, old.group_id), ("epoch", b"v1 entry", None))
@@ -336,6 +356,38 @@ class MigrationTests(SQLiteTestCase):
             self.data_dir, "EXPLAIN QUERY PLAN SELECT gid FROM members WHERE peer = ?", b"p" * 32
         )
         self.assertIn("members_peer", str(plan))
+
+    @inline
+    async def test_from_second_version(self) -> None:
+        """
+        A file of version 2 is migrated by MIGRATIONS[2] with its messages
+        kept (they expire never), and takes mailboxes: a member's list of
+        its group's mailboxes, and a mailbox's terms and expiring messages,
+        whose next expiry is found through the index the migration made.
+        """
+        store = await self.open(migrations=MIGRATIONS[:2])
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await store.close()
+        self.write_old_message(0, b"from version 2")
+        store = await self.open()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(3,)])
+        kept = await store.message(GROUP_ID, 0, 0)
+        self.assertEqual((kept.content, kept.expires), (b"from version 2", None))
+        await store.commit(SetMailboxes(GROUP_ID, frozenset({ALICE})))
+        self.assertEqual(await store.mailboxes(GROUP_ID), frozenset({ALICE}))
+        served = bytes(range(1, 33))
+        await store.commit(
+            AddGroup(Group(served, "", OWNER, "mailbox", "spring", 6, 1.0)),
+            AddEpoch(Epoch(served, 0, b"P" * 32, 1.0, access_key=b"A" * 32)),
+            SetMailboxTerms(served, MailboxTerms(60.0, (0, 0))),
+            StartMessage(served, 0, 0, b"m", OWNER, expires=61.0),
+        )
+        self.assertEqual(await store.next_expiry(), 61.0)
+        plan = _peek(
+            self.data_dir,
+            "EXPLAIN QUERY PLAN SELECT min(expires) FROM messages WHERE expires IS NOT NULL",
+        )
+        self.assertIn("messages_expires", str(plan))
 
     @inline
     async def test_later_migration(self) -> None:

@@ -123,3 +123,10 @@ class TotalQuotaExceeded(QuotaExceeded):
     """
     All peers together already have as much stored as the node keeps.
     """
+
+
+class GroupQuotaExceeded(QuotaExceeded):
+    """
+    This mailbox already holds as much of this group as it keeps of one
+    group.
+    """

@@ -19,7 +19,10 @@ if TYPE_CHECKING:
         Edge,
         Epoch,
         Group,
+        HeldMessage,
         Invitation,
+        MailboxTerms,
+        MailboxUsage,
         Member,
         OutboxEntry,
         StoredMessage,
@@ -78,6 +81,31 @@ class IStore(Interface):
             we are a member of.
         """
 
+    def mailboxes(group_id: bytes) -> Deferred[frozenset[PeerID]]:
+        """
+        :returns: a Deferred that fires with the mailboxes of a group we
+            are a member of, as its owner named them.
+        """
+
+    def mailbox_terms(group_id: bytes) -> Deferred[MailboxTerms]:
+        """
+        :returns: a Deferred that fires with how we keep a group we serve
+            as a mailbox.  It fails with
+            :class:`~digitalspring.storage.NotStored` for any other group.
+        """
+
+    def mailbox_usage() -> Deferred[list[MailboxUsage]]:
+        """
+        :returns: a Deferred that fires with what we hold of each group we
+            serve as a mailbox, oldest group first.
+        """
+
+    def next_expiry() -> Deferred[float | None]:
+        """
+        :returns: a Deferred that fires with the earliest time a message a
+            mailbox holds is due for deletion, or ``None`` when none is.
+        """
+
     def epoch(group_id: bytes, epoch: int | None = None) -> Deferred[Epoch]:
         """
         :param epoch: which one; ``None`` for the latest.
@@ -109,6 +137,30 @@ class IStore(Interface):
         :param after: only messages after this (epoch, index).
         :param limit: at most this many.
         :returns: a Deferred that fires with the list.
+        """
+
+    def held_after(
+        group_id: bytes, after: tuple[int, int], limit: int
+    ) -> Deferred[list[HeldMessage]]:
+        """
+        The messages of a group, complete or partial, after ``after``
+        (epoch, index), by (epoch, index), with the numbers of the
+        fragments held of each, without reading any content.
+
+        :returns: a Deferred that fires with at most ``limit`` of them.
+        """
+
+    def newest(group_id: bytes) -> Deferred[HeldMessage | None]:
+        """
+        :returns: a Deferred that fires with the last message of a group
+            by (epoch, index), complete or partial, or ``None``.
+        """
+
+    def fragment(group_id: bytes, epoch: int, index: int, number: int) -> Deferred[bytes]:
+        """
+        :returns: a Deferred that fires with one fragment kept of a
+            message.  It fails with :class:`~digitalspring.storage.NotStored`
+            when it is not kept.
         """
 
     def partial_messages(group_id: bytes) -> Deferred[list[StoredMessage]]:

@@ -27,7 +27,7 @@ from ._errors import (
     StoreClosed,
 )
 from ._interfaces import IStore
-from ._rules import check_chain, check_quota
+from ._rules import check_chain, check_mailbox_groups, check_mailbox_quota, check_quota
 from ._values import (
     AddEpoch,
     AddFragment,
@@ -50,17 +50,24 @@ from ._values import (
     Edge,
     Enqueue,
     Epoch,
+    ExpireHeld,
     ForgetEpochKeys,
     ForgetRecipient,
     Group,
+    HeldMessage,
+    HoldMessage,
     Invitation,
     KeepOnlySigningSecret,
+    MailboxTerms,
+    MailboxUsage,
     MarkDelivered,
     Member,
     OutboxEntry,
     PutMember,
     RevealSigningSecret,
     SetGroupState,
+    SetMailboxes,
+    SetMailboxTerms,
     SetNeighbours,
     SetPetname,
     SetSetting,
@@ -94,6 +101,10 @@ class MemoryStore:
         self._members: dict[bytes, dict[PeerID, Member]] = {}
         self._edges: dict[bytes, dict[Edge, None]] = {}
         self._neighbours: dict[bytes, frozenset[PeerID]] = {}
+        self._mailboxes: dict[bytes, frozenset[PeerID]] = {}
+        self._terms: dict[bytes, MailboxTerms] = {}
+        # Bytes a mailbox holds of each message of a group it serves.
+        self._held: dict[_MessageKey, int] = {}
         self._epochs: dict[bytes, dict[int, Epoch]] = {}
         self._messages: dict[_MessageKey, StoredMessage] = {}
         self._fragments: dict[_MessageKey, dict[int, bytes]] = {}
@@ -169,6 +180,53 @@ class MemoryStore:
     def neighbours(self, group_id: bytes) -> Deferred[frozenset[PeerID]]:
         return self._read(lambda: self._neighbours.get(group_id, frozenset()))
 
+    def mailboxes(self, group_id: bytes) -> Deferred[frozenset[PeerID]]:
+        return self._read(lambda: self._mailboxes.get(group_id, frozenset()))
+
+    def _mailbox_terms(self, group_id: bytes) -> MailboxTerms:
+        try:
+            return self._terms[group_id]
+        except KeyError:
+            raise NotStored(f"this node is no mailbox of group {group_id.hex()}") from None
+
+    def mailbox_terms(self, group_id: bytes) -> Deferred[MailboxTerms]:
+        return self._read(lambda: self._mailbox_terms(group_id))
+
+    def mailbox_usage(self) -> Deferred[list[MailboxUsage]]:
+        def read() -> list[MailboxUsage]:
+            found = []
+            for group in sorted(self._groups.values(), key=lambda g: (g.created, g.group_id)):
+                terms = self._terms.get(group.group_id)
+                if terms is None:
+                    continue
+                keys = [k for k in self._held if k[0] == group.group_id]
+                expiries = [
+                    m.expires
+                    for k in keys
+                    if (m := self._messages.get(k)) is not None and m.expires is not None
+                ]
+                found.append(
+                    MailboxUsage(
+                        group.group_id,
+                        group.owner,
+                        len(keys),
+                        sum(self._held[k] for k in keys),
+                        terms.retention,
+                        min(expiries, default=None),
+                    )
+                )
+            return found
+
+        return self._read(read)
+
+    def next_expiry(self) -> Deferred[float | None]:
+        return self._read(
+            lambda: min(
+                (m.expires for m in self._messages.values() if m.expires is not None),
+                default=None,
+            )
+        )
+
     def epoch(self, group_id: bytes, epoch: int | None = None) -> Deferred[Epoch]:
         return self._read(lambda: self._epoch(group_id, epoch))
 
@@ -194,6 +252,43 @@ class MemoryStore:
                 if m.state == "complete" and (after is None or (m.epoch, m.index) > after)
             ]
             return found[:limit]
+
+        return self._read(read)
+
+    def _held_message(self, message: StoredMessage) -> HeldMessage:
+        key = (message.group_id, message.epoch, message.index)
+        return HeldMessage(
+            message.epoch,
+            message.index,
+            message.manifest,
+            message.state,
+            frozenset(self._fragments.get(key, {})),
+        )
+
+    def held_after(
+        self, group_id: bytes, after: tuple[int, int], limit: int
+    ) -> Deferred[list[HeldMessage]]:
+        return self._read(
+            lambda: [
+                self._held_message(m)
+                for m in self._sorted_messages(group_id)
+                if (m.epoch, m.index) > after
+            ][:limit]
+        )
+
+    def newest(self, group_id: bytes) -> Deferred[HeldMessage | None]:
+        def read() -> HeldMessage | None:
+            messages = self._sorted_messages(group_id)
+            return self._held_message(messages[-1]) if messages else None
+
+        return self._read(read)
+
+    def fragment(self, group_id: bytes, epoch: int, index: int, number: int) -> Deferred[bytes]:
+        def read() -> bytes:
+            try:
+                return self._fragments[(group_id, epoch, index)][number]
+            except KeyError:
+                raise NotStored(f"fragment {number} of {epoch}/{index} is not kept") from None
 
         return self._read(read)
 
@@ -277,6 +372,14 @@ class MemoryStore:
         group_id = change.group.group_id
         if group_id in self._groups:
             raise AlreadyStored(f"group {group_id.hex()} is already stored")
+        if change.group.role == "mailbox":
+            served = [g for g in self._groups.values() if g.role == "mailbox"]
+            check_mailbox_groups(
+                change.group.owner,
+                sum(1 for g in served if g.owner == change.group.owner) + 1,
+                len(served) + 1,
+                self._limits,
+            )
         self._set(self._groups, group_id, change.group)
 
     def _set_petname(self, change: SetPetname) -> None:
@@ -289,7 +392,15 @@ class MemoryStore:
 
     def _delete_group(self, change: DeleteGroup) -> None:
         group_id = change.group_id
-        for table in (self._members, self._edges, self._neighbours, self._epochs, self._groups):
+        for table in (
+            self._members,
+            self._edges,
+            self._neighbours,
+            self._mailboxes,
+            self._terms,
+            self._epochs,
+            self._groups,
+        ):
             self._delete(table, group_id)  # type: ignore[misc]
         for key in [k for k in self._messages if k[0] == group_id]:
             self._drop_message(DropMessage(*key))
@@ -318,6 +429,34 @@ class MemoryStore:
     def _set_neighbours(self, change: SetNeighbours) -> None:
         self._group(change.group_id)
         self._set(self._neighbours, change.group_id, frozenset(change.peers))
+
+    def _set_mailboxes(self, change: SetMailboxes) -> None:
+        self._group(change.group_id)
+        self._set(self._mailboxes, change.group_id, frozenset(change.peers))
+
+    def _set_mailbox_terms(self, change: SetMailboxTerms) -> None:
+        self._group(change.group_id)
+        self._set(self._terms, change.group_id, change.terms)
+
+    def _charge_mailbox(self, key: _MessageKey, size: int) -> None:
+        """
+        In a group we serve as a mailbox, hold ``size`` more bytes of a
+        message, within the bounds per group, per owner and in all.
+        """
+        group = self._group(key[0])
+        if group.role != "mailbox":
+            return
+        owners = {g.group_id: g.owner for g in self._groups.values() if g.role == "mailbox"}
+        held = self._held.items()
+        check_mailbox_quota(
+            group.group_id,
+            group.owner,
+            sum(n for k, n in held if k[0] == group.group_id) + size,
+            sum(n for k, n in held if owners.get(k[0]) == group.owner) + size,
+            sum(n for k, n in held if k[0] in owners) + size,
+            self._limits,
+        )
+        self._set(self._held, key, self._held.get(key, 0) + size)
 
     def _add_epoch(self, change: AddEpoch) -> None:
         epochs = self._inner(self._epochs, change.epoch.group_id)
@@ -402,6 +541,7 @@ class MemoryStore:
         if key in self._messages:
             raise AlreadyStored(f"message {change.epoch}/{change.index} is already stored")
         self._charge(key, change.from_peer, len(change.manifest), True)
+        self._charge_mailbox(key, len(change.manifest))
         self._set(
             self._messages,
             key,
@@ -412,6 +552,7 @@ class MemoryStore:
                 change.manifest,
                 "partial",
                 from_peer=change.from_peer,
+                expires=change.expires,
             ),
         )
 
@@ -429,6 +570,7 @@ class MemoryStore:
         if change.number in fragments:
             return
         self._charge(key, change.from_peer, len(change.data), False)
+        self._charge_mailbox(key, len(change.data))
         if key not in self._fragments:
             self._set(self._fragments, key, fragments)
         self._set(fragments, change.number, change.data)
@@ -453,9 +595,33 @@ class MemoryStore:
         self._delete(self._fragments, key)
         self._delete(self._charges, key)
 
+    def _hold_message(self, change: HoldMessage) -> None:
+        key = (change.group_id, change.epoch, change.index)
+        message = self._partial(key)
+        self._set(self._messages, key, evolve(message, state="complete", from_peer=None))
+        self._delete(self._charges, key)
+
+    def _expire_held(self, change: ExpireHeld) -> None:
+        due = sorted(
+            key
+            for key, m in self._messages.items()
+            if m.expires is not None and m.expires <= change.now
+        )
+        for group_id, epoch, index in due:
+            terms = self._terms.get(group_id)
+            if terms is not None and terms.floor < (epoch, index + 1):
+                self._set(self._terms, group_id, evolve(terms, floor=(epoch, index + 1)))
+            self._drop_message(DropMessage(group_id, epoch, index))
+
     def _drop_message(self, change: DropMessage) -> None:
         key = (change.group_id, change.epoch, change.index)
-        for table in (self._messages, self._fragments, self._charges, self._deliveries):
+        for table in (
+            self._messages,
+            self._fragments,
+            self._charges,
+            self._deliveries,
+            self._held,
+        ):
             self._delete(table, key)  # type: ignore[misc]
 
     def _drop_fragments(self, change: DropFragments) -> None:
@@ -587,6 +753,8 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     PutMember: MemoryStore._put_member,
     ChangeEdges: MemoryStore._change_edges,
     SetNeighbours: MemoryStore._set_neighbours,
+    SetMailboxes: MemoryStore._set_mailboxes,
+    SetMailboxTerms: MemoryStore._set_mailbox_terms,
     AddEpoch: MemoryStore._add_epoch,
     CloseEpoch: MemoryStore._close_epoch,
     RevealSigningSecret: MemoryStore._reveal,
@@ -596,6 +764,8 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     StartMessage: MemoryStore._start_message,
     AddFragment: MemoryStore._add_fragment,
     CommitReceived: MemoryStore._commit_received,
+    HoldMessage: MemoryStore._hold_message,
+    ExpireHeld: MemoryStore._expire_held,
     DropMessage: MemoryStore._drop_message,
     DropFragments: MemoryStore._drop_fragments,
     ForgetRecipient: MemoryStore._forget_recipient,

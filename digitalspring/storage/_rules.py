@@ -7,8 +7,14 @@ that only move forward.
 from __future__ import annotations
 
 from ..identity import PeerID
-from ._errors import ChainOutOfOrder, NotStored, PeerQuotaExceeded, TotalQuotaExceeded
-from ._values import ChainState, Epoch
+from ._errors import (
+    ChainOutOfOrder,
+    GroupQuotaExceeded,
+    NotStored,
+    PeerQuotaExceeded,
+    TotalQuotaExceeded,
+)
+from ._values import ChainState, Epoch, StoreLimits
 
 
 def check_quota(
@@ -52,3 +58,62 @@ def check_chain(epoch: Epoch, index: int, chain: ChainState, exact: bool) -> Non
             f"the chain of epoch {epoch.epoch} is at {at}: it cannot commit"
             f" message {index} and move to {chain.next_index}"
         )
+
+
+def check_mailbox_quota(
+    group_id: bytes,
+    owner: PeerID,
+    group_after: int,
+    owner_after: int,
+    total_after: int,
+    limits: StoreLimits,
+) -> None:
+    """
+    Refuse a write that would make a mailbox hold ``group_after`` bytes of
+    one group, ``owner_after`` of the groups of its owner and
+    ``total_after`` of all, past their bounds.
+
+    :raises GroupQuotaExceeded: past the bound for one group.
+    :raises PeerQuotaExceeded: past the bound for the groups of one owner.
+    :raises TotalQuotaExceeded: past the bound for all groups.
+    """
+    if group_after > limits.mailbox_bytes_per_group:
+        raise GroupQuotaExceeded(
+            f"the mailbox would hold {group_after} bytes of group {group_id.hex()}, more than"
+            f" the {limits.mailbox_bytes_per_group} it keeps of one group",
+            "mailbox bytes per group",
+            limits.mailbox_bytes_per_group,
+        )
+    if owner_after > limits.mailbox_bytes_per_owner:
+        raise PeerQuotaExceeded(
+            f"the mailbox would hold {owner_after} bytes of the groups of {owner}, more than"
+            f" the {limits.mailbox_bytes_per_owner} it keeps for one owner",
+            "mailbox bytes per owner",
+            limits.mailbox_bytes_per_owner,
+        )
+    if total_after > limits.mailbox_bytes_total:
+        raise TotalQuotaExceeded(
+            f"the mailbox would hold {total_after} bytes in all, more than the"
+            f" {limits.mailbox_bytes_total} it keeps",
+            "mailbox bytes",
+            limits.mailbox_bytes_total,
+        )
+
+
+def check_mailbox_groups(
+    owner: PeerID, owner_after: int, total_after: int, limits: StoreLimits
+) -> None:
+    """
+    Refuse to serve one more group as a mailbox past the bounds on the
+    groups of one owner and of all.
+
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past them.
+    """
+    check_quota(
+        "mailbox groups",
+        owner,
+        owner_after,
+        total_after,
+        limits.mailbox_groups_per_owner,
+        limits.mailbox_groups_total,
+    )

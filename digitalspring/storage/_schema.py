@@ -145,8 +145,29 @@ CREATE INDEX outbox_group ON outbox (peer, group_id, kind);
 CREATE INDEX members_peer ON members (peer);
 """
 
+# Version 3: mailboxes (issue 12).  A member keeps the mailboxes of its
+# groups (``mailboxes``); a node serving a group as a mailbox keeps how
+# (``mailbox_terms``: the owner's retention, and the floor below which it
+# stores nothing again), and when each message it holds is deleted
+# (``messages.expires``, indexed for the one timer that deletes them).
+_V3 = """
+CREATE TABLE mailboxes (
+    gid INTEGER NOT NULL REFERENCES groups (gid) ON DELETE CASCADE,
+    peer BLOB NOT NULL CHECK (length(peer) = 32),
+    PRIMARY KEY (gid, peer)
+) WITHOUT ROWID;
+CREATE TABLE mailbox_terms (
+    gid INTEGER PRIMARY KEY REFERENCES groups (gid) ON DELETE CASCADE,
+    retention REAL NOT NULL CHECK (retention > 0),
+    floor_epoch INTEGER NOT NULL CHECK (floor_epoch >= 0),
+    floor_index INTEGER NOT NULL CHECK (floor_index >= 0)
+);
+ALTER TABLE messages ADD COLUMN expires REAL;
+CREATE INDEX messages_expires ON messages (expires) WHERE expires IS NOT NULL;
+"""
+
 #: The forward migrations: ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
 
 _MAGIC = b"SQLite format 3\0"
 _KEY_CHECK = b"digitalspring storage key check"

@@ -41,7 +41,7 @@ from ._errors import (
     StoreClosed,
 )
 from ._interfaces import IStore
-from ._rules import check_chain, check_quota
+from ._rules import check_chain, check_mailbox_groups, check_mailbox_quota, check_quota
 from ._schema import MIGRATIONS, check_header, check_key, migrate, validate
 from ._sealing import row_identity, seal, unseal
 from ._values import (
@@ -68,17 +68,24 @@ from ._values import (
     Enqueue,
     Epoch,
     EpochClose,
+    ExpireHeld,
     ForgetEpochKeys,
     ForgetRecipient,
     Group,
+    HeldMessage,
+    HoldMessage,
     Invitation,
     KeepOnlySigningSecret,
+    MailboxTerms,
+    MailboxUsage,
     MarkDelivered,
     Member,
     OutboxEntry,
     PutMember,
     RevealSigningSecret,
     SetGroupState,
+    SetMailboxes,
+    SetMailboxTerms,
     SetNeighbours,
     SetPetname,
     SetSetting,
@@ -306,7 +313,7 @@ class SQLiteStore:
         )
 
     def _message_value(self, group_id: bytes, row: tuple[Any, ...]) -> StoredMessage:
-        epoch, index, manifest, state, content, sent_at, from_peer, message_key = row
+        epoch, index, manifest, state, content, sent_at, from_peer, message_key, expires = row
         ad = row_identity("messages", "content", group_id, epoch, index)
         key_ad = row_identity("messages", "message_key", group_id, epoch, index)
         return StoredMessage(
@@ -319,6 +326,7 @@ class SQLiteStore:
             sent_at,
             None if from_peer is None else PeerID(from_peer),
             _unsealed(message_key, self._key, key_ad),
+            expires,
         )
 
     # --- reads -----------------------------------------------------------------
@@ -379,6 +387,53 @@ class SQLiteStore:
 
         return self._run(read)
 
+    def mailboxes(self, group_id: bytes) -> Deferred[frozenset[PeerID]]:
+        def read() -> frozenset[PeerID]:
+            rows = self._db.execute(
+                "SELECT peer FROM mailboxes JOIN groups USING (gid) WHERE group_id = ?",
+                (group_id,),
+            ).fetchall()
+            return frozenset(PeerID(peer) for (peer,) in rows)
+
+        return self._run(read)
+
+    def mailbox_terms(self, group_id: bytes) -> Deferred[MailboxTerms]:
+        def read() -> MailboxTerms:
+            row = self._db.execute(
+                "SELECT retention, floor_epoch, floor_index FROM mailbox_terms"
+                " JOIN groups USING (gid) WHERE group_id = ?",
+                (group_id,),
+            ).fetchone()
+            if row is None:
+                raise NotStored(f"this node is no mailbox of group {group_id.hex()}")
+            return MailboxTerms(row[0], (row[1], row[2]))
+
+        return self._run(read)
+
+    def mailbox_usage(self) -> Deferred[list[MailboxUsage]]:
+        def read() -> list[MailboxUsage]:
+            rows = self._db.execute(
+                "SELECT group_id, owner, retention, count(msg), coalesce(sum(charged), 0),"
+                " min(expires) FROM groups JOIN mailbox_terms USING (gid)"
+                " LEFT JOIN messages USING (gid)"
+                " GROUP BY gid ORDER BY groups.created, group_id"
+            ).fetchall()
+            return [
+                MailboxUsage(group_id, PeerID(owner), count, size, retention, expiry)
+                for group_id, owner, retention, count, size, expiry in rows
+            ]
+
+        return self._run(read)
+
+    def next_expiry(self) -> Deferred[float | None]:
+        def read() -> float | None:
+            row = self._db.execute(
+                "SELECT min(expires) FROM messages WHERE expires IS NOT NULL"
+            ).fetchone()
+            return None if row[0] is None else float(row[0])
+
+        return self._run(read)
+
     def epoch(self, group_id: bytes, epoch: int | None = None) -> Deferred[Epoch]:
         return self._run(self._read_epoch, group_id, epoch)
 
@@ -386,7 +441,7 @@ class SQLiteStore:
         def read() -> StoredMessage:
             row = self._db.execute(
                 "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
-                " message_key"
+                " message_key, expires"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND epoch = ? AND idx = ?",
                 (group_id, epoch, index),
@@ -419,7 +474,7 @@ class SQLiteStore:
         def read() -> list[StoredMessage]:
             rows = self._db.execute(
                 "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
-                " message_key"
+                " message_key, expires"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND messages.state = 'complete' AND (epoch, idx) > (?, ?)"
                 " ORDER BY epoch, idx LIMIT ?",
@@ -429,11 +484,56 @@ class SQLiteStore:
 
         return self._run(read)
 
+    def _held(self, row: tuple[Any, ...]) -> HeldMessage:
+        msg, epoch, index, manifest, state = row
+        numbers = self._db.execute("SELECT number FROM fragments WHERE msg = ?", (msg,)).fetchall()
+        return HeldMessage(epoch, index, manifest, state, frozenset(n for (n,) in numbers))
+
+    def held_after(
+        self, group_id: bytes, after: tuple[int, int], limit: int
+    ) -> Deferred[list[HeldMessage]]:
+        def read() -> list[HeldMessage]:
+            rows = self._db.execute(
+                "SELECT msg, epoch, idx, manifest, messages.state FROM messages"
+                " JOIN groups USING (gid) WHERE group_id = ? AND (epoch, idx) > (?, ?)"
+                " ORDER BY epoch, idx LIMIT ?",
+                (group_id, *after, limit),
+            ).fetchall()
+            return [self._held(row) for row in rows]
+
+        return self._run(read)
+
+    def newest(self, group_id: bytes) -> Deferred[HeldMessage | None]:
+        def read() -> HeldMessage | None:
+            row = self._db.execute(
+                "SELECT msg, epoch, idx, manifest, messages.state FROM messages"
+                " JOIN groups USING (gid) WHERE group_id = ?"
+                " ORDER BY epoch DESC, idx DESC LIMIT 1",
+                (group_id,),
+            ).fetchone()
+            return None if row is None else self._held(row)
+
+        return self._run(read)
+
+    def fragment(self, group_id: bytes, epoch: int, index: int, number: int) -> Deferred[bytes]:
+        def read() -> bytes:
+            row = self._db.execute(
+                "SELECT data FROM fragments JOIN messages USING (msg) JOIN groups USING (gid)"
+                " WHERE group_id = ? AND epoch = ? AND idx = ? AND number = ?",
+                (group_id, epoch, index, number),
+            ).fetchone()
+            if row is None:
+                raise NotStored(f"fragment {number} of {epoch}/{index} is not kept")
+            data: bytes = row[0]
+            return data
+
+        return self._run(read)
+
     def partial_messages(self, group_id: bytes) -> Deferred[list[StoredMessage]]:
         def read() -> list[StoredMessage]:
             rows = self._db.execute(
                 "SELECT epoch, idx, manifest, messages.state, content, sent_at, from_peer,"
-                " message_key"
+                " message_key, expires"
                 " FROM messages JOIN groups USING (gid)"
                 " WHERE group_id = ? AND messages.state = 'partial' ORDER BY epoch, idx",
                 (group_id,),
@@ -584,6 +684,15 @@ class SQLiteStore:
         g = change.group
         if self._db.execute("SELECT 1 FROM groups WHERE group_id = ?", (g.group_id,)).fetchone():
             raise AlreadyStored(f"group {g.group_id.hex()} is already stored")
+        if g.role == "mailbox":
+            (owned,) = self._db.execute(
+                "SELECT count(*) FROM groups WHERE role = 'mailbox' AND owner = ?",
+                (g.owner.public_key,),
+            ).fetchone()
+            (total,) = self._db.execute(
+                "SELECT count(*) FROM groups WHERE role = 'mailbox'"
+            ).fetchone()
+            check_mailbox_groups(g.owner, owned + 1, total + 1, self._limits)
         self._db.execute(
             "INSERT INTO groups (group_id, name, owner, role, strategy, degree, created,"
             " petname, state) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -637,6 +746,23 @@ class SQLiteStore:
         self._db.executemany(
             "INSERT INTO neighbours (gid, peer) VALUES (?, ?)",
             [(gid, peer.public_key) for peer in change.peers],
+        )
+
+    def _set_mailboxes(self, change: SetMailboxes) -> None:
+        gid = self._gid(change.group_id)
+        self._db.execute("DELETE FROM mailboxes WHERE gid = ?", (gid,))
+        self._db.executemany(
+            "INSERT INTO mailboxes (gid, peer) VALUES (?, ?)",
+            [(gid, peer.public_key) for peer in change.peers],
+        )
+
+    def _set_mailbox_terms(self, change: SetMailboxTerms) -> None:
+        gid = self._gid(change.group_id)
+        terms = change.terms
+        self._db.execute(
+            "INSERT OR REPLACE INTO mailbox_terms (gid, retention, floor_epoch, floor_index)"
+            " VALUES (?, ?, ?, ?)",
+            (gid, terms.retention, *terms.floor),
         )
 
     def _add_epoch(self, change: AddEpoch) -> None:
@@ -726,12 +852,13 @@ class SQLiteStore:
         content: bytes | None,
         sent_at: float | None,
         from_peer: bytes | None,
+        expires: float | None = None,
     ) -> int:
         ad = row_identity("messages", "content", group_id, change.epoch, change.index)
         try:
             cursor = self._db.execute(
                 "INSERT INTO messages (gid, epoch, idx, manifest, state, content, sent_at,"
-                " from_peer, charged) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                " from_peer, charged, expires) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     gid,
                     change.epoch,
@@ -742,6 +869,7 @@ class SQLiteStore:
                     sent_at,
                     from_peer,
                     0 if from_peer is None else len(change.manifest),
+                    expires,
                 ),
             )
         except sqlite3.IntegrityError:
@@ -813,8 +941,43 @@ class SQLiteStore:
         self._read_epoch(change.group_id, change.epoch)
         gid = self._gid(change.group_id)
         self._check_partial_quota(change.from_peer, len(change.manifest), True)
+        self._check_mailbox_quota(gid, change.group_id, len(change.manifest))
         self._insert_message(
-            gid, change.group_id, change, "partial", None, None, change.from_peer.public_key
+            gid,
+            change.group_id,
+            change,
+            "partial",
+            None,
+            None,
+            change.from_peer.public_key,
+            change.expires,
+        )
+
+    def _check_mailbox_quota(self, gid: int, group_id: bytes, size: int) -> None:
+        """
+        In a group we serve as a mailbox, refuse ``size`` more bytes past
+        the bounds per group, per owner and in all.
+        """
+        row = self._db.execute(
+            "SELECT owner FROM groups WHERE gid = ? AND role = 'mailbox'", (gid,)
+        ).fetchone()
+        if row is None:
+            return
+        owner = row[0]
+        (in_group,) = self._db.execute(
+            "SELECT coalesce(sum(charged), 0) FROM messages WHERE gid = ?", (gid,)
+        ).fetchone()
+        (of_owner,) = self._db.execute(
+            "SELECT coalesce(sum(charged), 0) FROM messages JOIN groups USING (gid)"
+            " WHERE groups.role = 'mailbox' AND owner = ?",
+            (owner,),
+        ).fetchone()
+        (total,) = self._db.execute(
+            "SELECT coalesce(sum(charged), 0) FROM messages JOIN groups USING (gid)"
+            " WHERE groups.role = 'mailbox'"
+        ).fetchone()
+        check_mailbox_quota(
+            group_id, PeerID(owner), in_group + size, of_owner + size, total + size, self._limits
         )
 
     def _partial(self, group_id: bytes, epoch: int, index: int) -> int:
@@ -834,6 +997,7 @@ class SQLiteStore:
         ).fetchone():
             return
         self._check_partial_quota(change.from_peer, len(change.data), False)
+        self._check_mailbox_quota(self._gid(change.group_id), change.group_id, len(change.data))
         self._db.execute(
             "INSERT INTO fragments (msg, number, data) VALUES (?, ?, ?)",
             (msg, change.number, change.data),
@@ -855,6 +1019,29 @@ class SQLiteStore:
         )
         self._db.execute("DELETE FROM fragments WHERE msg = ?", (msg,))
         self._set_chain(gid, change.group_id, change.epoch, change.chain)
+
+    def _hold_message(self, change: HoldMessage) -> None:
+        msg = self._partial(change.group_id, change.epoch, change.index)
+        self._db.execute(
+            "UPDATE messages SET state = 'complete', from_peer = NULL WHERE msg = ?", (msg,)
+        )
+
+    def _expire_held(self, change: ExpireHeld) -> None:
+        rows = self._db.execute(
+            "SELECT msg, gid, epoch, idx FROM messages WHERE expires IS NOT NULL"
+            " AND expires <= ? ORDER BY gid, epoch, idx",
+            (change.now,),
+        ).fetchall()
+        last: dict[int, tuple[int, int]] = {}
+        for _, gid, epoch, index in rows:
+            last[gid] = (epoch, index + 1)
+        for gid, floor in last.items():
+            self._db.execute(
+                "UPDATE mailbox_terms SET floor_epoch = ?, floor_index = ?"
+                " WHERE gid = ? AND (floor_epoch, floor_index) < (?, ?)",
+                (*floor, gid, *floor),
+            )
+        self._db.executemany("DELETE FROM messages WHERE msg = ?", [(r[0],) for r in rows])
 
     def _drop_message(self, change: DropMessage) -> None:
         try:
@@ -1065,6 +1252,8 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     PutMember: SQLiteStore._put_member,
     ChangeEdges: SQLiteStore._change_edges,
     SetNeighbours: SQLiteStore._set_neighbours,
+    SetMailboxes: SQLiteStore._set_mailboxes,
+    SetMailboxTerms: SQLiteStore._set_mailbox_terms,
     AddEpoch: SQLiteStore._add_epoch,
     CloseEpoch: SQLiteStore._close_epoch,
     RevealSigningSecret: SQLiteStore._reveal,
@@ -1074,6 +1263,8 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     StartMessage: SQLiteStore._start_message,
     AddFragment: SQLiteStore._add_fragment,
     CommitReceived: SQLiteStore._commit_received,
+    HoldMessage: SQLiteStore._hold_message,
+    ExpireHeld: SQLiteStore._expire_held,
     DropMessage: SQLiteStore._drop_message,
     DropFragments: SQLiteStore._drop_fragments,
     ForgetRecipient: SQLiteStore._forget_recipient,

@@ -156,6 +156,8 @@ class StoredMessage:
     :ivar from_peer: the peer whose fragments are held for a partial message.
     :ivar message_key: the key of a message we sent and keep as its
         fragments (see :class:`CommitSent`).
+    :ivar expires: when a mailbox deletes it (Unix seconds), for a message
+        a mailbox holds; ``None`` for any other.
     """
 
     group_id: bytes
@@ -167,6 +169,58 @@ class StoredMessage:
     sent_at: float | None = None
     from_peer: PeerID | None = None
     message_key: bytes | None = field(default=None, repr=False)
+    expires: float | None = None
+
+
+@frozen
+class HeldMessage:
+    """
+    A message as the catch-up server reads it: what it can tell a member
+    that asks, without reading (or decrypting) any content.
+
+    :ivar fragments: the numbers of the fragments held.
+    """
+
+    epoch: int
+    index: int
+    manifest: bytes
+    state: MessageState
+    fragments: frozenset[int]
+
+
+@frozen
+class MailboxTerms:
+    """
+    How a mailbox keeps a group it serves.
+
+    :ivar retention: how long it keeps each message, in seconds, as the
+        owner set it.
+    :ivar floor: the first (epoch, index) it accepts: where the owner's
+        chain was when it added the mailbox, raised past every message the
+        mailbox deleted, so that nothing it deleted is stored again.
+    """
+
+    retention: float
+    floor: tuple[int, int]
+
+
+@frozen
+class MailboxUsage:
+    """
+    What a mailbox holds of one group, for ``dspring mailbox status``.
+
+    :ivar messages: the messages held, complete or arriving.
+    :ivar bytes: their manifests' and fragments' bytes: what its quotas
+        count.
+    :ivar next_expiry: when the next of them is deleted, or ``None``.
+    """
+
+    group_id: bytes
+    owner: PeerID
+    messages: int
+    bytes: int
+    retention: float
+    next_expiry: float | None
 
 
 @frozen
@@ -241,6 +295,11 @@ class StoreLimits:
     invitations_per_peer: int = 8
     invitations_total: int = 256
     invitation_bytes: int = 64 * 1024
+    mailbox_bytes_per_group: int = 256 * 1024 * 1024
+    mailbox_bytes_per_owner: int = 512 * 1024 * 1024
+    mailbox_bytes_total: int = 1024 * 1024 * 1024
+    mailbox_groups_per_owner: int = 64
+    mailbox_groups_total: int = 1024
 
 
 # --- Changes -----------------------------------------------------------------
@@ -265,6 +324,9 @@ class AddGroup(Change):
     Store a new group.
 
     :raises AlreadyStored: when a group has its ID.
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: for a group
+        we would serve as a mailbox, past the bound on the groups of its
+        owner or on all of them.
     """
 
     group: Group
@@ -332,6 +394,27 @@ class SetNeighbours(Change):
 
     group_id: bytes
     peers: frozenset[PeerID]
+
+
+@frozen
+class SetMailboxes(Change):
+    """
+    Replace the mailboxes of a group we are a member of, as its owner
+    names them (member side).
+    """
+
+    group_id: bytes
+    peers: frozenset[PeerID]
+
+
+@frozen
+class SetMailboxTerms(Change):
+    """
+    Record how we keep a group we serve as a mailbox.
+    """
+
+    group_id: bytes
+    terms: MailboxTerms
 
 
 @frozen
@@ -425,10 +508,14 @@ class CommitSent(Change):
 class StartMessage(Change):
     """
     Keep the (verified) manifest of a message that is arriving from
-    ``from_peer``: a partial message, charged to that peer.
+    ``from_peer``: a partial message, charged to that peer.  In a group we
+    serve as a mailbox, its bytes (the manifest's, then its fragments') are
+    charged to the group and its owner too, and ``expires`` says when it
+    is deleted (:class:`ExpireHeld`).
 
     :raises AlreadyStored: when the message is already there.
-    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound
+        (:raises GroupQuotaExceeded: past a mailbox's bound per group).
     :raises PeerBlocked: when ``from_peer`` is blocked.
     """
 
@@ -437,6 +524,7 @@ class StartMessage(Change):
     index: int
     manifest: bytes
     from_peer: PeerID
+    expires: float | None = None
 
 
 @frozen
@@ -446,7 +534,8 @@ class AddFragment(Change):
     already stored is a no-op.
 
     :raises NotStored: when the message is not partial here.
-    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound.
+    :raises PeerQuotaExceeded: or :raises TotalQuotaExceeded: past a bound
+        (:raises GroupQuotaExceeded: past a mailbox's bound per group).
     :raises PeerBlocked: when ``from_peer`` is blocked.
     """
 
@@ -476,6 +565,33 @@ class CommitReceived(Change):
     content: bytes = field(repr=False)
     sent_at: float
     chain: ChainState
+
+
+@frozen
+class HoldMessage(Change):
+    """
+    A mailbox holds a whole message: it is complete, its fragments stay
+    (they are what the mailbox serves), and its bytes stay charged to its
+    group and owner, no longer as a partial message of its sender.
+
+    :raises NotStored: when the message is not partial here.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+
+
+@frozen
+class ExpireHeld(Change):
+    """
+    Delete every message a mailbox holds whose time is up at ``now``, with
+    its fragments, and raise each group's floor past them
+    (:class:`MailboxTerms`).
+    """
+
+    erases: ClassVar[bool] = True
+    now: float
 
 
 @frozen

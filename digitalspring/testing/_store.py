@@ -42,12 +42,18 @@ from ..storage import (
     Enqueue,
     Epoch,
     EpochClose,
+    ExpireHeld,
     ForgetEpochKeys,
     ForgetRecipient,
     Group,
+    GroupQuotaExceeded,
+    HeldMessage,
+    HoldMessage,
     Invitation,
     IStore,
     KeepOnlySigningSecret,
+    MailboxTerms,
+    MailboxUsage,
     MarkDelivered,
     Member,
     NotStored,
@@ -56,6 +62,8 @@ from ..storage import (
     PutMember,
     RevealSigningSecret,
     SetGroupState,
+    SetMailboxes,
+    SetMailboxTerms,
     SetNeighbours,
     SetPetname,
     SetSetting,
@@ -123,6 +131,20 @@ def joined_group(group_id: bytes = GROUP_ID) -> Group:
     A group someone else owns, that we are a member of.
     """
     return Group(group_id, "their group", OWNER, "member", "unicast", 6, 1000.0)
+
+
+def served_group(group_id: bytes = GROUP_ID, owner: PeerID = OWNER) -> Group:
+    """
+    A group someone else owns, that we serve as a mailbox.
+    """
+    return Group(group_id, "", owner, "mailbox", "spring", 6, 1000.0)
+
+
+def mailbox_epoch_keys(group_id: bytes = GROUP_ID, number: int = 0) -> Epoch:
+    """
+    An epoch as a mailbox holds it: the access key and the public key.
+    """
+    return Epoch(group_id, number, b"P" * 32, 2000.0, access_key=b"A" * 32)
 
 
 def epoch_keys(group_id: bytes = GROUP_ID, number: int = 0, next_index: int = 0) -> Epoch:
@@ -281,6 +303,218 @@ class StoreConformanceMixin(_Base):
         await store.commit(SetNeighbours(GROUP_ID, frozenset({ALICE, BOB})))
         await store.commit(SetNeighbours(GROUP_ID, frozenset({BOB, CAROL})))
         self.assertEqual(await store.neighbours(GROUP_ID), frozenset({BOB, CAROL}))
+
+    @_deferred
+    async def test_mailboxes(self) -> None:
+        """
+        A member's list of its group's mailboxes is replaced as a whole,
+        and goes with its group.
+        """
+        store = await self._store()
+        await store.commit(AddGroup(joined_group()))
+        self.assertEqual(await store.mailboxes(GROUP_ID), frozenset())
+        await store.commit(SetMailboxes(GROUP_ID, frozenset({ALICE, BOB})))
+        await store.commit(SetMailboxes(GROUP_ID, frozenset({CAROL})))
+        self.assertEqual(await store.mailboxes(GROUP_ID), frozenset({CAROL}))
+        await store.commit(DeleteGroup(GROUP_ID))
+        self.assertEqual(await store.mailboxes(GROUP_ID), frozenset())
+        await _refused(store.commit(SetMailboxes(GROUP_ID, frozenset())), NotStored)
+
+    async def _served(
+        self, store: IStore, group_id: bytes = GROUP_ID, owner: PeerID = OWNER
+    ) -> None:
+        await store.commit(
+            AddGroup(served_group(group_id, owner)),
+            AddEpoch(mailbox_epoch_keys(group_id)),
+            SetMailboxTerms(group_id, MailboxTerms(3600.0, (0, 2))),
+        )
+
+    async def _hold(
+        self,
+        store: IStore,
+        index: int,
+        fragments: int,
+        expires: float,
+        group_id: bytes = GROUP_ID,
+        owner: PeerID = OWNER,
+    ) -> None:
+        await store.commit(
+            StartMessage(group_id, 0, index, b"manifest %d" % index, owner, expires=expires)
+        )
+        for number in range(fragments):
+            await store.commit(
+                AddFragment(group_id, 0, index, number, b"%d/%d" % (index, number), owner)
+            )
+        await store.commit(HoldMessage(group_id, 0, index))
+
+    @_deferred
+    async def test_mailbox_terms(self) -> None:
+        """
+        A mailbox's terms of a group are read back as set, and replaced;
+        a group not served as a mailbox has none.
+        """
+        store = await self._store()
+        await _refused(store.mailbox_terms(GROUP_ID), NotStored)
+        await self._served(store)
+        self.assertEqual(await store.mailbox_terms(GROUP_ID), MailboxTerms(3600.0, (0, 2)))
+        await store.commit(SetMailboxTerms(GROUP_ID, MailboxTerms(60.0, (1, 0))))
+        self.assertEqual(await store.mailbox_terms(GROUP_ID), MailboxTerms(60.0, (1, 0)))
+        await store.commit(AddGroup(joined_group(OTHER_GROUP_ID)))
+        await _refused(store.mailbox_terms(OTHER_GROUP_ID), NotStored)
+
+    @_deferred
+    async def test_hold_message(self) -> None:
+        """
+        A mailbox holds a whole message as complete with its fragments and
+        expiry kept, and it no longer counts as a partial message of its
+        sender; the catch-up reads list held and arriving messages with
+        the fragments held, the newest, and one fragment at a time.
+        """
+        limits = StoreLimits(partial_messages_per_peer=1)
+        store = await self._store(limits)
+        await self._served(store)
+        await self._hold(store, 2, 3, expires=5000.0)
+        message = await store.message(GROUP_ID, 0, 2)
+        self.assertEqual(
+            (message.state, message.content, message.from_peer, message.expires),
+            ("complete", None, None, 5000.0),
+        )
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 2), {0: b"2/0", 1: b"2/1", 2: b"2/2"})
+        # The one partial message OWNER may have is free again.
+        await store.commit(StartMessage(GROUP_ID, 0, 3, b"manifest 3", OWNER, expires=6000.0))
+        await store.commit(AddFragment(GROUP_ID, 0, 3, 1, b"3/1", OWNER))
+        self.assertEqual(
+            await store.held_after(GROUP_ID, (0, 1), 10),
+            [
+                HeldMessage(0, 2, b"manifest 2", "complete", frozenset({0, 1, 2})),
+                HeldMessage(0, 3, b"manifest 3", "partial", frozenset({1})),
+            ],
+        )
+        self.assertEqual([m.index for m in await store.held_after(GROUP_ID, (0, 2), 10)], [3])
+        self.assertEqual(len(await store.held_after(GROUP_ID, (0, 1), 1)), 1)
+        self.assertEqual(
+            await store.newest(GROUP_ID),
+            HeldMessage(0, 3, b"manifest 3", "partial", frozenset({1})),
+        )
+        self.assertIsNone(await store.newest(OTHER_GROUP_ID))
+        self.assertEqual(await store.fragment(GROUP_ID, 0, 2, 1), b"2/1")
+        await _refused(store.fragment(GROUP_ID, 0, 3, 0), NotStored)
+        await _refused(store.commit(HoldMessage(GROUP_ID, 0, 2)), NotStored)
+        self.assertEqual(
+            await store.mailbox_usage(),
+            [
+                MailboxUsage(
+                    GROUP_ID,
+                    OWNER,
+                    2,
+                    len(b"manifest 2") * 2 + 3 * 3 + 3,
+                    3600.0,
+                    5000.0,
+                )
+            ],
+        )
+
+    @_deferred
+    async def test_expire_held(self) -> None:
+        """
+        Expiry deletes what a mailbox holds once its time is up, with its
+        fragments, raises the group's floor past the last message deleted,
+        and leaves what is not due, and every group we do not serve.
+        """
+        store = await self._store()
+        await self._served(store)
+        await self._served(store, OTHER_GROUP_ID)
+        self.assertIsNone(await store.next_expiry())
+        await self._hold(store, 2, 2, expires=100.0)
+        await self._hold(store, 3, 1, expires=200.0)
+        await self._hold(store, 2, 1, expires=150.0, group_id=OTHER_GROUP_ID)
+        self.assertEqual(await store.next_expiry(), 100.0)
+        await store.commit(ExpireHeld(150.0))
+        await _refused(store.message(GROUP_ID, 0, 2), NotStored)
+        await _refused(store.message(OTHER_GROUP_ID, 0, 2), NotStored)
+        self.assertEqual(await store.fragments(GROUP_ID, 0, 2), {})
+        self.assertEqual((await store.message(GROUP_ID, 0, 3)).expires, 200.0)
+        self.assertEqual((await store.mailbox_terms(GROUP_ID)).floor, (0, 3))
+        self.assertEqual((await store.mailbox_terms(OTHER_GROUP_ID)).floor, (0, 3))
+        self.assertEqual(await store.next_expiry(), 200.0)
+        await store.commit(ExpireHeld(1000.0))
+        self.assertEqual((await store.mailbox_terms(GROUP_ID)).floor, (0, 4))
+        self.assertIsNone(await store.next_expiry())
+        self.assertEqual(
+            [(u.messages, u.bytes, u.next_expiry) for u in await store.mailbox_usage()],
+            [(0, 0, None), (0, 0, None)],
+        )
+
+    @_deferred
+    async def test_mailbox_quota_per_group(self) -> None:
+        """
+        A mailbox holds at most its quota of one group: the manifest or
+        fragment past it is refused with GroupQuotaExceeded naming the
+        bound, and another group still fits; expiry frees the room.
+        """
+        store = await self._store(StoreLimits(mailbox_bytes_per_group=30))
+        await self._served(store)
+        await self._served(store, OTHER_GROUP_ID, ALICE)
+        await self._hold(store, 2, 2, expires=100.0)  # 10 + 2 * 3 bytes
+        await store.commit(StartMessage(GROUP_ID, 0, 3, b"manifest 3", OWNER, expires=200.0))
+        error = await _refused(
+            store.commit(AddFragment(GROUP_ID, 0, 3, 0, b"x" * 5, OWNER)), GroupQuotaExceeded
+        )
+        self.assertEqual((error.what, error.limit), ("mailbox bytes per group", 30))
+        self.assertTrue(GROUP_ID.hex() in str(error))
+        await _refused(
+            store.commit(StartMessage(GROUP_ID, 0, 4, b"manifest 4 long", OWNER)),
+            GroupQuotaExceeded,
+        )
+        await self._hold(store, 2, 2, expires=100.0, group_id=OTHER_GROUP_ID, owner=ALICE)
+        await store.commit(ExpireHeld(100.0))
+        await store.commit(AddFragment(GROUP_ID, 0, 3, 0, b"x" * 5, OWNER))
+
+    @_deferred
+    async def test_mailbox_quota_per_owner_and_total(self) -> None:
+        """
+        The groups of one owner together, and all groups together, hold at
+        most their quotas (PeerQuotaExceeded, TotalQuotaExceeded); groups
+        the store does not serve as a mailbox are not counted.
+        """
+        limits = StoreLimits(mailbox_bytes_per_owner=40, mailbox_bytes_total=60)
+        store = await self._store(limits)
+        third = bytes(range(2, 34))
+        await self._served(store)
+        await self._served(store, OTHER_GROUP_ID)
+        await self._served(store, third, ALICE)
+        await self._hold(store, 2, 3, expires=100.0)  # 10 + 9 bytes
+        await self._hold(store, 2, 3, expires=100.0, group_id=OTHER_GROUP_ID)
+        error = await _refused(
+            store.commit(StartMessage(GROUP_ID, 0, 3, b"manifest 3", OWNER)), PeerQuotaExceeded
+        )
+        self.assertEqual((error.what, error.limit), ("mailbox bytes per owner", 40))
+        await self._hold(store, 2, 1, expires=100.0, group_id=third, owner=ALICE)
+        total = await _refused(
+            store.commit(StartMessage(third, 0, 3, b"manifest 3", ALICE)), TotalQuotaExceeded
+        )
+        self.assertEqual((total.what, total.limit), ("mailbox bytes", 60))
+        await store.commit(
+            AddGroup(joined_group(bytes(range(3, 35)))), AddEpoch(epoch_keys(bytes(range(3, 35))))
+        )
+        await store.commit(StartMessage(bytes(range(3, 35)), 0, 0, b"m" * 100, OWNER))
+
+    @_deferred
+    async def test_mailbox_groups_quota(self) -> None:
+        """
+        A store serves at most its bound of groups of one owner as a
+        mailbox, and of all owners; groups it is a member of do not count.
+        """
+        limits = StoreLimits(mailbox_groups_per_owner=2, mailbox_groups_total=3)
+        store = await self._store(limits)
+        ids = [bytes([n]) * 32 for n in range(5)]
+        await store.commit(AddGroup(served_group(ids[0])), AddGroup(served_group(ids[1])))
+        error = await _refused(store.commit(AddGroup(served_group(ids[2]))), PeerQuotaExceeded)
+        self.assertEqual((error.what, error.limit), ("mailbox groups", 2))
+        await store.commit(AddGroup(served_group(ids[2], ALICE)), AddGroup(joined_group(ids[4])))
+        await _refused(store.commit(AddGroup(served_group(ids[3], BOB))), TotalQuotaExceeded)
+        await store.commit(DeleteGroup(ids[0]))
+        await store.commit(AddGroup(served_group(ids[3], BOB)))
 
     @_deferred
     async def test_epochs(self) -> None:
