@@ -27,6 +27,17 @@ signature of its own.  Its canonical encoding::
                 32 B    hash of its last manifest (zeros if none)
     1 B     0, or 1 then the 32-byte signing seed of epoch - 2 (revealed)
 
+A mailbox's key delivery (its invitation, or a new epoch) is smaller: it
+has no chain key and never a revealed seed::
+
+    varint  version (1)
+    32 B    group ID
+    varint  epoch
+    varint  first index: the first message of the epoch it is to keep
+    32 B    epoch signing public key
+    32 B    access key
+    1 B     0, or 1 then the close statement of epoch - 1 (as above)
+
 A decoder refuses anything that does not encode back to the same bytes.
 """
 
@@ -59,6 +70,8 @@ DELIVERY_VERSION = 1
 #: The largest key delivery, in bytes (every field present and at its
 #: longest).
 MAX_DELIVERY_SIZE = 1 + 32 + 10 + 10 + 3 * 32 + 1 + 10 + 32 + 1 + 32
+#: The largest key delivery of a mailbox, in bytes.
+MAX_MAILBOX_DELIVERY_SIZE = 1 + 32 + 10 + 10 + 2 * 32 + 1 + 10 + 32
 
 _NO_HASH = bytes(HASH_SIZE)
 
@@ -187,6 +200,22 @@ class MailboxEpoch:
 
     access: GroupAccess
     signing_public_key: bytes
+
+
+@frozen
+class MailboxDelivery:
+    """
+    What a mailbox's invitation or new-epoch message carries.
+
+    :ivar mailbox: the epoch's access key and signing public key.
+    :ivar first_index: the first message of the epoch the mailbox keeps:
+        the owner's next index when it added the mailbox, 0 in a new epoch.
+    :ivar close: how the epoch before ended, if it did.
+    """
+
+    mailbox: MailboxEpoch
+    first_index: int = 0
+    close: CloseStatement | None = None
 
 
 @frozen
@@ -321,6 +350,22 @@ def mailbox_epoch(owner: OwnerEpoch) -> MailboxEpoch:
     return MailboxEpoch(owner.keys.access, owner.keys.signing_public_key)
 
 
+def mailbox_invitation_delivery(owner: OwnerEpoch) -> MailboxDelivery:
+    """
+    The keys in a mailbox's invitation: it keeps the messages from the
+    owner's next one on.
+    """
+    return MailboxDelivery(mailbox_epoch(owner), owner.chain.next_index)
+
+
+def mailbox_epoch_delivery(owner: OwnerEpoch) -> MailboxDelivery:
+    """
+    A new epoch for a mailbox: its keys from index 0, and the close of the
+    epoch before (never a revealed seed: a mailbox gets no signing secret).
+    """
+    return MailboxDelivery(mailbox_epoch(owner), 0, owner.close)
+
+
 def _member_epoch(owner: OwnerEpoch, first_index: int, chain_key: bytes) -> MemberEpoch:
     keys = owner.keys
     return MemberEpoch(
@@ -408,4 +453,66 @@ def decode_delivery(data: bytes) -> KeyDelivery:
     delivery = KeyDelivery(member, close, revealed)
     if encode_delivery(delivery) != data:
         raise MalformedDelivery("the group keys are not canonically encoded")
+    return delivery
+
+
+def _close(close: CloseStatement | None, group_id: bytes, epoch: int) -> list[bytes]:
+    if close is None:
+        return [b"\0"]
+    if close.group_id != group_id or close.epoch + 1 != epoch:
+        raise ValueError("a key delivery closes the epoch before its own, of its group")
+    return [b"\1", varint(close.count), _exact(close.last_hash, HASH_SIZE, "manifest hash")]
+
+
+def encode_mailbox_delivery(delivery: MailboxDelivery) -> bytes:
+    """
+    The canonical encoding of a mailbox's key delivery.
+
+    :raises ValueError: when a value is out of range, or the close
+        statement is not of the epoch before.
+    """
+    access = delivery.mailbox.access
+    return b"".join(
+        [
+            varint(DELIVERY_VERSION),
+            _exact(access.group_id, GROUP_ID_SIZE, "group ID"),
+            varint(access.epoch),
+            varint(delivery.first_index),
+            _exact(delivery.mailbox.signing_public_key, PUBLIC_KEY_SIZE, "signing public key"),
+            _exact(access.access_key, KEY_SIZE, "access key"),
+            *_close(delivery.close, access.group_id, access.epoch),
+        ]
+    )
+
+
+def decode_mailbox_delivery(data: bytes) -> MailboxDelivery:
+    """
+    The mailbox's key delivery in ``data``, refused unless it is in its
+    canonical encoding.
+
+    :raises MalformedDelivery: when it is not.
+    """
+    if len(data) > MAX_MAILBOX_DELIVERY_SIZE:
+        raise MalformedDelivery(
+            f"the mailbox's keys have {len(data)} bytes; at most {MAX_MAILBOX_DELIVERY_SIZE}"
+        )
+    reader = Reader(data, MalformedDelivery, "mailbox's keys")
+    version = reader.varint()
+    if version != DELIVERY_VERSION:
+        raise reader.fail(f"are of version {version}, not {DELIVERY_VERSION}")
+    group_id = reader.take(GROUP_ID_SIZE)
+    epoch = reader.varint()
+    first_index = reader.varint(EPOCH_MAX_MESSAGES)
+    public = reader.take(PUBLIC_KEY_SIZE)
+    access = GroupAccess(group_id, epoch, reader.take(KEY_SIZE))
+    close = None
+    if reader.flag():
+        if epoch < 1:
+            raise reader.fail("close an epoch before epoch 0")
+        count = reader.varint(EPOCH_MAX_MESSAGES)
+        close = CloseStatement(group_id, epoch - 1, count, reader.take(HASH_SIZE))
+    reader.end()
+    delivery = MailboxDelivery(MailboxEpoch(access, public), first_index, close)
+    if encode_mailbox_delivery(delivery) != data:
+        raise MalformedDelivery("the mailbox's keys are not canonically encoded")
     return delivery

@@ -26,6 +26,22 @@ Pure functions, no I/O.  Encodings::
         varint  number of neighbours, then 32 B each, sorted
     removal, departure:
         32 B    group ID
+    mailbox invitation (owner to a mailbox):
+        32 B    group ID
+        varint  version (1)
+        varint  length, then the strategy's name
+        varint  N
+        varint  number of neighbours, then 32 B each, sorted
+        varint  retention: seconds the mailbox keeps each message
+        varint  length, then the mailbox's key delivery (see _epoch.py)
+    mailbox epoch (owner to a mailbox):
+        32 B    group ID
+        varint  version (1)
+        varint  length, then the mailbox's key delivery
+    mailboxes (owner to a member):
+        32 B    group ID
+        varint  version (1)
+        varint  number of mailboxes (at most 16), then 32 B each, sorted
     acknowledgement:
         32 B    group ID
         varint  epoch
@@ -54,9 +70,13 @@ from ._crypto import blake2b
 from ._epoch import (
     GROUP_ID_SIZE,
     MAX_DELIVERY_SIZE,
+    MAX_MAILBOX_DELIVERY_SIZE,
     KeyDelivery,
+    MailboxDelivery,
     decode_delivery,
+    decode_mailbox_delivery,
     encode_delivery,
+    encode_mailbox_delivery,
 )
 
 NOTICE_VERSION = 1
@@ -69,6 +89,10 @@ MAX_STRATEGY_NAME = 64
 MAX_DEGREE = 64
 #: The size of an acknowledgement's MAC.
 ACK_MAC_SIZE = 32
+#: The most mailboxes a group has.
+MAX_MAILBOXES = 16
+#: The longest retention an owner may ask of a mailbox, in seconds.
+MAX_RETENTION = 366 * 24 * 3600
 
 #: The kinds of notices, as the outbox and the wire name them.
 INVITATION = "invite"
@@ -77,7 +101,22 @@ NEIGHBOURS = "neighbours"
 REMOVAL = "remove"
 DEPARTURE = "leave"
 ACKNOWLEDGEMENT = "ack"
-KINDS = frozenset({INVITATION, NEW_EPOCH, NEIGHBOURS, REMOVAL, DEPARTURE, ACKNOWLEDGEMENT})
+MAILBOX_INVITATION = "mailbox-invite"
+MAILBOX_EPOCH = "mailbox-epoch"
+MAILBOXES = "mailboxes"
+KINDS = frozenset(
+    {
+        INVITATION,
+        NEW_EPOCH,
+        NEIGHBOURS,
+        REMOVAL,
+        DEPARTURE,
+        ACKNOWLEDGEMENT,
+        MAILBOX_INVITATION,
+        MAILBOX_EPOCH,
+        MAILBOXES,
+    }
+)
 
 _ACK_KEY = b"ds-ack-key"
 _ACK_MAC = b"ds-delivery-ack"
@@ -109,6 +148,23 @@ class GroupInvitation:
     degree: int
     neighbours: frozenset[PeerID]
     delivery: KeyDelivery
+
+
+@frozen
+class MailboxInvitation:
+    """
+    What the owner sends a peer it adds as a mailbox of a group.
+
+    :ivar retention: how long the mailbox keeps each message, in seconds.
+    :ivar delivery: the epoch's keys for a mailbox.
+    """
+
+    group_id: bytes
+    strategy: str
+    degree: int
+    neighbours: frozenset[PeerID]
+    retention: int
+    delivery: MailboxDelivery
 
 
 @frozen
@@ -171,6 +227,22 @@ def _read_delivery(reader: Reader, group_id: bytes) -> KeyDelivery:
     if delivery.member.group_id != group_id:
         raise reader.fail("carries the keys of another group")
     return delivery
+
+
+def _read_mailbox_delivery(reader: Reader, group_id: bytes) -> MailboxDelivery:
+    data = reader.take(reader.varint(MAX_MAILBOX_DELIVERY_SIZE))
+    try:
+        delivery = decode_mailbox_delivery(data)
+    except DigitalSpringError as e:
+        raise MalformedNotice(str(e)) from None
+    if delivery.mailbox.access.group_id != group_id:
+        raise reader.fail("carries the keys of another group")
+    return delivery
+
+
+def _mailbox_delivery(delivery: MailboxDelivery) -> bytes:
+    data = encode_mailbox_delivery(delivery)
+    return varint(len(data)) + data
 
 
 def _canonical(data: bytes, encoded: bytes) -> None:
@@ -328,3 +400,97 @@ def acknowledgement_valid(key: bytes, ack: Acknowledgement) -> bool:
     """
     expected = blake2b(_ACK_MAC, _ack_data(ack.group_id, ack.epoch, ack.index), key)
     return hmac.compare_digest(expected, ack.mac)
+
+
+def encode_mailbox_invitation(invitation: MailboxInvitation) -> bytes:
+    """
+    The canonical encoding of a mailbox's invitation.
+
+    :raises ValueError: when a value is out of range.
+    """
+    if not 0 < invitation.degree <= MAX_DEGREE:
+        raise ValueError(f"a degree is 1 to {MAX_DEGREE}")
+    if not 0 < invitation.retention <= MAX_RETENTION:
+        raise ValueError(f"a retention is 1 to {MAX_RETENTION} seconds")
+    return b"".join(
+        [
+            invitation.group_id,
+            varint(NOTICE_VERSION),
+            _text(invitation.strategy, MAX_STRATEGY_NAME, "strategy name"),
+            varint(invitation.degree),
+            _peers(invitation.neighbours),
+            varint(invitation.retention),
+            _mailbox_delivery(invitation.delivery),
+        ]
+    )
+
+
+def decode_mailbox_invitation(payload: bytes) -> MailboxInvitation:
+    """
+    The mailbox's invitation in ``payload``.
+
+    :raises MalformedNotice: unless it is canonically encoded.
+    """
+    reader, group_id = _start(payload, "mailbox invitation")
+    strategy = _read_text(reader, MAX_STRATEGY_NAME)
+    degree = reader.varint(MAX_DEGREE)
+    if degree == 0:
+        raise reader.fail("names a degree of 0")
+    neighbours = _read_peers(reader)
+    retention = reader.varint(MAX_RETENTION)
+    if retention == 0:
+        raise reader.fail("names a retention of 0")
+    delivery = _read_mailbox_delivery(reader, group_id)
+    reader.end()
+    invitation = MailboxInvitation(group_id, strategy, degree, neighbours, retention, delivery)
+    _canonical(payload, encode_mailbox_invitation(invitation))
+    return invitation
+
+
+def encode_mailbox_epoch(delivery: MailboxDelivery) -> bytes:
+    """
+    The canonical encoding of a mailbox's new-epoch notice.
+    """
+    group_id = delivery.mailbox.access.group_id
+    return group_id + varint(NOTICE_VERSION) + _mailbox_delivery(delivery)
+
+
+def decode_mailbox_epoch(payload: bytes) -> MailboxDelivery:
+    """
+    The mailbox's key delivery in a mailbox's new-epoch notice.
+
+    :raises MalformedNotice: unless it is canonically encoded.
+    """
+    reader, group_id = _start(payload, "mailbox epoch notice")
+    delivery = _read_mailbox_delivery(reader, group_id)
+    reader.end()
+    _canonical(payload, encode_mailbox_epoch(delivery))
+    return delivery
+
+
+def encode_mailboxes(group_id: bytes, mailboxes: frozenset[PeerID]) -> bytes:
+    """
+    The canonical encoding of a mailboxes notice.
+
+    :raises ValueError: for more than :data:`MAX_MAILBOXES`.
+    """
+    if len(mailboxes) > MAX_MAILBOXES:
+        raise ValueError(f"a group has at most {MAX_MAILBOXES} mailboxes")
+    return group_id + varint(NOTICE_VERSION) + _peers(mailboxes)
+
+
+def decode_mailboxes(payload: bytes) -> tuple[bytes, frozenset[PeerID]]:
+    """
+    The group and mailboxes in a mailboxes notice.
+
+    :raises MalformedNotice: unless it is canonically encoded.
+    """
+    reader, group_id = _start(payload, "mailboxes notice")
+    count = reader.varint(MAX_MAILBOXES)
+    try:
+        mailboxes = frozenset(PeerID(reader.take(32)) for _ in range(count))
+    except ValueError as e:
+        raise reader.fail(f"names a mailbox that is no peer ID: {e}") from None
+    reader.end()
+    _canonical(payload, encode_mailboxes(group_id, mailboxes))
+    return group_id, mailboxes
