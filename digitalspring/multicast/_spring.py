@@ -240,7 +240,8 @@ class SpringStrategy:
             committed it already.
         """
         context = self.context
-        if self._stopped or context.role != "member":
+        # A mailbox is activated as a member is: it forwards what it holds.
+        if self._stopped or context.role == "owner":
             raise SpringRefused("not taking activations")
         manifest = await context.accept_manifest(signed)
         key = (manifest.epoch, manifest.index)
