@@ -178,19 +178,20 @@ class OwnerOperationTests(SynchronousTestCase):
 
     def test_mailbox_role_recorded(self) -> None:
         """
-        The ``mailbox`` role exists now: a mailbox added to a group is
-        listed with its role, is no recipient of messages (what it gets
-        comes with the offline issue), and holds nothing of the group,
-        neither key nor invitation; a role other than member or mailbox is
-        refused.
+        A mailbox added to a group is listed with its role and is a
+        recipient of its messages (``tests.test_mailbox`` has what it
+        does); a node that does not serve as a mailbox holds nothing of the
+        group, neither key nor invitation, and never counts as having a
+        message; a role other than member or mailbox is refused.
         """
         net = network()
         owner, b, box = net.node("owner"), net.node("b"), net.node("box")
         group_id = net.group(owner, b, strategy="unicast")
         net.result(owner.add_member(group_id, box.local, "mailbox"))
         report = net.result(owner.publish(group_id, "hi"))
-        net.result(report.settled())
+        net.run(60)
         self.assertEqual(report.committed, frozenset([b.local]))
+        self.assertEqual(report.pending, frozenset([box.local]))
         shown = {m["peer"]: m["role"] for m in net.result(owner.show(group_id))["members"]}
         self.assertEqual(shown, {str(b.local): "member", str(box.local): "mailbox"})
         net.run(60)

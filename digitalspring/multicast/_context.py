@@ -29,6 +29,7 @@ from ..storage import (
     CommitReceived,
     DropMessage,
     ForgetEpochKeys,
+    HoldMessage,
     NotStored,
     StartMessage,
 )
@@ -189,6 +190,16 @@ class GroupContext:
                     f"message {manifest.index} is more than {MAX_OUT_OF_ORDER} ahead of "
                     "the messages received"
                 )
+        expires = None
+        if self.role == "mailbox":
+            terms = await self.store.mailbox_terms(self.group_id)
+            if (manifest.epoch, manifest.index) < terms.floor:
+                # Deleted once its time was up, or sent before this mailbox
+                # was added: not stored (again).
+                raise ManifestOutOfChain(
+                    f"message {manifest.epoch}/{manifest.index} precedes what this mailbox keeps"
+                )
+            expires = self.clock.seconds() + terms.retention
         manifest = verify_manifest(signed, epoch.signing_public)
         held = await self._held(manifest, signed)
         if held is not None:
@@ -216,7 +227,12 @@ class GroupContext:
         try:
             await self.store.commit(
                 StartMessage(
-                    self.group_id, manifest.epoch, manifest.index, signed, from_peer=self.owner
+                    self.group_id,
+                    manifest.epoch,
+                    manifest.index,
+                    signed,
+                    from_peer=self.owner,
+                    expires=expires,
                 )
             )
         except AlreadyStored:
@@ -253,7 +269,7 @@ class GroupContext:
         except NotStored:
             raise FragmentRejected("the fragment's message was not accepted first") from None
         if stored.state == "complete":
-            if self.role == "member" and number == 0:
+            if self.role != "owner" and number == 0:
                 await self._service.acknowledge(self, manifest.epoch, manifest.index)
             return False
         if stored.manifest != _signed_body_match(stored.manifest, manifest):
@@ -266,16 +282,47 @@ class GroupContext:
             # Held already: yet the message may be whole and next in line
             # without having been committed (a node killed between the
             # last fragment and the commit), and this is what tells us.
-            if self.role == "member" and len(arriving[1]) == len(manifest.fragment_hashes):
-                await self._commit_lock.run(self._commit_ready, manifest.epoch)
+            await self._whole(manifest, arriving[1])
             return False
         await self.store.commit(
             AddFragment(self.group_id, *key, number, data, from_peer=self.owner)
         )
         arriving[1].add(number)
-        if self.role == "member" and len(arriving[1]) == len(manifest.fragment_hashes):
-            await self._commit_lock.run(self._commit_ready, manifest.epoch)
+        await self._whole(manifest, arriving[1])
         return True
+
+    async def _whole(self, manifest: Manifest, held: set[int]) -> None:
+        """
+        Once every fragment of a message is here: a member commits what is
+        next in line, a mailbox holds the message.
+        """
+        if len(held) < len(manifest.fragment_hashes):
+            return
+        if self.role == "member":
+            await self._commit_lock.run(self._commit_ready, manifest.epoch)
+        elif self.role == "mailbox":
+            await self._commit_lock.run(self._hold, manifest)
+
+    async def _hold(self, manifest: Manifest) -> None:
+        """
+        A mailbox holds a whole message (its ciphertext, which it cannot
+        open) and acknowledges it to the owner once that is durable.
+        """
+        key = (manifest.epoch, manifest.index)
+        try:
+            await self.store.commit(HoldMessage(self.group_id, *key))
+        except NotStored:
+            # Held by a commit that ran first, or deleted (expired) since.
+            return
+        self._arriving.pop(key, None)
+        await self._service.held(self, *key)
+
+    def forget_arriving(self) -> None:
+        """
+        Forget what is known of messages arriving: the store may have
+        deleted some (a mailbox's expired ones), and it is read again.
+        """
+        self._arriving.clear()
 
     async def _commit_ready(self, epoch_number: int) -> None:
         """

@@ -197,13 +197,11 @@ class ServiceCore(Service):
 
     async def _recipients(self, group_id: bytes) -> frozenset[PeerID]:
         """
-        The members a message of a group we own goes to: not mailboxes,
-        not removed members.
+        The peers a message of a group we own goes to: its members and its
+        mailboxes, not the removed ones.
         """
         return frozenset(
-            m.peer
-            for m in await self.store.members(group_id)
-            if m.role == "member" and m.status != "removed"
+            m.peer for m in await self.store.members(group_id) if m.status != "removed"
         )
 
     def _forget_group(self, group_id: bytes) -> Deferred[None]:

@@ -157,6 +157,7 @@ class Outbox:
         entries = await self._store.outbox(peer)
         notices = [e for e in entries if e.kind not in self._special]
         for entry in notices + [e for e in entries if e.kind in self._special]:
+            refused = False
             try:
                 special = self._special.get(entry.kind)
                 if special is not None:
@@ -173,7 +174,7 @@ class Outbox:
                     peer=str(peer),
                     notice=entry.kind,
                 )
-                delivered = True
+                delivered = refused = True
             except Exception:
                 delivered = False
             if not delivered:
@@ -184,6 +185,8 @@ class Outbox:
                 return
             await self._store.commit(Dequeue(entry.entry_id))
             after = self._after.get(entry.kind)
-            if after is not None:
+            # Refused is not taken: an invitation refused leaves the peer
+            # invited, not a member.
+            if after is not None and not refused:
                 await after(peer, entry.payload)
         self._peers.discard(peer)

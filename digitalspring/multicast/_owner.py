@@ -30,6 +30,7 @@ from ..storage import (
     Group,
     KeepOnlySigningSecret,
     Member,
+    MemberRole,
     PutMember,
     RevealSigningSecret,
     StorageError,
@@ -41,6 +42,8 @@ from ._epoch import (
     EpochKeys,
     OwnerEpoch,
     invitation_delivery,
+    mailbox_epoch_delivery,
+    mailbox_invitation_delivery,
     new_epoch_delivery,
     next_epoch,
     start_group,
@@ -50,11 +53,20 @@ from ._neighbours import DEFAULT_DEGREE, NeighbourGraph
 from ._notices import (
     DEPARTURE,
     INVITATION,
+    MAILBOX_EPOCH,
+    MAILBOX_INVITATION,
+    MAILBOXES,
+    MAX_MAILBOXES,
+    MAX_RETENTION,
     NEIGHBOURS,
     NEW_EPOCH,
     REMOVAL,
     GroupInvitation,
+    MailboxInvitation,
     encode_invitation,
+    encode_mailbox_epoch,
+    encode_mailbox_invitation,
+    encode_mailboxes,
     encode_neighbours,
     encode_new_epoch,
     notice_group,
@@ -63,8 +75,15 @@ from ._outbox import CATCH_UP
 from ._plugins import DEFAULT_STRATEGY, get_strategy
 
 #: What waits in the outbox for a member that it no longer needs once it is
-#: removed: messages, keys, neighbours and an invitation it did not take.
-_NEWS = frozenset({CATCH_UP, INVITATION, NEW_EPOCH, NEIGHBOURS})
+#: removed: messages, keys, neighbours, mailboxes and an invitation it did
+#: not take.
+_NEWS = frozenset(
+    {CATCH_UP, INVITATION, NEW_EPOCH, NEIGHBOURS, MAILBOX_INVITATION, MAILBOX_EPOCH, MAILBOXES}
+)
+
+#: How long a mailbox keeps each message unless the owner says otherwise:
+#: 30 days, in seconds.
+DEFAULT_RETENTION = 30 * 24 * 3600
 
 
 class OwnerOperations(ServiceCore):
@@ -133,6 +152,8 @@ class OwnerOperations(ServiceCore):
         )
 
     async def _graph(self, group_id: bytes, degree: int) -> NeighbourGraph[PeerID]:
+        # Mailboxes are vertices as members are: they take part in every
+        # transmission as forwarders, and are neighbours to ask on return.
         members = await self._recipients(group_id)
         adjacency: dict[PeerID, set[PeerID]] = {m: set() for m in members}
         for a, b in await self.store.edges(group_id):
@@ -142,51 +163,123 @@ class OwnerOperations(ServiceCore):
         return NeighbourGraph.from_neighbours(adjacency, degree)
 
     @deferred
-    async def add_member(self, group_id: bytes, peer: PeerID, role: str = "member") -> None:
+    async def add_member(
+        self, group_id: bytes, peer: PeerID, role: str = "member", retention: int | None = None
+    ) -> None:
         """
         Add ``peer`` to a group this node owns, and invite it: the
         invitation waits in the outbox until the peer takes it.
 
-        :param role: ``"member"``, or ``"mailbox"`` (recorded now; what a
-            mailbox gets comes with the offline work).
+        :param role: ``"member"``, or ``"mailbox"``: a peer that keeps the
+            group's messages for members who are away, which gets the
+            access key and the signing public key but no content key
+            (``docs/offline.rst``).  The members are told the group's
+            mailboxes.
+        :param retention: how long a mailbox keeps each message, in seconds
+            (:data:`DEFAULT_RETENTION` by default).
         :raises NotOwner: for a group this node does not own.
         :raises AlreadyMember: when the peer is a member already.
+        :raises GroupError: for a group with :data:`MAX_MAILBOXES` already.
         """
         group = await self._owned(group_id)
         if role not in ("member", "mailbox"):
             raise GroupError(f"a member's role is member or mailbox, not {role!r}")
+        if retention is not None and (role != "mailbox" or not 0 < retention <= MAX_RETENTION):
+            raise GroupError(
+                f"a retention is for a mailbox, 1 to {MAX_RETENTION} seconds, not {retention!r}"
+            )
         if peer == self.local:
             raise GroupError("the owner of a group is not one of its members")
-        await self._lock(group_id).run(self._add_member, group, peer, role)
+        chosen: MemberRole = "mailbox" if role == "mailbox" else "member"
+        await self._lock(group_id).run(
+            self._add_member, group, peer, chosen, retention or DEFAULT_RETENTION
+        )
         self._refresh_members(group_id)
 
-    async def _add_member(self, group: Group, peer: PeerID, role: str) -> None:
+    async def _add_member(
+        self, group: Group, peer: PeerID, role: MemberRole, retention: int
+    ) -> None:
         group_id = group.group_id
-        existing = {m.peer: m for m in await self.store.members(group_id)}
+        members = await self.store.members(group_id)
+        existing = {m.peer: m for m in members}
         if peer in existing and existing[peer].status != "removed":
             raise AlreadyMember(f"{peer} is a member of the group already")
-        if role == "mailbox":
-            await self.store.commit(PutMember(group_id, Member(peer, "mailbox", "invited")))
-            return
+        mailboxes = frozenset(
+            m.peer for m in members if m.role == "mailbox" and m.status != "removed"
+        )
+        if role == "mailbox" and len(mailboxes) >= MAX_MAILBOXES:
+            raise GroupError(f"a group has at most {MAX_MAILBOXES} mailboxes")
         change = (await self._graph(group_id, group.degree)).add_members([peer])
         owner = await self._owner_state(group_id)
-        invitation = GroupInvitation(
-            group_id,
-            group.name,
-            group.strategy,
-            group.degree,
-            change.graph.neighbours(peer),
-            invitation_delivery(owner),
-        )
         now = self._now()
+        neighbours = change.graph.neighbours(peer)
         changes: list[Any] = [
-            PutMember(group_id, Member(peer, "member", "invited")),
+            PutMember(group_id, Member(peer, role, "invited")),
             ChangeEdges(group_id, frozenset(change.added), frozenset(change.removed)),
-            Enqueue(peer, INVITATION, encode_invitation(invitation), now, group_id),
         ]
+        if role == "mailbox":
+            invitation = MailboxInvitation(
+                group_id,
+                group.strategy,
+                group.degree,
+                neighbours,
+                retention,
+                mailbox_invitation_delivery(owner),
+            )
+            changes.append(
+                Enqueue(
+                    peer, MAILBOX_INVITATION, encode_mailbox_invitation(invitation), now, group_id
+                )
+            )
+        else:
+            member = GroupInvitation(
+                group_id,
+                group.name,
+                group.strategy,
+                group.degree,
+                neighbours,
+                invitation_delivery(owner),
+            )
+            changes.append(Enqueue(peer, INVITATION, encode_invitation(member), now, group_id))
         changes += self._neighbour_notices(group_id, change.graph, change.affected - {peer}, now)
+        told = set(change.affected | {peer})
+        if role == "mailbox":
+            changes += await self._mailbox_notices(group_id, mailboxes | {peer}, now)
+            told |= await self._members_only(group_id)
+        elif mailboxes:
+            changes += self._mailboxes_notice(group_id, peer, mailboxes, now)
         await self.store.commit(*changes)
-        self.outbox.waiting(change.affected | {peer})
+        self.outbox.waiting(told)
+
+    async def _members_only(self, group_id: bytes) -> frozenset[PeerID]:
+        """
+        The members of a group we own that are not mailboxes, nor removed.
+        """
+        return frozenset(
+            m.peer
+            for m in await self.store.members(group_id)
+            if m.role == "member" and m.status != "removed"
+        )
+
+    def _mailboxes_notice(
+        self, group_id: bytes, peer: PeerID, mailboxes: frozenset[PeerID], now: int
+    ) -> list[Any]:
+        # The newest list supersedes any still waiting.
+        return [
+            DropQueued(peer, group_id, frozenset({MAILBOXES})),
+            Enqueue(peer, MAILBOXES, encode_mailboxes(group_id, mailboxes), now, group_id),
+        ]
+
+    async def _mailbox_notices(
+        self, group_id: bytes, mailboxes: frozenset[PeerID], now: int
+    ) -> list[Any]:
+        """
+        The changes that tell every member the group's mailboxes now.
+        """
+        changes: list[Any] = []
+        for peer in sorted(await self._members_only(group_id)):
+            changes += self._mailboxes_notice(group_id, peer, mailboxes, now)
+        return changes
 
     def _neighbour_notices(
         self, group_id: bytes, graph: NeighbourGraph[PeerID], peers: frozenset[PeerID], now: int
@@ -244,17 +337,23 @@ class OwnerOperations(ServiceCore):
         notified = {peer} if reason is EpochEnd.MEMBER_REMOVED else set()
         if reason is EpochEnd.MEMBER_REMOVED:
             changes.append(Enqueue(peer, REMOVAL, group_id, now, group_id))
-        if member.role == "member":
-            change = (await self._graph(group_id, group.degree)).remove_members([peer])
-            changes.append(
-                ChangeEdges(group_id, frozenset(change.added), frozenset(change.removed))
+        # A mailbox holds the access key as a member does: either way the
+        # epoch ends, so that the peer gone can prove nothing more.
+        change = (await self._graph(group_id, group.degree)).remove_members([peer])
+        changes.append(ChangeEdges(group_id, frozenset(change.added), frozenset(change.removed)))
+        changes += self._neighbour_notices(group_id, change.graph, change.affected, now)
+        notified |= change.affected
+        remaining = frozenset(change.graph.members)
+        rotate, _ = await self._rotation(group_id, remaining, now)
+        changes += rotate
+        notified |= remaining
+        if member.role == "mailbox":
+            mailboxes = frozenset(
+                m.peer
+                for m in members.values()
+                if m.role == "mailbox" and m.status != "removed" and m.peer != peer
             )
-            changes += self._neighbour_notices(group_id, change.graph, change.affected, now)
-            notified |= change.affected
-            remaining = frozenset(change.graph.members)
-            rotate, _ = await self._rotation(group_id, remaining, now)
-            changes += rotate
-            notified |= remaining
+            changes += await self._mailbox_notices(group_id, mailboxes, now)
         await self.store.commit(*changes)
         for report in self._reports.values():
             if report.group_id == group_id:
@@ -269,12 +368,15 @@ class OwnerOperations(ServiceCore):
     ) -> tuple[list[Any], OwnerEpoch]:
         """
         The changes that end the current epoch and start the next: its
-        close, the new keys, the new-epoch notice to each remaining member,
-        and the reveal of the signing secret of the epoch before.
+        close, the new keys, the new-epoch notice to each remaining member
+        (a mailbox's own to each mailbox), and the reveal of the signing
+        secret of the epoch before.
         """
         owner = await self._owner_state(group_id)
         new = next_epoch(owner, now)
         notice = encode_new_epoch(new_epoch_delivery(new))
+        mailbox_notice = encode_mailbox_epoch(mailbox_epoch_delivery(new))
+        mailboxes = {m.peer for m in await self.store.members(group_id) if m.role == "mailbox"}
         old = owner.keys.epoch
         changes: list[Any] = [
             CloseEpoch(group_id, old, EpochClose(owner.chain.next_index - 1, owner.last_hash)),
@@ -288,7 +390,12 @@ class OwnerOperations(ServiceCore):
                 ForgetEpochKeys(group_id, old - 1),
                 RevealSigningSecret(group_id, old - 1, new.revealed_seed),
             ]
-        changes += [Enqueue(peer, NEW_EPOCH, notice, now, group_id) for peer in sorted(remaining)]
+        changes += [
+            Enqueue(peer, MAILBOX_EPOCH, mailbox_notice, now, group_id)
+            if peer in mailboxes
+            else Enqueue(peer, NEW_EPOCH, notice, now, group_id)
+            for peer in sorted(remaining)
+        ]
         return changes, new
 
     @deferred

@@ -26,16 +26,20 @@ from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..storage import IStore
+from ..storage import IStore, StoreLimits
 from ._commands import NoticeRefused
 from ._core import AlreadyMember, GroupError, NotAMember, NotInGroup, NotOwner
 from ._epoch import EpochEnd
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
-from ._member import AUTO_ACCEPT_SETTING, MemberSide
+from ._mailbox import MailboxSide, NotAMailbox
+from ._member import AUTO_ACCEPT_SETTING
 from ._notices import (
     ACKNOWLEDGEMENT,
     DEPARTURE,
     INVITATION,
+    MAILBOX_EPOCH,
+    MAILBOX_INVITATION,
+    MAILBOXES,
     NEIGHBOURS,
     NEW_EPOCH,
     REMOVAL,
@@ -55,13 +59,14 @@ __all__ = [
     "AlreadyMember",
     "GroupError",
     "MulticastService",
+    "NotAMailbox",
     "NotAMember",
     "NotInGroup",
     "NotOwner",
 ]
 
 
-class MulticastService(Publishing, MemberSide, MembershipRouter):
+class MulticastService(Publishing, MailboxSide, MembershipRouter):
     """
     A node's multicast groups: owner operations, pub/sub, invitations and
     consent, membership proofs, and the strategies that move messages.
@@ -76,6 +81,10 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
         ``auto-accept-contacts`` setting is ``off``).
     :param strategies: the strategy plugins by name; by default the
         installed ones.
+    :param mailbox: the store's limits, when this node serves as a mailbox
+        (``twistd dspring --mailbox``): it takes the groups owners add it
+        to as a mailbox, within the quotas these limits say.  ``None``:
+        it refuses them.
     """
 
     def __init__(
@@ -86,8 +95,11 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
         store: IStore,
         is_contact: Callable[[PeerID], bool] = lambda peer: False,
         strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
+        mailbox: StoreLimits | None = None,
     ) -> None:
         self.identity = identity
+        self.mailbox_limits = mailbox
+        self._expiry = None
         self.clock = clock
         self.pool = pool
         self.store = store
@@ -97,7 +109,7 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
             pool,
             store,
             special={CATCH_UP: self.catch_up},
-            after={INVITATION: self.invitation_taken},
+            after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
         )
         self._plugins = dict(strategies) if strategies is not None else None
         self._rlog = RateLimitedLog(self.log, clock)
@@ -121,6 +133,7 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
     async def _load(self) -> None:
         self._blocked = await self.store.blocked()
         await self.outbox.start()
+        self.expiry_changed()
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):
@@ -133,6 +146,7 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
             if locator in self.pool.locators:
                 self.pool.locators.remove(locator)
         self.outbox.stop()
+        self.stop_expiry()
         strategies, self._strategies = list(self._strategies.values()), {}
         self._contexts.clear()
         return Deferred.fromCoroutine(self._stop_all(strategies))
@@ -178,6 +192,9 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
         if kind == INVITATION:
             await self.invited(peer, payload)
             return
+        if kind == MAILBOX_INVITATION:
+            await self.mailbox_invited(peer, payload)
+            return
         group_id = notice_group(payload)
         group = await self._group(group_id)
         if kind == ACKNOWLEDGEMENT:
@@ -189,11 +206,19 @@ class MulticastService(Publishing, MemberSide, MembershipRouter):
             await self._lock(group_id).run(self._remove_member, group, peer, EpochEnd.MEMBER_LEFT)
         elif group.owner != peer or group.role == "owner":
             raise NotOwner("only a group's owner sends it keys, neighbours or removals")
-        elif kind == NEW_EPOCH:
-            await self.new_epoch(group, payload)
         elif kind == NEIGHBOURS:
             await self.new_neighbours(group, payload)
         elif kind == REMOVAL:
-            await self.removed(group, payload)
+            if group.role == "mailbox":
+                decode_bare(payload)
+                await self.no_longer_mailbox(group)
+            else:
+                await self.removed(group, payload)
+        elif kind == NEW_EPOCH and group.role == "member":
+            await self.new_epoch(group, payload)
+        elif kind == MAILBOXES and group.role == "member":
+            await self.new_mailboxes(group, payload)
+        elif kind == MAILBOX_EPOCH and group.role == "mailbox":
+            await self.mailbox_new_epoch(group, payload)
         else:
-            raise GroupError("an unknown kind of group notice")
+            raise GroupError(f"no group notice of this kind for a group's {group.role}")

@@ -34,7 +34,7 @@ from ..multicast import (
     MulticastService,
     ReceivedMessage,
 )
-from ..storage import MemoryStore
+from ..storage import MemoryStore, StoreLimits
 from ..transport import MemoryNetwork, SimulatedClock
 from ..transport._memory import MemoryConnection
 
@@ -103,11 +103,14 @@ class GroupNetwork:
         identity: Identity | None = None,
         upload_bps: float | None = None,
         download_bps: float | None = None,
+        mailbox: StoreLimits | None = None,
     ) -> MulticastService:
         """
         A new node called ``name``, started.
 
         :param identity: its identity; a new one by default.
+        :param mailbox: its store's limits, for a node that serves as a
+            mailbox (a new store gets them).
         :param upload_bps: its host's upload rate in bits per second (see
             :meth:`MemoryNetwork.add_host`); unlimited by default, likewise
             ``download_bps``.
@@ -131,9 +134,10 @@ class GroupNetwork:
             identity,
             self.clock,
             pool,
-            store or MemoryStore(),
+            store or MemoryStore(mailbox),
             is_contact=lambda peer: self.contacts,
             strategies=self.plugins,
+            mailbox=mailbox,
         )
         pool.startService()
         service.startService()
@@ -153,7 +157,7 @@ class GroupNetwork:
         self._listeners.pop(name).stopListening()
         self.network.bring_online(name)
         assert isinstance(old.store, MemoryStore)
-        return self.node(name, old.store, old.identity)
+        return self.node(name, old.store, old.identity, mailbox=old.mailbox_limits)
 
     def result(self, d: Deferred[Any], limit: float = 600.0) -> Any:
         """
@@ -195,6 +199,16 @@ class GroupNetwork:
             self.result(owner.add_member(group_id, member.local))
         self.clock.run_until(lambda: all(group_id in _joined(m) for m in members), limit=600)
         return group_id
+
+    def add_mailbox(
+        self, owner: MulticastService, group_id: bytes, box: MulticastService, **kw: Any
+    ) -> None:
+        """
+        Add ``box`` to a group of ``owner`` as a mailbox, and wait until it
+        took its invitation.
+        """
+        self.result(owner.add_member(group_id, box.local, "mailbox", **kw))
+        self.clock.run_until(lambda: group_id in _joined(box), limit=600)
 
 
 def _joined(service: MulticastService) -> set[bytes]:
