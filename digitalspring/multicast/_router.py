@@ -22,7 +22,8 @@ from zope.interface import implementer
 
 from ..channel import ISecureChannel, PeerConnection
 from ..identity import PeerID
-from ..storage import NotStored
+from ..storage import Group, NotStored
+from ._catchup_serve import CatchUpResponder
 from ._commands import GroupNotice, ProveMembership
 from ._core import NotInGroup, ServiceCore, deferred
 from ._epoch import EpochKeys
@@ -105,11 +106,15 @@ class MembershipRouter(ServiceCore):
         locator: amp.CommandLocator = plugin.locator(connection, _PluginRouter(self, plugin.name))
         return locator
 
+    def _catch_up_locator(self, connection: PeerConnection) -> amp.CommandLocator:
+        return CatchUpResponder(cast("MulticastService", self), connection)
+
     def _all_locators(self) -> list[Any]:
         """
-        The service's own locator and each plugin's, for the pool.
+        The service's own locator, catch-up's, and each plugin's, for the
+        pool.
         """
-        locators: list[Any] = [self._locator]
+        locators: list[Any] = [self._locator, self._catch_up_locator]
         for plugin in self.plugins().values():
             locators.append(functools.partial(self._plugin_locator, plugin))
         return locators
@@ -184,16 +189,29 @@ class MembershipRouter(ServiceCore):
         :raises MembershipNotProven: unless the peer proved membership of
             the group's current epoch on it.
         """
+        group = await self.check_proven(connection, group_id)
+        if name is not None and group.strategy != name:
+            raise MembershipNotProven(_REFUSED)
+        try:
+            return await self.strategy_of(group_id)
+        except (NotInGroup, NotStored):
+            raise MembershipNotProven(_REFUSED) from None
+
+    async def check_proven(self, connection: PeerConnection, group_id: bytes) -> Group:
+        """
+        The group, for a command that came on ``connection``.
+
+        :raises MembershipNotProven: unless the peer proved membership of
+            the group's current epoch on it (and is not blocked).
+        """
         session = self._sessions.get(connection)
         try:
             if session is None or connection.peer_id in self._blocked:
                 raise MembershipNotProven(_REFUSED)
             group = await self._group(group_id)
             epoch = await self.store.epoch(group_id)
-            if session.proven.get(group_id) != epoch.epoch:
-                raise MembershipNotProven(_REFUSED)
-            if name is not None and group.strategy != name:
-                raise MembershipNotProven(_REFUSED)
-            return await self.strategy_of(group_id)
         except (NotInGroup, NotStored):
             raise MembershipNotProven(_REFUSED) from None
+        if session.proven.get(group_id) != epoch.epoch:
+            raise MembershipNotProven(_REFUSED)
+        return group

@@ -27,6 +27,8 @@ from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..storage import IStore, StoreLimits
+from ._catchup import CatchUpSide
+from ._catchup_serve import CatchUpServer
 from ._commands import NoticeRefused
 from ._core import AlreadyMember, GroupError, NotAMember, NotInGroup, NotOwner
 from ._epoch import EpochEnd
@@ -49,6 +51,7 @@ from ._notices import (
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
 from ._publishing import MAX_REPORTS, Publishing
 from ._router import MembershipRouter
+from ._spring_upload import DEFAULT_UPLOAD_BUDGET
 
 __all__ = [
     "AUTO_ACCEPT_SETTING",
@@ -66,7 +69,7 @@ __all__ = [
 ]
 
 
-class MulticastService(Publishing, MailboxSide, MembershipRouter):
+class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
     """
     A node's multicast groups: owner operations, pub/sub, invitations and
     consent, membership proofs, and the strategies that move messages.
@@ -85,6 +88,10 @@ class MulticastService(Publishing, MailboxSide, MembershipRouter):
         (``twistd dspring --mailbox``): it takes the groups owners add it
         to as a mailbox, within the quotas these limits say.  ``None``:
         it refuses them.
+    :param catch_up_rate: the bytes per second it uploads to members
+        catching up, all groups together.
+    :param catch_up_at_start: whether it catches up every group it is a
+        member of when it starts.
     """
 
     def __init__(
@@ -96,10 +103,16 @@ class MulticastService(Publishing, MailboxSide, MembershipRouter):
         is_contact: Callable[[PeerID], bool] = lambda peer: False,
         strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
         mailbox: StoreLimits | None = None,
+        catch_up_rate: float = DEFAULT_UPLOAD_BUDGET,
+        catch_up_at_start: bool = True,
     ) -> None:
         self.identity = identity
         self.mailbox_limits = mailbox
         self._expiry = None
+        self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)
+        self._catch_up_at_start = catch_up_at_start
+        self._catch_ups = {}
+        self.caught_up = {}
         self.clock = clock
         self.pool = pool
         self.store = store
@@ -134,6 +147,8 @@ class MulticastService(Publishing, MailboxSide, MembershipRouter):
         self._blocked = await self.store.blocked()
         await self.outbox.start()
         self.expiry_changed()
+        if self._catch_up_at_start:
+            self.catch_up_all().addErrback(self._log_failure)
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):

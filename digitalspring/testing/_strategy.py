@@ -150,11 +150,27 @@ class GroupNetwork:
         restarted: its connections are lost, nothing of it runs on, and it
         comes back with its identity and its store and nothing else.
         """
+        self.down(name)
+        return self.up(name)
+
+    def down(self, name: str) -> None:
+        """
+        Kill node ``name``, as a process killed or a laptop closed: its
+        connections are lost, nothing of it runs on, and connections to it
+        are refused, until :meth:`up`.
+        """
         old = self.services[name]
         self.network.take_offline(name, refuse=True)
         old.stopService()
         old.pool.stopService()
         self._listeners.pop(name).stopListening()
+
+    def up(self, name: str) -> MulticastService:
+        """
+        Start node ``name`` again after :meth:`down`, with its identity and
+        its store and nothing else.
+        """
+        old = self.services[name]
         self.network.bring_online(name)
         assert isinstance(old.store, MemoryStore)
         return self.node(name, old.store, old.identity, mailbox=old.mailbox_limits)

@@ -1,0 +1,598 @@
+# -*- test-case-name: tests.test_catchup -*-
+# mypy: disallow-untyped-calls=False
+"""
+Catch-up (issue 12; ``docs/offline.rst``): a member back from an absence
+asks the group's mailboxes, its neighbours and the owner (its *sources*)
+for the manifests after the last message it committed, and fetches the
+fragments it lacks from the sources that hold them, rarest first, each
+checked against its manifest as every fragment is
+(:meth:`IStrategyContext.accept_fragment`); the member commits them in
+order as always.  It goes on, MAX_SINCE messages at a time, until no source
+has more.
+
+Nothing a source says is taken on its word: a manifest counts only once it
+verifies (the owner's signature, its place in the chain), a fragment only
+once its hash matches.  A source that sends anything that does not check
+out, or a message it was not asked for (a replay), is *misbehaving*: the
+run takes nothing more from it.  One that says it holds a fragment and
+does not give it has *held back*; one whose answer skips a message has a
+*gap*.  Each source also shows the newest message it holds as its signed
+manifest, so the newest index of the group that any source reports is the
+owner's word; whatever lies between the last message committed and it and
+was not fetched is *missing*.  The run's :class:`CatchUpReport` names them
+all: a source can deny service, but cannot make the member accept anything
+false or miss anything silently.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from attrs import frozen
+from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.task import deferLater
+from twisted.logger import Logger
+from twisted.python.failure import Failure
+
+from ..errors import DigitalSpringError
+from ..identity import PeerID
+from ..storage import NotStored
+from ._catchup_wire import (
+    CatchUpBusy,
+    CatchUpFragment,
+    CatchUpSince,
+    MalformedEntries,
+    decode_entries,
+)
+from ._chain import DuplicateMessage, FarFutureIndex
+from ._core import GroupError, ServiceCore, deferred
+from ._links import ConflictingManifest, ManifestOutOfChain
+from ._manifest import FragmentRejected, Manifest, decode_manifest, verify_manifest
+
+if TYPE_CHECKING:
+    from ..channel import PeerConnection
+    from ._context import GroupContext
+
+#: Seconds a catch-up request may take, dialling included.
+REQUEST_TIMEOUT = 20.0
+#: The most fragment requests of one catch-up under way, and to one source
+#: (as many as a source serves one peer at once).
+MAX_INFLIGHT = 8
+MAX_INFLIGHT_PER_SOURCE = 2
+#: Seconds before a busy source is asked again.
+BUSY_BACKOFF = 0.5
+#: How many times one fragment is asked, of any holder, before it is
+#: counted missing.
+MAX_TRIES = 12
+#: The most rounds of one catch-up (MAX_SINCE messages each): a run that
+#: makes progress goes on, one that makes none ends.
+MAX_ROUNDS = 1024
+
+Key = tuple[int, int]
+
+
+@frozen
+class CatchUpReport:
+    """
+    How one catch-up of a group ended.
+
+    :ivar committed: how many messages it committed.
+    :ivar position: the (epoch, index) of the last message committed.
+    :ivar newest: the newest (epoch, index) any source showed, under the
+        owner's signature; ``None`` when none showed one.
+    :ivar missing: the messages up to ``newest`` it did not get.
+    :ivar held_back: sources that said they hold a fragment and did not
+        give it.
+    :ivar gaps: sources whose answers skipped a message.
+    :ivar misbehaved: sources that sent something false or unasked.
+    :ivar unreachable: sources it could not reach (or that did not prove
+        membership).
+    :ivar needs_keys: the first epoch sources hold messages of that this
+        member has no keys for yet (the owner gives them), or ``None``.
+    """
+
+    group_id: bytes
+    committed: int
+    position: Key
+    newest: Key | None
+    missing: tuple[Key, ...]
+    held_back: frozenset[PeerID]
+    gaps: frozenset[PeerID]
+    misbehaved: frozenset[PeerID]
+    unreachable: frozenset[PeerID]
+    needs_keys: int | None
+
+    @property
+    def caught_up(self) -> bool:
+        """
+        Whether nothing is known to be missing.
+        """
+        return not self.missing and self.needs_keys is None
+
+    def as_json(self) -> dict[str, Any]:
+        """
+        The report for the control API.
+        """
+
+        def peers(found: frozenset[PeerID]) -> list[str]:
+            return sorted(str(p) for p in found)
+
+        return {
+            "group": self.group_id.hex(),
+            "committed": self.committed,
+            "position": list(self.position),
+            "newest": None if self.newest is None else list(self.newest),
+            "missing": [list(key) for key in self.missing],
+            "held_back": peers(self.held_back),
+            "gaps": peers(self.gaps),
+            "misbehaved": peers(self.misbehaved),
+            "unreachable": peers(self.unreachable),
+            "needs_keys": self.needs_keys,
+            "caught_up": self.caught_up,
+        }
+
+
+class _Offered:
+    """
+    A message sources offered: its verified manifest, and which fragments
+    each holder said it holds.
+    """
+
+    __slots__ = ("holders", "manifest", "signed")
+
+    def __init__(self, manifest: Manifest, signed: bytes) -> None:
+        self.manifest = manifest
+        self.signed = signed
+        self.holders: dict[PeerID, int] = {}
+
+
+class CatchUp:
+    """
+    One catch-up of one group at a member.
+
+    :param sources: whom to ask, in order of preference (mailboxes, then
+        neighbours, then the owner, whose upload is the group's scarcest).
+    """
+
+    log = Logger()
+
+    def __init__(self, context: GroupContext, sources: list[PeerID]) -> None:
+        self.context = context
+        self.group_id = context.group_id
+        self.store = context.store
+        self.clock = context.clock
+        self.sources = sources
+        self.connections: dict[PeerID, PeerConnection] = {}
+        self.unreachable: set[PeerID] = set()
+        self.held_back: set[PeerID] = set()
+        self.gaps: set[PeerID] = set()
+        self.misbehaved: set[PeerID] = set()
+        self.newest: Key | None = None
+        self.needs_keys: int | None = None
+        self.committed: set[Key] = set()
+        self._inflight: dict[PeerID, int] = {}
+        self._slots = DeferredSemaphore(MAX_INFLIGHT)
+        self._source_slots: dict[PeerID, DeferredSemaphore] = {}
+
+    async def run(self) -> CatchUpReport:
+        position = await self._position()
+        await self._connect()
+        for _ in range(MAX_ROUNDS):
+            live = [p for p in self.sources if p in self.connections and p not in self.misbehaved]
+            if not live:
+                break
+            offered = await self._ask(live, position)
+            if not offered:
+                break
+            await self._fetch(offered)
+            now = await self._position()
+            if now <= position:
+                break
+            position = now
+        return CatchUpReport(
+            self.group_id,
+            len(self.committed),
+            position,
+            self.newest,
+            await self._missing(position),
+            frozenset(self.held_back),
+            frozenset(self.gaps),
+            frozenset(self.misbehaved),
+            frozenset(self.unreachable),
+            self.needs_keys,
+        )
+
+    def _misbehaved(self, peer: PeerID, why: str) -> None:
+        if peer not in self.misbehaved:
+            self.misbehaved.add(peer)
+            self.log.info(
+                "catch-up of group {group}: {peer} {why}; nothing more is taken from it",
+                group=self.group_id.hex(),
+                peer=str(peer),
+                why=why,
+            )
+
+    # --- where this member is ------------------------------------------------
+
+    async def _position(self) -> Key:
+        """
+        The (epoch, index) of the last message committed: the oldest epoch
+        whose messages are still to come, before its next index.
+        """
+        latest = await self.store.epoch(self.group_id)
+        chain = latest.chain
+        found = (latest.epoch, -1 if chain is None else chain.next_index - 1)
+        number = latest.epoch
+        while number > 0:
+            try:
+                epoch = await self.store.epoch(self.group_id, number - 1)
+            except NotStored:
+                break
+            if epoch.chain is None:
+                break
+            found = (epoch.epoch, epoch.chain.next_index - 1)
+            number -= 1
+        return found
+
+    async def _missing(self, position: Key) -> tuple[Key, ...]:
+        newest = self.newest
+        if newest is None or newest <= position:
+            return ()
+        if newest[0] == position[0]:
+            return tuple((newest[0], i) for i in range(position[1] + 1, newest[1] + 1))
+        missing: list[Key] = []
+        epoch = await self.store.epoch(self.group_id, position[0])
+        if epoch.close is not None:
+            last = epoch.close.last_index
+            missing += [(position[0], i) for i in range(position[1] + 1, last + 1)]
+        return (*missing, *((newest[0], i) for i in range(newest[1] + 1)))
+
+    # --- asking --------------------------------------------------------------
+
+    async def _connect(self) -> None:
+        async def connect(peer: PeerID) -> None:
+            try:
+                connection = await self.context.connect(peer).addTimeout(
+                    REQUEST_TIMEOUT, self.clock
+                )
+            except Exception as e:
+                self.unreachable.add(peer)
+                self.log.debug("catch-up: {peer} unreachable: {e}", peer=str(peer), e=str(e))
+                return
+            self.connections[peer] = connection
+            self._source_slots[peer] = DeferredSemaphore(MAX_INFLIGHT_PER_SOURCE)
+
+        await DeferredList(
+            [Deferred.fromCoroutine(connect(p)) for p in self.sources], consumeErrors=True
+        )
+
+    async def _since(self, peer: PeerID, position: Key) -> tuple[list[tuple[bytes, int]], bytes]:
+        for attempt in range(3):
+            try:
+                answer = await (
+                    self.connections[peer]
+                    .callRemote(
+                        CatchUpSince, group=self.group_id, epoch=position[0], index=position[1]
+                    )
+                    .addTimeout(REQUEST_TIMEOUT, self.clock)
+                )
+                break
+            except CatchUpBusy:
+                await deferLater(self.clock, BUSY_BACKOFF * (attempt + 1), lambda: None)
+        else:
+            raise CatchUpBusy("busy")
+        return decode_entries(answer["entries"]), answer.get("newest") or b""
+
+    async def _ask(self, live: list[PeerID], position: Key) -> dict[Key, _Offered]:
+        answers = await DeferredList(
+            [Deferred.fromCoroutine(self._since(p, position)) for p in live], consumeErrors=True
+        )
+        offered: dict[Key, _Offered] = {}
+        answer: Any
+        for peer, (ok, answer) in zip(live, answers, strict=True):
+            if not ok:
+                if answer.check(MalformedEntries):
+                    self._misbehaved(peer, f"answered what it holds wrongly: {answer.value}")
+                else:
+                    self.connections.pop(peer, None)
+                    self.unreachable.add(peer)
+                continue
+            entries, newest = answer
+            await self._take(peer, entries, position, offered)
+            if newest and peer not in self.misbehaved:
+                await self._take_newest(peer, newest)
+        return offered
+
+    async def _take(
+        self,
+        peer: PeerID,
+        entries: list[tuple[bytes, int]],
+        position: Key,
+        offered: dict[Key, _Offered],
+    ) -> None:
+        """
+        Accept what ``peer`` says it holds after ``position``: each
+        manifest verified, its holders noted.
+        """
+        keys: list[Key] = []
+        for signed, bits in entries:
+            try:
+                manifest = decode_manifest(signed)
+            except DigitalSpringError as e:
+                self._misbehaved(peer, f"sent a manifest that is not one: {e}")
+                return
+            key = (manifest.epoch, manifest.index)
+            if manifest.group_id != self.group_id or key <= position:
+                self._misbehaved(peer, f"sent message {key[0]}/{key[1]}, which was not asked")
+                return
+            if bits >> len(manifest.fragment_hashes):
+                self._misbehaved(peer, "said it holds fragments the message does not have")
+                return
+            known = offered.get(key)
+            if known is not None and known.signed == signed:
+                known.holders[peer] = bits
+                keys.append(key)
+                continue
+            try:
+                accepted = await self.context.accept_manifest(signed)
+            except FarFutureIndex:
+                continue
+            except DuplicateMessage:
+                continue
+            except ConflictingManifest as e:
+                self._misbehaved(peer, f"sent a manifest that is not the owner's: {e}")
+                return
+            except ManifestOutOfChain as e:
+                if await self._has_keys(manifest.epoch):
+                    self._misbehaved(peer, f"sent a manifest out of the chain: {e}")
+                    return
+                if self.needs_keys is None or manifest.epoch < self.needs_keys:
+                    self.needs_keys = manifest.epoch
+                continue
+            except DigitalSpringError as e:
+                self._misbehaved(peer, f"sent a manifest that is not the owner's: {e}")
+                return
+            if known is None:
+                known = offered[key] = _Offered(accepted, signed)
+            known.holders[peer] = bits
+            keys.append(key)
+        self._check_gaps(peer, position, sorted(keys))
+
+    def _check_gaps(self, peer: PeerID, position: Key, keys: list[Key]) -> None:
+        before = position
+        for key in keys:
+            if key[0] == before[0] and key[1] > before[1] + 1:
+                self.gaps.add(peer)
+                return
+            before = key
+
+    async def _has_keys(self, epoch: int) -> bool:
+        try:
+            await self.store.epoch(self.group_id, epoch)
+        except NotStored:
+            return False
+        return True
+
+    async def _take_newest(self, peer: PeerID, entry: bytes) -> None:
+        """
+        The newest message ``peer`` holds: counted only under the owner's
+        signature, of an epoch whose key this member has.
+        """
+        try:
+            [(signed, _)] = decode_entries(entry)
+            manifest = decode_manifest(signed)
+        except (DigitalSpringError, ValueError):
+            self._misbehaved(peer, "showed a newest message that is not one")
+            return
+        if manifest.group_id != self.group_id:
+            self._misbehaved(peer, "showed a newest message of another group")
+            return
+        try:
+            epoch = await self.store.epoch(self.group_id, manifest.epoch)
+        except NotStored:
+            if self.needs_keys is None or manifest.epoch < self.needs_keys:
+                latest = await self.store.epoch(self.group_id)
+                if manifest.epoch > latest.epoch:
+                    self.needs_keys = manifest.epoch
+            return
+        try:
+            verify_manifest(signed, epoch.signing_public)
+        except DigitalSpringError as e:
+            self._misbehaved(peer, f"showed a newest message that is not the owner's: {e}")
+            return
+        key = (manifest.epoch, manifest.index)
+        if self.newest is None or key > self.newest:
+            self.newest = key
+
+    # --- fetching ------------------------------------------------------------
+
+    async def _fetch(self, offered: dict[Key, _Offered]) -> None:
+        work: list[Deferred[bool]] = []
+        for key in sorted(offered):
+            message = offered[key]
+            stored = await self.store.message(self.group_id, *key)
+            if stored.state == "complete":
+                continue
+            held = await self.store.fragments(self.group_id, *key)
+            for number in range(len(message.manifest.fragment_hashes)):
+                if number not in held:
+                    work.append(self._slots.run(self._fragment_d, message, number))
+        await DeferredList(work, consumeErrors=True)
+        for key in offered:
+            if (await self.store.message(self.group_id, *key)).state == "complete":
+                self.committed.add(key)
+
+    def _fragment_d(self, message: _Offered, number: int) -> Deferred[bool]:
+        return Deferred.fromCoroutine(self._fragment(message, number))
+
+    def _ask_fragment(self, peer: PeerID, manifest: Manifest, number: int) -> Deferred[Any]:
+        d: Deferred[Any] = (
+            self.connections[peer]
+            .callRemote(
+                CatchUpFragment,
+                group=self.group_id,
+                epoch=manifest.epoch,
+                index=manifest.index,
+                number=number,
+            )
+            .addTimeout(REQUEST_TIMEOUT, self.clock)
+        )
+        return d
+
+    async def _fragment(self, message: _Offered, number: int) -> bool:
+        """
+        Fetch one fragment from a holder: not the owner while another has
+        it, the least loaded first; another holder when one fails.
+        """
+        manifest = message.manifest
+        tried: set[PeerID] = set()
+        owner = self.context.owner
+        for _ in range(MAX_TRIES):
+            holders = [
+                p
+                for p, bits in message.holders.items()
+                if bits >> number & 1
+                and p in self.connections
+                and p not in self.misbehaved
+                and p not in tried
+            ]
+            if not holders:
+                return False
+            peer = min(holders, key=lambda p: (p == owner, self._inflight.get(p, 0)))
+            self._inflight[peer] = self._inflight.get(peer, 0) + 1
+            try:
+                answer = await self._source_slots[peer].run(
+                    self._ask_fragment, peer, manifest, number
+                )
+            except CatchUpBusy:
+                await deferLater(self.clock, BUSY_BACKOFF, lambda: None)
+                continue
+            except Exception as e:
+                self.held_back.add(peer)
+                tried.add(peer)
+                self.log.debug(
+                    "catch-up: {peer} did not give fragment {n} of {e}/{i}: {error}",
+                    peer=str(peer),
+                    n=number,
+                    e=manifest.epoch,
+                    i=manifest.index,
+                    error=str(e),
+                )
+                continue
+            finally:
+                self._inflight[peer] -= 1
+            try:
+                await self.context.accept_fragment(manifest, number, answer["data"])
+            except FragmentRejected as e:
+                self._misbehaved(peer, f"sent a fragment that does not match its manifest: {e}")
+                continue
+            except DigitalSpringError:
+                return False
+            return True
+        return False
+
+
+#: How many groups are caught up at once when the node starts.
+PARALLEL_GROUPS = 4
+
+
+class CatchUpSide(ServiceCore):
+    """
+    The part of the multicast service that runs catch-ups: of one group
+    when asked, of every group it is a member of when the node starts.
+
+    :ivar caught_up: the last report of each group caught up.
+    """
+
+    _catch_ups: dict[bytes, list[Deferred[CatchUpReport]]]
+    caught_up: dict[bytes, CatchUpReport]
+
+    def catch_up_group(self, group_id: bytes) -> Deferred[CatchUpReport]:
+        """
+        Catch up a group this node is a member of, from its mailboxes, its
+        neighbours and its owner; one run at a time per group (a call
+        while one runs gets that run's report).
+
+        :raises NotInGroup: when it is not in the group.
+        :raises GroupError: when it is not a member (but the owner or a
+            mailbox).
+        """
+        d: Deferred[CatchUpReport] = Deferred()
+        waiting = self._catch_ups.get(group_id)
+        if waiting is not None:
+            waiting.append(d)
+            return d
+        waiting = self._catch_ups[group_id] = [d]
+
+        def done(result: Any) -> None:
+            del self._catch_ups[group_id]
+            for each in waiting:
+                if isinstance(result, Failure):
+                    each.errback(result)
+                else:
+                    each.callback(result)
+
+        Deferred.fromCoroutine(self._catch_up(group_id)).addBoth(done)
+        return d
+
+    async def _catch_up(self, group_id: bytes) -> CatchUpReport:
+        group = await self._group(group_id)
+        if group.role != "member":
+            raise GroupError(
+                "only a member of a group catches up; the owner and mailboxes hold it"
+            )
+        context = await self.context(group_id)
+        mailboxes = await self.store.mailboxes(group_id)
+        sources: list[PeerID] = []
+        for peer in [*sorted(mailboxes), *sorted(context.neighbours()), group.owner]:
+            if peer not in sources and peer != self.local:
+                sources.append(peer)
+        report = await CatchUp(context, sources).run()
+        self.caught_up[group_id] = report
+        if report.committed or not report.caught_up or report.misbehaved:
+            self.log.info(
+                "caught up group {group}: {committed} messages, at {position}"
+                "{missing}{held_back}{misbehaved}",
+                group=group_id.hex(),
+                committed=report.committed,
+                position=f"{report.position[0]}/{report.position[1]}",
+                missing=f"; {len(report.missing)} missing" if report.missing else "",
+                held_back=(
+                    "; held back by " + ", ".join(sorted(str(p) for p in report.held_back))
+                    if report.held_back
+                    else ""
+                ),
+                misbehaved=(
+                    "; false answers from " + ", ".join(sorted(str(p) for p in report.misbehaved))
+                    if report.misbehaved
+                    else ""
+                ),
+            )
+        return report
+
+    @deferred
+    async def catch_up_all(self) -> list[CatchUpReport]:
+        """
+        Catch up every group this node is an active member of,
+        :data:`PARALLEL_GROUPS` at a time.
+
+        :returns: their reports (a group whose catch-up failed has none).
+        """
+        groups = [
+            g.group_id
+            for g in await self.store.groups()
+            if g.role == "member" and g.state == "active"
+        ]
+        slots = DeferredSemaphore(PARALLEL_GROUPS)
+        results = await DeferredList(
+            [slots.run(self.catch_up_group, group_id) for group_id in groups],
+            consumeErrors=True,
+        )
+        reports = []
+        result: Any
+        for ok, result in results:
+            if ok:
+                reports.append(result)
+            else:
+                self.log.failure("a catch-up failed", result)
+        return reports
