@@ -134,18 +134,26 @@ BATCH = 200
 
 class Progress:
     """
-    Progress lines on stderr, with the wall time since the start.
+    Progress lines on stderr, with the wall and CPU time since the start
+    (they differ when the machine is busy with something else).
     """
 
     def __init__(self, quiet: bool) -> None:
         self.quiet = quiet
         self.started = time.perf_counter()
+        self.cpu_started = time.process_time()
 
     def __call__(self, message: str) -> None:
         if not self.quiet:
             elapsed = time.perf_counter() - self.started
-            sys.stderr.write(f"[{elapsed:7.1f} s] {message}\n")
+            sys.stderr.write(f"[{elapsed:7.1f} s, CPU {self.cpu():7.1f} s] {message}\n")
             sys.stderr.flush()
+
+    def cpu(self) -> float:
+        """
+        CPU seconds this process used since the start.
+        """
+        return round(time.process_time() - self.cpu_started, 1)
 
     def wall(self) -> float:
         return round(time.perf_counter() - self.started, 1)
@@ -499,6 +507,7 @@ def run_churn(
         "simulated_s": round(clock.seconds(), 1),
         "warnings": len(warnings),
         "wall_s": progress.wall(),
+        "cpu_s": progress.cpu(),
         "peak_rss_mb": _peak_rss_mb(),
     }
 
@@ -603,6 +612,7 @@ def run_prefill(
         "lookups_at_deadline": sum(r.deadline_reached for r in both),
         "simulated_s": round(sim.clock.seconds(), 1),
         "wall_s": progress.wall(),
+        "cpu_s": progress.cpu(),
         "peak_rss_mb": _peak_rss_mb(),
     }
 

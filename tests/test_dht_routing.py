@@ -249,6 +249,20 @@ class RoutingTableTests(SynchronousTestCase):
         self.table.touch(c.node_id)
         self.assertEqual(self.table.stale_buckets(3600), [])
 
+    def test_heard_from_is_fresh(self) -> None:
+        """
+        Hearing from a contact of a bucket keeps the bucket fresh as a
+        lookup into it does (BEP 5): traffic spares it a refresh.  A bucket
+        nobody in it talked to goes stale.
+        """
+        busy, quiet = in_bucket(255, 1)[0], in_bucket(254, 1)[0]
+        self.table.observe(busy)
+        self.table.observe(quiet)
+        self.clock.advance(3000)
+        self.table.observe(busy)
+        self.clock.advance(600)
+        self.assertEqual(self.table.stale_buckets(3600), [254])
+
     def test_subnet_limit(self) -> None:
         """
         A bucket takes at most two contacts with TCP addresses in one IPv4

@@ -249,14 +249,17 @@ class RoutingTable:
     def touch(self, target: int) -> None:
         """
         Note that a lookup for ``target`` ran now: its bucket needs no
-        refresh for a while.
+        refresh for a while.  (So does a bucket one of whose contacts we
+        just heard from, or that just took a contact: BitTorrent's DHT
+        rule, BEP 5.  A bucket that traffic keeps fresh costs no lookups.)
         """
         if target != self.own_id:
             self.bucket_for(target).touched = self.clock.seconds()
 
     def stale_buckets(self, interval: float) -> list[int]:
         """
-        The indices of buckets no lookup has touched for ``interval`` seconds.
+        The indices of buckets that neither a lookup nor a contact heard
+        from has touched for ``interval`` seconds.
         """
         since = self.clock.seconds() - interval
         return sorted(i for i, bucket in self.buckets.items() if bucket.touched <= since)
@@ -349,7 +352,9 @@ class RoutingTable:
             if contact.addresses and contact.addresses != entry.contact.addresses:
                 entry.contact = contact
                 entry.nets = subnets(contact) | nets
-            entries = self.buckets[entry.index].entries
+            bucket = self.buckets[entry.index]
+            bucket.touched = now
+            entries = bucket.entries
             if entries[-1] is not entry:
                 entries.remove(entry)
                 entries.append(entry)
@@ -370,6 +375,7 @@ class RoutingTable:
             return False
         if len(bucket.entries) < self.k:
             bucket.entries.append(entry)
+            bucket.touched = now
             self._index[contact.peer_id] = entry
             for callback in self.added:
                 callback(contact)
