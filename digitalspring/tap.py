@@ -49,13 +49,14 @@ from .node._options import (
     check_listen,
     data_dir_path,
     parse_rate,
+    parse_size,
     read_bootstrap_file,
     read_passphrase_fd,
     read_passphrase_file,
     read_systemd_credential,
 )
 from .node._startup import StartupReport
-from .storage import IStore, open_sqlite_store, storage_key
+from .storage import IStore, StoreLimits, open_sqlite_store, storage_key
 from .transport import (
     BOOTSTRAP_WARNING,
     ITransport,
@@ -135,6 +136,26 @@ class Options(usage.Options):
             "thousand, million or billion (default 1.25M: 10 Mbit/s).",
         ],
         [
+            "mailbox-quota",
+            None,
+            StoreLimits().mailbox_bytes_total,
+            "With --mailbox: the bytes it keeps of all groups together (k, M or G multiply "
+            "by a thousand, million or billion; default 1 GiB).",
+        ],
+        [
+            "mailbox-group-quota",
+            None,
+            StoreLimits().mailbox_bytes_per_group,
+            "With --mailbox: the bytes it keeps of one group (default 256 MiB).",
+        ],
+        [
+            "mailbox-owner-quota",
+            None,
+            StoreLimits().mailbox_bytes_per_owner,
+            "With --mailbox: the bytes it keeps of the groups of one owner together "
+            "(default 512 MiB).",
+        ],
+        [
             "dht-difficulty",
             None,
             DHTSettings().pow_difficulty,
@@ -187,6 +208,13 @@ class Options(usage.Options):
             "no-passphrase",
             None,
             "Keep the key file unencrypted (for servers and tests): no passphrase needed.",
+        ],
+        [
+            "mailbox",
+            None,
+            "Serve as a mailbox: keep the messages of the groups whose owners add this node "
+            "with the role mailbox, for their members who are away (ciphertext only: a "
+            "mailbox gets no content key), within the --mailbox-*quota options.",
         ],
         [
             "onion-only",
@@ -272,6 +300,14 @@ class Options(usage.Options):
                 self["upload-budget"] = parse_rate(self["upload-budget"])
             except BadOption as e:
                 raise usage.UsageError(f"--upload-budget: {e}") from None
+        for name in ("mailbox-quota", "mailbox-group-quota", "mailbox-owner-quota"):
+            if isinstance(self[name], str):
+                if not self["mailbox"]:
+                    raise usage.UsageError(f"--{name} is for a node run with --mailbox")
+                try:
+                    self[name] = parse_size(self[name])
+                except BadOption as e:
+                    raise usage.UsageError(f"--{name}: {e}") from None
         if _number(self, "dht-difficulty", int) < 0:
             raise usage.UsageError("--dht-difficulty takes a number of bits, 0 or more")
         if not self["listen"]:
@@ -527,6 +563,7 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         state_dir=options["data-dir"],
     )
     directory.directories.append(DHTDirectory(dht))
+    limits = store_limits(options)
     return Node(
         identity,
         reactor,
@@ -537,9 +574,22 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         control=options["control"],
         dht=dht,
         lock=lock,
-        open_store=_store_opener(reactor, options["data-dir"], identity),
+        open_store=_store_opener(reactor, options["data-dir"], identity, limits),
         is_contact=lambda peer: _is_contact(book, peer),
         strategies=node_strategies(options),
+        mailbox=limits if options["mailbox"] else None,
+    )
+
+
+def store_limits(options: Options) -> StoreLimits:
+    """
+    The limits of the node's store: the defaults, with the mailbox quotas
+    of the options.
+    """
+    return StoreLimits(
+        mailbox_bytes_total=int(options["mailbox-quota"]),
+        mailbox_bytes_per_group=int(options["mailbox-group-quota"]),
+        mailbox_bytes_per_owner=int(options["mailbox-owner-quota"]),
     )
 
 
@@ -555,7 +605,7 @@ def node_strategies(options: Options) -> dict[str, IMulticastStrategyPlugin]:
 
 
 def _store_opener(
-    reactor: Any, data_dir: FilePath[str], identity: Identity
+    reactor: Any, data_dir: FilePath[str], identity: Identity, limits: StoreLimits
 ) -> Callable[[], Deferred[IStore]]:
     """
     What opens ``DATA_DIR/node.db`` when the node starts, under the key
@@ -563,7 +613,9 @@ def _store_opener(
     """
 
     def open_store() -> Deferred[IStore]:
-        return open_sqlite_store(reactor, data_dir, storage_key(identity)).addCallback(_as_store)
+        return open_sqlite_store(reactor, data_dir, storage_key(identity), limits).addCallback(
+            _as_store
+        )
 
     return open_store
 
@@ -582,4 +634,4 @@ def _is_contact(book: AddressBook, peer: PeerID) -> bool:
         return False
 
 
-__all__ = ["Options", "build_transports", "makeService", "node_strategies"]
+__all__ = ["Options", "build_transports", "makeService", "node_strategies", "store_limits"]

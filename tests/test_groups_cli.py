@@ -14,6 +14,7 @@ from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.task import Clock
+from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
@@ -205,6 +206,31 @@ class CommandTests(SynchronousTestCase):
         options = CLIOptions()
         options.parseOptions(["send", "friends", "--", "--file", "x"])
         self.assertEqual(options.subOptions["text"], "--file x")
+
+    def test_mailbox_retention(self) -> None:
+        """
+        ``group add --role mailbox --retention`` takes seconds, or minutes,
+        hours or days; a retention for a member, or one that is not a
+        duration, is a usage error.
+        """
+        for text, seconds in [("3600", 3600), ("90m", 5400), ("12h", 43200), ("30d", 2592000)]:
+            options = CLIOptions()
+            options.parseOptions(
+                ["group", "add", "g", "bob", "--role", "mailbox", "--retention", text]
+            )
+            self.assertEqual(options.subOptions.subOptions["retention"], seconds)
+        for argv in (
+            ["--retention", "30d"],
+            ["--role", "mailbox", "--retention", "0"],
+            ["--role", "mailbox", "--retention", "soon"],
+            ["--role", "mailbox", "--retention", "-1d"],
+        ):
+            self.assertRaises(
+                usage.UsageError, CLIOptions().parseOptions, ["group", "add", "g", "bob", *argv]
+            )
+        options = CLIOptions()
+        options.parseOptions(["mailbox"])
+        self.assertEqual(options.subOptions.subCommand, "status")
 
     def state(self, **changes: Any) -> dict[str, Any]:
         state: dict[str, Any] = {

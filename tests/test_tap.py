@@ -19,7 +19,8 @@ from twisted.trial.unittest import SynchronousTestCase
 from digitalspring.identity import FAST_KDF, Identity, PeerID, create_identity
 from digitalspring.multicast import DEFAULT_UPLOAD_BUDGET, SpringStrategyPlugin
 from digitalspring.node import Node
-from digitalspring.tap import Options, makeService
+from digitalspring.storage import StoreLimits
+from digitalspring.tap import Options, makeService, store_limits
 
 _TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -88,7 +89,6 @@ class OptionsTests(SynchronousTestCase):
             e = self.assertRaises(usage.UsageError, _parse, *argv)
             self.assertIn(text, str(e))
 
-
     def test_help_single_spaced(self) -> None:
         """
         Every option's help text is one single-spaced line: the docstrings
@@ -138,6 +138,40 @@ class OptionsTests(SynchronousTestCase):
             self.assertIn("--upload-budget", str(e))
             self.assertIn("bytes per second", str(e))
 
+    def test_mailbox(self) -> None:
+        """
+        ``--mailbox`` makes the node serve as a mailbox, with quotas per
+        group, per owner and in all (sizes with k, M or G), which its store
+        enforces; the quotas without ``--mailbox``, or a size that is none,
+        are usage errors naming the option.
+        """
+        options = _parse()
+        self.assertFalse(options["mailbox"])
+        self.assertEqual(store_limits(options), StoreLimits())
+        options = _parse(
+            "--mailbox",
+            "--mailbox-quota",
+            "2G",
+            "--mailbox-group-quota",
+            "100M",
+            "--mailbox-owner-quota",
+            "500000k",
+        )
+        self.assertEqual(
+            store_limits(options),
+            StoreLimits(
+                mailbox_bytes_total=2_000_000_000,
+                mailbox_bytes_per_group=100_000_000,
+                mailbox_bytes_per_owner=500_000_000,
+            ),
+        )
+        e = self.assertRaises(usage.UsageError, _parse, "--mailbox-quota", "1G")
+        self.assertIn("--mailbox-quota is for a node run with --mailbox", str(e))
+        for text in ["0", "abc", "-1M", "inf"]:
+            e = self.assertRaises(usage.UsageError, _parse, "--mailbox", "--mailbox-quota", text)
+            self.assertIn("--mailbox-quota", str(e))
+            self.assertIn("size in bytes", str(e))
+
 
 class TwistdUsageTests(SynchronousTestCase):
     def test_one_line_usage_error(self) -> None:
@@ -185,8 +219,16 @@ class TwistdUsageTests(SynchronousTestCase):
             data_dir = FilePath(self.mktemp())
             result = subprocess.run(
                 [
-                    sys.executable, "-c", _TWISTD, "-n", "--pidfile=", "dspring",
-                    "--data-dir", data_dir.path, "--no-passphrase", *argv,
+                    sys.executable,
+                    "-c",
+                    _TWISTD,
+                    "-n",
+                    "--pidfile=",
+                    "dspring",
+                    "--data-dir",
+                    data_dir.path,
+                    "--no-passphrase",
+                    *argv,
                 ],
                 capture_output=True,
                 text=True,
@@ -209,9 +251,7 @@ class MakeServiceTests(SynchronousTestCase):
         Node with tcp among its transports, without starting anything.
         """
         reactor = MemoryReactorClock()
-        node = makeService(
-            _parse("--data-dir", self.data_dir.path, "--no-passphrase"), reactor
-        )
+        node = makeService(_parse("--data-dir", self.data_dir.path, "--no-passphrase"), reactor)
         self.assertIsInstance(node, Node)
         assert isinstance(node, Node) and node.lock is not None
         self.addCleanup(node.lock.release)
@@ -240,6 +280,27 @@ class MakeServiceTests(SynchronousTestCase):
         self.assertEqual(spring.upload_budget, 300_000)
         context = _Context(node.peer_id, reactor)
         self.assertEqual(spring.budget(context).rate, 300_000)
+
+    def test_mailbox_reaches_the_node(self) -> None:
+        """
+        The node built from ``--mailbox`` serves as one with the quotas of
+        its options; without it, it serves none.
+        """
+        for argv, limits in (
+            ((), None),
+            (
+                ("--mailbox", "--mailbox-group-quota", "1M"),
+                StoreLimits(mailbox_bytes_per_group=1_000_000),
+            ),
+        ):
+            data_dir = FilePath(self.mktemp())
+            node = makeService(
+                _parse("--data-dir", data_dir.path, "--no-passphrase", *argv),
+                MemoryReactorClock(),
+            )
+            assert isinstance(node, Node) and node.lock is not None
+            self.addCleanup(node.lock.release)
+            self.assertEqual(node.mailbox, limits)
 
     def test_passphrase_needed(self) -> None:
         """

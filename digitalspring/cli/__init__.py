@@ -18,6 +18,7 @@ from ._base import CommandOptions
 from ._dht import DhtOptions
 from ._groups import GroupOptions
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
+from ._mailbox import MailboxOptions
 from ._messages import (
     AcceptOptions,
     BlockOptions,
@@ -52,6 +53,7 @@ class Options(CommandOptions):
         ["status", None, StatusOptions, "Show the running node's status."],
         ["dht", None, DhtOptions, "Look into the running node's DHT."],
         ["group", None, GroupOptions, "Manage the running node's groups."],
+        ["mailbox", None, MailboxOptions, "Show what the running node holds as a mailbox."],
         ["send", None, SendOptions, "Send a text or a file to a group or a contact."],
         ["follow", None, FollowOptions, "Print what arrives, like tail -f."],
         ["inbox", None, InboxOptions, "Show what was sent and received."],

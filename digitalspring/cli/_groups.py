@@ -12,7 +12,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
-from ._base import CommandOptions, run_async
+from ._base import CommandOptions, plural, run_async
 from ._display import peer_name, printable
 
 
@@ -40,6 +40,31 @@ def group_title(group: dict[str, Any]) -> str:
         name = peer_name(group["conversation"], group.get("conversation_name"))
         return f"(conversation with {name})"
     return f'"{printable(str(group["name"]))}"'
+
+
+def report_lines(report: dict[str, Any]) -> list[str]:
+    """
+    A catch-up report as ``dspring group catch-up`` prints it.
+    """
+    position = "/".join(str(n) for n in report["position"])
+    lines = [f"caught up {plural(report['committed'], 'message')}; at message {position}"]
+    if report["newest"] is not None:
+        lines.append(f"newest the sources showed: {'/'.join(str(n) for n in report['newest'])}")
+    if report["missing"]:
+        missing = ", ".join("/".join(str(n) for n in key) for key in report["missing"][:10])
+        more = "..." if len(report["missing"]) > 10 else ""
+        lines.append(f"missing: {missing}{more}")
+    if report["needs_keys"] is not None:
+        lines.append(f"waiting for the owner's keys of epoch {report['needs_keys']}")
+    for what, title in (
+        ("held_back", "held back"),
+        ("gaps", "left gaps"),
+        ("misbehaved", "sent false or unasked data"),
+        ("unreachable", "not reachable"),
+    ):
+        for peer in report[what]:
+            lines.append(f"  {title}: {peer}")
+    return lines
 
 
 class _GroupCommand(CommandOptions):
@@ -76,18 +101,44 @@ class GroupCreateOptions(CommandOptions):
         out.write(f"created group {answer['name']}  {answer['group']}\n")
 
 
+#: The units ``--retention`` takes, in seconds.
+_DURATIONS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_duration(text: str) -> int:
+    """
+    A whole number of seconds, or of minutes, hours or days with ``m``,
+    ``h`` or ``d`` (``30d``).
+
+    :raises usage.UsageError: for anything else, or 0.
+    """
+    value = text.strip()
+    unit = value[-1:] if value[-1:] in _DURATIONS else "s"
+    number = value[:-1] if value[-1:] in _DURATIONS else value
+    if not number.isdigit() or int(number) == 0:
+        raise usage.UsageError(
+            f"--retention takes a number of seconds, or of m, h or d (30d), not {text!r}"
+        )
+    return int(number) * _DURATIONS[unit]
+
+
 class GroupAddOptions(CommandOptions):
     """
-    ``dspring group add GROUP PEER [--role mailbox]``.
+    ``dspring group add GROUP PEER [--role mailbox [--retention 30d]]``.
     """
 
-    synopsis = "[--role member|mailbox] GROUP PEER_ID|NAME"
+    synopsis = "[--role member|mailbox] [--retention DURATION] GROUP PEER_ID|NAME"
     longdesc = (
         "Add a peer to a group you own and invite it. The invitation waits until the peer "
         "is reachable; a peer that has you as a contact accepts it at once, any other "
-        "decides with 'dspring invitations' and 'dspring accept'."
+        "decides with 'dspring invitations' and 'dspring accept'. A mailbox (a node run "
+        "with --mailbox) keeps the group's messages, as ciphertext, for members who are "
+        "away, each for the retention given (default 30 days)."
     )
-    optParameters = [["role", "r", "member", "member, or mailbox."]]
+    optParameters = [
+        ["role", "r", "member", "member, or mailbox."],
+        ["retention", None, None, "How long a mailbox keeps each message: 3600, 12h, 30d."],
+    ]
 
     def parseArgs(self, group: str, peer: str) -> None:  # type: ignore[override]
         self["group"], self["peer"] = group, peer
@@ -95,11 +146,34 @@ class GroupAddOptions(CommandOptions):
     def postOptions(self) -> None:
         if self["role"] not in ("member", "mailbox"):
             raise usage.UsageError("--role is member or mailbox")
+        if self["retention"] is not None:
+            if self["role"] != "mailbox":
+                raise usage.UsageError("--retention is for --role mailbox")
+            self["retention"] = parse_duration(self["retention"])
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
         body = {"group": self["group"], "peer": self["peer"], "role": self["role"]}
+        if self["retention"] is not None:
+            body["retention"] = self["retention"]
         answer = call(data_dir, "group-add", body)
         out.write(f"added {answer['peer']} to {self['group']} as {answer['role']}\n")
+
+
+class GroupCatchUpOptions(_GroupCommand):
+    """
+    ``dspring group catch-up GROUP``.
+    """
+
+    synopsis = "GROUP"
+    longdesc = (
+        "Catch up a group you are a member of now (the node does at start): ask its "
+        "mailboxes, your neighbours and its owner what you missed, fetch it, and say what "
+        "was got, what is still missing and which sources held back."
+    )
+
+    def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        answer = call(data_dir, "group-catch-up", {"group": self["group"]})
+        self.answer(answer, out, "\n".join(report_lines(answer)))
 
 
 class GroupRemoveOptions(CommandOptions):
@@ -257,6 +331,7 @@ class GroupOptions(CommandOptions):
         ["name", None, GroupNameOptions, "Give a group your own name."],
         ["leave", None, GroupLeaveOptions, "Leave a group you are a member of."],
         ["delete", None, GroupDeleteOptions, "Delete a group."],
+        ["catch-up", None, GroupCatchUpOptions, "Get what you missed of a group now."],
     ]
 
     def postOptions(self) -> None:

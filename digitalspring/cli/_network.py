@@ -351,6 +351,15 @@ class StatusOptions(CommandOptions):
             out.write(f"refused:     {_counts(network['refused'])}\n")
             out.write(f"trimmed:     {plural(network['trimmed'], 'idle connection')}\n")
             out.write(f"failed channels: {_counts(network['channel_failures'])}\n")
+        catch_up = status.get("catch_up")
+        if catch_up is not None:
+            incomplete = catch_up["incomplete"]
+            out.write(
+                f"caught up:   {plural(catch_up['messages'], 'message')} in "
+                f"{plural(catch_up['groups'], 'group')}"
+                + (f" ({len(incomplete)} not whole: see --json)" if incomplete else "")
+                + "\n"
+            )
         dht = status.get("dht")
         if dht is not None:
             out.write(

@@ -103,6 +103,8 @@ class GroupRoutes:
             "group-name": (b"POST", self.group_name),
             "group-leave": (b"POST", self.group_leave),
             "group-delete": (b"POST", self.group_delete),
+            "group-catch-up": (b"POST", self.group_catch_up),
+            "mailbox-status": (b"GET", self.mailbox_status),
             "send": (b"POST", self.send),
             "inbox": (b"POST", self.inbox),
             "message": (b"POST", self.message),
@@ -249,8 +251,18 @@ class GroupRoutes:
         role = body.get("role", "member")
         if role not in ("member", "mailbox"):
             raise BadRequest("role is member or mailbox")
-        await self._refused_as_bad_request(self.service.add_member(group.group_id, peer, role))
-        return {"group": group.group_id.hex(), "peer": str(peer), "role": role}
+        retention = body.get("retention")
+        if retention is not None and (role != "mailbox" or not isinstance(retention, int)):
+            raise BadRequest("retention is a mailbox's, a whole number of seconds")
+        await self._refused_as_bad_request(
+            self.service.add_member(group.group_id, peer, role, retention)
+        )
+        return {
+            "group": group.group_id.hex(),
+            "peer": str(peer),
+            "role": role,
+            "retention": retention,
+        }
 
     async def group_remove(self, body: dict[str, Any]) -> dict[str, Any]:
         group = await self._group(body.get("group"))
@@ -292,6 +304,22 @@ class GroupRoutes:
         if peer is not None and group.role == "owner":
             await self.service.store.commit(SetSetting(_direct_setting(peer), None))
         return {"group": group.group_id.hex()}
+
+    async def group_catch_up(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Catch up a group this node is a member of now: its report.
+        """
+        group = await self._group(body.get("group"))
+        report = await self._refused_as_bad_request(self.service.catch_up_group(group.group_id))
+        answer: dict[str, Any] = report.as_json()
+        return answer
+
+    async def mailbox_status(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        What this node holds as a mailbox, and its quotas.
+        """
+        status: dict[str, Any] = await self.service.mailbox_status()
+        return status
 
     async def _refused_as_bad_request(self, work: Deferred[Any]) -> Any:
         try:

@@ -24,7 +24,7 @@ from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..multicast import IMulticastStrategyPlugin, MulticastService
-from ..storage import IStore
+from ..storage import IStore, StoreLimits
 from ..transport import ITransport, split_address
 from ._groups import GroupRoutes
 from ._listen import ListeningService
@@ -114,6 +114,7 @@ class Node(MultiService):
         open_store: Callable[[], Deferred[IStore]] | None = None,
         is_contact: Callable[[PeerID], bool] = lambda peer: False,
         strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
+        mailbox: StoreLimits | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -134,6 +135,8 @@ class Node(MultiService):
             (its invitations are accepted unasked).
         :param strategies: the multicast strategies its groups run, by
             name; every installed one by default.
+        :param mailbox: its store's limits when it serves as a mailbox
+            (``--mailbox``), else ``None``.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
@@ -149,6 +152,7 @@ class Node(MultiService):
         self._open_store = open_store
         self._is_contact = is_contact
         self.strategies = dict(strategies) if strategies is not None else None
+        self.mailbox = mailbox
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
@@ -229,7 +233,8 @@ class Node(MultiService):
         channels; see :meth:`ConnectionPool.status`), its DHT's routing
         table, and how far each transport with a network of its own (tor)
         has bootstrapped, by name (see
-        :meth:`~digitalspring.transport.TorTransport.bootstrap_status`).
+        :meth:`~digitalspring.transport.TorTransport.bootstrap_status`), and
+        what it caught up of its groups.
         """
         return {
             "peer_id": str(self.peer_id),
@@ -243,6 +248,23 @@ class Node(MultiService):
                 for transport in self.transports.values()
                 if isinstance(transport, _Bootstrapping)
             },
+            "catch_up": None if self.multicast is None else self._catch_up_status(),
+        }
+
+    def _catch_up_status(self) -> dict[str, Any]:
+        """
+        What the node caught up of its groups (at start, or since): how
+        many groups and messages, and the reports of those not caught up
+        whole (missing messages, sources that held back or lied).
+        """
+        assert self.multicast is not None
+        reports = list(self.multicast.caught_up.values())
+        return {
+            "groups": len(reports),
+            "messages": sum(r.committed for r in reports),
+            "incomplete": [
+                r.as_json() for r in reports if not r.caught_up or r.held_back or r.misbehaved
+            ],
         }
 
     async def dht_lookup(self, peer_id: PeerID) -> dict[str, Any]:
@@ -335,6 +357,7 @@ class Node(MultiService):
             store,
             is_contact=self._is_contact,
             strategies=self.strategies,
+            mailbox=self.mailbox,
         )
         self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
         if self.groups is not None:

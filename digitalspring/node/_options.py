@@ -211,3 +211,25 @@ def parse_rate(text: str) -> float:
             "ending in k, M or G, e.g. 1.25M)"
         )
     return rate
+
+
+def parse_size(text: str) -> int:
+    """
+    A number of bytes: a whole number, optionally followed by ``k``, ``M``
+    or ``G`` (thousands, millions, billions), e.g. ``500M``.
+
+    :raises BadOption: when it is not a positive size so written.
+    """
+    value = text.strip()
+    suffix = value[-1:] if value[-1:] in _RATE_SUFFIXES else ""
+    number = value[: len(value) - len(suffix)]
+    try:
+        size = float(number) * _RATE_SUFFIXES[suffix]
+    except ValueError:
+        size = 0.0
+    if not 1 <= size < float("inf"):
+        raise BadOption(
+            f"{text!r} is not a size in bytes of 1 or more (a number, or one ending in k, "
+            "M or G, e.g. 500M)"
+        )
+    return int(size)
