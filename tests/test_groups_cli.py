@@ -263,6 +263,21 @@ class CommandTests(SynchronousTestCase):
         self.assertEqual(summary[0], "message 0/3 (10 fragments): delivered to 2 of 2 members")
         self.assertIn("  delivered: bob", summary)
 
+    def test_summary_counts_mailboxes_apart(self) -> None:
+        """
+        A group's mailboxes are counted apart from its members in the
+        summary: "held by" them, not "delivered to" them.
+        """
+        state = self.state(committed=["b", "box"], pending=["c"], mailboxes=["box"])
+        delivery = _Delivery(state, io.StringIO())
+        summary = delivery.summary({"b": "bob", "box": "box"})
+        self.assertEqual(
+            summary[0],
+            "message 0/3 (10 fragments): delivered to 1 of 2 members, held by 1 of 1 mailboxes",
+        )
+        self.assertIn("  held:      box", summary)
+        self.assertIn("  delivered: bob", summary)
+
     def test_no_bar_in_a_pipe(self) -> None:
         """
         Not on a terminal nothing is drawn; a member out of reach ends the

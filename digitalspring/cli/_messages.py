@@ -48,6 +48,7 @@ class _Delivery:
         self.key = (answer["group"], answer["epoch"], answer["index"])
         self.fragments: int = answer["fragments"]
         self.recipients = set(answer["committed"]) | set(answer["pending"])
+        self.mailboxes = set(answer.get("mailboxes", ()))
         self.state = answer
         self.created = bool(answer.get("created"))
         self.done: Deferred[None] = Deferred()
@@ -85,12 +86,20 @@ class _Delivery:
         state = self.state
         committed, pending = state["committed"], state["pending"]
         unreached = set(state["unreached"])
-        lines = [
+        members = self.recipients - self.mailboxes
+        line = (
             f"message {state['epoch']}/{state['index']} ({self.fragments} fragments): "
-            f"delivered to {len(committed)} of {len(self.recipients)} members"
-        ]
+            f"delivered to {len(members & set(committed))} of {len(members)} members"
+        )
+        if self.mailboxes:
+            line += (
+                f", held by {len(self.mailboxes & set(committed))} of "
+                f"{len(self.mailboxes)} mailboxes"
+            )
+        lines = [line]
         for peer in committed:
-            lines.append(f"  delivered: {peer_name(peer, names.get(peer))}")
+            what = "held:     " if peer in self.mailboxes else "delivered:"
+            lines.append(f"  {what} {peer_name(peer, names.get(peer))}")
         for peer in pending:
             why = (
                 "not reachable now; it gets the message when it is back"

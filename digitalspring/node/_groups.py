@@ -405,8 +405,13 @@ class GroupRoutes:
         )
         sealed = await self.service.sealed_message(group_id, report.epoch, report.index)
         fragments = len(sealed.fragments)
-        self._follow_report(report, fragments)
-        answer = self._delivery(report, fragments)
+        mailboxes = sorted(
+            str(m.peer)
+            for m in await self.service.store.members(group_id)
+            if m.role == "mailbox" and m.peer in report.pending | report.committed
+        )
+        self._follow_report(report, fragments, mailboxes)
+        answer = self._delivery(report, fragments, mailboxes)
         answer["created"] = created
         return answer
 
@@ -422,23 +427,26 @@ class GroupRoutes:
         except OSError as e:
             raise BadRequest(f"the node cannot read {path}: {e.strerror or e}") from None
 
-    def _delivery(self, report: DeliveryReport, fragments: int) -> dict[str, Any]:
+    def _delivery(
+        self, report: DeliveryReport, fragments: int, mailboxes: list[str]
+    ) -> dict[str, Any]:
         delivery = report.as_json()
         delivery["fragments"] = fragments
+        delivery["mailboxes"] = mailboxes
         delivery["progress"] = {str(p): n for p, n in report.progress.items()}
         delivery["transmitted"] = report.transmitted.called
         conversation = self._conversations.get(report.group_id)
         delivery["conversation"] = None if conversation is None else str(conversation)
         return delivery
 
-    def _follow_report(self, report: DeliveryReport, fragments: int) -> None:
+    def _follow_report(self, report: DeliveryReport, fragments: int, mailboxes: list[str]) -> None:
         def changed(report: DeliveryReport) -> None:
-            self._broadcast("delivery", self._delivery(report, fragments))
+            self._broadcast("delivery", self._delivery(report, fragments, mailboxes))
 
         stop = report.follow(changed)
 
         def transmitted(result: object) -> object:
-            self._broadcast("delivery", self._delivery(report, fragments))
+            self._broadcast("delivery", self._delivery(report, fragments, mailboxes))
             if not report.pending:
                 stop()
             return result
