@@ -6,6 +6,7 @@ message once; on the memory network and a simulated clock.
 
 from __future__ import annotations
 
+from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
 from digitalspring.multicast import (
@@ -205,3 +206,29 @@ class CatchUpTests(SynchronousTestCase):
         # The mailbox's one timer: when it deletes the message it holds.
         self.assertEqual([c.func for c in net.clock.getDelayedCalls()], [box._expire])
         self.assertEqual(member.pool.connections(), {})
+
+    def test_stopped_mid_catch_up(self) -> None:
+        """
+        A node stopped in the middle of a catch-up ends it: what waits on
+        it fails with CancelledError, and nothing more of it runs (no
+        message is committed after the stop).
+        """
+        net = _network()
+        owner, member = net.node("owner"), net.node("member")
+        box = net.node("box", mailbox=StoreLimits())
+        group_id = net.group(owner, member, strategy="spring")
+        net.add_mailbox(owner, group_id, box)
+        net.run(60)
+        net.down("member")
+        for text in ("one", "two", "three"):
+            net.result(owner.publish(group_id, text))
+        _held_by(net, box, group_id, 3)
+        net.down("owner")
+        member = net.up("member")
+        waiting = member.catch_up_group(group_id)
+        net.run(0.005)
+        net.down("member")
+        self.failureResultOf(waiting, CancelledError)
+        self.assertEqual(member._catch_up_runs, set())
+        net.run(600)
+        self.assertEqual(net.result(member.history(group_id)), [])

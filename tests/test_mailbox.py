@@ -31,6 +31,7 @@ from digitalspring.multicast._epoch import (
     MailboxDelivery,
     decode_mailbox_delivery,
     encode_mailbox_delivery,
+    invitation_delivery,
     mailbox_epoch_delivery,
     mailbox_invitation_delivery,
     next_epoch,
@@ -38,11 +39,14 @@ from digitalspring.multicast._epoch import (
 from digitalspring.multicast._notices import (
     MAX_MAILBOXES,
     MAX_RETENTION,
+    GroupInvitation,
     MailboxInvitation,
     MalformedNotice,
+    decode_invitation,
     decode_mailbox_epoch,
     decode_mailbox_invitation,
     decode_mailboxes,
+    encode_invitation,
     encode_mailbox_epoch,
     encode_mailbox_invitation,
     encode_mailboxes,
@@ -177,6 +181,24 @@ class MailboxNoticeTests(SynchronousTestCase):
         A mailboxes notice decodes to its group and mailboxes.
         """
         self.assertEqual(decode_mailboxes(encode_mailboxes(GROUP, mailboxes)), (GROUP, mailboxes))
+
+    def test_invitation_names_mailboxes(self) -> None:
+        """
+        A member's invitation into a group with mailboxes names them (its
+        version 2); one into a group without is as version 1 wrote it, and
+        a version 2 naming none is not canonical.
+        """
+        delivery = invitation_delivery(start_group(GROUP, NOW))
+        box = Identity.from_seed(bytes(32)).peer_id
+        plain = GroupInvitation(GROUP, "g", "spring", 6, frozenset(), delivery)
+        boxed = GroupInvitation(GROUP, "g", "spring", 6, frozenset(), delivery, frozenset({box}))
+        self.assertEqual(encode_invitation(plain)[32], 1)
+        self.assertEqual(encode_invitation(boxed)[32], 2)
+        for invitation in (plain, boxed):
+            self.assertEqual(decode_invitation(encode_invitation(invitation)), invitation)
+        two = bytearray(encode_invitation(plain) + b"\0")
+        two[32] = 2
+        self.assertRaises(MalformedNotice, decode_invitation, bytes(two))
 
     def test_refused(self) -> None:
         """
@@ -341,6 +363,20 @@ class MailboxGroupTests(SynchronousTestCase):
         self.assertEqual(
             [(h.epoch, h.index) for h in self._held(net, second, group_id)], [(0, 0), (1, 0)]
         )
+
+    def test_member_accepting_later_knows_the_mailboxes(self) -> None:
+        """
+        A member invited into a group with a mailbox, who accepts only
+        later (the owner is no contact of it), learns the mailbox from its
+        invitation.
+        """
+        net, owner, members, box, group_id = self._group()
+        net.contacts = False
+        late = net.node("late")
+        net.result(owner.add_member(group_id, late.local))
+        net.run(30)
+        net.result(late.accept_invitation(owner.local, group_id))
+        self.assertEqual(net.result(late.store.mailboxes(group_id)), frozenset({box.local}))
 
     def test_deletes_after_retention(self) -> None:
         """

@@ -29,7 +29,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from attrs import frozen
-from twisted.internet.defer import Deferred, DeferredList, DeferredSemaphore
+from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
 from twisted.python.failure import Failure
@@ -173,18 +173,33 @@ class CatchUp:
         self._inflight: dict[PeerID, int] = {}
         self._slots = DeferredSemaphore(MAX_INFLIGHT)
         self._source_slots: dict[PeerID, DeferredSemaphore] = {}
+        self._stopped = False
+
+    def stop(self) -> None:
+        """
+        Stop the run: it raises ``CancelledError`` at its next step, and
+        asks nothing more.
+        """
+        self._stopped = True
+
+    def _go_on(self) -> None:
+        if self._stopped:
+            raise CancelledError()
 
     async def run(self) -> CatchUpReport:
         position = await self._position()
         await self._connect()
         for _ in range(MAX_ROUNDS):
+            self._go_on()
             live = [p for p in self.sources if p in self.connections and p not in self.misbehaved]
             if not live:
                 break
             offered = await self._ask(live, position)
+            self._go_on()
             if not offered:
                 break
             await self._fetch(offered)
+            self._go_on()
             now = await self._position()
             if now <= position:
                 break
@@ -448,6 +463,7 @@ class CatchUp:
         tried: set[PeerID] = set()
         owner = self.context.owner
         for _ in range(MAX_TRIES):
+            self._go_on()
             holders = [
                 p
                 for p, bits in message.holders.items()
@@ -505,6 +521,8 @@ class CatchUpSide(ServiceCore):
     """
 
     _catch_ups: dict[bytes, list[Deferred[CatchUpReport]]]
+    _catch_up_runs: set[Deferred[CatchUpReport]]
+    _catch_up_machines: dict[bytes, CatchUp]
     caught_up: dict[bytes, CatchUpReport]
 
     def catch_up_group(self, group_id: bytes) -> Deferred[CatchUpReport]:
@@ -524,16 +542,32 @@ class CatchUpSide(ServiceCore):
             return d
         waiting = self._catch_ups[group_id] = [d]
 
+        run = Deferred.fromCoroutine(self._catch_up(group_id))
+        self._catch_up_runs.add(run)
+
         def done(result: Any) -> None:
             del self._catch_ups[group_id]
+            self._catch_up_runs.discard(run)
+            self._catch_up_machines.pop(group_id, None)
             for each in waiting:
                 if isinstance(result, Failure):
                     each.errback(result)
                 else:
                     each.callback(result)
 
-        Deferred.fromCoroutine(self._catch_up(group_id)).addBoth(done)
+        run.addBoth(done)
         return d
+
+    def stop_catch_ups(self) -> None:
+        """
+        Stop every catch-up under way (the service stops): their requests
+        and timers are cancelled, and what waits on them fails with
+        ``CancelledError``.
+        """
+        for machine in self._catch_up_machines.values():
+            machine.stop()
+        for run in list(self._catch_up_runs):
+            run.cancel()
 
     async def _catch_up(self, group_id: bytes) -> CatchUpReport:
         group = await self._group(group_id)
@@ -547,7 +581,8 @@ class CatchUpSide(ServiceCore):
         for peer in [*sorted(mailboxes), *sorted(context.neighbours()), group.owner]:
             if peer not in sources and peer != self.local:
                 sources.append(peer)
-        report = await CatchUp(context, sources).run()
+        machine = self._catch_up_machines[group_id] = CatchUp(context, sources)
+        report = await machine.run()
         self.caught_up[group_id] = report
         if report.committed or not report.caught_up or report.misbehaved:
             self.log.info(
@@ -593,6 +628,6 @@ class CatchUpSide(ServiceCore):
         for ok, result in results:
             if ok:
                 reports.append(result)
-            else:
+            elif not result.check(CancelledError):
                 self.log.failure("a catch-up failed", result)
         return reports

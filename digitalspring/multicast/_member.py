@@ -28,6 +28,7 @@ from ..storage import (
     NotStored,
     RevealSigningSecret,
     SetGroupState,
+    SetMailboxes,
     SetNeighbours,
     SetSetting,
     Unblock,
@@ -223,6 +224,7 @@ class MemberSide(ServiceCore):
                 )
             ),
             SetNeighbours(invitation.group_id, invitation.neighbours),
+            SetMailboxes(invitation.group_id, invitation.mailboxes),
         )
 
     async def new_epoch(self, group: Group, payload: bytes) -> None:

@@ -10,12 +10,14 @@ Pure functions, no I/O.  Encodings::
 
     invitation:
         32 B    group ID
-        varint  version (1)
+        varint  version (1, or 2 for a group with mailboxes)
         varint  length, then the group's name in UTF-8 (at most 255 bytes)
         varint  length, then the strategy's name (at most 64 bytes)
         varint  N, the degree of the neighbour graph (1 to 64)
         varint  number of neighbours (at most 64), then 32 B each, sorted
         varint  length, then the key delivery (see _epoch.py)
+        (version 2 only) varint number of mailboxes (1 to 16), then 32 B
+                each, sorted
     new epoch:
         32 B    group ID
         varint  version (1)
@@ -80,6 +82,8 @@ from ._epoch import (
 )
 
 NOTICE_VERSION = 1
+#: The version of an invitation that names the group's mailboxes.
+_MAILBOXES_VERSION = 2
 #: The longest group name, in bytes of UTF-8.
 MAX_GROUP_NAME = 255
 #: The longest strategy name, in bytes.
@@ -140,6 +144,7 @@ class GroupInvitation:
     :ivar degree: N.
     :ivar neighbours: the member's neighbours.
     :ivar delivery: the epoch's keys for the member.
+    :ivar mailboxes: the group's mailboxes.
     """
 
     group_id: bytes
@@ -148,6 +153,7 @@ class GroupInvitation:
     degree: int
     neighbours: frozenset[PeerID]
     delivery: KeyDelivery
+    mailboxes: frozenset[PeerID] = frozenset()
 
 
 @frozen
@@ -258,15 +264,19 @@ def encode_invitation(invitation: GroupInvitation) -> bytes:
     """
     if not 0 < invitation.degree <= MAX_DEGREE:
         raise ValueError(f"a degree is 1 to {MAX_DEGREE}")
+    mailboxes = invitation.mailboxes
+    if len(mailboxes) > MAX_MAILBOXES:
+        raise ValueError(f"a group has at most {MAX_MAILBOXES} mailboxes")
     return b"".join(
         [
             invitation.group_id,
-            varint(NOTICE_VERSION),
+            varint(_MAILBOXES_VERSION if mailboxes else NOTICE_VERSION),
             _text(invitation.name, MAX_GROUP_NAME, "group name"),
             _text(invitation.strategy, MAX_STRATEGY_NAME, "strategy name"),
             varint(invitation.degree),
             _peers(invitation.neighbours),
             _delivery(invitation.delivery),
+            _peers(mailboxes) if mailboxes else b"",
         ]
     )
 
@@ -276,13 +286,20 @@ def _delivery(delivery: KeyDelivery) -> bytes:
     return varint(len(data)) + data
 
 
-def _start(payload: bytes, what: str) -> tuple[Reader, bytes]:
+def _start(
+    payload: bytes, what: str, versions: tuple[int, ...] = (NOTICE_VERSION,)
+) -> tuple[Reader, bytes]:
+    reader, group_id, _ = _versioned(payload, what, versions)
+    return reader, group_id
+
+
+def _versioned(payload: bytes, what: str, versions: tuple[int, ...]) -> tuple[Reader, bytes, int]:
     reader = Reader(payload, MalformedNotice, what)
     group_id = reader.take(GROUP_ID_SIZE)
     version = reader.varint()
-    if version != NOTICE_VERSION:
+    if version not in versions:
         raise reader.fail(f"is of version {version}, not {NOTICE_VERSION}")
-    return reader, group_id
+    return reader, group_id, version
 
 
 def decode_invitation(payload: bytes) -> GroupInvitation:
@@ -291,7 +308,9 @@ def decode_invitation(payload: bytes) -> GroupInvitation:
 
     :raises MalformedNotice: unless it is canonically encoded.
     """
-    reader, group_id = _start(payload, "invitation")
+    reader, group_id, version = _versioned(
+        payload, "invitation", (NOTICE_VERSION, _MAILBOXES_VERSION)
+    )
     name = _read_text(reader, MAX_GROUP_NAME)
     strategy = _read_text(reader, MAX_STRATEGY_NAME)
     degree = reader.varint(MAX_DEGREE)
@@ -299,8 +318,11 @@ def decode_invitation(payload: bytes) -> GroupInvitation:
         raise reader.fail("names a degree of 0")
     neighbours = _read_peers(reader)
     delivery = _read_delivery(reader, group_id)
+    mailboxes: frozenset[PeerID] = frozenset()
+    if version == _MAILBOXES_VERSION:
+        mailboxes = _read_peers(reader)
     reader.end()
-    invitation = GroupInvitation(group_id, name, strategy, degree, neighbours, delivery)
+    invitation = GroupInvitation(group_id, name, strategy, degree, neighbours, delivery, mailboxes)
     _canonical(payload, encode_invitation(invitation))
     return invitation
 

@@ -239,6 +239,7 @@ class OwnerOperations(ServiceCore):
                 group.degree,
                 neighbours,
                 invitation_delivery(owner),
+                mailboxes,
             )
             changes.append(Enqueue(peer, INVITATION, encode_invitation(member), now, group_id))
         changes += self._neighbour_notices(group_id, change.graph, change.affected - {peer}, now)
@@ -246,8 +247,6 @@ class OwnerOperations(ServiceCore):
         if role == "mailbox":
             changes += await self._mailbox_notices(group_id, mailboxes | {peer}, now)
             told |= await self._members_only(group_id)
-        elif mailboxes:
-            changes += self._mailboxes_notice(group_id, peer, mailboxes, now)
         await self.store.commit(*changes)
         self.outbox.waiting(told)
 

@@ -112,6 +112,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
         self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)
         self._catch_up_at_start = catch_up_at_start
         self._catch_ups = {}
+        self._catch_up_runs = set()
+        self._catch_up_machines = {}
         self.caught_up = {}
         self.clock = clock
         self.pool = pool
@@ -162,6 +164,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
                 self.pool.locators.remove(locator)
         self.outbox.stop()
         self.stop_expiry()
+        self.stop_catch_ups()
         strategies, self._strategies = list(self._strategies.values()), {}
         self._contexts.clear()
         return Deferred.fromCoroutine(self._stop_all(strategies))
