@@ -232,3 +232,47 @@ class CatchUpTests(SynchronousTestCase):
         self.assertEqual(member._catch_up_runs, set())
         net.run(600)
         self.assertEqual(net.result(member.history(group_id)), [])
+
+    def test_owner_tells_news_and_mailboxes_serve(self) -> None:
+        """
+        A member back on the network (its node never stopped, so nothing
+        made it catch up) is told by the owner's outbox that there is news,
+        and fetches it from the mailbox that holds it: it gets every
+        message, while the owner uploads a small part of one, not the
+        messages again.  Without a mailbox that holds them, the owner sends
+        them itself.
+        """
+        net = _network()
+        owner, member = net.node("owner"), net.node("member")
+        box = net.node("box", mailbox=StoreLimits())
+        group_id = net.group(owner, member, strategy="spring")
+        net.add_mailbox(owner, group_id, box)
+        net.run(600)
+        got = net.subscribe(member, group_id)
+        net.network.take_offline("member")
+        sent = [bytes([n]) * 100_000 for n in range(3)]
+        for data in sent:
+            net.result(owner.publish(group_id, data, "f.bin"))
+        _held_by(net, box, group_id, 3)
+        net.run(600)
+        self.assertEqual(got, [])
+        before = net.network.hosts["owner"].bytes_sent
+        net.network.bring_online("member")
+        net.clock.run_until(lambda: len(got) == 3, limit=DAY)
+        self.assertEqual([m.data for m in got], sent)
+        net.clock.run_until(lambda: group_id in member.caught_up, limit=600)
+        self.assertLess(net.network.hosts["owner"].bytes_sent - before, 100_000)
+        self.assertTrue(member.caught_up[group_id].caught_up)
+        report = net.result(owner.report(group_id, 0, 2))
+        net.clock.run_until(lambda: member.local in report.committed, limit=DAY)
+
+        other = net.node("other")
+        plain = net.group(owner, other, strategy="spring")
+        net.run(600)
+        got = net.subscribe(other, plain)
+        net.network.take_offline("other")
+        net.result(owner.publish(plain, b"no mailbox"))
+        net.run(600)
+        net.network.bring_online("other")
+        net.clock.run_until(lambda: len(got) == 1, limit=DAY)
+        self.assertNotIn(plain, other.caught_up)

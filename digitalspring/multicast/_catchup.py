@@ -440,6 +440,15 @@ class CatchUp:
     def _fragment_d(self, message: _Offered, number: int) -> Deferred[bool]:
         return Deferred.fromCoroutine(self._fragment(message, number))
 
+    async def _held(self, manifest: Manifest, number: int) -> bool:
+        key = (manifest.epoch, manifest.index)
+        try:
+            await self.store.fragment(self.group_id, *key, number)
+        except NotStored:
+            stored = await self.store.message(self.group_id, *key)
+            return stored.state == "complete"
+        return True
+
     def _ask_fragment(self, peer: PeerID, manifest: Manifest, number: int) -> Deferred[Any]:
         d: Deferred[Any] = (
             self.connections[peer]
@@ -464,6 +473,9 @@ class CatchUp:
         owner = self.context.owner
         for _ in range(MAX_TRIES):
             self._go_on()
+            if await self._held(manifest, number):
+                # It came meanwhile, in a transmission (the owner's, say).
+                return True
             holders = [
                 p
                 for p, bits in message.holders.items()

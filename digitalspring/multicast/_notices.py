@@ -26,7 +26,8 @@ Pure functions, no I/O.  Encodings::
         32 B    group ID
         varint  version (1)
         varint  number of neighbours, then 32 B each, sorted
-    removal, departure:
+    removal, departure, news (owner to a member: messages wait for it,
+    which it fetches itself):
         32 B    group ID
     mailbox invitation (owner to a mailbox):
         32 B    group ID
@@ -108,6 +109,7 @@ ACKNOWLEDGEMENT = "ack"
 MAILBOX_INVITATION = "mailbox-invite"
 MAILBOX_EPOCH = "mailbox-epoch"
 MAILBOXES = "mailboxes"
+NEWS = "news"
 KINDS = frozenset(
     {
         INVITATION,
@@ -119,6 +121,7 @@ KINDS = frozenset(
         MAILBOX_INVITATION,
         MAILBOX_EPOCH,
         MAILBOXES,
+        NEWS,
     }
 )
 

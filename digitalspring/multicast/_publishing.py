@@ -24,6 +24,7 @@ from ..storage import (
     MarkDelivered,
     NotStored,
 )
+from ._commands import GroupNotice
 from ._content import Content, file_content, text_content
 from ._core import GroupError, NotAMember, NotOwner, deferred
 from ._epoch import end_reason
@@ -31,6 +32,7 @@ from ._manifest import Manifest, decode_manifest
 from ._message import SealedMessage, seal, sent_message_key
 from ._notices import (
     ACK_MAC_SIZE,
+    NEWS,
     acknowledgement_key,
     acknowledgement_valid,
     decode_acknowledgement,
@@ -44,6 +46,13 @@ from ._report import DeliveryReport
 #: dropped (the store keeps every delivery state).
 MAX_REPORTS = 1000
 
+#: Seconds a member told that there is news has to fetch it from the
+#: mailboxes, before the owner sends it again itself.
+NEWS_GRACE = 120.0
+#: The most members remembered as told (the oldest are forgotten, and told
+#: again).
+MAX_NEWS = 65_536
+
 #: The most members' acknowledgement keys remembered, to check the
 #: acknowledgements a strategy carries (32 bytes each); the oldest go first.
 MAX_ACK_KEYS = 65_536
@@ -55,6 +64,7 @@ class Publishing(OwnerOperations):
     """
 
     _ack_keys: dict[tuple[bytes, PeerID], bytes]
+    _news: dict[tuple[PeerID, bytes], float]
 
     def publish(
         self, group_id: bytes, data: bytes | str, file_name: str | None = None
@@ -261,6 +271,24 @@ class Publishing(OwnerOperations):
             await self._count(group_id, epoch, index, states, found)
         return found
 
+    async def _mailboxes_hold(
+        self, group_id: bytes, peer: PeerID, messages: list[tuple[int, int]]
+    ) -> bool:
+        """
+        Whether some mailbox of the group acknowledged each of ``messages``
+        (and ``peer`` is a member, which catches up; not a mailbox).
+        """
+        roles = {m.peer: m.role for m in await self.store.members(group_id)}
+        if roles.get(peer) != "member":
+            return False
+        for epoch, index in messages:
+            states = await self.store.deliveries(group_id, epoch, index)
+            if not any(
+                state == "committed" and roles.get(p) == "mailbox" for p, state in states.items()
+            ):
+                return False
+        return True
+
     def _ack_key(self, group_id: bytes, peer: PeerID) -> bytes:
         """
         The acknowledgement key of a member, remembered (an X25519 each).
@@ -276,16 +304,41 @@ class Publishing(OwnerOperations):
 
     async def catch_up(self, peer: PeerID, group_id: bytes) -> bool:
         """
-        Send ``peer`` again the messages of the group it has not committed.
+        Get ``peer`` the messages of the group it has not committed.
 
-        :returns: whether it was reached (or the group is gone).
+        When the group's mailboxes hold them all, ``peer`` is told that
+        there is news (a ``news`` notice) and fetches them itself, from the
+        mailboxes first (``docs/offline.rst``); the owner sends them again
+        itself only if the peer has not got them :data:`NEWS_GRACE` later,
+        or when no mailbox holds them.
+
+        :returns: whether it was reached and has them (or the group is
+            gone); ``False`` to be tried again on the outbox's schedule.
         """
         try:
             await self._owned(group_id)
         except GroupError:
             return True
+        undelivered = await self.store.undelivered(group_id, peer)
+        if not undelivered:
+            self._news.pop((peer, group_id), None)
+            return True
+        told = self._news.get((peer, group_id))
+        now = self.clock.seconds()
+        if told is None and await self._mailboxes_hold(group_id, peer, undelivered):
+            try:
+                await self.pool.call(peer, GroupNotice, kind=NEWS, payload=group_id)
+            except Exception:
+                return False
+            if len(self._news) >= MAX_NEWS:
+                del self._news[next(iter(self._news))]
+            self._news[(peer, group_id)] = now
+            return False
+        if told is not None and now - told < NEWS_GRACE:
+            return False
+        self._news.pop((peer, group_id), None)
         strategy = await self.strategy_of(group_id)
-        for epoch, index in await self.store.undelivered(group_id, peer):
+        for epoch, index in undelivered:
             try:
                 message = await self.sealed_message(group_id, epoch, index)
             except NotStored:

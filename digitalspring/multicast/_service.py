@@ -44,6 +44,7 @@ from ._notices import (
     MAILBOXES,
     NEIGHBOURS,
     NEW_EPOCH,
+    NEWS,
     REMOVAL,
     decode_bare,
     notice_group,
@@ -134,6 +135,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
         self._locks = {}
         self._reports = {}
         self._ack_keys = {}
+        self._news = {}
         self._subscribers = {}
         self._blocked = frozenset()
         self._locators: list[Callable[[Any], Any]] = []
@@ -238,5 +240,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
             await self.new_mailboxes(group, payload)
         elif kind == MAILBOX_EPOCH and group.role == "mailbox":
             await self.mailbox_new_epoch(group, payload)
+        elif kind == NEWS and group.role == "member":
+            decode_bare(payload)
+            # Fetched from the mailboxes first; the owner waits for none of it.
+            self.catch_up_group(group_id).addErrback(self._log_failure)
         else:
             raise GroupError(f"no group notice of this kind for a group's {group.role}")
