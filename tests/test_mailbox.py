@@ -370,7 +370,7 @@ class MailboxGroupTests(SynchronousTestCase):
         later (the owner is no contact of it), learns the mailbox from its
         invitation.
         """
-        net, owner, members, box, group_id = self._group()
+        net, owner, _members, box, group_id = self._group()
         net.contacts = False
         late = net.node("late")
         net.result(owner.add_member(group_id, late.local))
