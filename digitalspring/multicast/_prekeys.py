@@ -1,0 +1,579 @@
+# -*- test-case-name: tests.test_prekeys -*-
+"""
+Key bundles and sealed items: offline key delivery with forward secrecy
+(issue 12, item 4).
+
+A member gives each owner of its groups (and each contact) a *key bundle*
+signed by its identity: a signed X25519 prekey, valid for longer than
+mailboxes keep content, one-time prekeys reserved for that peer alone, and
+the notification boxes it chose.  An owner that must tell a member who is
+away of a new epoch, a removal or an invitation *seals* the notice to a
+prekey of that member's bundle, X3DH-style, and leaves it at a mailbox::
+
+    DH1 = DH(IK_owner, SPK)      DH2 = DH(EK, IK_member)
+    DH3 = DH(EK, SPK)            DH4 = DH(EK, OPK)   (when one is left)
+    key = BLAKE2b(person="ds-sealed-key", DH1 || DH2 || DH3 [|| DH4])
+
+where ``IK`` are the X25519 forms of the two identities and ``EK`` is an
+ephemeral key made for this item alone.  The notice is encrypted with
+XChaCha20-Poly1305 under that key (fresh for each item, so the nonce is
+zero), the header as associated data: both peer IDs, the group, the epoch
+and the kind are bound in.  Nothing is signed by the owner's identity: DH1
+convinces the member that only the owner (or the member itself) made it,
+and the member could have made it itself, so the item proves nothing to
+anyone else (deniable, as X3DH).
+
+Forward secrecy: the member deletes a one-time prekey's secret when an item
+sealed to it opens, and a signed prekey's secret at its expiry plus
+:data:`PREKEY_GRACE`.  Without DH3 (the ephemeral's secret is gone with the
+owner's call to :func:`seal`, the prekey's with the member's deletion),
+even both identity keys open nothing.
+
+Pure code, no I/O.  Encodings::
+
+    key bundle:
+        varint  version (1)
+        32 B    issuer (the member)
+        32 B    audience (the peer the bundle is for)
+        varint  serial (a newer bundle has a larger one)
+        varint  expiry of the signed prekey, seconds since the epoch
+        32 B    signed prekey (X25519)
+        varint  number of one-time prekeys (at most 16), then 32 B each
+        varint  number of notification boxes (at most 8), then 32 B each,
+                sorted
+        64 B    Ed25519 signature by the issuer of
+                "ds-key-bundle" || everything above
+    sealed item:
+        varint  version (1)
+        32 B    group ID
+        varint  epoch
+        varint  kind (1 invitation, 2 new epoch, 3 removal)
+        32 B    sender (the owner)
+        32 B    recipient (the member)
+        32 B    signed prekey
+        1 B     flag: a one-time prekey follows, then 32 B
+        32 B    ephemeral key
+        the rest: ciphertext of the notice (at most 4 KiB) and its tag
+"""
+
+from __future__ import annotations
+
+from attrs import field, frozen
+from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
+from nacl.exceptions import CryptoError
+from nacl.utils import random as random_bytes
+
+from .._codec import Reader, varint
+from ..errors import DigitalSpringError
+from ..identity import BadSignature, Identity, InvalidPeerID, PeerID
+from ._crypto import TAG_SIZE, UndecryptableMessage, blake2b, decrypt, encrypt
+from ._epoch import GROUP_ID_SIZE
+from ._notices import INVITATION, NEW_EPOCH, REMOVAL
+
+BUNDLE_VERSION = 1
+SEALED_VERSION = 1
+#: The most one-time prekeys a bundle holds (and a member keeps for one
+#: peer).
+MAX_ONE_TIME_PREKEYS = 16
+#: The most notification boxes a bundle names.
+MAX_NOTIFY_BOXES = 8
+#: How long a signed prekey is valid: twice the mailboxes' default
+#: retention (30 days), so that an item left when it was given can be
+#: opened while a mailbox still keeps it.
+SIGNED_PREKEY_LIFETIME = 60 * 24 * 3600
+#: How long after its expiry a member keeps a signed prekey's secret, for
+#: items sealed to it just before (clocks differ, mailboxes hold items).
+PREKEY_GRACE = 7 * 24 * 3600
+#: The most bundles an owner holds: one per peer, at most this many peers.
+MAX_BUNDLES = 4096
+#: The longest notice a sealed item carries, in bytes.
+MAX_SEALED_PAYLOAD = 4096
+
+_KEY = 32
+_SIGNATURE = 64
+_BUNDLE_SIGNED = b"ds-key-bundle"
+_SEALED_KEY = b"ds-sealed-key"
+_ZERO_NONCE = bytes(24)
+_KIND_CODES = {INVITATION: 1, NEW_EPOCH: 2, REMOVAL: 3}
+_KINDS = {code: kind for kind, code in _KIND_CODES.items()}
+
+
+class InvalidBundle(DigitalSpringError):
+    """
+    A key bundle that is malformed, not signed by its issuer, not for us,
+    expired, or older than one we hold.
+    """
+
+
+class BundleQuotaExceeded(DigitalSpringError):
+    """
+    We hold as many peers' bundles as we keep (:data:`MAX_BUNDLES`).
+    """
+
+
+class NoPrekey(DigitalSpringError):
+    """
+    We hold no bundle of the peer whose signed prekey lasts as long as the
+    item must wait: the notice waits in the outbox until the peer is online.
+    """
+
+
+class SealedItemRefused(DigitalSpringError):
+    """
+    A sealed item that is malformed, not for us, sealed to a prekey whose
+    secret we do not hold (never made, used, or deleted), replayed, for an
+    epoch we are past, or that does not open.
+    """
+
+
+@frozen
+class KeyBundle:
+    """
+    A member's prekeys for one peer, signed by the member.
+
+    :ivar issuer: the member whose prekeys these are.
+    :ivar audience: the peer they are reserved for.
+    :ivar serial: a newer bundle of the issuer for the same peer has a
+        larger one.
+    :ivar expires: when the signed prekey stops being valid (seconds since
+        the Unix epoch).
+    :ivar signed_prekey: the X25519 public key items are sealed to.
+    :ivar one_time_prekeys: X25519 public keys, each used for one item.
+    :ivar notify_boxes: the member's notification boxes.
+    :ivar signature: the issuer's signature (see the module's encoding).
+    """
+
+    issuer: PeerID
+    audience: PeerID
+    serial: int
+    expires: int
+    signed_prekey: bytes
+    one_time_prekeys: tuple[bytes, ...]
+    notify_boxes: frozenset[PeerID]
+    signature: bytes = field(repr=False)
+
+
+@frozen
+class OpenedItem:
+    """
+    What a sealed item said, once opened.
+    """
+
+    sender: PeerID
+    group_id: bytes
+    epoch: int
+    kind: str
+    payload: bytes
+
+
+def _bundle_body(
+    issuer: PeerID,
+    audience: PeerID,
+    serial: int,
+    expires: int,
+    signed_prekey: bytes,
+    one_time_prekeys: tuple[bytes, ...],
+    notify_boxes: frozenset[PeerID],
+) -> bytes:
+    if len(one_time_prekeys) > MAX_ONE_TIME_PREKEYS or len(notify_boxes) > MAX_NOTIFY_BOXES:
+        raise ValueError(
+            f"a bundle holds at most {MAX_ONE_TIME_PREKEYS} one-time prekeys "
+            f"and {MAX_NOTIFY_BOXES} notification boxes"
+        )
+    boxes = sorted(box.public_key for box in notify_boxes)
+    return b"".join(
+        [
+            varint(BUNDLE_VERSION),
+            issuer.public_key,
+            audience.public_key,
+            varint(serial),
+            varint(expires),
+            signed_prekey,
+            varint(len(one_time_prekeys)),
+            *one_time_prekeys,
+            varint(len(boxes)),
+            *boxes,
+        ]
+    )
+
+
+def encode_bundle(bundle: KeyBundle) -> bytes:
+    """
+    The canonical encoding of ``bundle``, signature included.
+    """
+    body = _bundle_body(
+        bundle.issuer,
+        bundle.audience,
+        bundle.serial,
+        bundle.expires,
+        bundle.signed_prekey,
+        bundle.one_time_prekeys,
+        bundle.notify_boxes,
+    )
+    return body + bundle.signature
+
+
+def _peer(reader: Reader) -> PeerID:
+    try:
+        return PeerID(reader.take(_KEY))
+    except InvalidPeerID as e:
+        raise reader.fail(f"names no valid peer ({e})") from None
+
+
+def decode_bundle(data: bytes) -> KeyBundle:
+    """
+    Read and check a key bundle: well formed, canonical, and signed by its
+    issuer.  (Whether it is for us, unexpired and newest is
+    :class:`BundleBook`'s to check.)
+
+    :raises InvalidBundle: saying what is wrong.
+    """
+    reader = Reader(data, InvalidBundle, "key bundle")
+    if reader.varint() != BUNDLE_VERSION:
+        raise reader.fail(f"is not of version {BUNDLE_VERSION}")
+    issuer = _peer(reader)
+    audience = _peer(reader)
+    serial = reader.varint()
+    expires = reader.varint()
+    signed_prekey = reader.take(_KEY)
+    count = reader.varint(MAX_ONE_TIME_PREKEYS)
+    one_time = tuple(reader.take(_KEY) for _ in range(count))
+    boxes = frozenset(_peer(reader) for _ in range(reader.varint(MAX_NOTIFY_BOXES)))
+    signed_end = reader.offset
+    signature = reader.take(_SIGNATURE)
+    reader.end()
+    if len(set(one_time)) != len(one_time) or signed_prekey in one_time:
+        raise reader.fail("repeats a prekey")
+    body = data[:signed_end]
+    if _bundle_body(issuer, audience, serial, expires, signed_prekey, one_time, boxes) != body:
+        raise reader.fail("is not in its canonical encoding")
+    try:
+        issuer.verify(_BUNDLE_SIGNED + body, signature)
+    except BadSignature:
+        raise reader.fail(f"is not signed by its issuer {issuer}") from None
+    return KeyBundle(issuer, audience, serial, expires, signed_prekey, one_time, boxes, signature)
+
+
+def _dh(private_key: bytes, public_key: bytes) -> bytes:
+    try:
+        shared: bytes = crypto_scalarmult(private_key, public_key)
+    except (CryptoError, RuntimeError, ValueError, TypeError) as e:
+        raise SealedItemRefused(f"a key of the sealed item is unusable ({e})") from None
+    return shared
+
+
+def _key_pair() -> tuple[bytes, bytes]:
+    secret: bytes = random_bytes(_KEY)
+    public: bytes = crypto_scalarmult_base(secret)
+    return secret, public
+
+
+def _header(
+    group_id: bytes,
+    epoch: int,
+    kind: str,
+    sender: PeerID,
+    recipient: PeerID,
+    signed_prekey: bytes,
+    one_time_prekey: bytes | None,
+    ephemeral: bytes,
+) -> bytes:
+    return b"".join(
+        [
+            varint(SEALED_VERSION),
+            group_id,
+            varint(epoch),
+            varint(_KIND_CODES[kind]),
+            sender.public_key,
+            recipient.public_key,
+            signed_prekey,
+            b"\x01" + one_time_prekey if one_time_prekey is not None else b"\x00",
+            ephemeral,
+        ]
+    )
+
+
+def _sealing_key(*shared: bytes) -> bytes:
+    return blake2b(_SEALED_KEY, b"".join(shared))
+
+
+def seal(
+    sender: Identity,
+    recipient: PeerID,
+    signed_prekey: bytes,
+    one_time_prekey: bytes | None,
+    group_id: bytes,
+    epoch: int,
+    kind: str,
+    payload: bytes,
+) -> bytes:
+    """
+    Seal ``payload``, a notice of ``kind`` (invitation, new epoch or
+    removal) for ``group_id`` at ``epoch``, from ``sender`` to
+    ``recipient``'s prekeys (see the module docstring).  The ephemeral
+    secret is forgotten on return.
+    """
+    if kind not in _KIND_CODES:
+        raise ValueError(f"only {sorted(_KIND_CODES)} are sealed, not {kind!r}")
+    if len(group_id) != GROUP_ID_SIZE or len(payload) > MAX_SEALED_PAYLOAD:
+        raise ValueError(f"a group ID is 32 bytes, a sealed notice at most {MAX_SEALED_PAYLOAD}")
+    ephemeral_secret, ephemeral = _key_pair()
+    shared = [
+        _dh(sender.x25519_private_key, signed_prekey),
+        _dh(ephemeral_secret, recipient.x25519_public_key),
+        _dh(ephemeral_secret, signed_prekey),
+    ]
+    if one_time_prekey is not None:
+        shared.append(_dh(ephemeral_secret, one_time_prekey))
+    header = _header(
+        group_id, epoch, kind, sender.peer_id, recipient, signed_prekey, one_time_prekey, ephemeral
+    )
+    return header + encrypt(_sealing_key(*shared), _ZERO_NONCE, payload, header)
+
+
+@frozen
+class _SealedHeader:
+    group_id: bytes
+    epoch: int
+    kind: str
+    sender: PeerID
+    recipient: PeerID
+    signed_prekey: bytes
+    one_time_prekey: bytes | None
+    ephemeral: bytes
+    length: int
+
+
+def _read_header(data: bytes) -> _SealedHeader:
+    reader = Reader(data, SealedItemRefused, "sealed item")
+    if reader.varint() != SEALED_VERSION:
+        raise reader.fail(f"is not of version {SEALED_VERSION}")
+    group_id = reader.take(GROUP_ID_SIZE)
+    epoch = reader.varint()
+    code = reader.varint()
+    if code not in _KINDS:
+        raise reader.fail(f"is of no kind known ({code})")
+    sender = _peer(reader)
+    recipient = _peer(reader)
+    signed_prekey = reader.take(_KEY)
+    one_time = reader.take(_KEY) if reader.flag() else None
+    ephemeral = reader.take(_KEY)
+    if not TAG_SIZE <= len(data) - reader.offset <= MAX_SEALED_PAYLOAD + TAG_SIZE:
+        raise reader.fail("carries a ciphertext of a size no notice has")
+    return _SealedHeader(
+        group_id,
+        epoch,
+        _KINDS[code],
+        sender,
+        recipient,
+        signed_prekey,
+        one_time,
+        ephemeral,
+        reader.offset,
+    )
+
+
+@frozen
+class _SignedPrekey:
+    secret: bytes = field(repr=False)
+    expires: int
+
+
+class MemberPrekeys:
+    """
+    A member's prekey secrets: the signed prekeys it gave (until their
+    expiry plus :data:`PREKEY_GRACE`), the one-time prekeys it reserved for
+    each peer (at most :data:`MAX_ONE_TIME_PREKEYS` each, deleted on use),
+    and the ephemeral keys of items it opened with a signed prekey alone
+    (kept as long as that prekey, so that a replay is refused).
+    """
+
+    def __init__(self, identity: Identity, lifetime: int = SIGNED_PREKEY_LIFETIME) -> None:
+        self._identity = identity
+        self._lifetime = lifetime
+        self._signed: dict[bytes, _SignedPrekey] = {}
+        self._current: bytes | None = None
+        self._one_time: dict[PeerID, dict[bytes, bytes]] = {}
+        self._seen: dict[bytes, set[bytes]] = {}
+        self._serial = 0
+
+    def bundle(
+        self, audience: PeerID, now: int, notify_boxes: frozenset[PeerID] = frozenset()
+    ) -> KeyBundle:
+        """
+        A bundle for ``audience``: the current signed prekey (a new one once
+        less than half its lifetime is left), and the one-time prekeys
+        reserved for ``audience``, topped up to the most a bundle holds.
+        Each bundle given replaces the one given before.
+        """
+        current = self._signed.get(self._current) if self._current is not None else None
+        if current is None or current.expires - now < self._lifetime // 2:
+            secret, public = _key_pair()
+            self._signed[public] = _SignedPrekey(secret, now + self._lifetime)
+            self._current = public
+        signed_prekey = self._current
+        assert signed_prekey is not None
+        reserved = self._one_time.setdefault(audience, {})
+        while len(reserved) < MAX_ONE_TIME_PREKEYS:
+            secret, public = _key_pair()
+            reserved[public] = secret
+        self._serial += 1
+        one_time = tuple(sorted(reserved))
+        expires = self._signed[signed_prekey].expires
+        body = _bundle_body(
+            self._identity.peer_id,
+            audience,
+            self._serial,
+            expires,
+            signed_prekey,
+            one_time,
+            notify_boxes,
+        )
+        signature = self._identity.sign(_BUNDLE_SIGNED + body)
+        return KeyBundle(
+            self._identity.peer_id,
+            audience,
+            self._serial,
+            expires,
+            signed_prekey,
+            one_time,
+            notify_boxes,
+            signature,
+        )
+
+    def expire(self, now: int) -> None:
+        """
+        Delete the secrets of signed prekeys past their expiry plus
+        :data:`PREKEY_GRACE`, with the replay record kept for them.
+        """
+        for public, prekey in list(self._signed.items()):
+            if prekey.expires + PREKEY_GRACE <= now:
+                del self._signed[public]
+                self._seen.pop(public, None)
+                if public == self._current:
+                    self._current = None
+
+    def secrets_held(self) -> int:
+        """
+        How many prekey secrets this member holds (signed and one-time).
+        """
+        return len(self._signed) + sum(len(keys) for keys in self._one_time.values())
+
+    def open(self, data: bytes, now: int, known_epoch: int | None) -> OpenedItem:
+        """
+        Open a sealed item addressed to this member.  ``known_epoch`` is
+        the group's epoch the member holds (``None`` when it is not a
+        member): a new epoch must be past it, an invitation too (when
+        known), a removal at or past it.  The one-time prekey's secret is
+        deleted once the item opens.
+
+        :raises SealedItemRefused: saying why.
+        """
+        header = _read_header(data)
+        if header.recipient != self._identity.peer_id:
+            raise SealedItemRefused(f"the sealed item is for {header.recipient}, not us")
+        if known_epoch is not None:
+            floor = known_epoch if header.kind == REMOVAL else known_epoch + 1
+            if header.epoch < floor:
+                raise SealedItemRefused(
+                    f"the sealed {header.kind} is for epoch {header.epoch}; "
+                    f"we hold epoch {known_epoch} of that group"
+                )
+        prekey = self._signed.get(header.signed_prekey)
+        if prekey is None or prekey.expires + PREKEY_GRACE <= now:
+            raise SealedItemRefused("the sealed item's signed prekey is not one we hold")
+        seen = self._seen.setdefault(header.signed_prekey, set())
+        if header.ephemeral in seen:
+            raise SealedItemRefused("the sealed item was opened before (a replay)")
+        shared = [
+            _dh(prekey.secret, header.sender.x25519_public_key),
+            _dh(self._identity.x25519_private_key, header.ephemeral),
+            _dh(prekey.secret, header.ephemeral),
+        ]
+        reserved = self._one_time.get(header.sender, {})
+        if header.one_time_prekey is not None:
+            one_time = reserved.get(header.one_time_prekey)
+            if one_time is None:
+                raise SealedItemRefused(
+                    f"the sealed item's one-time prekey is none we hold for {header.sender} "
+                    "(used already, or never given to it)"
+                )
+            shared.append(_dh(one_time, header.ephemeral))
+        try:
+            payload = decrypt(
+                _sealing_key(*shared), _ZERO_NONCE, data[header.length :], data[: header.length]
+            )
+        except UndecryptableMessage:
+            raise SealedItemRefused(
+                f"the sealed item does not open: not sealed by {header.sender}, or altered"
+            ) from None
+        if header.one_time_prekey is not None:
+            del reserved[header.one_time_prekey]
+        else:
+            seen.add(header.ephemeral)
+        return OpenedItem(header.sender, header.group_id, header.epoch, header.kind, payload)
+
+
+class BundleBook:
+    """
+    The bundles an owner (or contact) holds of its peers: the newest of
+    each, at most :data:`MAX_BUNDLES` peers, each with at most
+    :data:`MAX_ONE_TIME_PREKEYS` one-time prekeys, which :meth:`prekeys`
+    hands out once each.
+    """
+
+    def __init__(self, own: PeerID, most: int = MAX_BUNDLES) -> None:
+        self._own = own
+        self._most = most
+        self._bundles: dict[PeerID, KeyBundle] = {}
+        self._one_time: dict[PeerID, list[bytes]] = {}
+
+    def __len__(self) -> int:
+        return len(self._bundles)
+
+    def add(self, data: bytes, sender: PeerID, now: int) -> KeyBundle:
+        """
+        Take a bundle ``sender`` gave us over our authenticated channel.
+
+        :raises InvalidBundle: when it is malformed, not ``sender``'s, not
+            for us, expired, or not newer than the one we hold.
+        :raises BundleQuotaExceeded: when it is a new peer's and we hold
+            as many as we keep.
+        """
+        bundle = decode_bundle(data)
+        if bundle.issuer != sender or bundle.audience != self._own:
+            raise InvalidBundle(
+                f"the key bundle is {bundle.issuer}'s for {bundle.audience}, "
+                f"but came from {sender} to us"
+            )
+        if bundle.expires <= now:
+            raise InvalidBundle(f"the key bundle of {sender} has expired")
+        held = self._bundles.get(sender)
+        if held is not None and bundle.serial <= held.serial:
+            raise InvalidBundle(
+                f"the key bundle of {sender} is number {bundle.serial}; "
+                f"we hold number {held.serial}"
+            )
+        if held is None and len(self._bundles) >= self._most:
+            raise BundleQuotaExceeded(f"we hold key bundles of {self._most} peers already")
+        self._bundles[sender] = bundle
+        self._one_time[sender] = list(bundle.one_time_prekeys)
+        return bundle
+
+    def get(self, peer: PeerID) -> KeyBundle | None:
+        return self._bundles.get(peer)
+
+    def prekeys(self, peer: PeerID, now: int, wait: int) -> tuple[bytes, bytes | None]:
+        """
+        The signed prekey of ``peer`` and one of its one-time prekeys
+        (``None`` once all are used), for an item that may wait ``wait``
+        seconds (a mailbox's retention) before the peer opens it.
+
+        :raises NoPrekey: when we hold no bundle of ``peer`` whose signed
+            prekey lasts that long.
+        """
+        bundle = self._bundles.get(peer)
+        if bundle is None or bundle.expires < now + wait:
+            raise NoPrekey(f"we hold no key bundle of {peer} valid for {wait} more seconds")
+        remaining = self._one_time[peer]
+        return bundle.signed_prekey, remaining.pop(0) if remaining else None
