@@ -21,6 +21,8 @@ from digitalspring.multicast import (
     UploadBudget,
     get_strategy,
 )
+from digitalspring.multicast._spring import SpringStrategy
+from digitalspring.multicast._spring_transmission import LINGER, STALL_TIMEOUT
 from digitalspring.multicast._spring_upload import MAX_WAITING
 from digitalspring.multicast._spring_wire import SpringBusy
 from digitalspring.testing import GroupNetwork, StrategyConformanceMixin
@@ -99,6 +101,33 @@ class UploadBudgetTests(SynchronousTestCase):
         clock.pump([0.5] * 60)
         self.assertIsNone(self.successResultOf(pushed))
         self.assertEqual(budget.waiting, 0)
+
+
+def _strategy(net: GroupNetwork, service: MulticastService, group_id: bytes) -> SpringStrategy:
+    strategy = net.result(service.strategy_of(group_id))
+    assert isinstance(strategy, SpringStrategy)
+    return strategy
+
+
+class TransmissionTests(SynchronousTestCase):
+    def test_members_end_once_all_complete(self) -> None:
+        """
+        Once every member holds a message of several fragments, each
+        member's part of the transmission ends within seconds, because a
+        member that holds everything tells its peers so: not after
+        :data:`STALL_TIMEOUT`, as when a member that held everything
+        already never heard that its peers did too.
+        """
+        net = GroupNetwork({"spring": SpringStrategyPlugin()})
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(10)]
+        group_id = net.group(owner, *members, strategy="spring")
+        got = [net.subscribe(m, group_id) for m in members]
+        net.result(owner.publish(group_id, bytes(range(256)) * 1024, "f.bin"))
+        net.clock.run_until(lambda: all(got), limit=30)
+        net.run(LINGER + 3)
+        self.assertLess(LINGER + 3, STALL_TIMEOUT)
+        self.assertEqual([_strategy(net, m, group_id).transmissions for m in members], [0] * 10)
 
 
 class ChurnTests(SynchronousTestCase):

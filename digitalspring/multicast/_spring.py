@@ -291,6 +291,9 @@ class SpringStrategy:
             except DigitalSpringError as e:
                 t.drop(peer, f"sent a fragment that did not check out: {e}")
                 raise SpringRefused("the fragment did not check out") from None
+        if state is not None:
+            # The answer tells the activator what this node holds.
+            state.sent |= t.held
         t.announce()
         t.pump()
         return t.bitmap(), False

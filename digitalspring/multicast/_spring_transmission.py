@@ -372,6 +372,7 @@ class Transmission:
 
     async def _activate(self, peer: PeerID, hint: int) -> None:
         sent = self.clock.seconds()
+        held = self.held
         small = self.count == 1 and 0 in self.data
         try:
             connection = await self.context.connect(peer)
@@ -379,7 +380,7 @@ class Transmission:
                 SpringActivate,
                 group=self.context.group_id,
                 manifest=self.signed,
-                have=self.bitmap(),
+                have=encode_bitmap(held),
                 hint=encode_bitmap(hint),
                 data=self.data[0] if small else None,
             ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
@@ -406,6 +407,7 @@ class Transmission:
             self.pushing -= {n for n in range(self.count) if hint >> n & 1}
             return
         state.have |= have
+        state.sent |= held
         state.complete = bool(answer["complete"])
         if hint and self.owner:
             Deferred.fromCoroutine(self._push(peer, state, hint)).addErrback(
@@ -473,15 +475,32 @@ class Transmission:
         self.announce()
         return new
 
+    def news(self, peer: PeerID, state: _Peer) -> bool:
+        """
+        Whether ``peer`` has something to learn of this node: a fragment
+        it lacks that this node holds, not told yet; or, once a member
+        holds everything, that it does (every other member: a member's
+        part ends only once it knows its peers are complete, and would
+        otherwise wait for :data:`STALL_TIMEOUT`).
+        """
+        if self.held & ~state.have & ~state.sent:
+            return True
+        return (
+            self.complete
+            and not self.owner
+            and peer != self.context.owner
+            and self.held != state.sent
+        )
+
     def announce(self) -> None:
         """
-        Tell each peer that lacks something this node holds what it holds,
-        one announcement under way per peer at most.
+        Tell each peer that has something to learn (:meth:`news`) what
+        this node holds, one announcement under way per peer at most.
         """
         for peer, state in list(self.peers.items()):
-            if not state.usable or peer in self.announcing or state.complete:
+            if not state.usable or peer in self.announcing:
                 continue
-            if self.held & ~state.have & ~state.sent == 0 or self.held == state.sent:
+            if not self.news(peer, state):
                 continue
             self.announcing.add(peer)
             Deferred.fromCoroutine(self._announce(peer, state)).addErrback(
@@ -490,7 +509,7 @@ class Transmission:
 
     async def _announce(self, peer: PeerID, state: _Peer) -> None:
         try:
-            while not self.ended and self.held != state.sent and not state.bad:
+            while not self.ended and not state.bad and self.news(peer, state):
                 held = self.held
                 sent = self.clock.seconds()
                 connection = await self.context.connect(peer)
