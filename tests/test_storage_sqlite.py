@@ -26,14 +26,17 @@ from digitalspring.storage import (
     AddFragment,
     AddGroup,
     AddInvitation,
+    AddPrekeys,
     ChainState,
     CommitReceived,
     CommitSent,
     DamagedDatabase,
     DatabaseUnusable,
     DeleteGroup,
+    DeletePrekey,
     Enqueue,
     Epoch,
+    ExpirePrekeys,
     ForgetEpochKeys,
     Group,
     Invitation,
@@ -41,11 +44,15 @@ from digitalspring.storage import (
     MigrationFailed,
     NewerDatabase,
     NotADatabase,
+    Prekey,
+    PutBundle,
+    RecordOpened,
     SetMailboxes,
     SetMailboxTerms,
     SetSetting,
     SQLiteStore,
     StartMessage,
+    StoredBundle,
     StoreLimits,
     TamperedRow,
     WrongStorageKey,
@@ -333,7 +340,7 @@ class MigrationTests(SQLiteTestCase):
         connection.close()
         store = await self.open()
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
-        self.assertEqual(len(MIGRATIONS), 3)
+        self.assertEqual(len(MIGRATIONS), 4)
         self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
         [old] = await store.outbox(ALICE)
         self.assertEqual((old.kind, old.payload, old.group_id), ("epoch", b"v1 entry", None))
@@ -370,7 +377,7 @@ class MigrationTests(SQLiteTestCase):
         await store.close()
         self.write_old_message(0, b"from version 2")
         store = await self.open()
-        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(3,)])
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
         kept = await store.message(GROUP_ID, 0, 0)
         self.assertEqual((kept.content, kept.expires), (b"from version 2", None))
         await store.commit(SetMailboxes(GROUP_ID, frozenset({ALICE})))
@@ -388,6 +395,26 @@ class MigrationTests(SQLiteTestCase):
             "EXPLAIN QUERY PLAN SELECT min(expires) FROM messages WHERE expires IS NOT NULL",
         )
         self.assertIn("messages_expires", str(plan))
+
+    @inline
+    async def test_from_third_version(self) -> None:
+        """
+        A file of version 3 is migrated by MIGRATIONS[3] with its messages
+        kept, and takes prekeys and key bundles.
+        """
+        store = await self.open(migrations=MIGRATIONS[:3])
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await store.close()
+        self.write_old_message(0, b"from version 3")
+        store = await self.open()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(4,)])
+        self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 3")
+        signed = Prekey(b"P" * 32, b"p" * 32, expires=100)
+        await store.commit(AddPrekeys((signed,)), RecordOpened(b"P" * 32, b"e" * 32))
+        self.assertEqual(await store.prekeys(), [signed])
+        bundle = StoredBundle(ALICE, 1, 100, b"bundle")
+        await store.commit(PutBundle(bundle))
+        self.assertEqual(await store.bundle(ALICE), bundle)
 
     @inline
     async def test_later_migration(self) -> None:
@@ -527,6 +554,30 @@ class SecretsAtRestTests(SQLiteTestCase):
         raw = _raw(self.data_dir)
         self.assertFalse([blob for blob in sealed if blob in raw])
         self.assertEqual(self.data_dir.child("node.db-wal").getsize(), 0)
+
+    @inline
+    async def test_used_prekeys_gone_from_files(self) -> None:
+        """
+        A prekey secret is stored sealed, never in clear; once a one-time
+        prekey is deleted (used) and a signed one expired, no sealed copy
+        of either secret is left in node.db or its WAL, and the WAL is
+        truncated to nothing: even the storage key cannot recover them.
+        """
+        store = await self.open()
+        one_time = Prekey(b"O" * 32, b"one-time secret".ljust(32, b"!"), audience=ALICE)
+        signed = Prekey(b"S" * 32, b"signed secret".ljust(32, b"!"), expires=100)
+        await store.commit(AddPrekeys((one_time, signed)))
+        await store.commit(RecordOpened(b"S" * 32, b"E" * 32))
+        sealed = {blob for (blob,) in _peek(self.data_dir, "SELECT secret FROM prekeys")}
+        raw = _raw(self.data_dir)
+        self.assertFalse(b"one-time secret" in raw or b"signed secret" in raw)
+        self.assertEqual(len(sealed), 2)
+        self.assertTrue(all(blob in raw for blob in sealed))
+        await store.commit(DeletePrekey(b"O" * 32), ExpirePrekeys(100.0))
+        raw = _raw(self.data_dir)
+        self.assertFalse([blob for blob in sealed if blob in raw])
+        self.assertEqual(self.data_dir.child("node.db-wal").getsize(), 0)
+        self.assertEqual(_peek(self.data_dir, "SELECT count(*) FROM prekeys_opened"), [(0,)])
 
     @inline
     async def test_deleted_group_gone_from_files(self) -> None:

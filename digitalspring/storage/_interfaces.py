@@ -25,6 +25,8 @@ if TYPE_CHECKING:
         MailboxUsage,
         Member,
         OutboxEntry,
+        Prekey,
+        StoredBundle,
         StoredMessage,
     )
 
@@ -229,6 +231,25 @@ class IStore(Interface):
         """
         :returns: a Deferred that fires with a setting's value, or ``None``
             when it is not set.
+        """
+
+    def prekey(public: bytes) -> Deferred[Prekey]:
+        """
+        :returns: a Deferred that fires with our prekey pair whose public
+            key is ``public``, or fails with ``NotStored`` when we hold none
+            (never made, used, or expired).
+        """
+
+    def prekeys() -> Deferred[list[Prekey]]:
+        """
+        :returns: a Deferred that fires with all our prekey pairs, signed
+            ones by expiry, then one-time ones by peer and public key.
+        """
+
+    def bundle(peer: PeerID) -> Deferred[StoredBundle]:
+        """
+        :returns: a Deferred that fires with ``peer``'s key bundle for us,
+            or fails with ``NotStored`` when we hold none.
         """
 
     def close() -> Deferred[None]:

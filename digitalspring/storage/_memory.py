@@ -33,6 +33,7 @@ from ._values import (
     AddFragment,
     AddGroup,
     AddInvitation,
+    AddPrekeys,
     Block,
     Change,
     ChangeEdges,
@@ -41,6 +42,7 @@ from ._values import (
     CommitSent,
     CountAttempt,
     DeleteGroup,
+    DeletePrekey,
     DeliveryState,
     Dequeue,
     DropFragments,
@@ -51,6 +53,7 @@ from ._values import (
     Enqueue,
     Epoch,
     ExpireHeld,
+    ExpirePrekeys,
     ForgetEpochKeys,
     ForgetRecipient,
     Group,
@@ -63,7 +66,10 @@ from ._values import (
     MarkDelivered,
     Member,
     OutboxEntry,
+    Prekey,
+    PutBundle,
     PutMember,
+    RecordOpened,
     RevealSigningSecret,
     SetGroupState,
     SetMailboxes,
@@ -72,6 +78,7 @@ from ._values import (
     SetPetname,
     SetSetting,
     StartMessage,
+    StoredBundle,
     StoredMessage,
     StoreLimits,
     Unblock,
@@ -115,6 +122,10 @@ class MemoryStore:
         self._invitations: dict[tuple[PeerID, bytes], Invitation] = {}
         self._blocked: dict[PeerID, float] = {}
         self._settings: dict[str, str] = {}
+        self._prekeys: dict[bytes, Prekey] = {}
+        # The ephemeral keys of items each signed prekey opened.
+        self._opened: dict[tuple[bytes, bytes], None] = {}
+        self._bundles: dict[PeerID, StoredBundle] = {}
 
     # --- journal ---------------------------------------------------------
 
@@ -346,6 +357,27 @@ class MemoryStore:
 
     def setting(self, name: str) -> Deferred[str | None]:
         return self._read(lambda: self._settings.get(name))
+
+    def prekey(self, public: bytes) -> Deferred[Prekey]:
+        def read() -> Prekey:
+            try:
+                return self._prekeys[public]
+            except KeyError:
+                raise NotStored(f"no prekey {public.hex()}") from None
+
+        return self._read(read)
+
+    def prekeys(self) -> Deferred[list[Prekey]]:
+        return self._read(lambda: sorted(self._prekeys.values(), key=_prekey_order))
+
+    def bundle(self, peer: PeerID) -> Deferred[StoredBundle]:
+        def read() -> StoredBundle:
+            try:
+                return self._bundles[peer]
+            except KeyError:
+                raise NotStored(f"no key bundle of {peer}") from None
+
+        return self._read(read)
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -740,6 +772,61 @@ class MemoryStore:
         else:
             self._set(self._settings, change.name, change.value)
 
+    def _add_prekeys(self, change: AddPrekeys) -> None:
+        for prekey in change.prekeys:
+            if prekey.public in self._prekeys:
+                raise AlreadyStored(f"prekey {prekey.public.hex()} is already stored")
+            if prekey.audience is not None:
+                audience = prekey.audience
+                one_time = [p.audience for p in self._prekeys.values() if p.audience is not None]
+                check_quota(
+                    "one-time prekeys",
+                    audience,
+                    one_time.count(audience) + 1,
+                    len(one_time) + 1,
+                    self._limits.one_time_prekeys_per_peer,
+                    self._limits.one_time_prekeys_total,
+                )
+            self._set(self._prekeys, prekey.public, prekey)
+
+    def _delete_prekey(self, change: DeletePrekey) -> None:
+        self._delete(self._prekeys, change.public)
+        for key in [k for k in self._opened if k[0] == change.public]:
+            self._delete(self._opened, key)
+
+    def _expire_prekeys(self, change: ExpirePrekeys) -> None:
+        for prekey in list(self._prekeys.values()):
+            if prekey.expires is not None and prekey.expires <= change.before:
+                self._delete_prekey(DeletePrekey(prekey.public))
+
+    def _record_opened(self, change: RecordOpened) -> None:
+        prekey = self._prekeys.get(change.prekey)
+        if prekey is None or prekey.expires is None:
+            raise NotStored(f"no signed prekey {change.prekey.hex()}")
+        key = (change.prekey, change.ephemeral)
+        if key in self._opened:
+            raise AlreadyStored("that sealed item was opened before")
+        self._set(self._opened, key, None)
+
+    def _put_bundle(self, change: PutBundle) -> None:
+        peer = change.bundle.peer
+        check_quota(
+            "key bundles",
+            peer,
+            1,
+            len(self._bundles) + (peer not in self._bundles),
+            1,
+            self._limits.key_bundles_total,
+        )
+        self._set(self._bundles, peer, change.bundle)
+
+
+def _prekey_order(prekey: Prekey) -> tuple[int, int, bytes, bytes]:
+    if prekey.expires is not None:
+        return (0, prekey.expires, b"", prekey.public)
+    assert prekey.audience is not None
+    return (1, 0, prekey.audience.public_key, prekey.public)
+
 
 def _forget(mapping: dict[_K, _V], key: _K) -> None:
     del mapping[key]
@@ -779,4 +866,9 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     Block: MemoryStore._block,
     Unblock: MemoryStore._unblock,
     SetSetting: MemoryStore._set_setting,
+    AddPrekeys: MemoryStore._add_prekeys,
+    DeletePrekey: MemoryStore._delete_prekey,
+    ExpirePrekeys: MemoryStore._expire_prekeys,
+    RecordOpened: MemoryStore._record_opened,
+    PutBundle: MemoryStore._put_bundle,
 }

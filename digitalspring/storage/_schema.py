@@ -166,8 +166,36 @@ ALTER TABLE messages ADD COLUMN expires REAL;
 CREATE INDEX messages_expires ON messages (expires) WHERE expires IS NOT NULL;
 """
 
+# Version 4: key bundles (issue 12, item 4).  Our prekey pairs, each
+# secret sealed (``prekeys``: a signed one with its expiry, or a one-time one
+# with the peer it was given to), the ephemeral keys of the sealed items each
+# signed prekey opened, deleted with it (``prekeys_opened``: replays are
+# refused), and the bundles peers gave us (``key_bundles``, one per peer).
+_V4 = """
+CREATE TABLE prekeys (
+    public BLOB PRIMARY KEY CHECK (length(public) = 32),
+    secret BLOB NOT NULL,
+    audience BLOB CHECK (audience IS NULL OR length(audience) = 32),
+    expires INTEGER,
+    CHECK ((audience IS NULL) <> (expires IS NULL))
+) WITHOUT ROWID;
+CREATE INDEX prekeys_audience ON prekeys (audience) WHERE audience IS NOT NULL;
+CREATE TABLE prekeys_opened (
+    prekey BLOB NOT NULL REFERENCES prekeys (public) ON DELETE CASCADE,
+    ephemeral BLOB NOT NULL CHECK (length(ephemeral) = 32),
+    PRIMARY KEY (prekey, ephemeral)
+) WITHOUT ROWID;
+CREATE TABLE key_bundles (
+    peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
+    serial INTEGER NOT NULL CHECK (serial >= 0),
+    expires INTEGER NOT NULL,
+    data BLOB NOT NULL,
+    used INTEGER NOT NULL CHECK (used >= 0)
+) WITHOUT ROWID;
+"""
+
 #: The forward migrations: ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
 
 _MAGIC = b"SQLite format 3\0"
 _KEY_CHECK = b"digitalspring storage key check"

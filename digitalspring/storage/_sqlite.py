@@ -49,6 +49,7 @@ from ._values import (
     AddFragment,
     AddGroup,
     AddInvitation,
+    AddPrekeys,
     Block,
     ChainState,
     Change,
@@ -58,6 +59,7 @@ from ._values import (
     CommitSent,
     CountAttempt,
     DeleteGroup,
+    DeletePrekey,
     DeliveryState,
     Dequeue,
     DropFragments,
@@ -69,6 +71,7 @@ from ._values import (
     Epoch,
     EpochClose,
     ExpireHeld,
+    ExpirePrekeys,
     ForgetEpochKeys,
     ForgetRecipient,
     Group,
@@ -81,7 +84,10 @@ from ._values import (
     MarkDelivered,
     Member,
     OutboxEntry,
+    Prekey,
+    PutBundle,
     PutMember,
+    RecordOpened,
     RevealSigningSecret,
     SetGroupState,
     SetMailboxes,
@@ -90,6 +96,7 @@ from ._values import (
     SetPetname,
     SetSetting,
     StartMessage,
+    StoredBundle,
     StoredMessage,
     StoreLimits,
     Unblock,
@@ -662,6 +669,49 @@ class SQLiteStore:
 
         return self._run(read)
 
+    def _prekey(self, row: tuple[Any, ...]) -> Prekey:
+        public, secret, audience, expires = row
+        return Prekey(
+            public,
+            unseal(self._key, _prekey_row(public, audience, expires), secret),
+            None if audience is None else PeerID(audience),
+            expires,
+        )
+
+    def prekey(self, public: bytes) -> Deferred[Prekey]:
+        def read() -> Prekey:
+            row = self._db.execute(
+                "SELECT public, secret, audience, expires FROM prekeys WHERE public = ?",
+                (public,),
+            ).fetchone()
+            if row is None:
+                raise NotStored(f"no prekey {public.hex()}")
+            return self._prekey(row)
+
+        return self._run(read)
+
+    def prekeys(self) -> Deferred[list[Prekey]]:
+        def read() -> list[Prekey]:
+            rows = self._db.execute(
+                "SELECT public, secret, audience, expires FROM prekeys"
+                " ORDER BY audience IS NOT NULL, expires, audience, public"
+            ).fetchall()
+            return [self._prekey(row) for row in rows]
+
+        return self._run(read)
+
+    def bundle(self, peer: PeerID) -> Deferred[StoredBundle]:
+        def read() -> StoredBundle:
+            row = self._db.execute(
+                "SELECT serial, expires, data, used FROM key_bundles WHERE peer = ?",
+                (peer.public_key,),
+            ).fetchone()
+            if row is None:
+                raise NotStored(f"no key bundle of {peer}")
+            return StoredBundle(peer, *row)
+
+        return self._run(read)
+
     # --- writes ----------------------------------------------------------------
 
     def commit(self, *changes: Change) -> Deferred[None]:
@@ -1218,6 +1268,84 @@ class SQLiteStore:
                 (change.name, change.value),
             )
 
+    def _add_prekeys(self, change: AddPrekeys) -> None:
+        limits = self._limits
+        for prekey in change.prekeys:
+            if self._db.execute(
+                "SELECT 1 FROM prekeys WHERE public = ?", (prekey.public,)
+            ).fetchone():
+                raise AlreadyStored(f"prekey {prekey.public.hex()} is already stored")
+            audience = None if prekey.audience is None else prekey.audience.public_key
+            if prekey.audience is not None:
+                (mine,) = self._db.execute(
+                    "SELECT count(*) FROM prekeys WHERE audience = ?", (audience,)
+                ).fetchone()
+                (total,) = self._db.execute(
+                    "SELECT count(*) FROM prekeys WHERE audience IS NOT NULL"
+                ).fetchone()
+                check_quota(
+                    "one-time prekeys",
+                    prekey.audience,
+                    mine + 1,
+                    total + 1,
+                    limits.one_time_prekeys_per_peer,
+                    limits.one_time_prekeys_total,
+                )
+            row = _prekey_row(prekey.public, audience, prekey.expires)
+            self._db.execute(
+                "INSERT INTO prekeys (public, secret, audience, expires) VALUES (?, ?, ?, ?)",
+                (prekey.public, seal(self._key, row, prekey.secret), audience, prekey.expires),
+            )
+
+    def _delete_prekey(self, change: DeletePrekey) -> None:
+        self._db.execute("DELETE FROM prekeys WHERE public = ?", (change.public,))
+
+    def _expire_prekeys(self, change: ExpirePrekeys) -> None:
+        self._db.execute(
+            "DELETE FROM prekeys WHERE expires IS NOT NULL AND expires <= ?", (change.before,)
+        )
+
+    def _record_opened(self, change: RecordOpened) -> None:
+        if not self._db.execute(
+            "SELECT 1 FROM prekeys WHERE public = ? AND expires IS NOT NULL", (change.prekey,)
+        ).fetchone():
+            raise NotStored(f"no signed prekey {change.prekey.hex()}")
+        if self._db.execute(
+            "SELECT 1 FROM prekeys_opened WHERE prekey = ? AND ephemeral = ?",
+            (change.prekey, change.ephemeral),
+        ).fetchone():
+            raise AlreadyStored("that sealed item was opened before")
+        self._db.execute(
+            "INSERT INTO prekeys_opened (prekey, ephemeral) VALUES (?, ?)",
+            (change.prekey, change.ephemeral),
+        )
+
+    def _put_bundle(self, change: PutBundle) -> None:
+        b = change.bundle
+        peer = b.peer.public_key
+        held = self._db.execute("SELECT 1 FROM key_bundles WHERE peer = ?", (peer,)).fetchone()
+        (count,) = self._db.execute("SELECT count(*) FROM key_bundles").fetchone()
+        check_quota(
+            "key bundles",
+            b.peer,
+            1,
+            count + (held is None),
+            1,
+            self._limits.key_bundles_total,
+        )
+        self._db.execute(
+            "INSERT OR REPLACE INTO key_bundles (peer, serial, expires, data, used)"
+            " VALUES (?, ?, ?, ?, ?)",
+            (peer, b.serial, b.expires, b.data, b.used),
+        )
+
+
+def _prekey_row(public: bytes, audience: bytes | None, expires: int | None) -> bytes:
+    if audience is not None:
+        return row_identity("prekeys", "secret", public, audience)
+    assert expires is not None
+    return row_identity("prekeys", "secret", public, expires)
+
 
 def _group(row: tuple[Any, ...]) -> Group:
     group_id, name, owner, role, strategy, degree, created, petname, state = row
@@ -1278,4 +1406,9 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     Block: SQLiteStore._block,
     Unblock: SQLiteStore._unblock,
     SetSetting: SQLiteStore._set_setting,
+    AddPrekeys: SQLiteStore._add_prekeys,
+    DeletePrekey: SQLiteStore._delete_prekey,
+    ExpirePrekeys: SQLiteStore._expire_prekeys,
+    RecordOpened: SQLiteStore._record_opened,
+    PutBundle: SQLiteStore._put_bundle,
 }

@@ -277,6 +277,44 @@ def _fragments(fragments: Iterable[bytes]) -> tuple[bytes, ...]:
 
 
 @frozen
+class Prekey:
+    """
+    One of our prekey pairs (issue 12, item 4): a signed prekey, with the
+    time it expires, or a one-time prekey, with the peer it was given to.
+
+    :ivar public: the X25519 public key, as given in our key bundles.
+    :ivar secret: its X25519 secret.
+    :ivar audience: the peer a one-time prekey is reserved for; ``None``
+        for a signed prekey.
+    :ivar expires: when a signed prekey expires (Unix seconds); ``None``
+        for a one-time prekey.
+    """
+
+    public: bytes = field(validator=_check_32)
+    secret: bytes = field(repr=False, validator=_check_32)
+    audience: PeerID | None = None
+    expires: int | None = None
+
+    def __attrs_post_init__(self) -> None:
+        if (self.audience is None) == (self.expires is None):
+            raise ValueError("a prekey has either an audience (one-time) or an expiry (signed)")
+
+
+@frozen
+class StoredBundle:
+    """
+    A peer's key bundle for us, as it gave it (signature included), and how
+    many of its one-time prekeys we have used.
+    """
+
+    peer: PeerID
+    serial: int
+    expires: int
+    data: bytes
+    used: int = 0
+
+
+@frozen
 class StoreLimits:
     """
     What peers can make the store hold, per peer and in total.
@@ -300,6 +338,9 @@ class StoreLimits:
     mailbox_bytes_total: int = 1024 * 1024 * 1024
     mailbox_groups_per_owner: int = 64
     mailbox_groups_total: int = 1024
+    one_time_prekeys_per_peer: int = 16
+    one_time_prekeys_total: int = 65536
+    key_bundles_total: int = 4096
 
 
 # --- Changes -----------------------------------------------------------------
@@ -745,3 +786,65 @@ class SetSetting(Change):
 
     name: str
     value: str | None
+
+
+@frozen
+class AddPrekeys(Change):
+    """
+    Store prekey pairs we made for our key bundles.
+
+    :raises AlreadyStored: when one of them is stored already.
+    :raises PeerQuotaExceeded: past the one-time prekeys kept for one peer.
+    :raises TotalQuotaExceeded: past the one-time prekeys kept in all.
+    """
+
+    prekeys: tuple[Prekey, ...]
+
+
+@frozen
+class DeletePrekey(Change):
+    """
+    Delete a prekey's secret (a one-time prekey once used), with what we
+    recorded of the items it opened.
+    """
+
+    public: bytes
+    erases: ClassVar[bool] = True
+
+
+@frozen
+class ExpirePrekeys(Change):
+    """
+    Delete the signed prekeys that expire at or before ``before`` (the
+    caller gives now minus the grace), with what they opened.
+    """
+
+    before: float
+    erases: ClassVar[bool] = True
+
+
+@frozen
+class RecordOpened(Change):
+    """
+    Record that an item sealed to the signed prekey ``prekey`` with the
+    ephemeral key ``ephemeral`` was opened, so that a replay is refused; the
+    record goes with the prekey.
+
+    :raises NotStored: when we hold no such prekey.
+    :raises AlreadyStored: when that item was opened before.
+    """
+
+    prekey: bytes
+    ephemeral: bytes
+
+
+@frozen
+class PutBundle(Change):
+    """
+    Keep a peer's key bundle for us, in place of the one held.
+
+    :raises TotalQuotaExceeded: when it is a new peer's and we hold as many
+        bundles as we keep.
+    """
+
+    bundle: StoredBundle
