@@ -22,6 +22,7 @@ from digitalspring.multicast import (
     get_strategy,
 )
 from digitalspring.multicast._spring import SpringStrategy
+from digitalspring.multicast._spring_teardown import CLOSE_QUIET, CLOSE_WITHIN, Teardown
 from digitalspring.multicast._spring_transmission import LINGER, STALL_TIMEOUT
 from digitalspring.multicast._spring_upload import MAX_WAITING
 from digitalspring.multicast._spring_wire import SpringBusy
@@ -128,6 +129,109 @@ class TransmissionTests(SynchronousTestCase):
         net.run(LINGER + 3)
         self.assertLess(LINGER + 3, STALL_TIMEOUT)
         self.assertEqual([_strategy(net, m, group_id).transmissions for m in members], [0] * 10)
+
+
+class _Transport:
+    def __init__(self, connection: _Connection) -> None:
+        self.connection = connection
+
+    def loseConnection(self) -> None:
+        self.connection.closed = True
+
+
+class _Connection:
+    """
+    What :class:`Teardown` reads of a connection.
+    """
+
+    def __init__(self, pool: _Pool, clock: Clock) -> None:
+        self.pool = pool
+        self.last_active = clock.seconds()
+        self.requests_in_flight = 0
+        self.closed = False
+        self.transport = _Transport(self)
+
+
+class _Pool:
+    def __init__(self) -> None:
+        self.live: dict[object, _Connection] = {}
+
+    def connections(self) -> dict[object, _Connection]:
+        return {p: c for p, c in self.live.items() if not c.closed}
+
+
+class TeardownTests(SynchronousTestCase):
+    def test_connections_close_after_transmission(self) -> None:
+        """
+        Once a transmission is over at every node, the connections it used
+        close within seconds, long before the pool's idle timeout (an hour
+        here), and no timer is left.
+        """
+        net = GroupNetwork({"spring": SpringStrategyPlugin()}, idle_timeout=3600)
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(10)]
+        group_id = net.group(owner, *members, strategy="spring")
+        net.run(net.idle_timeout + 10)
+        got = [net.subscribe(m, group_id) for m in members]
+        report = net.result(owner.publish(group_id, bytes(range(256)) * 1024, "f.bin"))
+        net.result(report.settled(), limit=60)
+        self.assertTrue(all(got))
+        self.assertTrue(any(m.pool.connections() for m in members))
+        net.run(30)
+        for service in [owner, *members]:
+            self.assertEqual(service.pool.connections(), {})
+        self.assertEqual(net.clock.getDelayedCalls(), [])
+
+    def test_closes_once_unused_and_quiet(self) -> None:
+        """
+        A connection is closed once no transmission exchanges with its
+        peer and it has been quiet for :data:`CLOSE_QUIET` seconds, with no
+        request under way; it is the pool's connection with the peer that
+        is closed, whichever the transmissions used.
+        """
+        clock = Clock()
+        pool = _Pool()
+        used = _Connection(pool, clock)
+        kept = pool.live["p"] = _Connection(pool, clock)
+        teardown = Teardown(clock)
+        teardown.use("t1", "p", used)
+        teardown.use("t2", "p", used)
+        teardown.release("t1", ["p"])
+        clock.advance(CLOSE_QUIET * 2)
+        self.assertFalse(kept.closed)
+        self.assertEqual(teardown.waiting, 0)
+        kept.last_active = clock.seconds()
+        teardown.release("t2", ["p"])
+        self.assertEqual(teardown.waiting, 1)
+        clock.advance(CLOSE_QUIET - 1)
+        # Something else uses it meanwhile; then a request is under way.
+        kept.last_active = clock.seconds()
+        kept.requests_in_flight = 1
+        clock.pump([0.5] * int(CLOSE_QUIET * 4))
+        self.assertFalse(kept.closed)
+        kept.requests_in_flight = 0
+        clock.pump([0.5] * int(CLOSE_QUIET * 2 + 2))
+        self.assertTrue(kept.closed)
+        self.assertFalse(used.closed)
+        self.assertEqual((teardown.closed, teardown.waiting, clock.getDelayedCalls()), (1, 0, []))
+
+    def test_busy_connection_left_to_the_pool(self) -> None:
+        """
+        A connection that does not fall quiet within :data:`CLOSE_WITHIN`
+        of its last transmission's end is left to the pool's idle timeout:
+        no timer is left for it.
+        """
+        clock = Clock()
+        pool = _Pool()
+        busy = pool.live["p"] = _Connection(pool, clock)
+        teardown = Teardown(clock)
+        teardown.use("t", "p", busy)
+        teardown.release("t", ["p"])
+        for _ in range(int(CLOSE_WITHIN) * 2):
+            busy.last_active = clock.seconds()
+            clock.advance(1)
+        self.assertFalse(busy.closed)
+        self.assertEqual((teardown.waiting, clock.getDelayedCalls()), (0, []))
 
 
 class ChurnTests(SynchronousTestCase):

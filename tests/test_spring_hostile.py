@@ -765,6 +765,9 @@ class ActivationTests(SynchronousTestCase):
         net.result(a.pool.connect(replayed.owner.local))
         net.clock.run_until(lambda: bool(got), limit=60)
         net.clock.run_until(lambda: _spring(a, replayed.group_id).transmissions == 0, limit=120)
+        # The transmission's connections closed with it.
+        net.run(10)
+        replayed.connection = net.result(replayed.h.proven_connection(replayed.group_id, a.local))
         self.assertEqual(replayed.activate(), {"have": b"", "complete": True})
         self.assertEqual(_spring(a, replayed.group_id).transmissions, 0)
         a = replayed.a = net.restart("a")

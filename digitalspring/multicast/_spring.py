@@ -61,6 +61,7 @@ from ._interfaces import (
     TransmissionReport,
 )
 from ._membership import MembershipNotProven
+from ._spring_teardown import Teardown
 from ._spring_transmission import (
     DIRECT,
     HINT_GRACE,
@@ -98,6 +99,7 @@ class SpringStrategy:
     def __init__(self, context: IStrategyContext, budget: UploadBudget) -> None:
         self.context = context
         self.budget = budget
+        self.teardown = Teardown(context.clock)
         self._transmissions: dict[tuple[int, int], Transmission] = {}
         self._stopped = False
         self._logged = 0.0
@@ -123,6 +125,15 @@ class SpringStrategy:
     def ended(self, transmission: Transmission) -> None:
         if self._transmissions.get(transmission.key) is transmission:
             del self._transmissions[transmission.key]
+
+    def used(self, epoch: int, index: int, peer: PeerID, connection: Any) -> None:
+        """
+        ``connection`` with ``peer`` carried something of a transmission:
+        see :meth:`Transmission.used`.
+        """
+        t = self._transmissions.get((epoch, index))
+        if t is not None and connection is not None:
+            t.used(peer, connection)
 
     @property
     def transmissions(self) -> int:
@@ -195,6 +206,7 @@ class SpringStrategy:
             tried.add(target)
             try:
                 connection = await self.context.connect(target)
+                self.used(*key, target, connection)
                 await connection.callRemote(
                     SpringAcks,
                     group=self.context.group_id,
@@ -230,11 +242,17 @@ class SpringStrategy:
     # --- a member ---------------------------------------------------------
 
     async def activated(
-        self, peer: PeerID, signed: bytes, have: bytes, hint: bytes, data: bytes | None
+        self,
+        peer: PeerID,
+        signed: bytes,
+        have: bytes,
+        hint: bytes,
+        data: bytes | None,
+        connection: Any = None,
     ) -> tuple[bytes, bool]:
         """
-        An activation from ``peer``: acted on only once its manifest
-        verifies, and only once per transmission.
+        An activation from ``peer`` (on ``connection``): acted on only once
+        its manifest verifies, and only once per transmission.
 
         :returns: what this node holds of the message, and whether it
             committed it already.
@@ -280,6 +298,7 @@ class SpringStrategy:
             t.start(context.neighbours(), {peer, context.owner})
         else:
             state = t.peer(peer)
+        self.used(*key, peer, connection)
         if state is not None:
             state.have |= decode_bitmap(have, t.count)
             if peer == context.owner:
@@ -309,6 +328,7 @@ class SpringStrategy:
         self._stopped = True
         for t in list(self._transmissions.values()):
             t.end("stopped")
+        self.teardown.stop()
         return succeed(None)
 
 
@@ -334,7 +354,7 @@ class SpringResponder(amp.CommandLocator):
         strategy = await self._strategy(group)
         try:
             held, complete = await strategy.activated(
-                self.connection.peer_id, manifest, have, hint, data
+                self.connection.peer_id, manifest, have, hint, data, self.connection
             )
         except SpringRefused:
             raise
@@ -346,13 +366,16 @@ class SpringResponder(amp.CommandLocator):
     async def have(self, group: bytes, epoch: int, index: int, have: bytes) -> dict[str, Any]:
         strategy = await self._strategy(group)
         strategy.transmission(epoch, index).announced(self.connection.peer_id, have)
+        strategy.used(epoch, index, self.connection.peer_id, self.connection)
         return {}
 
     @SpringRequest.responder
     async def request(self, group: bytes, epoch: int, index: int, number: int) -> dict[str, Any]:
         strategy = await self._strategy(group)
         transmission = strategy.transmission(epoch, index)
-        return {"data": await transmission.serve(self.connection.peer_id, number)}
+        data = await transmission.serve(self.connection.peer_id, number)
+        transmission.used(self.connection.peer_id, self.connection)
+        return {"data": data}
 
     @SpringPush.responder
     async def push(
@@ -361,7 +384,9 @@ class SpringResponder(amp.CommandLocator):
         strategy = await self._strategy(group)
         transmission = strategy.transmission(epoch, index)
         try:
-            return {"new": await transmission.pushed(self.connection.peer_id, number, data)}
+            new = await transmission.pushed(self.connection.peer_id, number, data)
+            transmission.used(self.connection.peer_id, self.connection)
+            return {"new": new}
         except SpringRefused:
             raise
         except DigitalSpringError as e:
@@ -372,6 +397,7 @@ class SpringResponder(amp.CommandLocator):
     async def acks(self, group: bytes, epoch: int, index: int, macs: bytes) -> dict[str, Any]:
         strategy = await self._strategy(group)
         await strategy.acknowledgements(self.connection.peer_id, epoch, index, split_macs(macs))
+        strategy.used(epoch, index, self.connection.peer_id, self.connection)
         return {}
 
 

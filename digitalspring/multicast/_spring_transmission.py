@@ -210,6 +210,9 @@ class Transmission:
             strategy.budget.rate
         )
         self.probed: dict[PeerID, float] = {}
+        #: The peers exchanged with: the connections with them close once
+        #: the transmission ends (see ``_spring_teardown.py``).
+        self.links: set[PeerID] = set()
 
     # --- state ------------------------------------------------------------
 
@@ -257,6 +260,17 @@ class Transmission:
 
     def bitmap(self) -> bytes:
         return encode_bitmap(self.held)
+
+    def used(self, peer: PeerID, connection: Any) -> None:
+        """
+        ``connection`` with ``peer`` carried something of this
+        transmission: the node's connection with ``peer`` is closed once
+        the transmission ends, unless another one still exchanges with it.
+        """
+        if self.ended or peer in self.links:
+            return
+        self.links.add(peer)
+        self.strategy.teardown.use(self, peer, connection)
 
     # --- timers -----------------------------------------------------------
 
@@ -326,6 +340,9 @@ class Transmission:
         self._timer = None
         self.data.clear()
         self.peers.clear()
+        links, self.links = self.links, set()
+        if why != "stopped":
+            self.strategy.teardown.release(self, links)
         self.strategy.ended(self)
         self.log.debug(
             "spring transmission {key} of {group} ended: {why}",
@@ -376,6 +393,7 @@ class Transmission:
         small = self.count == 1 and 0 in self.data
         try:
             connection = await self.context.connect(peer)
+            self.used(peer, connection)
             answer = await connection.callRemote(
                 SpringActivate,
                 group=self.context.group_id,
@@ -436,6 +454,7 @@ class Transmission:
                 return
             try:
                 connection = await self.context.connect(peer)
+                self.used(peer, connection)
                 await connection.callRemote(
                     SpringPush,
                     group=self.context.group_id,
@@ -513,6 +532,7 @@ class Transmission:
                 held = self.held
                 sent = self.clock.seconds()
                 connection = await self.context.connect(peer)
+                self.used(peer, connection)
                 await connection.callRemote(
                     SpringHave,
                     group=self.context.group_id,
@@ -634,6 +654,7 @@ class Transmission:
     async def _request(self, peer: PeerID, state: _Peer, number: int) -> None:
         try:
             connection = await self.context.connect(peer)
+            self.used(peer, connection)
             answer = await connection.callRemote(
                 SpringRequest,
                 group=self.context.group_id,
