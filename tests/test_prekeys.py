@@ -6,8 +6,11 @@ forward secrecy.
 from __future__ import annotations
 
 import itertools
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from nacl.bindings import crypto_scalarmult
+from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from digitalspring.identity import Identity
@@ -19,7 +22,6 @@ from digitalspring.multicast._prekeys import (
     PREKEY_GRACE,
     SIGNED_PREKEY_LIFETIME,
     BundleBook,
-    BundleQuotaExceeded,
     InvalidBundle,
     MemberPrekeys,
     NoPrekey,
@@ -31,28 +33,98 @@ from digitalspring.multicast._prekeys import (
     encode_bundle,
     seal,
 )
+from digitalspring.storage import (
+    AddPrekeys,
+    MemoryStore,
+    PeerQuotaExceeded,
+    Prekey,
+    StoreLimits,
+    TotalQuotaExceeded,
+)
 
 GROUP = bytes(range(32))
 NOW = 1_800_000_000
 DAY = 24 * 3600
 RETENTION = 30 * DAY
 
+_T = TypeVar("_T")
 
-class Peers:
+
+def done(test: SynchronousTestCase, work: Coroutine[Any, Any, _T] | Deferred[_T]) -> _T:
     """
-    A member, an owner, and the owner's book holding the member's bundle.
+    The result of ``work``, which the memory store lets finish at once.
+    """
+    return test.successResultOf(ensureDeferred(work))
+
+
+def refused(
+    test: SynchronousTestCase,
+    work: Coroutine[Any, Any, object] | Deferred[Any],
+    error: type[Exception],
+) -> str:
+    """
+    The message of ``error``, with which ``work`` fails at once.
+    """
+    failure = test.failureResultOf(ensureDeferred(work), error)
+    return str(failure.value)
+
+
+class SlowCommits:
+    """
+    A memory store whose commits wait until :meth:`release`.
     """
 
     def __init__(self) -> None:
+        self.store = MemoryStore()
+        self.waiting: list[tuple[Deferred[None], tuple[Any, ...]]] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.store, name)
+
+    def commit(self, *changes: Any) -> Deferred[None]:
+        d: Deferred[None] = Deferred()
+        self.waiting.append((d, changes))
+        return d
+
+    def release(self) -> None:
+        waiting, self.waiting = self.waiting, []
+        for d, changes in waiting:
+            self.store.commit(*changes).chainDeferred(d)
+
+
+class Peers:
+    """
+    A member, an owner, each with its store, and the owner's book holding
+    the member's bundle.
+    """
+
+    def __init__(self, test: SynchronousTestCase, store: Any = None) -> None:
+        self.test = test
         self.member = Identity.generate()
         self.owner = Identity.generate()
-        self.prekeys = MemberPrekeys(self.member)
-        self.book = BundleBook(self.owner.peer_id)
-        bundle = self.prekeys.bundle(self.owner.peer_id, NOW)
-        self.book.add(encode_bundle(bundle), self.member.peer_id, NOW)
+        self.member_store = store or MemoryStore()
+        self.prekeys = MemberPrekeys(self.member, self.member_store)
+        self.book = BundleBook(self.owner.peer_id, MemoryStore())
+        made = ensureDeferred(self.prekeys.bundle(self.owner.peer_id, NOW))
+        if isinstance(self.member_store, SlowCommits):
+            self.member_store.release()
+        bundle = test.successResultOf(made)
+        done(test, self.book.add(encode_bundle(bundle), self.member.peer_id, NOW))
+
+    def held(self) -> list[Prekey]:
+        return done(self.test, self.member_store.prekeys())
+
+    def take(self) -> tuple[bytes, bytes | None]:
+        return done(self.test, self.book.prekeys(self.member.peer_id, NOW, RETENTION))
+
+    def open(self, item: bytes, now: int, known: int | None) -> Any:
+        return done(self.test, self.prekeys.open(item, now, known))
+
+    def refused(self, item: bytes, now: int, known: int | None) -> str:
+        return refused(self.test, self.prekeys.open(item, now, known), SealedItemRefused)
 
     def seal(self, epoch: int, kind: str, payload: bytes, one_time: bool = True) -> bytes:
-        signed, otpk = self.book.prekeys(self.member.peer_id, NOW, RETENTION)
+        signed, otpk = self.take()
         return seal(
             self.owner,
             self.member.peer_id,
@@ -66,6 +138,10 @@ class Peers:
 
 
 class BundleTests(SynchronousTestCase):
+    def bundle(self, member: Identity, owner: Identity, **kwargs: Any) -> bytes:
+        prekeys = MemberPrekeys(member, MemoryStore())
+        return encode_bundle(done(self, prekeys.bundle(owner.peer_id, NOW, **kwargs)))
+
     def test_round_trip(self) -> None:
         """
         A bundle decodes to what was encoded, with one-time prekeys reserved
@@ -73,7 +149,8 @@ class BundleTests(SynchronousTestCase):
         than mailboxes keep content by default.
         """
         member, owner, box = Identity.generate(), Identity.generate(), Identity.generate()
-        bundle = MemberPrekeys(member).bundle(owner.peer_id, NOW, frozenset({box.peer_id}))
+        prekeys = MemberPrekeys(member, MemoryStore())
+        bundle = done(self, prekeys.bundle(owner.peer_id, NOW, frozenset({box.peer_id})))
         self.assertEqual(decode_bundle(encode_bundle(bundle)), bundle)
         self.assertEqual(len(bundle.one_time_prekeys), MAX_ONE_TIME_PREKEYS)
         self.assertEqual(bundle.expires, NOW + SIGNED_PREKEY_LIFETIME)
@@ -85,8 +162,7 @@ class BundleTests(SynchronousTestCase):
         A bundle with any bit changed is refused: the issuer's signature
         covers all of it.
         """
-        member, owner = Identity.generate(), Identity.generate()
-        data = encode_bundle(MemberPrekeys(member).bundle(owner.peer_id, NOW))
+        data = self.bundle(Identity.generate(), Identity.generate())
         for offset in range(len(data)):
             for bit in (0, 7):
                 damaged = bytearray(data)
@@ -119,28 +195,29 @@ class BundleTests(SynchronousTestCase):
         another audience, expired or replayed is refused.
         """
         owner = Identity.generate()
-        book = BundleBook(owner.peer_id, most=3)
+        book = BundleBook(owner.peer_id, MemoryStore(StoreLimits(key_bundles_total=3)))
         members = [Identity.generate() for _ in range(4)]
-        prekeys = [MemberPrekeys(member) for member in members]
-        for member, keys in zip(members[:3], prekeys[:3], strict=True):
-            book.add(encode_bundle(keys.bundle(owner.peer_id, NOW)), member.peer_id, NOW)
-        with self.assertRaises(BundleQuotaExceeded):
-            book.add(encode_bundle(prekeys[3].bundle(owner.peer_id, NOW)), members[3].peer_id, NOW)
-        self.assertEqual(len(book), 3)
+        prekeys = [MemberPrekeys(member, MemoryStore()) for member in members]
+
+        def bundle(n: int) -> bytes:
+            return encode_bundle(done(self, prekeys[n].bundle(owner.peer_id, NOW)))
+
+        for n in range(3):
+            done(self, book.add(bundle(n), members[n].peer_id, NOW))
+        refused(self, book.add(bundle(3), members[3].peer_id, NOW), TotalQuotaExceeded)
         # A held peer refreshes its bundle; its old one replayed is refused.
-        old = encode_bundle(prekeys[0].bundle(owner.peer_id, NOW))
-        book.add(encode_bundle(prekeys[0].bundle(owner.peer_id, NOW)), members[0].peer_id, NOW)
-        with self.assertRaises(InvalidBundle):
-            book.add(old, members[0].peer_id, NOW)
-        fresh = encode_bundle(prekeys[1].bundle(owner.peer_id, NOW))
-        with self.assertRaises(InvalidBundle):
-            book.add(fresh, members[2].peer_id, NOW)
-        with self.assertRaises(InvalidBundle):
-            book.add(fresh, members[1].peer_id, NOW + SIGNED_PREKEY_LIFETIME)
-        other = BundleBook(Identity.generate().peer_id)
-        with self.assertRaises(InvalidBundle):
-            other.add(fresh, members[1].peer_id, NOW)
-        self.assertEqual(len(book), 3)
+        old = bundle(0)
+        done(self, book.add(bundle(0), members[0].peer_id, NOW))
+        self.assertIn(
+            "we hold number", refused(self, book.add(old, members[0].peer_id, NOW), InvalidBundle)
+        )
+        fresh = bundle(1)
+        refused(self, book.add(fresh, members[2].peer_id, NOW), InvalidBundle)
+        late = NOW + SIGNED_PREKEY_LIFETIME
+        refused(self, book.add(fresh, members[1].peer_id, late), InvalidBundle)
+        other = BundleBook(Identity.generate().peer_id, MemoryStore())
+        refused(self, other.add(fresh, members[1].peer_id, NOW), InvalidBundle)
+        done(self, book.add(fresh, members[1].peer_id, NOW))
 
     def test_one_time_prekeys_handed_out_once(self) -> None:
         """
@@ -148,30 +225,31 @@ class BundleTests(SynchronousTestCase):
         prekey alone; a bundle that expires before an item could be
         collected gives nothing (the notice waits in the outbox).
         """
-        peers = Peers()
-        given = [
-            peers.book.prekeys(peers.member.peer_id, NOW, RETENTION)[1]
-            for _ in range(MAX_ONE_TIME_PREKEYS + 2)
-        ]
+        peers = Peers(self)
+        given = [peers.take()[1] for _ in range(MAX_ONE_TIME_PREKEYS + 2)]
         used = given[:MAX_ONE_TIME_PREKEYS]
         self.assertEqual(len(set(used)), MAX_ONE_TIME_PREKEYS)
         self.assertNotIn(None, used)
         self.assertEqual(given[MAX_ONE_TIME_PREKEYS:], [None, None])
-        with self.assertRaises(NoPrekey):
-            peers.book.prekeys(peers.member.peer_id, NOW, SIGNED_PREKEY_LIFETIME + 1)
-        with self.assertRaises(NoPrekey):
-            peers.book.prekeys(Identity.generate().peer_id, NOW, RETENTION)
+        member = peers.member.peer_id
+        too_long = SIGNED_PREKEY_LIFETIME + 1
+        refused(self, peers.book.prekeys(member, NOW, too_long), NoPrekey)
+        refused(self, peers.book.prekeys(Identity.generate().peer_id, NOW, RETENTION), NoPrekey)
 
     def test_member_holds_bounded_secrets(self) -> None:
         """
-        Asked for bundles again and again, a member holds at most the
-        one-time prekeys of one bundle per peer and its signed prekeys.
+        Asked for bundles again and again, a member holds the one-time
+        prekeys of one bundle per peer and one signed prekey; the store
+        refuses more one-time prekeys for one peer than its bound.
         """
         member, owner = Identity.generate(), Identity.generate()
-        prekeys = MemberPrekeys(member)
-        for _ in range(10):
-            prekeys.bundle(owner.peer_id, NOW)
-        self.assertEqual(prekeys.secrets_held(), MAX_ONE_TIME_PREKEYS + 1)
+        store = MemoryStore(StoreLimits(one_time_prekeys_per_peer=MAX_ONE_TIME_PREKEYS))
+        prekeys = MemberPrekeys(member, store)
+        serials = [done(self, prekeys.bundle(owner.peer_id, NOW)).serial for _ in range(10)]
+        self.assertEqual(serials, list(range(1, 11)))
+        self.assertEqual(len(done(self, store.prekeys())), MAX_ONE_TIME_PREKEYS + 1)
+        extra = Prekey(_key_pair()[1], b"s" * 32, audience=owner.peer_id)
+        refused(self, store.commit(AddPrekeys((extra,))), PeerQuotaExceeded)
 
 
 class SealingTests(SynchronousTestCase):
@@ -180,10 +258,10 @@ class SealingTests(SynchronousTestCase):
         An item sealed with a one-time prekey, or with the signed prekey
         alone, opens to its sender, group, epoch, kind and notice.
         """
-        peers = Peers()
+        peers = Peers(self)
         for one_time in (True, False):
             item = peers.seal(4, NEW_EPOCH, b"epoch keys", one_time)
-            opened = peers.prekeys.open(item, NOW + DAY, known_epoch=3)
+            opened = peers.open(item, NOW + DAY, 3)
             self.assertEqual(opened.sender, peers.owner.peer_id)
             self.assertEqual(
                 (opened.group_id, opened.epoch, opened.kind, opened.payload),
@@ -196,17 +274,14 @@ class SealingTests(SynchronousTestCase):
         public key alone, an item that opens as the owner's.  So the item
         proves nothing about the owner to anyone else.
         """
-        peers = Peers()
-        given = peers.book.get(peers.member.peer_id)
-        assert given is not None
-        signed_public = given.signed_prekey
-        signed_secret = peers.prekeys._signed[signed_public].secret
+        peers = Peers(self)
+        [signed] = [p for p in peers.held() if p.expires is not None]
         _, ephemeral = _key_pair()
         shared = b"".join(
             [
-                crypto_scalarmult(signed_secret, peers.owner.peer_id.x25519_public_key),
+                crypto_scalarmult(signed.secret, peers.owner.peer_id.x25519_public_key),
                 crypto_scalarmult(peers.member.x25519_private_key, ephemeral),
-                crypto_scalarmult(signed_secret, ephemeral),
+                crypto_scalarmult(signed.secret, ephemeral),
             ]
         )
         real = peers.seal(1, INVITATION, b"x", one_time=False)
@@ -215,7 +290,7 @@ class SealingTests(SynchronousTestCase):
         forged = forged_header + encrypt(
             blake2b(b"ds-sealed-key", shared), bytes(24), b"forged", forged_header
         )
-        opened = peers.prekeys.open(forged, NOW, known_epoch=None)
+        opened = peers.open(forged, NOW, None)
         self.assertEqual((opened.sender, opened.payload), (peers.owner.peer_id, b"forged"))
 
     def test_altered_refused(self) -> None:
@@ -223,14 +298,13 @@ class SealingTests(SynchronousTestCase):
         An item with any byte changed is refused: the header is bound in as
         associated data, the ciphertext authenticated.
         """
-        peers = Peers()
+        peers = Peers(self)
         item = peers.seal(2, REMOVAL, b"removed", one_time=False)
         for offset in range(len(item)):
             damaged = bytearray(item)
             damaged[offset] ^= 0x01
-            with self.assertRaises(SealedItemRefused):
-                peers.prekeys.open(bytes(damaged), NOW, known_epoch=2)
-        self.assertEqual(peers.prekeys.open(item, NOW, known_epoch=2).payload, b"removed")
+            peers.refused(bytes(damaged), NOW, 2)
+        self.assertEqual(peers.open(item, NOW, 2).payload, b"removed")
 
     def test_another_sender_refused(self) -> None:
         """
@@ -238,66 +312,81 @@ class SealingTests(SynchronousTestCase):
         open: DH1 needs the owner's identity.  Nor does one for another
         member.
         """
-        peers = Peers()
+        peers = Peers(self)
         mallory = Identity.generate()
-        signed, otpk = peers.book.prekeys(peers.member.peer_id, NOW, RETENTION)
+        signed, otpk = peers.take()
         item = seal(mallory, peers.member.peer_id, signed, None, GROUP, 1, INVITATION, b"x")
-        header = _read_header(item)
         claimed = item.replace(mallory.peer_id.public_key, peers.owner.peer_id.public_key, 1)
         self.assertEqual(_read_header(claimed).sender, peers.owner.peer_id)
-        with self.assertRaises(SealedItemRefused):
-            peers.prekeys.open(claimed, NOW, known_epoch=None)
-        # Mallory's own name: no one-time prekey of ours is reserved for it,
-        # but an item with the signed prekey alone does open, as Mallory's.
-        self.assertEqual(peers.prekeys.open(item, NOW, known_epoch=None).sender, mallory.peer_id)
-        self.assertIsNone(header.one_time_prekey)
+        self.assertIn("does not open", peers.refused(claimed, NOW, None))
+        # In its own name, with the signed prekey alone, it opens as
+        # Mallory's: the caller takes notices from the group's owner only.
+        self.assertEqual(peers.open(item, NOW, None).sender, mallory.peer_id)
         other = Identity.generate()
         for_other = seal(peers.owner, other.peer_id, signed, otpk, GROUP, 1, INVITATION, b"x")
-        with self.assertRaises(SealedItemRefused):
-            peers.prekeys.open(for_other, NOW, known_epoch=None)
+        self.assertIn("not us", peers.refused(for_other, NOW, None))
 
     def test_one_time_prekey_reserved_for_its_audience(self) -> None:
         """
         A one-time prekey given to one owner does not open an item another
-        sealed with it.
+        sealed with it, and stays for its owner.
         """
-        peers = Peers()
-        signed, otpk = peers.book.prekeys(peers.member.peer_id, NOW, RETENTION)
+        peers = Peers(self)
+        signed, otpk = peers.take()
         stranger = Identity.generate()
         item = seal(stranger, peers.member.peer_id, signed, otpk, GROUP, 1, INVITATION, b"x")
-        with self.assertRaises(SealedItemRefused) as caught:
-            peers.prekeys.open(item, NOW, known_epoch=None)
-        self.assertIn("one-time prekey", str(caught.exception))
+        self.assertIn("one-time prekey", peers.refused(item, NOW, None))
+        mine = seal(peers.owner, peers.member.peer_id, signed, otpk, GROUP, 1, INVITATION, b"y")
+        self.assertEqual(peers.open(mine, NOW, None).payload, b"y")
 
     def test_replay_refused(self) -> None:
         """
         An item opened once is refused the second time, sealed with a
         one-time prekey (its secret is deleted) or without one (its
-        ephemeral key is remembered while the signed prekey lasts).
+        ephemeral key is recorded while the signed prekey lasts).
         """
-        peers = Peers()
+        peers = Peers(self)
         for one_time in (True, False):
             item = peers.seal(1, INVITATION, b"welcome", one_time)
-            peers.prekeys.open(item, NOW, known_epoch=None)
-            with self.assertRaises(SealedItemRefused) as caught:
-                peers.prekeys.open(item, NOW, known_epoch=None)
-            self.assertRegex(str(caught.exception), "replay|used already")
+            peers.open(item, NOW, None)
+            self.assertRegex(peers.refused(item, NOW, None), "replay|used already")
+
+    def test_concurrent_replay_refused(self) -> None:
+        """
+        The same item opened twice at once (its first opening not yet
+        written) is taken once: recording its ephemeral key and deleting
+        its one-time prekey are one transaction, which the second refuses.
+        """
+        for one_time in (True, False):
+            store = SlowCommits()
+            peers = Peers(self, store)
+            item = peers.seal(1, INVITATION, b"welcome", one_time)
+            first = ensureDeferred(peers.prekeys.open(item, NOW, None))
+            second = ensureDeferred(peers.prekeys.open(item, NOW, None))
+            self.assertNoResult(first)
+            self.assertNoResult(second)
+            store.release()
+            self.assertEqual(self.successResultOf(first).payload, b"welcome")
+            self.assertIn("replay", str(self.failureResultOf(second, SealedItemRefused).value))
 
     def test_one_time_secret_deleted_on_use(self) -> None:
         """
         Opening an item sealed with a one-time prekey deletes its secret.
         """
-        peers = Peers()
-        before = peers.prekeys.secrets_held()
-        peers.prekeys.open(peers.seal(1, INVITATION, b"x"), NOW, known_epoch=None)
-        self.assertEqual(peers.prekeys.secrets_held(), before - 1)
+        peers = Peers(self)
+        before = len(peers.held())
+        item = peers.seal(1, INVITATION, b"x")
+        otpk = _read_header(item).one_time_prekey
+        peers.open(item, NOW, None)
+        self.assertEqual(len(peers.held()), before - 1)
+        self.assertNotIn(otpk, [p.public for p in peers.held()])
 
     def test_older_epoch_refused(self) -> None:
         """
         A new epoch at or before the one the member holds is refused, an
         invitation too; a removal before it is refused, at it taken.
         """
-        peers = Peers()
+        peers = Peers(self)
         cases = [
             (NEW_EPOCH, 5, 5, False),
             (NEW_EPOCH, 4, 5, False),
@@ -310,11 +399,9 @@ class SealingTests(SynchronousTestCase):
         for kind, epoch, known, taken in cases:
             item = peers.seal(epoch, kind, b"notice")
             if taken:
-                self.assertEqual(peers.prekeys.open(item, NOW, known).epoch, epoch)
+                self.assertEqual(peers.open(item, NOW, known).epoch, epoch)
             else:
-                with self.assertRaises(SealedItemRefused) as caught:
-                    peers.prekeys.open(item, NOW, known)
-                self.assertIn(f"epoch {epoch}", str(caught.exception))
+                self.assertIn(f"epoch {epoch}", peers.refused(item, NOW, known))
 
     def test_signed_prekey_rotates_and_expires(self) -> None:
         """
@@ -322,20 +409,20 @@ class SealingTests(SynchronousTestCase):
         one; items sealed to the old one open until its expiry plus the
         grace, not after.
         """
-        peers = Peers()
+        peers = Peers(self)
         old_item = peers.seal(1, INVITATION, b"old", one_time=False)
-        later = NOW + SIGNED_PREKEY_LIFETIME // 2 + 1
-        renewed = peers.prekeys.bundle(peers.owner.peer_id, later)
-        self.assertNotEqual(
-            renewed.signed_prekey, peers.book.get(peers.member.peer_id).signed_prekey
-        )  # type: ignore[union-attr]
-        end = NOW + SIGNED_PREKEY_LIFETIME + PREKEY_GRACE
-        peers.prekeys.expire(end - 1)
-        self.assertEqual(peers.prekeys.open(old_item, end - 1, None).payload, b"old")
         second = peers.seal(2, NEW_EPOCH, b"second", one_time=False)
-        peers.prekeys.expire(end)
-        with self.assertRaises(SealedItemRefused):
-            peers.prekeys.open(second, end, 1)
+        later = NOW + SIGNED_PREKEY_LIFETIME // 2 + 1
+        renewed = done(self, peers.prekeys.bundle(peers.owner.peer_id, later))
+        self.assertNotEqual(renewed.signed_prekey, _read_header(old_item).signed_prekey)
+        end = NOW + SIGNED_PREKEY_LIFETIME + PREKEY_GRACE
+        done(self, peers.prekeys.expire(end - 1))
+        self.assertEqual(peers.open(old_item, end - 1, None).payload, b"old")
+        done(self, peers.prekeys.expire(end))
+        self.assertIn("signed prekey", peers.refused(second, end, 1))
+        self.assertEqual(
+            [p.public for p in peers.held() if p.expires is not None], [renewed.signed_prekey]
+        )
 
 
 class ForwardSecrecyTests(SynchronousTestCase):
@@ -344,31 +431,28 @@ class ForwardSecrecyTests(SynchronousTestCase):
         Items waiting at a mailbox, sealed with a one-time prekey (opened,
         so its secret is deleted) and with the signed prekey alone (never
         opened: its secret is deleted at expiry plus grace).  Then both
-        identity keys leak, with all the member still holds: no item opens,
-        neither through the member's code nor with any key made from the
-        DHs the leaked keys allow.  With the prekeys' secrets, those same
-        DHs open them.
+        identity keys leak, with all the member's store still holds: no
+        item opens, neither through the member's code nor with any key made
+        from the DHs the leaked keys allow.  With the prekeys' secrets,
+        those same DHs open them.
         """
-        peers = Peers()
+        peers = Peers(self)
         kept = peers.seal(2, NEW_EPOCH, b"secret epoch keys", one_time=True)
         waiting = peers.seal(3, NEW_EPOCH, b"more epoch keys", one_time=False)
-        (signed_secret,) = (prekey.secret for prekey in peers.prekeys._signed.values())
-        reserved = dict(peers.prekeys._one_time[peers.owner.peer_id])
+        secrets = {p.public: p.secret for p in peers.held()}
         leaked = [peers.owner.x25519_private_key, peers.member.x25519_private_key]
         for item in (kept, waiting):
-            one_time = _read_header(item).one_time_prekey
-            prekeys = [signed_secret] + ([reserved[one_time]] if one_time else [])
+            header = _read_header(item)
+            used = [header.signed_prekey, header.one_time_prekey]
+            prekeys = [secrets[public] for public in used if public is not None]
             self.assertTrue(_opens(item, leaked + prekeys, peers))
-        self.assertEqual(peers.prekeys.open(kept, NOW, 1).payload, b"secret epoch keys")
-        peers.prekeys.expire(NOW + SIGNED_PREKEY_LIFETIME + PREKEY_GRACE)
-        self.assertEqual(peers.prekeys.secrets_held(), MAX_ONE_TIME_PREKEYS - 1)
+        self.assertEqual(peers.open(kept, NOW, 1).payload, b"secret epoch keys")
+        done(self, peers.prekeys.expire(NOW + SIGNED_PREKEY_LIFETIME + PREKEY_GRACE))
+        remaining = [p.secret for p in peers.held()]
+        self.assertEqual(len(remaining), MAX_ONE_TIME_PREKEYS - 1)
 
-        remaining = list(peers.prekeys._one_time[peers.owner.peer_id].values())
         for item in (kept, waiting):
-            with self.assertRaises(SealedItemRefused):
-                peers.prekeys.open(item, NOW, None)
-            with self.assertRaises(SealedItemRefused):
-                MemberPrekeys(peers.member).open(item, NOW, None)
+            peers.refused(item, NOW, None)
             self.assertFalse(_opens(item, leaked + remaining[:2], peers))
 
 

@@ -29,7 +29,8 @@ sealed to it opens, and a signed prekey's secret at its expiry plus
 owner's call to :func:`seal`, the prekey's with the member's deletion),
 even both identity keys open nothing.
 
-Pure code, no I/O.  Encodings::
+The member's prekey secrets and the bundles peers gave are kept in the
+node's store (:doc:`storage`, version 4).  Encodings::
 
     key bundle:
         varint  version (1)
@@ -58,14 +59,29 @@ Pure code, no I/O.  Encodings::
 
 from __future__ import annotations
 
-from attrs import field, frozen
+from attrs import evolve, field, frozen
 from nacl.bindings import crypto_scalarmult, crypto_scalarmult_base
 from nacl.exceptions import CryptoError
 from nacl.utils import random as random_bytes
+from twisted.internet.defer import DeferredLock
 
 from .._codec import Reader, varint
 from ..errors import DigitalSpringError
 from ..identity import BadSignature, Identity, InvalidPeerID, PeerID
+from ..storage import (
+    AddPrekeys,
+    AlreadyStored,
+    Change,
+    DeletePrekey,
+    ExpirePrekeys,
+    IStore,
+    NotStored,
+    Prekey,
+    PutBundle,
+    RecordOpened,
+    SetSetting,
+    StoredBundle,
+)
 from ._crypto import TAG_SIZE, UndecryptableMessage, blake2b, decrypt, encrypt
 from ._epoch import GROUP_ID_SIZE
 from ._notices import INVITATION, NEW_EPOCH, REMOVAL
@@ -84,8 +100,6 @@ SIGNED_PREKEY_LIFETIME = 60 * 24 * 3600
 #: How long after its expiry a member keeps a signed prekey's secret, for
 #: items sealed to it just before (clocks differ, mailboxes hold items).
 PREKEY_GRACE = 7 * 24 * 3600
-#: The most bundles an owner holds: one per peer, at most this many peers.
-MAX_BUNDLES = 4096
 #: The longest notice a sealed item carries, in bytes.
 MAX_SEALED_PAYLOAD = 4096
 
@@ -102,12 +116,6 @@ class InvalidBundle(DigitalSpringError):
     """
     A key bundle that is malformed, not signed by its issuer, not for us,
     expired, or older than one we hold.
-    """
-
-
-class BundleQuotaExceeded(DigitalSpringError):
-    """
-    We hold as many peers' bundles as we keep (:data:`MAX_BUNDLES`).
     """
 
 
@@ -373,99 +381,92 @@ def _read_header(data: bytes) -> _SealedHeader:
     )
 
 
-@frozen
-class _SignedPrekey:
-    secret: bytes = field(repr=False)
-    expires: int
+_SERIAL_SETTING = "key-bundle-serial"
 
 
 class MemberPrekeys:
     """
-    A member's prekey secrets: the signed prekeys it gave (until their
-    expiry plus :data:`PREKEY_GRACE`), the one-time prekeys it reserved for
-    each peer (at most :data:`MAX_ONE_TIME_PREKEYS` each, deleted on use),
-    and the ephemeral keys of items it opened with a signed prekey alone
-    (kept as long as that prekey, so that a replay is refused).
+    A member's prekeys, in its store: the signed prekeys it gave (until
+    their expiry plus :data:`PREKEY_GRACE`), the one-time prekeys it
+    reserved for each peer (at most :data:`MAX_ONE_TIME_PREKEYS` each,
+    deleted on use), and the ephemeral keys of the items each signed prekey
+    opened (deleted with it), so that a replay is refused.
     """
 
-    def __init__(self, identity: Identity, lifetime: int = SIGNED_PREKEY_LIFETIME) -> None:
+    def __init__(
+        self, identity: Identity, store: IStore, lifetime: int = SIGNED_PREKEY_LIFETIME
+    ) -> None:
         self._identity = identity
+        self._store = store
         self._lifetime = lifetime
-        self._signed: dict[bytes, _SignedPrekey] = {}
-        self._current: bytes | None = None
-        self._one_time: dict[PeerID, dict[bytes, bytes]] = {}
-        self._seen: dict[bytes, set[bytes]] = {}
-        self._serial = 0
 
-    def bundle(
+    async def bundle(
         self, audience: PeerID, now: int, notify_boxes: frozenset[PeerID] = frozenset()
     ) -> KeyBundle:
         """
-        A bundle for ``audience``: the current signed prekey (a new one once
+        A bundle for ``audience``: the newest signed prekey (a new one once
         less than half its lifetime is left), and the one-time prekeys
         reserved for ``audience``, topped up to the most a bundle holds.
-        Each bundle given replaces the one given before.
+        Each bundle has a larger serial than the one before.
         """
-        current = self._signed.get(self._current) if self._current is not None else None
-        if current is None or current.expires - now < self._lifetime // 2:
+        held = await self._store.prekeys()
+        signed = [p for p in held if p.expires is not None and p.expires > now]
+        reserved = [p.public for p in held if p.audience == audience]
+        new: list[Prekey] = []
+        current = max(signed, key=lambda p: p.expires or 0, default=None)
+        if current is None or (current.expires or 0) - now < self._lifetime // 2:
             secret, public = _key_pair()
-            self._signed[public] = _SignedPrekey(secret, now + self._lifetime)
-            self._current = public
-        signed_prekey = self._current
-        assert signed_prekey is not None
-        reserved = self._one_time.setdefault(audience, {})
+            current = Prekey(public, secret, expires=now + self._lifetime)
+            new.append(current)
         while len(reserved) < MAX_ONE_TIME_PREKEYS:
             secret, public = _key_pair()
-            reserved[public] = secret
-        self._serial += 1
+            new.append(Prekey(public, secret, audience=audience))
+            reserved.append(public)
+        serial = int(await self._store.setting(_SERIAL_SETTING) or 0) + 1
+        await self._store.commit(AddPrekeys(tuple(new)), SetSetting(_SERIAL_SETTING, str(serial)))
+        assert current.expires is not None
         one_time = tuple(sorted(reserved))
-        expires = self._signed[signed_prekey].expires
         body = _bundle_body(
             self._identity.peer_id,
             audience,
-            self._serial,
-            expires,
-            signed_prekey,
+            serial,
+            current.expires,
+            current.public,
             one_time,
             notify_boxes,
         )
-        signature = self._identity.sign(_BUNDLE_SIGNED + body)
         return KeyBundle(
             self._identity.peer_id,
             audience,
-            self._serial,
-            expires,
-            signed_prekey,
+            serial,
+            current.expires,
+            current.public,
             one_time,
             notify_boxes,
-            signature,
+            self._identity.sign(_BUNDLE_SIGNED + body),
         )
 
-    def expire(self, now: int) -> None:
+    async def expire(self, now: int) -> None:
         """
         Delete the secrets of signed prekeys past their expiry plus
-        :data:`PREKEY_GRACE`, with the replay record kept for them.
+        :data:`PREKEY_GRACE`, with the record of what they opened.
         """
-        for public, prekey in list(self._signed.items()):
-            if prekey.expires + PREKEY_GRACE <= now:
-                del self._signed[public]
-                self._seen.pop(public, None)
-                if public == self._current:
-                    self._current = None
+        await self._store.commit(ExpirePrekeys(now - PREKEY_GRACE))
 
-    def secrets_held(self) -> int:
-        """
-        How many prekey secrets this member holds (signed and one-time).
-        """
-        return len(self._signed) + sum(len(keys) for keys in self._one_time.values())
+    async def _held(self, public: bytes) -> Prekey | None:
+        try:
+            return await self._store.prekey(public)
+        except NotStored:
+            return None
 
-    def open(self, data: bytes, now: int, known_epoch: int | None) -> OpenedItem:
+    async def open(self, data: bytes, now: int, known_epoch: int | None) -> OpenedItem:
         """
         Open a sealed item addressed to this member.  ``known_epoch`` is
         the group's epoch the member holds (``None`` when it is not a
         member): a new epoch must be past it, an invitation too (when
-        known), a removal at or past it.  The one-time prekey's secret is
-        deleted once the item opens.
+        known), a removal at or past it.  Once the item opens its
+        ephemeral key is recorded with the signed prekey and the one-time
+        prekey's secret deleted, in one transaction.
 
         :raises SealedItemRefused: saying why.
         """
@@ -479,26 +480,24 @@ class MemberPrekeys:
                     f"the sealed {header.kind} is for epoch {header.epoch}; "
                     f"we hold epoch {known_epoch} of that group"
                 )
-        prekey = self._signed.get(header.signed_prekey)
-        if prekey is None or prekey.expires + PREKEY_GRACE <= now:
+        prekey = await self._held(header.signed_prekey)
+        if prekey is None or prekey.expires is None or prekey.expires + PREKEY_GRACE <= now:
             raise SealedItemRefused("the sealed item's signed prekey is not one we hold")
-        seen = self._seen.setdefault(header.signed_prekey, set())
-        if header.ephemeral in seen:
-            raise SealedItemRefused("the sealed item was opened before (a replay)")
         shared = [
             _dh(prekey.secret, header.sender.x25519_public_key),
             _dh(self._identity.x25519_private_key, header.ephemeral),
             _dh(prekey.secret, header.ephemeral),
         ]
-        reserved = self._one_time.get(header.sender, {})
+        changes: list[Change] = [RecordOpened(header.signed_prekey, header.ephemeral)]
         if header.one_time_prekey is not None:
-            one_time = reserved.get(header.one_time_prekey)
-            if one_time is None:
+            one_time = await self._held(header.one_time_prekey)
+            if one_time is None or one_time.audience != header.sender:
                 raise SealedItemRefused(
                     f"the sealed item's one-time prekey is none we hold for {header.sender} "
                     "(used already, or never given to it)"
                 )
-            shared.append(_dh(one_time, header.ephemeral))
+            shared.append(_dh(one_time.secret, header.ephemeral))
+            changes.append(DeletePrekey(header.one_time_prekey))
         try:
             payload = decrypt(
                 _sealing_key(*shared), _ZERO_NONCE, data[header.length :], data[: header.length]
@@ -507,38 +506,39 @@ class MemberPrekeys:
             raise SealedItemRefused(
                 f"the sealed item does not open: not sealed by {header.sender}, or altered"
             ) from None
-        if header.one_time_prekey is not None:
-            del reserved[header.one_time_prekey]
-        else:
-            seen.add(header.ephemeral)
+        try:
+            await self._store.commit(*changes)
+        except (AlreadyStored, NotStored):
+            raise SealedItemRefused("the sealed item was opened before (a replay)") from None
         return OpenedItem(header.sender, header.group_id, header.epoch, header.kind, payload)
 
 
 class BundleBook:
     """
-    The bundles an owner (or contact) holds of its peers: the newest of
-    each, at most :data:`MAX_BUNDLES` peers, each with at most
-    :data:`MAX_ONE_TIME_PREKEYS` one-time prekeys, which :meth:`prekeys`
-    hands out once each.
+    The bundles an owner (or contact) holds of its peers, in its store: the
+    newest of each (the store bounds how many peers), each one-time prekey
+    handed out once.
     """
 
-    def __init__(self, own: PeerID, most: int = MAX_BUNDLES) -> None:
+    def __init__(self, own: PeerID, store: IStore) -> None:
         self._own = own
-        self._most = most
-        self._bundles: dict[PeerID, KeyBundle] = {}
-        self._one_time: dict[PeerID, list[bytes]] = {}
+        self._store = store
+        self._lock = DeferredLock()
 
-    def __len__(self) -> int:
-        return len(self._bundles)
+    async def _held(self, peer: PeerID) -> StoredBundle | None:
+        try:
+            return await self._store.bundle(peer)
+        except NotStored:
+            return None
 
-    def add(self, data: bytes, sender: PeerID, now: int) -> KeyBundle:
+    async def add(self, data: bytes, sender: PeerID, now: int) -> KeyBundle:
         """
         Take a bundle ``sender`` gave us over our authenticated channel.
 
         :raises InvalidBundle: when it is malformed, not ``sender``'s, not
             for us, expired, or not newer than the one we hold.
-        :raises BundleQuotaExceeded: when it is a new peer's and we hold
-            as many as we keep.
+        :raises TotalQuotaExceeded: when it is a new peer's and we hold as
+            many as the store keeps.
         """
         bundle = decode_bundle(data)
         if bundle.issuer != sender or bundle.audience != self._own:
@@ -548,22 +548,22 @@ class BundleBook:
             )
         if bundle.expires <= now:
             raise InvalidBundle(f"the key bundle of {sender} has expired")
-        held = self._bundles.get(sender)
-        if held is not None and bundle.serial <= held.serial:
-            raise InvalidBundle(
-                f"the key bundle of {sender} is number {bundle.serial}; "
-                f"we hold number {held.serial}"
+        await self._lock.acquire()
+        try:
+            held = await self._held(sender)
+            if held is not None and bundle.serial <= held.serial:
+                raise InvalidBundle(
+                    f"the key bundle of {sender} is number {bundle.serial}; "
+                    f"we hold number {held.serial}"
+                )
+            await self._store.commit(
+                PutBundle(StoredBundle(sender, bundle.serial, bundle.expires, data))
             )
-        if held is None and len(self._bundles) >= self._most:
-            raise BundleQuotaExceeded(f"we hold key bundles of {self._most} peers already")
-        self._bundles[sender] = bundle
-        self._one_time[sender] = list(bundle.one_time_prekeys)
+        finally:
+            self._lock.release()
         return bundle
 
-    def get(self, peer: PeerID) -> KeyBundle | None:
-        return self._bundles.get(peer)
-
-    def prekeys(self, peer: PeerID, now: int, wait: int) -> tuple[bytes, bytes | None]:
+    async def prekeys(self, peer: PeerID, now: int, wait: int) -> tuple[bytes, bytes | None]:
         """
         The signed prekey of ``peer`` and one of its one-time prekeys
         (``None`` once all are used), for an item that may wait ``wait``
@@ -572,8 +572,15 @@ class BundleBook:
         :raises NoPrekey: when we hold no bundle of ``peer`` whose signed
             prekey lasts that long.
         """
-        bundle = self._bundles.get(peer)
-        if bundle is None or bundle.expires < now + wait:
-            raise NoPrekey(f"we hold no key bundle of {peer} valid for {wait} more seconds")
-        remaining = self._one_time[peer]
-        return bundle.signed_prekey, remaining.pop(0) if remaining else None
+        await self._lock.acquire()
+        try:
+            held = await self._held(peer)
+            if held is None or held.expires < now + wait:
+                raise NoPrekey(f"we hold no key bundle of {peer} valid for {wait} more seconds")
+            bundle = decode_bundle(held.data)
+            if held.used >= len(bundle.one_time_prekeys):
+                return bundle.signed_prekey, None
+            await self._store.commit(PutBundle(evolve(held, used=held.used + 1)))
+            return bundle.signed_prekey, bundle.one_time_prekeys[held.used]
+        finally:
+            self._lock.release()
