@@ -7,6 +7,7 @@ rather than from the owner to each.
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 from twisted.internet.task import Clock
 from twisted.trial.unittest import SynchronousTestCase
@@ -19,11 +20,12 @@ from digitalspring.multicast import (
     MulticastService,
     SpringStrategyPlugin,
     UploadBudget,
+    _spring,
     get_strategy,
 )
 from digitalspring.multicast._spring import SpringStrategy
 from digitalspring.multicast._spring_teardown import CLOSE_QUIET, CLOSE_WITHIN, Teardown
-from digitalspring.multicast._spring_transmission import LINGER, STALL_TIMEOUT
+from digitalspring.multicast._spring_transmission import LINGER, STALL_TIMEOUT, Transmission
 from digitalspring.multicast._spring_upload import MAX_WAITING
 from digitalspring.multicast._spring_wire import SpringBusy
 from digitalspring.testing import GroupNetwork, StrategyConformanceMixin
@@ -110,6 +112,22 @@ def _strategy(net: GroupNetwork, service: MulticastService, group_id: bytes) -> 
     return strategy
 
 
+def _served(test: SynchronousTestCase) -> list[tuple[bool, int]]:
+    """
+    Record every request any node serves (or refuses as BUSY): whether the
+    owner served it, and the fragment.
+    """
+    served: list[tuple[bool, int]] = []
+    serve = Transmission.serve
+
+    def spy(t: Transmission, peer: Any, number: int) -> Any:
+        served.append((t.owner, number))
+        return serve(t, peer, number)
+
+    test.patch(Transmission, "serve", spy)
+    return served
+
+
 class TransmissionTests(SynchronousTestCase):
     def test_members_end_once_all_complete(self) -> None:
         """
@@ -129,6 +147,22 @@ class TransmissionTests(SynchronousTestCase):
         net.run(LINGER + 3)
         self.assertLess(LINGER + 3, STALL_TIMEOUT)
         self.assertEqual([_strategy(net, m, group_id).transmissions for m in members], [0] * 10)
+
+    def test_small_message_rides_on_every_activation(self) -> None:
+        """
+        A message of one fragment rides on the activations the members
+        pass on too, not only on the owner's: nobody asks anybody for it.
+        """
+        served = _served(self)
+        self.patch(_spring, "DIRECT", 2)
+        net = GroupNetwork({"spring": SpringStrategyPlugin()})
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(12)]
+        group_id = net.group(owner, *members, strategy="spring")
+        got = [net.subscribe(m, group_id) for m in members]
+        net.result(net.result(owner.publish(group_id, b"hello", "f.txt")).settled(), limit=30)
+        self.assertEqual([[m.data for m in g] for g in got], [[b"hello"]] * 12)
+        self.assertEqual(served, [])
 
 
 class _Transport:

@@ -276,6 +276,7 @@ class SpringStrategy:
             if t is None:
                 return b"", True
         t = self._transmissions.get(key)
+        new = False
         if t is None:
             if len(self._transmissions) >= MAX_TRANSMISSIONS:
                 raise SpringRefused("too many transmissions under way")
@@ -294,22 +295,27 @@ class SpringStrategy:
                 # between its last fragment and the commit): offered again,
                 # a fragment commits it if it is next in line.
                 await context.accept_fragment(manifest, 0, t.data[0])
-            state = t.peer(peer)
-            t.start(context.neighbours(), {peer, context.owner})
-        else:
-            state = t.peer(peer)
+            new = True
+        state = t.peer(peer)
         self.used(*key, peer, connection)
         if state is not None:
             state.have |= decode_bitmap(have, t.count)
             if peer == context.owner:
                 t.hinted |= decode_bitmap(hint, t.count)
                 t.hint_until = t.clock.seconds() + HINT_GRACE
+        bad = None
         if data is not None and t.count == 1 and not t.complete:
             try:
                 await t.accept(0, data)
             except DigitalSpringError as e:
-                t.drop(peer, f"sent a fragment that did not check out: {e}")
-                raise SpringRefused("the fragment did not check out") from None
+                bad = e
+        if new:
+            # Passed on once the fragment riding on it is held, so that it
+            # rides on the activations passed on too.
+            t.start(context.neighbours(), {peer, context.owner})
+        if bad is not None:
+            t.drop(peer, f"sent a fragment that did not check out: {bad}")
+            raise SpringRefused("the fragment did not check out")
         if state is not None:
             # The answer tells the activator what this node holds.
             state.sent |= t.held

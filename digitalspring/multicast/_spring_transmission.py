@@ -387,22 +387,36 @@ class Transmission:
         d = Deferred.fromCoroutine(self._activate(peer, hint))
         d.addErrback(self.strategy.log_failure)
 
+    def _holds_all(self, peer: PeerID) -> bool:
+        """
+        Whether ``peer`` is a member known to hold the whole message (it
+        activated this node, or said so): activating it would change
+        nothing.
+        """
+        state = self.peers.get(peer)
+        return not self.owner and state is not None and state.have == self.full
+
     async def _activate(self, peer: PeerID, hint: int) -> None:
         sent = self.clock.seconds()
-        held = self.held
-        small = self.count == 1 and 0 in self.data
+        answer = None
         try:
-            connection = await self.context.connect(peer)
-            self.used(peer, connection)
-            answer = await connection.callRemote(
-                SpringActivate,
-                group=self.context.group_id,
-                manifest=self.signed,
-                have=encode_bitmap(held),
-                hint=encode_bitmap(hint),
-                data=self.data[0] if small else None,
-            ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
-            have = decode_bitmap(answer["have"], self.count)
+            if not self._holds_all(peer):
+                connection = await self.context.connect(peer)
+                self.used(peer, connection)
+                # Checked again once connected: the peer may have activated
+                # this node meanwhile, and a fragment may have come.
+                if not self._holds_all(peer):
+                    held = self.held
+                    small = self.count == 1 and 0 in self.data
+                    answer = await connection.callRemote(
+                        SpringActivate,
+                        group=self.context.group_id,
+                        manifest=self.signed,
+                        have=encode_bitmap(held),
+                        hint=encode_bitmap(hint),
+                        data=self.data[0] if small else None,
+                    ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
+                    have = decode_bitmap(answer["have"], self.count)
         except Exception as e:
             self.activating.discard(peer)
             self.pushing -= {n for n in range(self.count) if hint >> n & 1}
@@ -417,7 +431,7 @@ class Transmission:
             return
         self.activating.discard(peer)
         self.unreached.discard(peer)
-        if self.ended:
+        if self.ended or answer is None:
             return
         self.touch()
         state = self.peer(peer, self.clock.seconds() - sent)
