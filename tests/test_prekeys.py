@@ -236,6 +236,27 @@ class BundleTests(SynchronousTestCase):
         refused(self, peers.book.prekeys(member, NOW, too_long), NoPrekey)
         refused(self, peers.book.prekeys(Identity.generate().peer_id, NOW, RETENTION), NoPrekey)
 
+    def test_refreshed_bundle_hands_out_no_key_twice(self) -> None:
+        """
+        A member's new bundle repeats the one-time prekeys it still holds,
+        among them one the owner used for an item the member has not opened
+        yet: the owner does not hand it out again, and both items open.
+        Once the member opened it, the next bundle leaves it out.
+        """
+        peers = Peers(self)
+        first = peers.seal(1, INVITATION, b"first")
+        used = _read_header(first).one_time_prekey
+        renewed = done(self, peers.prekeys.bundle(peers.owner.peer_id, NOW))
+        self.assertIn(used, renewed.one_time_prekeys)
+        done(self, peers.book.add(encode_bundle(renewed), peers.member.peer_id, NOW))
+        second = peers.seal(2, NEW_EPOCH, b"second")
+        self.assertNotEqual(_read_header(second).one_time_prekey, used)
+        self.assertEqual(peers.open(first, NOW, None).payload, b"first")
+        self.assertEqual(peers.open(second, NOW, 1).payload, b"second")
+        later = done(self, peers.prekeys.bundle(peers.owner.peer_id, NOW))
+        self.assertNotIn(used, later.one_time_prekeys)
+        self.assertEqual(len(later.one_time_prekeys), MAX_ONE_TIME_PREKEYS)
+
     def test_member_holds_bounded_secrets(self) -> None:
         """
         Asked for bundles again and again, a member holds the one-time

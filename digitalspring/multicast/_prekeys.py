@@ -551,13 +551,18 @@ class BundleBook:
         await self._lock.acquire()
         try:
             held = await self._held(sender)
-            if held is not None and bundle.serial <= held.serial:
-                raise InvalidBundle(
-                    f"the key bundle of {sender} is number {bundle.serial}; "
-                    f"we hold number {held.serial}"
-                )
+            handed_out: frozenset[bytes] = frozenset()
+            if held is not None:
+                if bundle.serial <= held.serial:
+                    raise InvalidBundle(
+                        f"the key bundle of {sender} is number {bundle.serial}; "
+                        f"we hold number {held.serial}"
+                    )
+                # A one-time prekey we used may be in the new bundle too (its
+                # item not opened yet): it is not handed out again.
+                handed_out = held.handed_out & frozenset(bundle.one_time_prekeys)
             await self._store.commit(
-                PutBundle(StoredBundle(sender, bundle.serial, bundle.expires, data))
+                PutBundle(StoredBundle(sender, bundle.serial, bundle.expires, data, handed_out))
             )
         finally:
             self._lock.release()
@@ -578,9 +583,11 @@ class BundleBook:
             if held is None or held.expires < now + wait:
                 raise NoPrekey(f"we hold no key bundle of {peer} valid for {wait} more seconds")
             bundle = decode_bundle(held.data)
-            if held.used >= len(bundle.one_time_prekeys):
+            left = [k for k in bundle.one_time_prekeys if k not in held.handed_out]
+            if not left:
                 return bundle.signed_prekey, None
-            await self._store.commit(PutBundle(evolve(held, used=held.used + 1)))
-            return bundle.signed_prekey, bundle.one_time_prekeys[held.used]
+            handed_out = held.handed_out | {left[0]}
+            await self._store.commit(PutBundle(evolve(held, handed_out=handed_out)))
+            return bundle.signed_prekey, left[0]
         finally:
             self._lock.release()

@@ -190,7 +190,7 @@ CREATE TABLE key_bundles (
     serial INTEGER NOT NULL CHECK (serial >= 0),
     expires INTEGER NOT NULL,
     data BLOB NOT NULL,
-    used INTEGER NOT NULL CHECK (used >= 0)
+    handed_out BLOB NOT NULL CHECK (length(handed_out) % 32 = 0)
 ) WITHOUT ROWID;
 """
 

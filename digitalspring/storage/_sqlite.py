@@ -703,12 +703,14 @@ class SQLiteStore:
     def bundle(self, peer: PeerID) -> Deferred[StoredBundle]:
         def read() -> StoredBundle:
             row = self._db.execute(
-                "SELECT serial, expires, data, used FROM key_bundles WHERE peer = ?",
+                "SELECT serial, expires, data, handed_out FROM key_bundles WHERE peer = ?",
                 (peer.public_key,),
             ).fetchone()
             if row is None:
                 raise NotStored(f"no key bundle of {peer}")
-            return StoredBundle(peer, *row)
+            serial, expires, data, handed_out = row
+            keys = frozenset(handed_out[i : i + 32] for i in range(0, len(handed_out), 32))
+            return StoredBundle(peer, serial, expires, data, keys)
 
         return self._run(read)
 
@@ -1334,9 +1336,9 @@ class SQLiteStore:
             self._limits.key_bundles_total,
         )
         self._db.execute(
-            "INSERT OR REPLACE INTO key_bundles (peer, serial, expires, data, used)"
+            "INSERT OR REPLACE INTO key_bundles (peer, serial, expires, data, handed_out)"
             " VALUES (?, ?, ?, ?, ?)",
-            (peer, b.serial, b.expires, b.data, b.used),
+            (peer, b.serial, b.expires, b.data, b"".join(sorted(b.handed_out))),
         )
 
 

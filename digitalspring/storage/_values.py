@@ -303,15 +303,15 @@ class Prekey:
 @frozen
 class StoredBundle:
     """
-    A peer's key bundle for us, as it gave it (signature included), and how
-    many of its one-time prekeys we have used.
+    A peer's key bundle for us, as it gave it (signature included), and
+    those of its one-time prekeys we have handed out (at most the bundle's).
     """
 
     peer: PeerID
     serial: int
     expires: int
     data: bytes
-    used: int = 0
+    handed_out: frozenset[bytes] = frozenset()
 
 
 @frozen

@@ -1119,7 +1119,7 @@ class StoreConformanceMixin(_Base):
         store = await self._store(StoreLimits(key_bundles_total=2))
         await _refused(store.bundle(ALICE), NotStored)
         await store.commit(PutBundle(StoredBundle(ALICE, 1, 100, b"first")))
-        second = StoredBundle(ALICE, 2, 200, b"second", used=3)
+        second = StoredBundle(ALICE, 2, 200, b"second", frozenset({b"1" * 32, b"2" * 32}))
         await store.commit(PutBundle(second))
         self.assertEqual(await store.bundle(ALICE), second)
         await store.commit(PutBundle(StoredBundle(BOB, 1, 100, b"bob's")))
