@@ -154,7 +154,7 @@ class TransmissionTests(SynchronousTestCase):
         pass on too, not only on the owner's: nobody asks anybody for it.
         """
         served = _served(self)
-        self.patch(_spring, "DIRECT", 2)
+        self.patch(_spring, "DIRECT_SMALL", 2)
         net = GroupNetwork({"spring": SpringStrategyPlugin()})
         owner = net.node("owner")
         members = [net.node(f"m{i}") for i in range(12)]

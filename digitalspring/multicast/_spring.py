@@ -64,6 +64,7 @@ from ._membership import MembershipNotProven
 from ._spring_teardown import Teardown
 from ._spring_transmission import (
     DIRECT,
+    DIRECT_SMALL,
     HINT_GRACE,
     MAX_TRANSMISSIONS,
     PUSH_GRACE,
@@ -173,7 +174,7 @@ class SpringStrategy:
         t.failed -= targets
         t.touch()
         t.random.shuffle(again)
-        direct = again[:DIRECT] if first else again
+        direct = again[: DIRECT_SMALL if t.count == 1 else DIRECT] if first else again
         watch = targets if first else set(direct) | (targets & t.activating)
         d: Deferred[TransmissionReport] = Deferred()
         t.waiters.append((frozenset(watch), d))

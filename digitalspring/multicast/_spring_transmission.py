@@ -35,8 +35,11 @@ if TYPE_CHECKING:
     from ._manifest import Manifest
     from ._spring import SpringStrategy
 
-#: How many members the owner activates itself.
+#: How many members the owner activates itself; for a message of one
+#: fragment, which rides on the activations, more members activated at
+#: once shorten its way through the graph.
 DIRECT = 16
+DIRECT_SMALL = 64
 #: How many connections a member starts itself during a transmission: its
 #: neighbours (6 by default), with room for a larger ``N``.
 D = 8
