@@ -14,8 +14,10 @@ from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
 from digitalspring.identity import Identity
+from digitalspring.multicast import MulticastService, UnicastStrategyPlugin
+from digitalspring.multicast._commands import NoticeRefused
 from digitalspring.multicast._crypto import UndecryptableMessage, blake2b, decrypt, encrypt
-from digitalspring.multicast._notices import INVITATION, NEW_EPOCH, REMOVAL
+from digitalspring.multicast._notices import INVITATION, KEY_BUNDLE, NEW_EPOCH, REMOVAL
 from digitalspring.multicast._prekeys import (
     _BUNDLE_SIGNED,
     MAX_ONE_TIME_PREKEYS,
@@ -36,11 +38,13 @@ from digitalspring.multicast._prekeys import (
 from digitalspring.storage import (
     AddPrekeys,
     MemoryStore,
+    NotStored,
     PeerQuotaExceeded,
     Prekey,
     StoreLimits,
     TotalQuotaExceeded,
 )
+from digitalspring.testing._strategy import GroupNetwork
 
 GROUP = bytes(range(32))
 NOW = 1_800_000_000
@@ -502,3 +506,99 @@ def _opens(item: bytes, secrets: list[bytes], peers: Peers) -> bool:
                 continue
             return True
     return False
+
+
+class ServiceTests(SynchronousTestCase):
+    """
+    Bundles between the nodes of a group on the memory network.
+    """
+
+    def _group(self) -> tuple[GroupNetwork, MulticastService, list[MulticastService], bytes]:
+        net = GroupNetwork({"unicast": UnicastStrategyPlugin()})
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(2)]
+        group_id = net.group(owner, *members, strategy="unicast")
+        net.run(10)
+        return net, owner, members, group_id
+
+    def _bundle(self, net: GroupNetwork, owner: MulticastService, member: MulticastService) -> Any:
+        return decode_bundle(net.result(owner.store.bundle(member.local)).data)
+
+    def test_member_gives_owner_its_bundle(self) -> None:
+        """
+        A member joining a group gives its owner a bundle, through the
+        outbox; the owner seals a new epoch to it, which the member opens.
+        """
+        net, owner, members, group_id = self._group()
+        for member in members:
+            bundle = self._bundle(net, owner, member)
+            self.assertEqual((bundle.issuer, bundle.audience), (member.local, owner.local))
+            now = int(net.clock.seconds())
+            taken = Deferred.fromCoroutine(owner.bundles.prekeys(member.local, now, RETENTION))
+            signed, one_time = net.result(taken)
+            self.assertIsNotNone(one_time)
+            item = seal(
+                owner.identity, member.local, signed, one_time, group_id, 1, NEW_EPOCH, b"keys"
+            )
+            opened = net.result(Deferred.fromCoroutine(member.prekeys.open(item, now, 0)))
+            self.assertEqual((opened.sender, opened.payload), (owner.local, b"keys"))
+
+    def test_bundle_from_non_member_refused(self) -> None:
+        """
+        The owner takes a bundle only from a member of the group it names:
+        a stranger's is refused and not kept, and so is one for a group we
+        do not own.
+        """
+        net, owner, members, group_id = self._group()
+        stranger = net.node("stranger")
+        bundle = net.result(Deferred.fromCoroutine(stranger.prekeys.bundle(owner.local, 0)))
+        payload = group_id + encode_bundle(bundle)
+        d = Deferred.fromCoroutine(owner.receive_notice(stranger.local, KEY_BUNDLE, payload))
+        self.failureResultOf(d, NoticeRefused)
+        self.failureResultOf(owner.store.bundle(stranger.local), NotStored)
+        own = net.result(Deferred.fromCoroutine(members[1].prekeys.bundle(members[0].local, 0)))
+        d = Deferred.fromCoroutine(
+            members[0].receive_notice(members[1].local, KEY_BUNDLE, group_id + encode_bundle(own))
+        )
+        self.failureResultOf(d, NoticeRefused)
+
+    def test_new_signed_prekey_at_start(self) -> None:
+        """
+        A member starting with its signed prekey past half its lifetime
+        gives its owners a bundle with a new one; one starting earlier
+        gives none.
+        """
+        net, owner, members, _group_id = self._group()
+        first = self._bundle(net, owner, members[0])
+        net.restart("m0")
+        net.run(10)
+        self.assertEqual(self._bundle(net, owner, members[0]).serial, first.serial)
+        net.run(SIGNED_PREKEY_LIFETIME // 2)
+        net.restart("m0")
+        net.run(10)
+        renewed = self._bundle(net, owner, members[0])
+        self.assertGreater(renewed.serial, first.serial)
+        self.assertNotEqual(renewed.signed_prekey, first.signed_prekey)
+
+    def test_one_bundle_waits_per_owner(self) -> None:
+        """
+        A member joining several groups of an owner that is away keeps one
+        bundle waiting for it, the newest, which the owner gets once back.
+        """
+        net, owner, members, _group_id = self._group()
+        first = self._bundle(net, owner, members[0])
+        groups = [net.result(owner.create_group(f"g{n}", "unicast")) for n in range(3)]
+        for group_id in groups:
+            net.result(owner.add_member(group_id, members[0].local))
+        net.run(10)
+        net.network.take_offline("owner", refuse=True)
+        net.run(600)
+        for group_id in groups:
+            net.result(Deferred.fromCoroutine(members[0].give_bundle(owner.local, group_id)))
+        waiting = net.result(members[0].store.outbox(owner.local))
+        self.assertEqual([e.kind for e in waiting], [KEY_BUNDLE])
+        net.network.bring_online("owner")
+        net.result(members[0].pool.connect(owner.local))
+        net.run(10)
+        self.assertEqual(net.result(members[0].store.outbox(owner.local)), [])
+        self.assertEqual(self._bundle(net, owner, members[0]).serial, first.serial + 6)

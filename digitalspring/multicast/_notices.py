@@ -41,6 +41,9 @@ Pure functions, no I/O.  Encodings::
         32 B    group ID
         varint  version (1)
         varint  length, then the mailbox's key delivery
+    key bundle (a member to the owner, see _prekeys.py):
+        32 B    group ID (the bundle is for the owner, whatever the group)
+        the rest: the member's key bundle
     mailboxes (owner to a member):
         32 B    group ID
         varint  version (1)
@@ -110,6 +113,7 @@ MAILBOX_INVITATION = "mailbox-invite"
 MAILBOX_EPOCH = "mailbox-epoch"
 MAILBOXES = "mailboxes"
 NEWS = "news"
+KEY_BUNDLE = "key-bundle"
 KINDS = frozenset(
     {
         INVITATION,
@@ -118,6 +122,7 @@ KINDS = frozenset(
         REMOVAL,
         DEPARTURE,
         ACKNOWLEDGEMENT,
+        KEY_BUNDLE,
         MAILBOX_INVITATION,
         MAILBOX_EPOCH,
         MAILBOXES,

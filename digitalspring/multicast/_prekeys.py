@@ -446,6 +446,15 @@ class MemberPrekeys:
             self._identity.sign(_BUNDLE_SIGNED + body),
         )
 
+    async def renewal_due(self, now: int) -> bool:
+        """
+        Whether the next bundle carries a new signed prekey: the newest has
+        less than half its lifetime left, or there is none.
+        """
+        held = await self._store.prekeys()
+        newest = max((p.expires for p in held if p.expires is not None), default=None)
+        return newest is None or newest - now < self._lifetime // 2
+
     async def expire(self, now: int) -> None:
         """
         Delete the secrets of signed prekeys past their expiry plus

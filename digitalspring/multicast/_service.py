@@ -27,6 +27,7 @@ from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..storage import IStore, StoreLimits
+from ._bundles import BundleSide
 from ._catchup import CatchUpSide
 from ._catchup_serve import CatchUpServer
 from ._commands import NoticeRefused
@@ -39,6 +40,7 @@ from ._notices import (
     ACKNOWLEDGEMENT,
     DEPARTURE,
     INVITATION,
+    KEY_BUNDLE,
     MAILBOX_EPOCH,
     MAILBOX_INVITATION,
     MAILBOXES,
@@ -50,6 +52,7 @@ from ._notices import (
     notice_group,
 )
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
+from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
 from ._router import MembershipRouter
 from ._spring_upload import DEFAULT_UPLOAD_BUDGET
@@ -70,7 +73,7 @@ __all__ = [
 ]
 
 
-class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
+class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, MembershipRouter):
     """
     A node's multicast groups: owner operations, pub/sub, invitations and
     consent, membership proofs, and the strategies that move messages.
@@ -119,6 +122,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
         self.clock = clock
         self.pool = pool
         self.store = store
+        self.prekeys = MemberPrekeys(identity, store)
+        self.bundles = BundleBook(identity.peer_id, store)
         self.is_contact = is_contact
         self.outbox = Outbox(
             clock,
@@ -150,6 +155,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
     async def _load(self) -> None:
         self._blocked = await self.store.blocked()
         await self.outbox.start()
+        await self.refresh_bundles()
         self.expiry_changed()
         if self._catch_up_at_start:
             self.catch_up_all().addErrback(self._log_failure)
@@ -219,6 +225,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, MembershipRouter):
         group = await self._group(group_id)
         if kind == ACKNOWLEDGEMENT:
             await self.acknowledged(peer, group, payload)
+        elif kind == KEY_BUNDLE:
+            await self.bundle_received(peer, group, payload)
         elif kind == DEPARTURE:
             if group.role != "owner":
                 raise NotOwner("a departure goes to the owner")
