@@ -122,6 +122,25 @@ class LookupTests(SynchronousTestCase):
         for hop in failed:
             self.assertLess(abs(hop.rtt - 1.0), 0.02)
 
+    def test_slow_requests_give_up_their_place(self) -> None:
+        """
+        A request unanswered after ``slow_after`` seconds no longer holds
+        one of the ``alpha`` places: with the first three asked silent (a
+        request timeout of 5 s), the lookup finds the value from the
+        others after the slow time, not the timeout, and never has more
+        than ``alpha`` requests in flight that are not slow.
+        """
+        ordered = sorted(self.nodes, key=lambda c: c.node_id ^ self.target)
+        self.network.timeout = 5.0
+        seeds = ordered[40:43]
+        self.network.silent = set(seeds)
+        self.network.holding = set(ordered[:20])
+        result = self.run_lookup([*seeds, *ordered[60:63]], find_value=True, slow_after=1.0)
+        self.assertEqual(result.found, "value")
+        self.assertLess(result.duration, 1.5)
+        self.assertGreaterEqual(result.duration, 1.0)
+        self.assertLessEqual(self.network.most_in_flight, 6)
+
     def test_deadline(self) -> None:
         """
         A lookup whose every peer is slow ends at its deadline with what it

@@ -28,6 +28,14 @@ from ._routing import Contact
 
 NEW, ASKED, ANSWERED, FAILED = "new", "asked", "answered", "failed"
 
+#: Seconds after which a request still unanswered stops holding one of the
+#: lookup's ``alpha`` places (it may still answer): a dead contact costs
+#: the lookup this long, not the whole request timeout.  As libtorrent's
+#: DHT lets one more request out when one passes its short timeout.  A new
+#: connection's first answer takes three round trips (up to about a second
+#: here), one lost message a retransmission more.
+SLOW_AFTER = 2.0
+
 
 @frozen
 class Answer:
@@ -94,6 +102,9 @@ class _Candidate:
     state: str = NEW
     started: float = 0.0
     request: Deferred[Answer] | None = None
+    #: Asked, and past SLOW_AFTER: no longer counted in flight.
+    slow: bool = False
+    slow_timer: Any = None
 
 
 class Lookup:
@@ -107,6 +118,7 @@ class Lookup:
         per-request timeout).
     :param own_id: our node ID, never a candidate.
     :param find_value: whether an answer holding a value ends the lookup.
+    :param slow_after: see :data:`SLOW_AFTER`.
     """
 
     log = Logger()
@@ -122,8 +134,10 @@ class Lookup:
         alpha: int = 3,
         deadline: float = 30.0,
         find_value: bool = False,
+        slow_after: float = SLOW_AFTER,
     ) -> None:
         self.target = target
+        self.slow_after = slow_after
         self.query = query
         self.clock = clock
         self.own_id = own_id
@@ -135,6 +149,7 @@ class Lookup:
         self._order: list[tuple[int, bytes, _Candidate]] = []
         self._path: list[Hop] = []
         self._in_flight = 0
+        self._slow = 0
         self._rpcs = 0
         self._found: Any = None
         self._found_hop = 0
@@ -203,7 +218,7 @@ class Lookup:
                 break
             if candidate.state == NEW:
                 self._ask(candidate)
-        if self._in_flight == 0 and not self._again:
+        if self._in_flight == 0 and self._slow == 0 and not self._again:
             self._finish(False)
 
     def _ask(self, candidate: _Candidate) -> None:
@@ -213,14 +228,36 @@ class Lookup:
         self._rpcs += 1
         d = self.query(candidate.contact)
         candidate.request = d
+        candidate.slow_timer = self.clock.callLater(self.slow_after, self._slow_now, candidate)
         d.addCallbacks(
             self._answered, self._failed, callbackArgs=(candidate,), errbackArgs=(candidate,)
         )
 
+    def _slow_now(self, candidate: _Candidate) -> None:
+        candidate.slow_timer = None
+        if self._done or candidate.state != ASKED:
+            return
+        candidate.slow = True
+        self._in_flight -= 1
+        self._slow += 1
+        self._step()
+
+    def _settle(self, candidate: _Candidate) -> None:
+        """
+        ``candidate``'s request ended: it leaves the count it was in.
+        """
+        if candidate.slow:
+            self._slow -= 1
+        else:
+            self._in_flight -= 1
+            if candidate.slow_timer is not None:
+                candidate.slow_timer.cancel()
+                candidate.slow_timer = None
+
     def _answered(self, answer: Answer, candidate: _Candidate) -> None:
         if self._done or candidate.state != ASKED:
             return
-        self._in_flight -= 1
+        self._settle(candidate)
         candidate.state = ANSWERED
         candidate.request = None
         found = self.find_value and answer.found is not None
@@ -242,7 +279,7 @@ class Lookup:
     def _failed(self, failure: Failure, candidate: _Candidate) -> None:
         if self._done or candidate.state != ASKED:
             return
-        self._in_flight -= 1
+        self._settle(candidate)
         candidate.state = FAILED
         candidate.request = None
         self._path.append(
@@ -274,6 +311,9 @@ class Lookup:
         now = self.clock.seconds()
         outstanding = []
         for c in self._candidates.values():
+            if c.slow_timer is not None:
+                c.slow_timer.cancel()
+                c.slow_timer = None
             if c.request is not None:
                 outstanding.append(c.request)
                 self._path.append(Hop(c.contact.peer_id, c.hop, "unanswered", now - c.started))
