@@ -276,6 +276,25 @@ class BundleTests(SynchronousTestCase):
         extra = Prekey(_key_pair()[1], b"s" * 32, audience=owner.peer_id)
         refused(self, store.commit(AddPrekeys((extra,))), PeerQuotaExceeded)
 
+    def test_bundles_made_one_at_a_time(self) -> None:
+        """
+        Two bundles asked for at once (two invitations of one owner, a store
+        that answers later) are made one after the other: the second takes
+        the first's prekeys and the next serial, within the store's bound.
+        """
+        member, owner = Identity.generate(), Identity.generate()
+        store = SlowCommits()
+        prekeys = MemberPrekeys(member, store)
+        first = ensureDeferred(prekeys.bundle(owner.peer_id, NOW))
+        second = ensureDeferred(prekeys.bundle(owner.peer_id, NOW))
+        store.release()
+        store.release()
+        one, two = self.successResultOf(first), self.successResultOf(second)
+        self.assertEqual((one.serial, two.serial), (1, 2))
+        self.assertEqual(one.one_time_prekeys, two.one_time_prekeys)
+        self.assertEqual(one.signed_prekey, two.signed_prekey)
+        self.assertEqual(len(done(self, store.store.prekeys())), MAX_ONE_TIME_PREKEYS + 1)
+
 
 class SealingTests(SynchronousTestCase):
     def test_round_trip(self) -> None:

@@ -9,6 +9,7 @@ members.
 
 from __future__ import annotations
 
+from ..errors import DigitalSpringError
 from ..identity import PeerID
 from ..storage import Dequeue, Enqueue, Group
 from ._core import GroupError, NotOwner
@@ -31,10 +32,20 @@ class BundleSide(MemberSide):
 
     async def join(self, owner: PeerID, invitation: GroupInvitation) -> None:
         """
-        Join the group, then give its owner our bundle.
+        Join the group, then give its owner our bundle (the group is
+        joined even when that fails: the owner seals nothing to us then,
+        and what it tells us waits in its outbox).
         """
         await super().join(owner, invitation)
-        await self.give_bundle(owner, invitation.group_id)
+        try:
+            await self.give_bundle(owner, invitation.group_id)
+        except DigitalSpringError as e:
+            self._rlog.info(
+                "bundle-not-given",
+                "could not give {peer} our key bundle: {error}",
+                peer=str(owner),
+                error=str(e),
+            )
 
     async def give_bundle(self, owner: PeerID, group_id: bytes) -> None:
         """

@@ -399,6 +399,10 @@ class MemberPrekeys:
         self._identity = identity
         self._store = store
         self._lifetime = lifetime
+        # Bundles are made one at a time: two at once would each top up the
+        # same peer's one-time prekeys (past the store's bound) and take
+        # the same serial.
+        self._making = DeferredLock()
 
     async def bundle(
         self, audience: PeerID, now: int, notify_boxes: frozenset[PeerID] = frozenset()
@@ -409,6 +413,15 @@ class MemberPrekeys:
         reserved for ``audience``, topped up to the most a bundle holds.
         Each bundle has a larger serial than the one before.
         """
+        await self._making.acquire()
+        try:
+            return await self._bundle(audience, now, notify_boxes)
+        finally:
+            self._making.release()
+
+    async def _bundle(
+        self, audience: PeerID, now: int, notify_boxes: frozenset[PeerID]
+    ) -> KeyBundle:
         held = await self._store.prekeys()
         signed = [p for p in held if p.expires is not None and p.expires > now]
         reserved = [p.public for p in held if p.audience == audience]
