@@ -39,6 +39,7 @@ from digitalspring.storage import (
     ExpirePrekeys,
     ForgetEpochKeys,
     Group,
+    HoldSealed,
     Invitation,
     MailboxTerms,
     MigrationFailed,
@@ -400,7 +401,7 @@ class MigrationTests(SQLiteTestCase):
     async def test_from_third_version(self) -> None:
         """
         A file of version 3 is migrated by MIGRATIONS[3] with its messages
-        kept, and takes prekeys and key bundles.
+        kept, and takes prekeys, key bundles and sealed items.
         """
         store = await self.open(migrations=MIGRATIONS[:3])
         await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
@@ -415,6 +416,8 @@ class MigrationTests(SQLiteTestCase):
         bundle = StoredBundle(ALICE, 1, 100, b"bundle")
         await store.commit(PutBundle(bundle))
         self.assertEqual(await store.bundle(ALICE), bundle)
+        await store.commit(HoldSealed(GROUP_ID, ALICE, b"sealed item"))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"sealed item"])
 
     @inline
     async def test_later_migration(self) -> None:

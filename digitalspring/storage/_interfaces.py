@@ -252,6 +252,12 @@ class IStore(Interface):
             or fails with ``NotStored`` when we hold none.
         """
 
+    def sealed(group_id: bytes, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        """
+        :returns: a Deferred that fires with the oldest ``limit`` items a
+            mailbox holds for ``recipient`` in a group, oldest first.
+        """
+
     def close() -> Deferred[None]:
         """
         Finish what was asked and release the store.

@@ -59,6 +59,7 @@ from ._values import (
     Group,
     HeldMessage,
     HoldMessage,
+    HoldSealed,
     Invitation,
     KeepOnlySigningSecret,
     MailboxTerms,
@@ -81,6 +82,7 @@ from ._values import (
     StoredBundle,
     StoredMessage,
     StoreLimits,
+    TakeSealed,
     Unblock,
     edge,
 )
@@ -126,6 +128,7 @@ class MemoryStore:
         # The ephemeral keys of items each signed prekey opened.
         self._opened: dict[tuple[bytes, bytes], None] = {}
         self._bundles: dict[PeerID, StoredBundle] = {}
+        self._sealed: dict[tuple[bytes, PeerID], list[bytes]] = {}
 
     # --- journal ---------------------------------------------------------
 
@@ -379,6 +382,9 @@ class MemoryStore:
 
         return self._read(read)
 
+    def sealed(self, group_id: bytes, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        return self._read(lambda: self._sealed.get((group_id, recipient), [])[:limit])
+
     def close(self) -> Deferred[None]:
         self._closed = True
         return succeed(None)
@@ -436,6 +442,8 @@ class MemoryStore:
             self._delete(table, group_id)  # type: ignore[misc]
         for key in [k for k in self._messages if k[0] == group_id]:
             self._drop_message(DropMessage(*key))
+        for held in [k for k in self._sealed if k[0] == group_id]:
+            self._delete(self._sealed, held)
 
     def _inner(self, outer: dict[bytes, dict[_K, _V]], group_id: bytes) -> dict[_K, _V]:
         self._group(group_id)
@@ -820,6 +828,28 @@ class MemoryStore:
         )
         self._set(self._bundles, peer, change.bundle)
 
+    def _hold_sealed(self, change: HoldSealed) -> None:
+        self._group(change.group_id)
+        key = (change.group_id, change.recipient)
+        held = self._sealed.get(key, [])
+        check_quota(
+            "sealed items",
+            change.recipient,
+            len(held) + 1,
+            sum(len(items) for items in self._sealed.values()) + 1,
+            self._limits.sealed_items_per_member,
+            self._limits.sealed_items_total,
+        )
+        self._set(self._sealed, key, [*held, change.item])
+
+    def _take_sealed(self, change: TakeSealed) -> None:
+        key = (change.group_id, change.recipient)
+        left = self._sealed.get(key, [])[change.count :]
+        if left:
+            self._set(self._sealed, key, left)
+        else:
+            self._delete(self._sealed, key)
+
 
 def _prekey_order(prekey: Prekey) -> tuple[int, int, bytes, bytes]:
     if prekey.expires is not None:
@@ -871,4 +901,6 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     ExpirePrekeys: MemoryStore._expire_prekeys,
     RecordOpened: MemoryStore._record_opened,
     PutBundle: MemoryStore._put_bundle,
+    HoldSealed: MemoryStore._hold_sealed,
+    TakeSealed: MemoryStore._take_sealed,
 }

@@ -170,7 +170,9 @@ CREATE INDEX messages_expires ON messages (expires) WHERE expires IS NOT NULL;
 # secret sealed (``prekeys``: a signed one with its expiry, or a one-time one
 # with the peer it was given to), the ephemeral keys of the sealed items each
 # signed prekey opened, deleted with it (``prekeys_opened``: replays are
-# refused), and the bundles peers gave us (``key_bundles``, one per peer).
+# refused), the bundles peers gave us (``key_bundles``, one per peer), and,
+# on a mailbox, the items owners sealed for members who were away
+# (``sealed_items``, ciphertext only).
 _V4 = """
 CREATE TABLE prekeys (
     public BLOB PRIMARY KEY CHECK (length(public) = 32),
@@ -185,6 +187,13 @@ CREATE TABLE prekeys_opened (
     ephemeral BLOB NOT NULL CHECK (length(ephemeral) = 32),
     PRIMARY KEY (prekey, ephemeral)
 ) WITHOUT ROWID;
+CREATE TABLE sealed_items (
+    id INTEGER PRIMARY KEY,
+    gid INTEGER NOT NULL REFERENCES groups (gid) ON DELETE CASCADE,
+    recipient BLOB NOT NULL CHECK (length(recipient) = 32),
+    item BLOB NOT NULL
+);
+CREATE INDEX sealed_items_recipient ON sealed_items (gid, recipient, id);
 CREATE TABLE key_bundles (
     peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
     serial INTEGER NOT NULL CHECK (serial >= 0),

@@ -77,6 +77,7 @@ from ._values import (
     Group,
     HeldMessage,
     HoldMessage,
+    HoldSealed,
     Invitation,
     KeepOnlySigningSecret,
     MailboxTerms,
@@ -99,6 +100,7 @@ from ._values import (
     StoredBundle,
     StoredMessage,
     StoreLimits,
+    TakeSealed,
     Unblock,
     edge,
 )
@@ -711,6 +713,17 @@ class SQLiteStore:
             serial, expires, data, handed_out = row
             keys = frozenset(handed_out[i : i + 32] for i in range(0, len(handed_out), 32))
             return StoredBundle(peer, serial, expires, data, keys)
+
+        return self._run(read)
+
+    def sealed(self, group_id: bytes, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        def read() -> list[bytes]:
+            rows = self._db.execute(
+                "SELECT item FROM sealed_items JOIN groups USING (gid)"
+                " WHERE group_id = ? AND recipient = ? ORDER BY id LIMIT ?",
+                (group_id, recipient.public_key, limit),
+            ).fetchall()
+            return [item for (item,) in rows]
 
         return self._run(read)
 
@@ -1341,6 +1354,33 @@ class SQLiteStore:
             (peer, b.serial, b.expires, b.data, b"".join(sorted(b.handed_out))),
         )
 
+    def _hold_sealed(self, change: HoldSealed) -> None:
+        gid = self._gid(change.group_id)
+        recipient = change.recipient.public_key
+        (mine,) = self._db.execute(
+            "SELECT count(*) FROM sealed_items WHERE gid = ? AND recipient = ?", (gid, recipient)
+        ).fetchone()
+        (total,) = self._db.execute("SELECT count(*) FROM sealed_items").fetchone()
+        check_quota(
+            "sealed items",
+            change.recipient,
+            mine + 1,
+            total + 1,
+            self._limits.sealed_items_per_member,
+            self._limits.sealed_items_total,
+        )
+        self._db.execute(
+            "INSERT INTO sealed_items (gid, recipient, item) VALUES (?, ?, ?)",
+            (gid, recipient, change.item),
+        )
+
+    def _take_sealed(self, change: TakeSealed) -> None:
+        self._db.execute(
+            "DELETE FROM sealed_items WHERE id IN (SELECT id FROM sealed_items"
+            " JOIN groups USING (gid) WHERE group_id = ? AND recipient = ? ORDER BY id LIMIT ?)",
+            (change.group_id, change.recipient.public_key, change.count),
+        )
+
 
 def _prekey_row(public: bytes, audience: bytes | None, expires: int | None) -> bytes:
     if audience is not None:
@@ -1413,4 +1453,6 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     ExpirePrekeys: SQLiteStore._expire_prekeys,
     RecordOpened: SQLiteStore._record_opened,
     PutBundle: SQLiteStore._put_bundle,
+    HoldSealed: SQLiteStore._hold_sealed,
+    TakeSealed: SQLiteStore._take_sealed,
 }

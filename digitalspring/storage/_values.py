@@ -341,6 +341,8 @@ class StoreLimits:
     one_time_prekeys_per_peer: int = 16
     one_time_prekeys_total: int = 65536
     key_bundles_total: int = 4096
+    sealed_items_per_member: int = 16
+    sealed_items_total: int = 16384
 
 
 # --- Changes -----------------------------------------------------------------
@@ -848,3 +850,31 @@ class PutBundle(Change):
     """
 
     bundle: StoredBundle
+
+
+@frozen
+class HoldSealed(Change):
+    """
+    A mailbox holds an item the group's owner sealed for ``recipient``
+    (a notice it missed), until the recipient takes it.
+
+    :raises NotStored: when the group is not stored.
+    :raises PeerQuotaExceeded: past the items held for one recipient.
+    :raises TotalQuotaExceeded: past the items held in all.
+    """
+
+    group_id: bytes
+    recipient: PeerID
+    item: bytes
+
+
+@frozen
+class TakeSealed(Change):
+    """
+    Delete the ``count`` oldest items held for ``recipient`` in a group
+    (it took them).
+    """
+
+    group_id: bytes
+    recipient: PeerID
+    count: int

@@ -52,6 +52,7 @@ from ..storage import (
     GroupQuotaExceeded,
     HeldMessage,
     HoldMessage,
+    HoldSealed,
     Invitation,
     IStore,
     KeepOnlySigningSecret,
@@ -77,6 +78,7 @@ from ..storage import (
     StoreClosed,
     StoredBundle,
     StoreLimits,
+    TakeSealed,
     TotalQuotaExceeded,
     Unblock,
     edge,
@@ -1128,6 +1130,29 @@ class StoreConformanceMixin(_Base):
         )
         await store.commit(PutBundle(StoredBundle(BOB, 2, 100, b"bob's again")))
         await _refused(store.bundle(CAROL), NotStored)
+
+    @_deferred
+    async def test_sealed_items(self) -> None:
+        """
+        A mailbox holds items for each recipient in order, gives the oldest
+        first, deletes those taken, and drops them with their group; it
+        holds at most so many per recipient and in all.
+        """
+        store = await self._store(StoreLimits(sealed_items_per_member=2, sealed_items_total=3))
+        await self._served(store)
+        await _refused(store.commit(HoldSealed(OTHER_GROUP_ID, ALICE, b"x")), NotStored)
+        await store.commit(HoldSealed(GROUP_ID, ALICE, b"a1"), HoldSealed(GROUP_ID, BOB, b"b1"))
+        await store.commit(HoldSealed(GROUP_ID, ALICE, b"a2"))
+        await _refused(store.commit(HoldSealed(GROUP_ID, ALICE, b"a3")), PeerQuotaExceeded)
+        await _refused(store.commit(HoldSealed(GROUP_ID, CAROL, b"c1")), TotalQuotaExceeded)
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"a1", b"a2"])
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 1), [b"a1"])
+        await store.commit(TakeSealed(GROUP_ID, ALICE, 1))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"a2"])
+        await store.commit(TakeSealed(GROUP_ID, ALICE, 5))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [])
+        await store.commit(DeleteGroup(GROUP_ID))
+        self.assertEqual(await store.sealed(GROUP_ID, BOB, 10), [])
 
     @_deferred
     async def test_settings(self) -> None:
