@@ -164,6 +164,22 @@ class TransmissionTests(SynchronousTestCase):
         self.assertEqual([[m.data for m in g] for g in got], [[b"hello"]] * 12)
         self.assertEqual(served, [])
 
+    def test_owner_left_alone_while_it_pushes(self) -> None:
+        """
+        The members the owner activates ask it for nothing while it pushes
+        their shares of a 1 MiB message (it would only answer BUSY).
+        """
+        served = _served(self)
+        net = GroupNetwork({"spring": SpringStrategyPlugin()}, latency=0.05)
+        owner = net.node("owner", upload_bps=10e6, download_bps=50e6)
+        members = [net.node(f"m{i}", upload_bps=10e6, download_bps=50e6) for i in range(10)]
+        group_id = net.group(owner, *members, strategy="spring")
+        got = [net.subscribe(m, group_id) for m in members]
+        net.result(owner.publish(group_id, bytes(range(256)) * 4096, "big.bin"))
+        net.clock.run_until(lambda: all(got), limit=30)
+        self.assertTrue(served)
+        self.assertEqual([number for by_owner, number in served if by_owner], [])
+
 
 class _Transport:
     def __init__(self, connection: _Connection) -> None:

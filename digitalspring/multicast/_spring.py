@@ -182,13 +182,10 @@ class SpringStrategy:
             t.push_until,
             context.clock.seconds() + PUSH_GRACE + manifest.ciphertext_size / self.budget.rate,
         )
-        for i, peer in enumerate(direct):
-            hint = 0
-            if t.count > 1:
-                for number in range(i % t.count, t.count, len(direct)):
-                    hint |= 1 << number
-                    t.pushing.add(number)
-            t.activate(peer, hint)
+        if t.count > 1 and direct:
+            t.plan_shares(len(direct))
+        for peer in direct:
+            t.activate(peer, share=t.count > 1)
         t.wake(2.0)
         return await d
 

@@ -35,10 +35,11 @@ if TYPE_CHECKING:
     from ._manifest import Manifest
     from ._spring import SpringStrategy
 
-#: How many members the owner activates itself; for a message of one
-#: fragment, which rides on the activations, more members activated at
-#: once shorten its way through the graph.
-DIRECT = 16
+#: How many members the owner activates itself: a message of several
+#: fragments gets a share of them pushed to each of the first to connect;
+#: a message of one fragment rides on the activations, and more members
+#: activated at once shorten its way through the graph.
+DIRECT = 32
 DIRECT_SMALL = 64
 #: How many connections a member starts itself during a transmission: its
 #: neighbours (6 by default), with room for a larger ``N``.
@@ -192,6 +193,11 @@ class Transmission:
         self.served_at: dict[int, float] = {}
         self.pushing: set[int] = set()
         self.push_until = 0.0
+        #: At the owner: the fragments not yet given to a member it
+        #: activates directly, and how many such activations are still
+        #: connecting (see :meth:`share`).
+        self.unassigned = 0
+        self.sharing = 0
         self.started = self.clock.seconds()
         self.last_progress = self.started
         self.completed_at: float | None = None
@@ -383,11 +389,55 @@ class Transmission:
             self.activate(peer)
         self.wake(RETRY_INTERVAL)
 
-    def activate(self, peer: PeerID, hint: int = 0) -> None:
+    def plan_shares(self, members: int) -> None:
+        """
+        At the owner: ``members`` more activations are each to get a share
+        of the fragments not yet being pushed, which the owner refuses to
+        others meanwhile.
+        """
+        pushing = sum(1 << number for number in self.pushing)
+        self.unassigned |= self.full & ~pushing
+        self.pushing |= set(range(self.count))
+        self.sharing += members
+
+    def share(self) -> int:
+        """
+        At the owner, once a direct activation's connection is up: its
+        share of the fragments left, lowest numbers first.  Shares go in
+        the order connections come up, so the owner starts pushing as soon
+        as its first member is connected rather than waiting for the
+        slowest, and the first fragments go first.
+        """
+        left = [n for n in range(self.count) if self.unassigned >> n & 1]
+        take = left[: -(-len(left) // max(1, self.sharing))]
+        hint = sum(1 << n for n in take)
+        self.unassigned &= ~hint
+        self.shared()
+        return hint
+
+    def shared(self) -> None:
+        """
+        One direct activation had its share, or could not connect: once
+        none is left to have one, the fragments left are the owner's to
+        serve.
+        """
+        self.sharing -= 1
+        if self.sharing <= 0:
+            self.sharing = 0
+            self.pushing -= {n for n in range(self.count) if self.unassigned >> n & 1}
+            self.unassigned = 0
+
+    def activate(self, peer: PeerID, share: bool = False) -> None:
+        """
+        Activate ``peer``; at the owner with ``share``, with a share of the
+        fragments to push to it.
+        """
         if peer in self.activating or self.ended:
+            if share:
+                self.shared()
             return
         self.activating.add(peer)
-        d = Deferred.fromCoroutine(self._activate(peer, hint))
+        d = Deferred.fromCoroutine(self._activate(peer, share))
         d.addErrback(self.strategy.log_failure)
 
     def _holds_all(self, peer: PeerID) -> bool:
@@ -399,12 +449,20 @@ class Transmission:
         state = self.peers.get(peer)
         return not self.owner and state is not None and state.have == self.full
 
-    async def _activate(self, peer: PeerID, hint: int) -> None:
+    async def _activate(self, peer: PeerID, share: bool) -> None:
         sent = self.clock.seconds()
         answer = None
+        hint = 0
         try:
             if not self._holds_all(peer):
-                connection = await self.context.connect(peer)
+                try:
+                    connection = await self.context.connect(peer)
+                except Exception:
+                    if share:
+                        self.shared()
+                    raise
+                if share:
+                    hint = self.share()
                 self.used(peer, connection)
                 # Checked again once connected: the peer may have activated
                 # this node meanwhile, and a fragment may have come.
@@ -603,6 +661,9 @@ class Transmission:
             for _ in state.asked
         )
         waiting = self.hinted if now < self.hint_until else 0
+        # A member the owner activated leaves it alone while it pushes (it
+        # answers BUSY for what it has not pushed yet).
+        owner = self.context.owner if now < self.hint_until else None
         usable = [
             (peer, s)
             for peer, s in self.peers.items()
@@ -610,6 +671,7 @@ class Transmission:
             and len(s.asked) < MAX_INFLIGHT_PER_PEER
             and s.busy_until <= now
             and peer not in overdue_peers
+            and peer != owner
         ]
         candidates = []
         for number in self.order:
