@@ -17,7 +17,7 @@ from digitalspring.identity import Identity
 from digitalspring.multicast import MulticastService, UnicastStrategyPlugin
 from digitalspring.multicast._commands import NoticeRefused
 from digitalspring.multicast._crypto import UndecryptableMessage, blake2b, decrypt, encrypt
-from digitalspring.multicast._notices import INVITATION, KEY_BUNDLE, NEW_EPOCH, REMOVAL
+from digitalspring.multicast._notices import INVITATION, KEY_BUNDLE, NEW_EPOCH, REMOVAL, SEALED
 from digitalspring.multicast._prekeys import (
     _BUNDLE_SIGNED,
     MAX_ONE_TIME_PREKEYS,
@@ -621,3 +621,86 @@ class ServiceTests(SynchronousTestCase):
         net.run(10)
         self.assertEqual(net.result(members[0].store.outbox(owner.local)), [])
         self.assertEqual(self._bundle(net, owner, members[0]).serial, first.serial + 6)
+
+
+class SealedAtMailboxTests(SynchronousTestCase):
+    """
+    Notices sealed for a member away, left at the group's mailbox.
+    """
+
+    def _group(self) -> tuple[GroupNetwork, MulticastService, bytes]:
+        net = GroupNetwork({"unicast": UnicastStrategyPlugin()})
+        owner = net.node("owner")
+        members = [net.node(f"m{i}") for i in range(3)]
+        box = net.node("box", mailbox=StoreLimits())
+        group_id = net.group(owner, *members, strategy="unicast")
+        net.add_mailbox(owner, group_id, box)
+        net.run(60)
+        return net, owner, group_id
+
+    def test_new_epoch_from_mailbox_with_owner_away(self) -> None:
+        """
+        A member away while the owner removes another member finds the
+        new epoch, sealed to its bundle, at the mailbox when it comes back
+        with the owner away; it holds the new keys, and the mailbox keeps
+        nothing for it after.  The mailbox holds no key: only the sealed
+        item, until it is taken.
+        """
+        net, owner, group_id = self._group()
+        net.down("m0")
+        net.result(owner.remove_member(group_id, net.services["m2"].local))
+        net.run(10)
+        box = net.services["box"]
+        m0 = net.services["m0"]
+        [item] = net.result(box.store.sealed(group_id, m0.local, 10))
+        self.assertEqual(_read_header(item).epoch, 1)
+        epoch = net.result(owner.store.epoch(group_id))
+        assert epoch.access_key is not None
+        self.assertNotIn(epoch.access_key, item)
+        net.down("owner")
+        m0 = net.up("m0")
+        net.run(10)
+        held = net.result(m0.store.epoch(group_id))
+        self.assertEqual((held.epoch, held.access_key), (1, epoch.access_key))
+        self.assertEqual(net.result(box.store.sealed(group_id, m0.local, 10)), [])
+
+    def test_removal_from_mailbox(self) -> None:
+        """
+        A member removed while away learns it from the mailbox.
+        """
+        net, owner, group_id = self._group()
+        net.down("m0")
+        m0 = net.services["m0"]
+        net.result(owner.remove_member(group_id, m0.local))
+        net.run(10)
+        net.down("owner")
+        m0 = net.up("m0")
+        net.run(10)
+        self.assertEqual(net.result(m0.store.group(group_id)).state, "removed")
+
+    def test_only_the_owner_leaves_items(self) -> None:
+        """
+        A mailbox keeps a sealed item from the group's owner only, naming
+        the group and the recipient it is left for; and gives it to that
+        recipient only.
+        """
+        net, owner, group_id = self._group()
+        box = net.services["box"]
+        m0, m1 = net.services["m0"], net.services["m1"]
+        signed, one_time = done(self, owner.bundles.prekeys(m0.local, 0, RETENTION))
+        item = seal(owner.identity, m0.local, signed, one_time, group_id, 1, NEW_EPOCH, b"k")
+        forged = seal(m1.identity, m0.local, signed, None, group_id, 1, NEW_EPOCH, b"k")
+        for sender, payload in (
+            (m1.local, group_id + m0.local.public_key + item),
+            (owner.local, group_id + m0.local.public_key + forged),
+            (owner.local, group_id + m1.local.public_key + item),
+        ):
+            d = Deferred.fromCoroutine(box.receive_notice(sender, SEALED, payload))
+            self.failureResultOf(d, NoticeRefused)
+        self.assertEqual(net.result(box.store.sealed(group_id, m0.local, 10)), [])
+        ok = Deferred.fromCoroutine(
+            box.receive_notice(owner.local, SEALED, group_id + m0.local.public_key + item)
+        )
+        self.successResultOf(ok)
+        self.assertEqual(done(self, box.give_sealed(m1.local, group_id)), b"")
+        self.assertEqual(net.result(box.store.sealed(group_id, m0.local, 10)), [item])

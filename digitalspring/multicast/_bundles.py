@@ -1,31 +1,75 @@
 # -*- test-case-name: tests.test_prekeys -*-
 """
-The service's part of key bundles (issue 12, item 4): a member gives the
-owner of a group it joins a bundle of prekeys (see ``_prekeys.py``) through
-the outbox, and gives its owners new ones when it starts and its signed
-prekey is past half its lifetime; an owner keeps the bundles of its groups'
-members.
+The service's part of key bundles and sealed notices (issue 12, item 4).
+
+A member gives the owner of a group it joins a bundle of prekeys (see
+``_prekeys.py``) through the outbox, and gives its owners new ones when it
+starts and its signed prekey is past half its lifetime; an owner keeps the
+bundles of its groups' members.  When the outbox cannot reach a member,
+the new epochs and removals waiting for it are also sealed to its bundle
+and left at the group's mailboxes (through the outbox: a ``sealed`` notice
+to each mailbox).  A mailbox keeps them for
+their recipient, which takes them (``group-sealed``) when it starts and
+handles each as the notice the owner sent.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, cast
+
+from .._codec import Reader, varint
 from ..errors import DigitalSpringError
 from ..identity import PeerID
-from ..storage import Dequeue, Enqueue, Group
+from ..storage import (
+    Change,
+    Dequeue,
+    Enqueue,
+    Group,
+    HoldSealed,
+    NotStored,
+    OutboxEntry,
+    TakeSealed,
+)
+from ._commands import MAX_SEALED_ANSWER, CollectSealed, NoticeRefused
 from ._core import GroupError, NotOwner
 from ._epoch import GROUP_ID_SIZE
 from ._member import MemberSide
-from ._notices import KEY_BUNDLE, GroupInvitation, MalformedNotice
-from ._prekeys import BundleBook, MemberPrekeys, encode_bundle
+from ._notices import (
+    KEY_BUNDLE,
+    NEW_EPOCH,
+    REMOVAL,
+    SEALED,
+    GroupInvitation,
+    MalformedNotice,
+    decode_new_epoch,
+)
+from ._owner import DEFAULT_RETENTION
+from ._prekeys import (
+    BundleBook,
+    MemberPrekeys,
+    NoPrekey,
+    SealedItemRefused,
+    encode_bundle,
+    read_sealed_header,
+    seal,
+)
+
+if TYPE_CHECKING:
+    from ._service import MulticastService
+
+_PEER = 32
 
 
 class BundleSide(MemberSide):
     """
-    Giving our key bundles to our groups' owners, and keeping our members'.
+    Giving our key bundles to our groups' owners, keeping our members',
+    and sealed notices: left at mailboxes, kept there, collected.
     """
 
     prekeys: MemberPrekeys
     bundles: BundleBook
+    #: The outbox entries (peer, entry) sealed at mailboxes while we run.
+    _sealed_entries: set[tuple[PeerID, int]]
 
     def _seconds(self) -> int:
         return int(self.clock.seconds())
@@ -67,9 +111,8 @@ class BundleSide(MemberSide):
         """
         At start: delete the prekeys past their expiry and grace, and if
         the signed prekey is past half its lifetime (or gone), give every
-        owner of our groups a bundle with a new one, once per owner.  An
-        owner whose items wait sealed to the old one can still be opened
-        until its grace is over.
+        owner of our groups a bundle with a new one, once per owner.  Items
+        an owner sealed to the old one still open until its grace is over.
         """
         now = self._seconds()
         await self.prekeys.expire(now)
@@ -94,3 +137,146 @@ class BundleSide(MemberSide):
         if group.group_id not in await self.store.member_of(peer):
             raise GroupError("a key bundle from a peer that is no member of the group")
         await self.bundles.add(payload[GROUP_ID_SIZE:], peer, self._seconds())
+
+    # --- the owner: leaving sealed notices ---------------------------------
+
+    async def leave_sealed(self, peer: PeerID, entries: list[OutboxEntry]) -> None:
+        """
+        The outbox could not reach ``peer``: seal the new epochs and
+        removals waiting for it in groups we own that have mailboxes, each
+        to its bundle, and leave them at those mailboxes (each entry once
+        while we run).  Without a bundle valid for a mailbox's retention,
+        they wait in the outbox alone.
+        """
+        changes: list[Change] = []
+        told: set[PeerID] = set()
+        now = self._seconds()
+        for entry in entries:
+            key = (peer, entry.entry_id)
+            if entry.kind not in (NEW_EPOCH, REMOVAL) or entry.group_id is None:
+                continue
+            if key in self._sealed_entries:
+                continue
+            group_id = entry.group_id
+            group = await self.store.group(group_id)
+            mailboxes = sorted(
+                m.peer
+                for m in await self.store.members(group_id)
+                if m.role == "mailbox" and m.status != "removed"
+            )
+            if group.role != "owner" or not mailboxes:
+                continue
+            try:
+                signed, one_time = await self.bundles.prekeys(peer, now, DEFAULT_RETENTION)
+            except NoPrekey:
+                return
+            self._sealed_entries.add(key)
+            # A removal is at the group's epoch now: at or after the
+            # member's, so taken; a replay after it joined again, not.
+            number = (
+                decode_new_epoch(entry.payload).member.epoch
+                if entry.kind == NEW_EPOCH
+                else (await self.store.epoch(group_id)).epoch
+            )
+            item = seal(
+                self.identity, peer, signed, one_time, group_id, number, entry.kind, entry.payload
+            )
+            payload = group_id + peer.public_key + item
+            changes += [Enqueue(box, SEALED, payload, now, group_id) for box in mailboxes]
+            told.update(mailboxes)
+        if changes:
+            await self.store.commit(*changes)
+            self.outbox.waiting(told)
+
+    # --- a mailbox: keeping and giving them --------------------------------
+
+    async def hold_sealed(self, group: Group, payload: bytes) -> None:
+        """
+        The owner of a group we serve as a mailbox left an item sealed for
+        a member: keep it until the member takes it.
+
+        :raises DigitalSpringError: when it is malformed, not the owner's,
+            not for the group, or past our bounds.
+        """
+        if len(payload) <= GROUP_ID_SIZE + _PEER:
+            raise MalformedNotice("the sealed notice is truncated")
+        recipient = PeerID(payload[GROUP_ID_SIZE : GROUP_ID_SIZE + _PEER])
+        item = payload[GROUP_ID_SIZE + _PEER :]
+        header = read_sealed_header(item)
+        if (header.group_id, header.recipient, header.sender) != (
+            group.group_id,
+            recipient,
+            group.owner,
+        ):
+            raise MalformedNotice("the sealed item names another group, recipient or sender")
+        await self.store.commit(HoldSealed(group.group_id, recipient, item))
+
+    async def give_sealed(self, peer: PeerID, group_id: bytes) -> bytes:
+        """
+        The items we hold for ``peer`` in a group we serve as a mailbox (the
+        oldest, at most :data:`MAX_SEALED_ANSWER`), deleted once given.
+
+        :raises NoticeRefused: when we serve no such group.
+        """
+        try:
+            group = await self.store.group(group_id)
+        except NotStored:
+            raise NoticeRefused("refused") from None
+        if group.role != "mailbox" or group.state != "active":
+            raise NoticeRefused("refused")
+        items = await self.store.sealed(group_id, peer, MAX_SEALED_ANSWER)
+        if items:
+            await self.store.commit(TakeSealed(group_id, peer, len(items)))
+        return b"".join(varint(len(item)) + item for item in items)
+
+    # --- a member: collecting them -------------------------------------------
+
+    async def collect_all_sealed(self) -> None:
+        """
+        Take what the mailboxes of our groups hold for us, group by group.
+        """
+        for group in await self.store.groups():
+            if group.role == "member" and group.state == "active":
+                await self.collect_sealed(group)
+
+    async def collect_sealed(self, group: Group) -> None:
+        """
+        Take the items the group's mailboxes hold for us, and handle each
+        as the notice its owner sent.  A mailbox that cannot be reached, or
+        an item refused, is logged and skipped.
+        """
+        for box in sorted(await self.store.mailboxes(group.group_id)):
+            while True:
+                try:
+                    answer = await self.pool.call(box, CollectSealed, group=group.group_id)
+                except Exception as e:
+                    self._rlog.info(
+                        "sealed-not-collected",
+                        "could not collect sealed notices from {peer}: {error}",
+                        peer=str(box),
+                        error=str(e),
+                    )
+                    break
+                reader = Reader(answer["items"], MalformedNotice, "sealed notices")
+                count = 0
+                while reader.offset < len(reader.data):
+                    count += 1
+                    await self._take_sealed(group, reader.take(reader.varint(1 << 16)))
+                if count < MAX_SEALED_ANSWER:
+                    break
+
+    async def _take_sealed(self, group: Group, item: bytes) -> None:
+        try:
+            known = (await self.store.epoch(group.group_id)).epoch
+            opened = await self.prekeys.open(item, self._seconds(), known)
+            if opened.sender != group.owner or opened.group_id != group.group_id:
+                raise SealedItemRefused("the sealed item is not of the group's owner")
+            service = cast("MulticastService", self)
+            await service.receive_notice(opened.sender, opened.kind, opened.payload)
+        except (SealedItemRefused, NoticeRefused, NotStored) as e:
+            self._rlog.info(
+                "sealed-refused",
+                "refused a sealed notice of group {group}: {error}",
+                group=group.group_id.hex(),
+                error=str(e),
+            )

@@ -9,6 +9,12 @@ The multicast service's AMP commands, the same for every strategy.
     :class:`~digitalspring.multicast.MembershipNotProven` with one message,
     whatever the reason (not a member, a reflected or replayed proof,
     another group, an older epoch, a blocked peer).
+``group-sealed``
+    A member asks a mailbox of a group for the items the owner sealed for
+    it while it was away (see ``_prekeys.py``), authenticated by the
+    channel alone (it may not hold the epoch to prove membership in): the
+    oldest, at most :data:`MAX_SEALED_ANSWER`, which the mailbox then
+    deletes.
 ``group-notice``
     One notice between an owner and a member (see ``_notices.py``),
     authenticated by the channel itself: the peer's identity is the one its
@@ -70,6 +76,24 @@ class ProveMembership(amp.Command):
     ]
     response = [(b"proof", BoundedBytes(PROOF_SIZE))]
     errors = {MembershipNotProven: b"NOT_PROVEN"}
+
+
+#: The most sealed items in one ``group-sealed`` answer, and its most bytes
+#: (one AMP value): each item, with its length, is under 3,900 bytes.
+MAX_SEALED_ANSWER = 12
+MAX_SEALED_ANSWER_SIZE = 60_000
+
+
+class CollectSealed(amp.Command):
+    """
+    The items a mailbox holds for the asker in ``group``, each as ``varint
+    length, item``.
+    """
+
+    commandName = b"group-sealed"
+    arguments = [(b"group", BoundedBytes(32))]
+    response = [(b"items", BoundedBytes(MAX_SEALED_ANSWER_SIZE))]
+    errors = {NoticeRefused: b"REFUSED"}
 
 
 class GroupNotice(amp.Command):

@@ -44,6 +44,11 @@ Pure functions, no I/O.  Encodings::
     key bundle (a member to the owner, see _prekeys.py):
         32 B    group ID (the bundle is for the owner, whatever the group)
         the rest: the member's key bundle
+    sealed (owner to a mailbox: a notice sealed for a member away, see
+    _prekeys.py):
+        32 B    group ID
+        32 B    the member
+        the rest: the sealed item
     mailboxes (owner to a member):
         32 B    group ID
         varint  version (1)
@@ -114,6 +119,7 @@ MAILBOX_EPOCH = "mailbox-epoch"
 MAILBOXES = "mailboxes"
 NEWS = "news"
 KEY_BUNDLE = "key-bundle"
+SEALED = "sealed"
 KINDS = frozenset(
     {
         INVITATION,
@@ -123,6 +129,7 @@ KINDS = frozenset(
         DEPARTURE,
         ACKNOWLEDGEMENT,
         KEY_BUNDLE,
+        SEALED,
         MAILBOX_INVITATION,
         MAILBOX_EPOCH,
         MAILBOXES,

@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..identity import PeerID
-from ..storage import CountAttempt, Dequeue, IStore
+from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry
 from ._commands import GroupNotice, NoticeRefused
 
 #: Seconds before each retry of an outbox entry a peer did not take; the
@@ -38,6 +38,8 @@ CATCH_UP = "catch-up"
 Deliver = Callable[[PeerID, bytes], Awaitable[bool]]
 #: What follows the delivery of an entry of some kind.
 Delivered = Callable[[PeerID, bytes], Awaitable[None]]
+#: What follows a peer not reached: with the entries that wait for it.
+Undelivered = Callable[[PeerID, list[OutboxEntry]], Awaitable[None]]
 
 
 class Outbox:
@@ -53,6 +55,8 @@ class Outbox:
         are delivered (a catch-up, say), by kind.
     :param after: what to do once an entry of a kind was delivered, by
         kind.
+    :param undelivered: what to do when the peer was not reached (not
+        refused): errors it raises are logged, and the retry goes on.
     """
 
     log = Logger()
@@ -64,12 +68,14 @@ class Outbox:
         store: IStore,
         special: Mapping[str, Deliver],
         after: Mapping[str, Delivered],
+        undelivered: Undelivered | None = None,
     ) -> None:
         self._clock = clock
         self._pool = pool
         self._store = store
         self._special = dict(special)
         self._after = dict(after)
+        self._undelivered = undelivered
         self._rlog = RateLimitedLog(self.log, clock)
         self._running = False
         self._peers: set[PeerID] = set()
@@ -179,6 +185,11 @@ class Outbox:
                 delivered = False
             if not delivered:
                 await self._store.commit(CountAttempt(entry.entry_id))
+                if self._undelivered is not None:
+                    try:
+                        await self._undelivered(peer, entries)
+                    except Exception:
+                        self.log.failure("after {peer} was not reached", peer=str(peer))
                 if entry.attempts + 1 < MAX_ATTEMPTS:
                     delay = RETRY_DELAYS[min(entry.attempts, len(RETRY_DELAYS) - 1)]
                     self._schedule(peer, delay)

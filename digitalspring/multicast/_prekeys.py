@@ -100,8 +100,10 @@ SIGNED_PREKEY_LIFETIME = 60 * 24 * 3600
 #: How long after its expiry a member keeps a signed prekey's secret, for
 #: items sealed to it just before (clocks differ, mailboxes hold items).
 PREKEY_GRACE = 7 * 24 * 3600
-#: The longest notice a sealed item carries, in bytes.
-MAX_SEALED_PAYLOAD = 4096
+#: The longest notice a sealed item carries, in bytes: with its header
+#: (at most 205 bytes), tag, group and recipient it fits a notice to a
+#: mailbox (4,096 bytes); an invitation is under 3,200.
+MAX_SEALED_PAYLOAD = 3584
 
 _KEY = 32
 _SIGNATURE = 64
@@ -350,6 +352,15 @@ class _SealedHeader:
     one_time_prekey: bytes | None
     ephemeral: bytes
     length: int
+
+
+def read_sealed_header(data: bytes) -> _SealedHeader:
+    """
+    The header of a sealed item (what a mailbox checks before it keeps one).
+
+    :raises SealedItemRefused: when it is malformed.
+    """
+    return _read_header(data)
 
 
 def _read_header(data: bytes) -> _SealedHeader:

@@ -24,7 +24,7 @@ from ..channel import ISecureChannel, PeerConnection
 from ..identity import PeerID
 from ..storage import Group, NotStored
 from ._catchup_serve import CatchUpResponder
-from ._commands import GroupNotice, ProveMembership
+from ._commands import CollectSealed, GroupNotice, ProveMembership
 from ._core import NotInGroup, ServiceCore, deferred
 from ._epoch import EpochKeys
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin, IStrategyRouter
@@ -82,6 +82,10 @@ class _Responder(amp.CommandLocator):
     async def notice(self, kind: str, payload: bytes) -> dict[str, Any]:
         await self.service.receive_notice(self.connection.peer_id, kind, payload)
         return {}
+
+    @CollectSealed.responder
+    async def collect_sealed(self, group: bytes) -> dict[str, bytes]:
+        return {"items": await self.service.give_sealed(self.connection.peer_id, group)}
 
 
 @implementer(IStrategyRouter)

@@ -48,6 +48,7 @@ from ._notices import (
     NEW_EPOCH,
     NEWS,
     REMOVAL,
+    SEALED,
     decode_bare,
     notice_group,
 )
@@ -131,7 +132,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
             store,
             special={CATCH_UP: self.catch_up},
             after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
+            undelivered=self.leave_sealed,
         )
+        self._sealed_entries = set()
         self._plugins = dict(strategies) if strategies is not None else None
         self._rlog = RateLimitedLog(self.log, clock)
         self._sessions = weakref.WeakKeyDictionary()
@@ -157,8 +160,14 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
         await self.outbox.start()
         await self.refresh_bundles()
         self.expiry_changed()
+        Deferred.fromCoroutine(self._back_online()).addErrback(self._log_failure)
+
+    async def _back_online(self) -> None:
+        # Sealed notices first: a new epoch among them is what catch-up
+        # proves membership in.
+        await self.collect_all_sealed()
         if self._catch_up_at_start:
-            self.catch_up_all().addErrback(self._log_failure)
+            await self.catch_up_all()
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):
@@ -246,6 +255,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
             await self.new_epoch(group, payload)
         elif kind == MAILBOXES and group.role == "member":
             await self.new_mailboxes(group, payload)
+        elif kind == SEALED and group.role == "mailbox":
+            await self.hold_sealed(group, payload)
         elif kind == MAILBOX_EPOCH and group.role == "mailbox":
             await self.mailbox_new_epoch(group, payload)
         elif kind == NEWS and group.role == "member":
