@@ -13,9 +13,11 @@ from nacl.bindings import crypto_scalarmult
 from twisted.internet.defer import Deferred, ensureDeferred
 from twisted.trial.unittest import SynchronousTestCase
 
+from digitalspring._codec import varint
 from digitalspring.identity import Identity
 from digitalspring.multicast import MulticastService, UnicastStrategyPlugin
-from digitalspring.multicast._commands import NoticeRefused
+from digitalspring.multicast._bundles import MAX_SEALED_ROUNDS
+from digitalspring.multicast._commands import MAX_SEALED_ANSWER, NoticeRefused
 from digitalspring.multicast._crypto import UndecryptableMessage, blake2b, decrypt, encrypt
 from digitalspring.multicast._notices import INVITATION, KEY_BUNDLE, NEW_EPOCH, REMOVAL, SEALED
 from digitalspring.multicast._prekeys import (
@@ -704,3 +706,24 @@ class SealedAtMailboxTests(SynchronousTestCase):
         self.successResultOf(ok)
         self.assertEqual(done(self, box.give_sealed(m1.local, group_id)), b"")
         self.assertEqual(net.result(box.store.sealed(group_id, m0.local, 10)), [item])
+
+    def test_hostile_mailbox_bounded(self) -> None:
+        """
+        A mailbox that answers every request with a full batch of junk is
+        asked a bounded number of times; the junk is refused, and the
+        member catches up after all the same.
+        """
+        net, _owner, group_id = self._group()
+        box = net.services["box"]
+        asked = []
+
+        async def junk(peer: Any, group: bytes) -> bytes:
+            asked.append(peer)
+            return b"".join(varint(100) + b"x" * 100 for _ in range(MAX_SEALED_ANSWER))
+
+        box.give_sealed = junk  # type: ignore[method-assign]
+        net.down("m0")
+        m0 = net.up("m0")
+        net.run(30)
+        self.assertEqual(len(asked), MAX_SEALED_ROUNDS)
+        self.assertIn(group_id, m0.caught_up)

@@ -30,7 +30,7 @@ from ..storage import (
     OutboxEntry,
     TakeSealed,
 )
-from ._commands import MAX_SEALED_ANSWER, CollectSealed, NoticeRefused
+from ._commands import MAX_SEALED_ANSWER, MAX_SEALED_ANSWER_SIZE, CollectSealed, NoticeRefused
 from ._core import GroupError, NotOwner
 from ._epoch import GROUP_ID_SIZE
 from ._member import MemberSide
@@ -58,6 +58,9 @@ if TYPE_CHECKING:
     from ._service import MulticastService
 
 _PEER = 32
+#: The most ``group-sealed`` requests a member makes of one mailbox of a
+#: group when it starts.
+MAX_SEALED_ROUNDS = 4
 
 
 class BundleSide(MemberSide):
@@ -246,9 +249,16 @@ class BundleSide(MemberSide):
         an item refused, is logged and skipped.
         """
         for box in sorted(await self.store.mailboxes(group.group_id)):
-            while True:
+            # A mailbox keeps 16 items for a member by default: a hostile
+            # one that always answers a full batch is asked no more.
+            for _ in range(MAX_SEALED_ROUNDS):
                 try:
                     answer = await self.pool.call(box, CollectSealed, group=group.group_id)
+                    reader = Reader(answer["items"], MalformedNotice, "sealed notices")
+                    items: list[bytes] = []
+                    while reader.offset < len(reader.data) and len(items) < MAX_SEALED_ANSWER:
+                        items.append(reader.take(reader.varint(MAX_SEALED_ANSWER_SIZE)))
+                    reader.end()
                 except Exception as e:
                     self._rlog.info(
                         "sealed-not-collected",
@@ -257,12 +267,9 @@ class BundleSide(MemberSide):
                         error=str(e),
                     )
                     break
-                reader = Reader(answer["items"], MalformedNotice, "sealed notices")
-                count = 0
-                while reader.offset < len(reader.data):
-                    count += 1
-                    await self._take_sealed(group, reader.take(reader.varint(1 << 16)))
-                if count < MAX_SEALED_ANSWER:
+                for item in items:
+                    await self._take_sealed(group, item)
+                if len(items) < MAX_SEALED_ANSWER:
                     break
 
     async def _take_sealed(self, group: Group, item: bytes) -> None:
@@ -273,7 +280,7 @@ class BundleSide(MemberSide):
                 raise SealedItemRefused("the sealed item is not of the group's owner")
             service = cast("MulticastService", self)
             await service.receive_notice(opened.sender, opened.kind, opened.payload)
-        except (SealedItemRefused, NoticeRefused, NotStored) as e:
+        except DigitalSpringError as e:
             self._rlog.info(
                 "sealed-refused",
                 "refused a sealed notice of group {group}: {error}",

@@ -164,8 +164,11 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
 
     async def _back_online(self) -> None:
         # Sealed notices first: a new epoch among them is what catch-up
-        # proves membership in.
-        await self.collect_all_sealed()
+        # proves membership in.  Catch-up runs whatever became of them.
+        try:
+            await self.collect_all_sealed()
+        except Exception:
+            self.log.failure("could not collect sealed notices")
         if self._catch_up_at_start:
             await self.catch_up_all()
 

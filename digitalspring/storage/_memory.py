@@ -829,15 +829,25 @@ class MemoryStore:
         self._set(self._bundles, peer, change.bundle)
 
     def _hold_sealed(self, change: HoldSealed) -> None:
-        self._group(change.group_id)
+        owner = self._group(change.group_id).owner
         key = (change.group_id, change.recipient)
         held = self._sealed.get(key, [])
+        total = sum(len(items) for items in self._sealed.values())
         check_quota(
             "sealed items",
             change.recipient,
             len(held) + 1,
-            sum(len(items) for items in self._sealed.values()) + 1,
+            total + 1,
             self._limits.sealed_items_per_member,
+            self._limits.sealed_items_total,
+        )
+        check_quota(
+            "sealed items left by one owner",
+            owner,
+            sum(len(v) for (g, _), v in self._sealed.items() if self._groups[g].owner == owner)
+            + 1,
+            total + 1,
+            self._limits.sealed_items_per_owner,
             self._limits.sealed_items_total,
         )
         self._set(self._sealed, key, [*held, change.item])

@@ -1361,12 +1361,25 @@ class SQLiteStore:
             "SELECT count(*) FROM sealed_items WHERE gid = ? AND recipient = ?", (gid, recipient)
         ).fetchone()
         (total,) = self._db.execute("SELECT count(*) FROM sealed_items").fetchone()
+        (owner, by_owner) = self._db.execute(
+            "SELECT owner, (SELECT count(*) FROM sealed_items JOIN groups AS g USING (gid)"
+            " WHERE g.owner = groups.owner) FROM groups WHERE gid = ?",
+            (gid,),
+        ).fetchone()
         check_quota(
             "sealed items",
             change.recipient,
             mine + 1,
             total + 1,
             self._limits.sealed_items_per_member,
+            self._limits.sealed_items_total,
+        )
+        check_quota(
+            "sealed items left by one owner",
+            PeerID(owner),
+            by_owner + 1,
+            total + 1,
+            self._limits.sealed_items_per_owner,
             self._limits.sealed_items_total,
         )
         self._db.execute(

@@ -342,6 +342,7 @@ class StoreLimits:
     one_time_prekeys_total: int = 65536
     key_bundles_total: int = 4096
     sealed_items_per_member: int = 16
+    sealed_items_per_owner: int = 1024
     sealed_items_total: int = 16384
 
 
@@ -859,7 +860,8 @@ class HoldSealed(Change):
     (a notice it missed), until the recipient takes it.
 
     :raises NotStored: when the group is not stored.
-    :raises PeerQuotaExceeded: past the items held for one recipient.
+    :raises PeerQuotaExceeded: past the items held for one recipient, or
+        left by the group's owner in all its groups.
     :raises TotalQuotaExceeded: past the items held in all.
     """
 

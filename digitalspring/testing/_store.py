@@ -1155,6 +1155,27 @@ class StoreConformanceMixin(_Base):
         self.assertEqual(await store.sealed(GROUP_ID, BOB, 10), [])
 
     @_deferred
+    async def test_sealed_items_per_owner(self) -> None:
+        """
+        An owner leaves at most so many sealed items in all the groups it
+        has a mailbox serve, whatever their recipients; another owner's
+        groups are charged apart.
+        """
+        store = await self._store(StoreLimits(sealed_items_per_owner=2))
+        await self._served(store)
+        await self._served(store, OTHER_GROUP_ID)
+        third = bytes(range(2, 34))
+        await self._served(store, third, ALICE)
+        await store.commit(
+            HoldSealed(GROUP_ID, BOB, b"1"), HoldSealed(OTHER_GROUP_ID, CAROL, b"2")
+        )
+        error = await _refused(store.commit(HoldSealed(GROUP_ID, DAVE, b"3")), PeerQuotaExceeded)
+        self.assertTrue(str(OWNER) in str(error))
+        await store.commit(HoldSealed(third, BOB, b"4"), HoldSealed(third, CAROL, b"5"))
+        await store.commit(TakeSealed(GROUP_ID, BOB, 1))
+        await store.commit(HoldSealed(GROUP_ID, DAVE, b"3"))
+
+    @_deferred
     async def test_settings(self) -> None:
         """
         A setting is set, replaced and deleted.
