@@ -71,8 +71,9 @@ class BundleSide(MemberSide):
 
     prekeys: MemberPrekeys
     bundles: BundleBook
-    #: The outbox entries (peer, entry) sealed at mailboxes while we run.
-    _sealed_entries: set[tuple[PeerID, int]]
+    #: The outbox entries of each peer already looked at for sealing while
+    #: we run (those still waiting: at most the peer's outbox).
+    _sealed_entries: dict[PeerID, set[int]]
 
     def _seconds(self) -> int:
         return int(self.clock.seconds())
@@ -154,12 +155,14 @@ class BundleSide(MemberSide):
         changes: list[Change] = []
         told: set[PeerID] = set()
         now = self._seconds()
+        waiting = {entry.entry_id for entry in entries}
+        done = self._sealed_entries.pop(peer, set()) & waiting
         for entry in entries:
-            key = (peer, entry.entry_id)
             if entry.kind not in (NEW_EPOCH, REMOVAL) or entry.group_id is None:
                 continue
-            if key in self._sealed_entries:
+            if entry.entry_id in done:
                 continue
+            done.add(entry.entry_id)
             group_id = entry.group_id
             group = await self.store.group(group_id)
             mailboxes = sorted(
@@ -172,8 +175,7 @@ class BundleSide(MemberSide):
             try:
                 signed, one_time = await self.bundles.prekeys(peer, now, DEFAULT_RETENTION)
             except NoPrekey:
-                return
-            self._sealed_entries.add(key)
+                continue
             # A removal is at the group's epoch now: at or after the
             # member's, so taken; a replay after it joined again, not.
             number = (
@@ -187,6 +189,8 @@ class BundleSide(MemberSide):
             payload = group_id + peer.public_key + item
             changes += [Enqueue(box, SEALED, payload, now, group_id) for box in mailboxes]
             told.update(mailboxes)
+        if done:
+            self._sealed_entries[peer] = done
         if changes:
             await self.store.commit(*changes)
             self.outbox.waiting(told)

@@ -134,7 +134,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
             after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
             undelivered=self.leave_sealed,
         )
-        self._sealed_entries = set()
+        self._sealed_entries = {}
         self._plugins = dict(strategies) if strategies is not None else None
         self._rlog = RateLimitedLog(self.log, clock)
         self._sessions = weakref.WeakKeyDictionary()
