@@ -34,6 +34,7 @@ from ..multicast import (
     MulticastService,
     ReceivedMessage,
 )
+from ..multicast._notices import KEY_BUNDLE
 from ..storage import MemoryStore, StoreLimits
 from ..transport import MemoryNetwork, SimulatedClock
 from ..transport._memory import MemoryConnection
@@ -208,12 +209,16 @@ class GroupNetwork:
     def group(self, owner: MulticastService, *members: MulticastService, strategy: str) -> bytes:
         """
         A group of ``owner`` with ``members``, each of which has taken its
-        invitation.
+        invitation and given the owner its key bundle (so that a test taking
+        a member away right after finds it with nothing under way).
         """
         group_id: bytes = self.result(owner.create_group("test group", strategy))
         for member in members:
             self.result(owner.add_member(group_id, member.local))
-        self.clock.run_until(lambda: all(group_id in _joined(m) for m in members), limit=600)
+        self.clock.run_until(
+            lambda: all(group_id in _joined(m) and not _giving(m, owner) for m in members),
+            limit=600,
+        )
         return group_id
 
     def add_mailbox(
@@ -225,6 +230,12 @@ class GroupNetwork:
         """
         self.result(owner.add_member(group_id, box.local, "mailbox", **kw))
         self.clock.run_until(lambda: group_id in _joined(box), limit=600)
+
+
+def _giving(service: MulticastService, owner: MulticastService) -> bool:
+    waiting: list[Any] = []
+    service.store.outbox(owner.local).addCallback(waiting.extend)
+    return any(entry.kind == KEY_BUNDLE for entry in waiting)
 
 
 def _joined(service: MulticastService) -> set[bytes]:
