@@ -32,9 +32,9 @@ from digitalspring.multicast._prekeys import (
     SealedItemRefused,
     _bundle_body,
     _key_pair,
-    _read_header,
     decode_bundle,
     encode_bundle,
+    read_sealed_header,
     seal,
 )
 from digitalspring.storage import (
@@ -251,12 +251,12 @@ class BundleTests(SynchronousTestCase):
         """
         peers = Peers(self)
         first = peers.seal(1, INVITATION, b"first")
-        used = _read_header(first).one_time_prekey
+        used = read_sealed_header(first).one_time_prekey
         renewed = done(self, peers.prekeys.bundle(peers.owner.peer_id, NOW))
         self.assertIn(used, renewed.one_time_prekeys)
         done(self, peers.book.add(encode_bundle(renewed), peers.member.peer_id, NOW))
         second = peers.seal(2, NEW_EPOCH, b"second")
-        self.assertNotEqual(_read_header(second).one_time_prekey, used)
+        self.assertNotEqual(read_sealed_header(second).one_time_prekey, used)
         self.assertEqual(peers.open(first, NOW, None).payload, b"first")
         self.assertEqual(peers.open(second, NOW, 1).payload, b"second")
         later = done(self, peers.prekeys.bundle(peers.owner.peer_id, NOW))
@@ -331,7 +331,7 @@ class SealingTests(SynchronousTestCase):
             ]
         )
         real = peers.seal(1, INVITATION, b"x", one_time=False)
-        header = _read_header(real)
+        header = read_sealed_header(real)
         forged_header = real[: header.length - 32] + ephemeral
         forged = forged_header + encrypt(
             blake2b(b"ds-sealed-key", shared), bytes(24), b"forged", forged_header
@@ -363,7 +363,7 @@ class SealingTests(SynchronousTestCase):
         signed, otpk = peers.take()
         item = seal(mallory, peers.member.peer_id, signed, None, GROUP, 1, INVITATION, b"x")
         claimed = item.replace(mallory.peer_id.public_key, peers.owner.peer_id.public_key, 1)
-        self.assertEqual(_read_header(claimed).sender, peers.owner.peer_id)
+        self.assertEqual(read_sealed_header(claimed).sender, peers.owner.peer_id)
         self.assertIn("does not open", peers.refused(claimed, NOW, None))
         # In its own name, with the signed prekey alone, it opens as
         # Mallory's: the caller takes notices from the group's owner only.
@@ -422,7 +422,7 @@ class SealingTests(SynchronousTestCase):
         peers = Peers(self)
         before = len(peers.held())
         item = peers.seal(1, INVITATION, b"x")
-        otpk = _read_header(item).one_time_prekey
+        otpk = read_sealed_header(item).one_time_prekey
         peers.open(item, NOW, None)
         self.assertEqual(len(peers.held()), before - 1)
         self.assertNotIn(otpk, [p.public for p in peers.held()])
@@ -460,7 +460,7 @@ class SealingTests(SynchronousTestCase):
         second = peers.seal(2, NEW_EPOCH, b"second", one_time=False)
         later = NOW + SIGNED_PREKEY_LIFETIME // 2 + 1
         renewed = done(self, peers.prekeys.bundle(peers.owner.peer_id, later))
-        self.assertNotEqual(renewed.signed_prekey, _read_header(old_item).signed_prekey)
+        self.assertNotEqual(renewed.signed_prekey, read_sealed_header(old_item).signed_prekey)
         end = NOW + SIGNED_PREKEY_LIFETIME + PREKEY_GRACE
         done(self, peers.prekeys.expire(end - 1))
         self.assertEqual(peers.open(old_item, end - 1, None).payload, b"old")
@@ -488,7 +488,7 @@ class ForwardSecrecyTests(SynchronousTestCase):
         secrets = {p.public: p.secret for p in peers.held()}
         leaked = [peers.owner.x25519_private_key, peers.member.x25519_private_key]
         for item in (kept, waiting):
-            header = _read_header(item)
+            header = read_sealed_header(item)
             used = [header.signed_prekey, header.one_time_prekey]
             prekeys = [secrets[public] for public in used if public is not None]
             self.assertTrue(_opens(item, leaked + prekeys, peers))
@@ -508,7 +508,7 @@ def _opens(item: bytes, secrets: list[bytes], peers: Peers) -> bool:
     DHs of ``secrets`` with the public keys the item and its peers show,
     opens ``item``.
     """
-    header = _read_header(item)
+    header = read_sealed_header(item)
     publics = [
         header.signed_prekey,
         header.ephemeral,
@@ -657,7 +657,7 @@ class SealedAtMailboxTests(SynchronousTestCase):
         box = net.services["box"]
         m0 = net.services["m0"]
         [item] = net.result(box.store.sealed(group_id, m0.local, 10))
-        self.assertEqual(_read_header(item).epoch, 1)
+        self.assertEqual(read_sealed_header(item).epoch, 1)
         epoch = net.result(owner.store.epoch(group_id))
         assert epoch.access_key is not None
         self.assertNotIn(epoch.access_key, item)

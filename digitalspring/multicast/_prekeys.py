@@ -54,7 +54,7 @@ node's store (:doc:`storage`, version 4).  Encodings::
         32 B    signed prekey
         1 B     flag: a one-time prekey follows, then 32 B
         32 B    ephemeral key
-        the rest: ciphertext of the notice (at most 4 KiB) and its tag
+        the rest: ciphertext of the notice (at most 3,584 bytes) and its tag
 """
 
 from __future__ import annotations
@@ -342,7 +342,12 @@ def seal(
 
 
 @frozen
-class _SealedHeader:
+class SealedHeader:
+    """
+    The header of a sealed item, in clear: what it is about and the keys it
+    was sealed with; ``length`` is where its ciphertext starts.
+    """
+
     group_id: bytes
     epoch: int
     kind: str
@@ -354,16 +359,13 @@ class _SealedHeader:
     length: int
 
 
-def read_sealed_header(data: bytes) -> _SealedHeader:
+def read_sealed_header(data: bytes) -> SealedHeader:
     """
-    The header of a sealed item (what a mailbox checks before it keeps one).
+    The header of a sealed item (what a mailbox checks before it keeps one,
+    and what the member reads before it opens one).
 
     :raises SealedItemRefused: when it is malformed.
     """
-    return _read_header(data)
-
-
-def _read_header(data: bytes) -> _SealedHeader:
     reader = Reader(data, SealedItemRefused, "sealed item")
     if reader.varint() != SEALED_VERSION:
         raise reader.fail(f"is not of version {SEALED_VERSION}")
@@ -379,7 +381,7 @@ def _read_header(data: bytes) -> _SealedHeader:
     ephemeral = reader.take(_KEY)
     if not TAG_SIZE <= len(data) - reader.offset <= MAX_SEALED_PAYLOAD + TAG_SIZE:
         raise reader.fail("carries a ciphertext of a size no notice has")
-    return _SealedHeader(
+    return SealedHeader(
         group_id,
         epoch,
         _KINDS[code],
@@ -503,7 +505,7 @@ class MemberPrekeys:
 
         :raises SealedItemRefused: saying why.
         """
-        header = _read_header(data)
+        header = read_sealed_header(data)
         if header.recipient != self._identity.peer_id:
             raise SealedItemRefused(f"the sealed item is for {header.recipient}, not us")
         if known_epoch is not None:
