@@ -317,6 +317,19 @@ async def add_members(owner: MulticastService, group_id: bytes, peers: list[Peer
     owner._refresh_members(group_id)
 
 
+def for_profile(plugin: IMulticastStrategyPlugin, profile: Profile) -> IMulticastStrategyPlugin:
+    """
+    The strategy as a node on the profile's links runs it: one with an
+    upload budget (``spring``'s ``--upload-budget``) gets the profile's
+    upload rate, so that it does not plan on more than its uplink carries
+    (the default, 1.25 MB/s, is broadband's; tor's is 0.5 MB/s).
+    """
+    if getattr(plugin, "upload_budget", None) is None:
+        return plugin
+    made: IMulticastStrategyPlugin = type(plugin)(upload_budget=profile.upload)  # type: ignore[call-arg]
+    return made
+
+
 def _progress(message: str) -> None:
     sys.stderr.write(f"  {message}\n")
     sys.stderr.flush()
@@ -338,6 +351,7 @@ def run_row(
     """
     warnings = quiet_logs()
     began = time.perf_counter()
+    plugin = for_profile(plugin, profile)
     sim = Simulation(profile, plugin, seed)
     owner = sim.node("owner")
     members = [sim.node(f"m{i}") for i in range(n)]
