@@ -22,6 +22,9 @@ Profiles (``--profile``):
 * ``tor``: 0.5 MB/s each way, 250-600 ms, no loss, and 2-5 s to set up
   each connection.
 
+A strategy with an upload budget (``spring``) runs with the profile's
+upload rate as its budget.
+
 Rows: n in {10, 100, 1,000} x {1 KiB, 1 MiB}, plus n = 10,000 x 1 KiB
 (``--n``, ``--size``, ``--strategy`` and ``--profile`` select; 10,000 x
 1 MiB only when ``--size`` is given).  Each row runs in a child process of
