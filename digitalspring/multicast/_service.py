@@ -26,7 +26,7 @@ from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..storage import IStore, StoreLimits
+from ..storage import IStore, StoreClosed, StoreLimits
 from ._bundles import BundleSide
 from ._catchup import CatchUpSide
 from ._catchup_serve import CatchUpServer
@@ -174,7 +174,11 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):
-            self.log.failure("the multicast service could not load its state", result)
+            if not self.running and result.check(StoreClosed):
+                # Stopped (and its store closed) while it was loading.
+                self.log.info("the multicast service stopped before its state was loaded")
+            else:
+                self.log.failure("the multicast service could not load its state", result)
         self.ready.callback(None)
 
     def stopService(self) -> Deferred[None]:
