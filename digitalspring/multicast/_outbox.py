@@ -22,7 +22,7 @@ from twisted.logger import Logger
 from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..identity import PeerID
-from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry
+from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry, StoreClosed
 from ._commands import GroupNotice, NoticeRefused
 
 #: Seconds before each retry of an outbox entry a peer did not take; the
@@ -157,6 +157,11 @@ class Outbox:
             self._flush(peer)
 
     def _failed(self, failure: Any) -> None:
+        if not self._running and failure.check(StoreClosed):
+            # A flush under way when the node stopped and closed its store:
+            # what it did not commit stays queued for the next start.
+            self.log.info("the outbox stopped during a flush")
+            return
         self.log.failure("the outbox", failure)
 
     async def _send(self, peer: PeerID) -> None:
