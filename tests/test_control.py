@@ -587,7 +587,7 @@ class ControlAPITests(TestCase):
         self.assertEqual(answer, {"error": "method not allowed"})
         for path in ["/v1/nothing", "/v1/", "/", "/v2/status", "/v1/status/x", "/v1/status/"]:
             code, _, answer = await api.send(_request("GET", path, host, token))
-            self.assertEqual((code, answer), (404, {"error": "no such control request"}), path)
+            self.assertEqual((code, answer), (404, {"error": "no such request"}), path)
         self.assertEqual(api.calls, [])
 
     async def test_handler_errors(self) -> None:
@@ -621,7 +621,7 @@ class ControlAPITests(TestCase):
         await api.all_waiting
         code, _, answer = await api.send(_request("POST", "/v1/record", host, token, b"{}"))
         self.assertEqual(code, 503)
-        self.assertEqual(answer, {"error": "too many control requests at once; try again"})
+        self.assertEqual(answer, {"error": "too many requests at once; try again"})
         self.assertEqual(len(api.calls), MAX_IN_FLIGHT)
         for d in api.waiting:
             d.callback({"done": True})
@@ -977,7 +977,7 @@ class EventStreamTests(TestCase):
         status, _, body = await api.send(self.request(api, token="wrong"))
         self.assertEqual(status, 401)
         assert api.service._api is not None
-        self.assertEqual(api.service._api.open_streams, set())
+        self.assertEqual(api.service._api.dispatcher.open_streams, set())
         with self.assertRaises(ControlError) as caught:
             await ControlClient(_reactor(), api.data_dir).stream("events", {"to": "nobody"}, print)
         self.assertIn("nobody", str(caught.exception))

@@ -150,7 +150,7 @@ def unix_control(data_dir: FilePath[str]) -> str:
     return f"unix:{escaped}:mode=600"
 
 
-def _allowed_hosts(address: IAddress) -> frozenset[bytes]:
+def allowed_hosts(address: IAddress) -> frozenset[bytes]:
     """
     The ``Host`` header values that name the address the API is bound to:
     ``127.0.0.1:PORT`` (or ``[::1]:PORT``) and ``localhost:PORT``, without
@@ -168,7 +168,7 @@ def _allowed_hosts(address: IAddress) -> frozenset[bytes]:
     return frozenset(host.encode("ascii") for host in hosts)
 
 
-def _host(request: Request) -> bytes | None:
+def request_host(request: Request) -> bytes | None:
     """
     The request's ``Host`` header, lower-cased: ``b""`` when it has none,
     ``None`` when it has several.
@@ -206,9 +206,10 @@ def _document(document: dict[str, Any]) -> bytes:
     return json.dumps(document).encode("utf-8") + b"\n"
 
 
-class _ControlRequest(Request):
+class BoundedRequest(Request):
     """
-    A request whose body is kept in memory, :data:`MAX_BODY` bytes at most.
+    A request whose body is kept in memory, :meth:`body_limit` bytes at
+    most (:data:`MAX_BODY`).
 
     Twisted would spool any body to a temporary file, however long; here a
     longer one is answered 413 once its announced or received length passes
@@ -217,10 +218,19 @@ class _ControlRequest(Request):
 
     _received = 0
     _refused = False
+    _limit = MAX_BODY
+
+    def body_limit(self) -> int:
+        """
+        The longest body this request may carry, asked once its headers
+        are in (a subclass may allow more to some requests).
+        """
+        return MAX_BODY
 
     def gotLength(self, length: int | None) -> None:
         self.content = BytesIO()
-        if length is not None and length > MAX_BODY:
+        self._limit = self.body_limit()
+        if length is not None and length > self._limit:
             # Before Twisted answers "100 Continue" to a body we refuse.
             self.requestHeaders.removeHeader(b"expect")
             self._refuse_too_large()
@@ -229,7 +239,7 @@ class _ControlRequest(Request):
         if self._refused:
             return
         self._received += len(data)
-        if self._received > MAX_BODY:
+        if self._received > self._limit:
             self._refuse_too_large()
         else:
             assert self.content is not None
@@ -242,7 +252,7 @@ class _ControlRequest(Request):
     def _refuse_too_large(self) -> None:
         self._refused = True
         self.content = BytesIO()
-        body = _document({"error": f"the request body is over {MAX_BODY} bytes"})
+        body = _document({"error": f"the request body is over {self._limit} bytes"})
         assert self.channel is not None and self.channel.transport is not None
         # The response machinery serves requests that have been received in
         # full, which this one never will be: answer on the wire, as Twisted
@@ -267,7 +277,7 @@ class _ControlSite(Site):
         pass
 
 
-class _BoundedConnections(WrappingFactory):
+class BoundedConnections(WrappingFactory):
     """
     Closes each connection past :data:`MAX_CONNECTIONS` as soon as it is
     accepted.
@@ -285,63 +295,57 @@ class _BoundedConnections(WrappingFactory):
 Handler = Callable[[dict[str, Any]], Awaitable[dict[str, Any]]]
 
 
-class _ControlAPI(Resource):
+class RouteDispatcher:
     """
-    Every path of the API: checks the ``Host`` header, the token, the route
-    and its method, then runs the route's handler and answers JSON.
-
-    :ivar hosts: the ``Host`` header values accepted (see
-        :func:`_allowed_hosts`); none until the API listens.
+    Runs the routes and event streams of an API whose requests have been
+    let in (the control API's by its token, the web client's by its
+    session): checks the route and its method, reads the JSON body, runs
+    the handler within :data:`MAX_IN_FLIGHT` and answers JSON, or opens an
+    event stream within :data:`MAX_STREAMS`.
     """
 
-    isLeaf = True
     log = Logger()
 
     def __init__(
         self,
         reactor: Any,
-        token: bytes,
         routes: Mapping[str, tuple[bytes, Handler]],
         streams: Mapping[str, StreamHandler],
     ) -> None:
-        super().__init__()
         self._reactor = reactor
-        self._authorization = b"Bearer " + token
         self._routes = {path.encode("ascii"): route for path, route in routes.items()}
         self._streams = {path.encode("ascii"): stream for path, stream in streams.items()}
-        self.hosts: frozenset[bytes] = frozenset()
         self._in_flight = 0
         self.open_streams: set[EventSink] = set()
 
-    def render(self, request: Request) -> int | bytes:
+    def dispatch(self, request: Request, name: bytes) -> int | bytes:
+        """
+        Answer ``request`` with the route or stream called ``name``.
+        """
         request.setHeader(b"content-type", b"application/json")
-        if _host(request) not in self.hosts:
-            return self._answer(
-                request, 403, {"error": "the Host header does not name the control API"}
-            )
-        offered = request.getHeader(b"authorization") or b""
-        if not hmac.compare_digest(offered, self._authorization):
-            return self._answer(request, 401, {"error": "bad or missing control token"})
-        path = request.postpath or []
-        name = path[1] if len(path) == 2 and path[0] == b"v1" else b""
         stream = self._streams.get(name)
         if stream is not None:
             return self._stream(request, stream)
         route = self._routes.get(name)
         if route is None:
-            return self._answer(request, 404, {"error": "no such control request"})
+            return answer(request, 404, {"error": "no such request"})
         method, handler = route
         if request.method != method:
             request.setHeader(b"allow", method)
-            return self._answer(request, 405, {"error": "method not allowed"})
+            return answer(request, 405, {"error": "method not allowed"})
         try:
             body = _json_body(request) if method == b"POST" else {}
         except BadRequest as e:
-            return self._answer(request, 400, {"error": str(e)})
+            return answer(request, 400, {"error": str(e)})
+        return self.run(request, handler, body)
+
+    def run(self, request: Request, handler: Handler, body: dict[str, Any]) -> int | bytes:
+        """
+        Run ``handler`` on ``body`` within :data:`MAX_IN_FLIGHT`, and
+        answer what it returns as JSON.
+        """
         if self._in_flight >= MAX_IN_FLIGHT:
-            return self._answer(
-                request, 503, {"error": "too many control requests at once; try again"}
-            )
+            return answer(request, 503, {"error": "too many requests at once; try again"})
         self._in_flight += 1
         d = Deferred.fromCoroutine(self._run(handler, body))
         d.addCallbacks(
@@ -357,11 +361,9 @@ class _ControlAPI(Resource):
         """
         if request.method != b"GET":
             request.setHeader(b"allow", b"GET")
-            return self._answer(request, 405, {"error": "method not allowed"})
+            return answer(request, 405, {"error": "method not allowed"})
         if len(self.open_streams) >= MAX_STREAMS:
-            return self._answer(
-                request, 503, {"error": f"{MAX_STREAMS} event streams are open already"}
-            )
+            return answer(request, 503, {"error": f"{MAX_STREAMS} event streams are open already"})
         query = {
             key.decode("utf-8", "replace"): values[-1].decode("utf-8", "replace")
             for key, values in (request.args or {}).items()
@@ -410,14 +412,10 @@ class _ControlAPI(Resource):
             # Counted until the work ends, not until the client leaves.
             self._in_flight -= 1
 
-    def _answer(self, request: Request, code: int, document: dict[str, Any]) -> bytes:
-        request.setResponseCode(code)
-        return _document(document)
-
     def _finish(self, request: Request, code: int, document: dict[str, Any]) -> None:
         if request.finished or request.channel is None:
             return
-        body = self._answer(request, code, document)
+        body = answer(request, code, document)
         request.setHeader(b"content-length", b"%d" % len(body))
         request.write(body)
         request.finish()
@@ -427,8 +425,51 @@ class _ControlAPI(Resource):
             code = 400 if isinstance(failure.value, BadRequest) else 502
             self._finish(request, code, {"error": str(failure.value)})
         else:
-            self.log.failure("control request failed", failure)
+            self.log.failure("request failed", failure)
             self._finish(request, 500, {"error": "internal error; see the node's log"})
+
+
+def answer(request: Request, code: int, document: dict[str, Any]) -> bytes:
+    """
+    Answer ``code``, with ``document`` as the JSON body returned.
+    """
+    request.setResponseCode(code)
+    return _document(document)
+
+
+class _ControlAPI(Resource):
+    """
+    Every path of the API: checks the ``Host`` header and the token, then
+    lets its :class:`RouteDispatcher` answer.
+
+    :ivar hosts: the ``Host`` header values accepted (see
+        :func:`allowed_hosts`); none until the API listens.
+    """
+
+    isLeaf = True
+
+    def __init__(
+        self,
+        reactor: Any,
+        token: bytes,
+        routes: Mapping[str, tuple[bytes, Handler]],
+        streams: Mapping[str, StreamHandler],
+    ) -> None:
+        super().__init__()
+        self._authorization = b"Bearer " + token
+        self.dispatcher = RouteDispatcher(reactor, routes, streams)
+        self.hosts: frozenset[bytes] = frozenset()
+
+    def render(self, request: Request) -> int | bytes:
+        request.setHeader(b"content-type", b"application/json")
+        if request_host(request) not in self.hosts:
+            return answer(request, 403, {"error": "the Host header does not name the control API"})
+        offered = request.getHeader(b"authorization") or b""
+        if not hmac.compare_digest(offered, self._authorization):
+            return answer(request, 401, {"error": "bad or missing control token"})
+        path = request.postpath or []
+        name = path[1] if len(path) == 2 and path[0] == b"v1" else b""
+        return self.dispatcher.dispatch(request, name)
 
 
 class ControlService(Service):
@@ -473,10 +514,10 @@ class ControlService(Service):
         token = secrets.token_hex(32).encode("ascii")
         api = self._api = _ControlAPI(self.reactor, token, self.routes, self.streams)
         site = _ControlSite(
-            api, requestFactory=_ControlRequest, timeout=IDLE_TIMEOUT, reactor=self.reactor
+            api, requestFactory=BoundedRequest, timeout=IDLE_TIMEOUT, reactor=self.reactor
         )
         site.noisy = False
-        factory = _BoundedConnections(site)
+        factory = BoundedConnections(site)
         self._starting = serverFromString(self.reactor, self.endpoint).listen(factory)
         self._starting.addCallbacks(
             self._listening,
@@ -485,7 +526,7 @@ class ControlService(Service):
             errbackArgs=(factory,),
         )
 
-    def _cannot_listen(self, failure: Failure, factory: _BoundedConnections) -> None:
+    def _cannot_listen(self, failure: Failure, factory: BoundedConnections) -> None:
         # A UNIX port starts its factory before it binds, and leaves it
         # started (the site's clock ticking) when binding fails.
         if factory.numPorts:
@@ -499,7 +540,7 @@ class ControlService(Service):
     def _listening(self, port: IListeningPort, api: _ControlAPI, token: bytes) -> None:
         self._port = port
         address = port.getHost()
-        api.hosts = _allowed_hosts(address)
+        api.hosts = allowed_hosts(address)
         document: dict[str, Any] = {"version": 1}
         if isinstance(address, UNIXAddress):
             assert address.name is not None
@@ -523,7 +564,7 @@ class ControlService(Service):
         if self.control_file.exists():
             self.control_file.remove()
         if self._api is not None:
-            self._api.close_streams()
+            self._api.dispatcher.close_streams()
         if self._port is not None:
             port, self._port = self._port, None
             return port.stopListening()
