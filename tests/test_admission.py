@@ -507,8 +507,8 @@ class MemoryFloodTests(SynchronousTestCase):
     def test_status_counts(self) -> None:
         """
         The pool's status counts live connections each way, handshakes
-        under way, refusals by reason and failed channels by error, for
-        ``dspring status``.
+        under way, refusals by reason, failed channels by error and the
+        bytes its channels sent and received, for ``dspring status``.
         """
         net = self.network()
         bob, alice, carol = net.node("bob"), net.node("alice"), net.node("carol")
@@ -527,6 +527,11 @@ class MemoryFloodTests(SynchronousTestCase):
         )
         self.assertEqual(status["trimmed"], 0)
         self.assertEqual(status["channel_failures"], {})
+        traffic = bob.channel_factory.traffic
+        self.assertEqual(
+            (status["bytes_sent"], status["bytes_received"]), (traffic.sent, traffic.received)
+        )
+        self.assertGreater(traffic.sent, 0)
         self.flood(net, "eve", 1, send=b"GET / HTTP/1.0\r\n\r\n")
         self.assertEqual(bob.status()["channel_failures"], {"NotAChannel": 1})
 

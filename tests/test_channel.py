@@ -693,6 +693,33 @@ class LifecycleTests(SynchronousTestCase):
         self.assertIs(dialling.replay_cache, factory.replay_cache)
         self.assertIs(dialling.failures, factory.failures)
         self.assertIs(dialling.failure_log, factory.failure_log)
+        self.assertIs(dialling.traffic, factory.traffic)
+
+
+class TrafficTests(SynchronousTestCase):
+    def test_counts_every_byte_on_the_wire(self) -> None:
+        """
+        Each factory counts the bytes its channels wrote to their transport
+        (preamble, handshake, frames with headers and tags, the end of
+        stream) and read from it: what each wire carried each way.
+        """
+        pair = Pair()
+        pair.client.write(b"x" * 200_000)
+        pair.server.write(b"y" * 10)
+        pair.pump.flush()
+        pair.client.loseConnection()
+        pair.pump.flush()
+        sent_by_client = sum(len(w) for w in pair.client_wire.writes)
+        sent_by_server = sum(len(w) for w in pair.server_wire.writes)
+        self.assertGreater(sent_by_client, 200_000)
+        self.assertEqual(
+            (pair.client_factory.traffic.sent, pair.client_factory.traffic.received),
+            (sent_by_client, sent_by_server),
+        )
+        self.assertEqual(
+            (pair.server_factory.traffic.sent, pair.server_factory.traffic.received),
+            (sent_by_server, sent_by_client),
+        )
 
 
 class FailureLogTests(SynchronousTestCase):

@@ -600,6 +600,8 @@ class RunningNodeTests(TestCase):
                     "refused": {},
                     "trimmed": 1,
                     "channel_failures": {},
+                    "bytes_sent": 1234567,
+                    "bytes_received": 89,
                 },
                 "dht": {
                     "routing_table": 1,
@@ -628,6 +630,7 @@ class RunningNodeTests(TestCase):
         for text in (
             "1 inbound handshake)",
             "1 idle connection\n",
+            "traffic:     1,234,567 bytes sent, 89 received\n",
             "1 contact in 1 bucket, 1 record held",
             "stored at 1 node\n",
         ):

@@ -166,7 +166,9 @@ class ConnectionPool(Service):
         """
         Counts for ``dspring status``: live connections each way, inbound
         handshakes under way, connections refused by reason, idle ones
-        trimmed, and secure channels that failed, by error.
+        trimmed, secure channels that failed, by error, and the bytes the
+        channels sent and received since the node started (see
+        :class:`~digitalspring.channel.Traffic`).
         """
         inbound = sum(1 for c in self._connections.values() if not c.initiator)
         failures = self.channel_factory.failures
@@ -177,6 +179,8 @@ class ConnectionPool(Service):
             "refused": dict(sorted(self.admission.refused.items())),
             "trimmed": self.trimmed,
             "channel_failures": dict(sorted(failures.items())),
+            "bytes_sent": self.channel_factory.traffic.sent,
+            "bytes_received": self.channel_factory.traffic.received,
         }
 
     def connect(

@@ -40,7 +40,7 @@ from collections import Counter, OrderedDict
 from struct import Struct
 from typing import Any
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet.defer import Deferred
 from twisted.internet.error import ConnectionDone
 from twisted.internet.interfaces import (
@@ -192,6 +192,20 @@ class ChannelSettings:
     rekey_bytes: int = REKEY_BYTES
     replay_window: int = 65536
     write_stall_timeout: float = 60.0
+
+
+@define
+class Traffic:
+    """
+    The bytes a node's secure channels wrote to and read from their
+    transports, every channel together since the node started: preambles,
+    handshakes and frames with their headers and tags, what the node's link
+    carried above the transport (TCP/IP headers, or tor's cells, not
+    counted).
+    """
+
+    sent: int = 0
+    received: int = 0
 
 
 class _ReplayCache:
@@ -443,10 +457,19 @@ class SecureChannelProtocol(Protocol):
         )
         if self.initiator:
             self._start_handshake(self._pattern_code)
-            self.transport.write(_preamble(self._pattern_code))  # type: ignore[union-attr]
+            self._write(_preamble(self._pattern_code))
             self._write_handshake()
 
+    def _write(self, data: bytes) -> None:
+        self.factory.traffic.sent += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def _write_sequence(self, data: list[bytes]) -> None:
+        self.factory.traffic.sent += sum(len(chunk) for chunk in data)
+        self.transport.writeSequence(data)  # type: ignore[union-attr]
+
     def dataReceived(self, data: bytes) -> None:
+        self.factory.traffic.received += len(data)
         if self._state is _CLOSED:
             return
         if self._read_pauses or self._deliver_call is not None:
@@ -685,7 +708,7 @@ class SecureChannelProtocol(Protocol):
         first_xx = self._pattern_code == PATTERN_XX and self.initiator and not self._wrote
         self._wrote = True
         message = handshake.write_message(b"" if first_xx else _payload(self.factory.identity))
-        self.transport.write(len(message).to_bytes(2, "big") + message)  # type: ignore[union-attr]
+        self._write(len(message).to_bytes(2, "big") + message)
         if handshake.complete:
             self._handshake_done()
 
@@ -923,9 +946,7 @@ class SecureChannelProtocol(Protocol):
         """
         if len(data) <= MAX_PLAINTEXT:
             ciphertext = self._encrypt(data)
-            self.transport.writeSequence(  # type: ignore[union-attr]
-                [_frame_header(len(ciphertext)), ciphertext]
-            )
+            self._write_sequence([_frame_header(len(ciphertext)), ciphertext])
             return
         view = memoryview(data)
         wire: list[bytes] = []
@@ -937,7 +958,7 @@ class SecureChannelProtocol(Protocol):
             # Frames encrypted before a failure still leave: they used
             # their nonces.
             if wire:
-                self.transport.writeSequence(wire)  # type: ignore[union-attr]
+                self._write_sequence(wire)
 
     def _encrypt(self, plaintext: bytes | memoryview) -> bytes:
         """
@@ -1089,6 +1110,9 @@ class SecureChannelFactory(Factory):
         self.channels = _ChannelSet() if channels is None else channels
         self.failures = Counter()
         self.failure_log = RateLimitedLog(SecureChannelProtocol.log, clock)
+        #: The bytes every channel of this factory and its dialling copies
+        #: wrote and read.
+        self.traffic = Traffic()
         self._pattern = _pattern_code(pattern, expected_peer, initiator)
 
     def buildProtocol(self, addr: IAddress) -> SecureChannelProtocol | None:  # type: ignore[override]
@@ -1105,7 +1129,7 @@ class SecureChannelFactory(Factory):
         """
         A factory for dialling ``expected_peer`` that shares this one's
         identity, keys, settings, replay cache, set of channels, failure
-        counts and log budget.
+        counts, log budget and traffic counts.
         """
         dialling = copy.copy(self)
         dialling.initiator = True

@@ -313,7 +313,8 @@ class StatusOptions(CommandOptions):
         "dial; on tcp they see this machine's IP address), what is wrong with them, how "
         "far tor has bootstrapped (with what tor complains of), its connected peers, the "
         "connections "
-        "it refused (by reason) or trimmed and the secure channels that failed (by error), "
+        "it refused (by reason) or trimmed, the secure channels that failed (by error), "
+        "the bytes its channels sent and received, "
         "and the size of its DHT routing table with the peers in it."
     )
     optFlags = [["json", None, "Print the status as JSON."]]
@@ -351,6 +352,10 @@ class StatusOptions(CommandOptions):
             out.write(f"refused:     {_counts(network['refused'])}\n")
             out.write(f"trimmed:     {plural(network['trimmed'], 'idle connection')}\n")
             out.write(f"failed channels: {_counts(network['channel_failures'])}\n")
+            out.write(
+                f"traffic:     {network['bytes_sent']:,} bytes sent, "
+                f"{network['bytes_received']:,} received\n"
+            )
         catch_up = status.get("catch_up")
         if catch_up is not None:
             incomplete = catch_up["incomplete"]
