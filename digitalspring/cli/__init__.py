@@ -30,6 +30,7 @@ from ._messages import (
     UnblockOptions,
 )
 from ._network import ContactsOptions, PingOptions, StatusOptions
+from ._stop import StopOptions
 
 
 class Options(CommandOptions):
@@ -51,6 +52,7 @@ class Options(CommandOptions):
         ["contacts", None, ContactsOptions, "Manage the address book of peers."],
         ["ping", None, PingOptions, "Ping a peer through the running node."],
         ["status", None, StatusOptions, "Show the running node's status."],
+        ["stop", None, StopOptions, "Stop the running node and wait until it has stopped."],
         ["dht", None, DhtOptions, "Look into the running node's DHT."],
         ["group", None, GroupOptions, "Manage the running node's groups."],
         ["mailbox", None, MailboxOptions, "Show what the running node holds as a mailbox."],
