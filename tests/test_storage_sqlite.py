@@ -34,6 +34,7 @@ from digitalspring.storage import (
     DatabaseUnusable,
     DeleteGroup,
     DeletePrekey,
+    DepositNotification,
     Enqueue,
     Epoch,
     ExpirePrekeys,
@@ -48,6 +49,7 @@ from digitalspring.storage import (
     Prekey,
     PutBundle,
     RecordOpened,
+    RegisterNotifyMember,
     SetMailboxes,
     SetMailboxTerms,
     SetSetting,
@@ -341,7 +343,7 @@ class MigrationTests(SQLiteTestCase):
         connection.close()
         store = await self.open()
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
-        self.assertEqual(len(MIGRATIONS), 4)
+        self.assertEqual(len(MIGRATIONS), 5)
         self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
         [old] = await store.outbox(ALICE)
         self.assertEqual((old.kind, old.payload, old.group_id), ("epoch", b"v1 entry", None))
@@ -408,7 +410,7 @@ class MigrationTests(SQLiteTestCase):
         await store.close()
         self.write_old_message(0, b"from version 3")
         store = await self.open()
-        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(4,)])
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
         self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 3")
         signed = Prekey(b"P" * 32, b"p" * 32, expires=100)
         await store.commit(AddPrekeys((signed,)), RecordOpened(b"P" * 32, b"e" * 32))
@@ -418,6 +420,23 @@ class MigrationTests(SQLiteTestCase):
         self.assertEqual(await store.bundle(ALICE), bundle)
         await store.commit(HoldSealed(GROUP_ID, ALICE, b"sealed item"))
         self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"sealed item"])
+
+    @inline
+    async def test_from_fourth_version(self) -> None:
+        """
+        A file of version 4 is migrated by MIGRATIONS[4] with its sealed
+        items kept, and takes a notification box's members and
+        notifications.
+        """
+        store = await self.open(migrations=MIGRATIONS[:4])
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await store.commit(HoldSealed(GROUP_ID, ALICE, b"sealed item"))
+        await store.close()
+        store = await self.open()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(5,)])
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"sealed item"])
+        await store.commit(RegisterNotifyMember(ALICE, 1.0), DepositNotification(ALICE, b"n"))
+        self.assertEqual(await store.notifications(ALICE, 10), [b"n"])
 
     @inline
     async def test_later_migration(self) -> None:

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
         MailboxTerms,
         MailboxUsage,
         Member,
+        NotifyMember,
         OutboxEntry,
         Prekey,
         StoredBundle,
@@ -256,6 +257,25 @@ class IStore(Interface):
         """
         :returns: a Deferred that fires with the oldest ``limit`` items a
             mailbox holds for ``recipient`` in a group, oldest first.
+        """
+
+    def notify_member(peer: PeerID) -> Deferred[NotifyMember]:
+        """
+        :returns: a Deferred that fires with a member this node serves as a
+            notification box, or fails with ``NotStored`` when it serves
+            no such member.
+        """
+
+    def notify_members() -> Deferred[list[NotifyMember]]:
+        """
+        :returns: a Deferred that fires with every member this node serves
+            as a notification box, by peer.
+        """
+
+    def notifications(recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        """
+        :returns: a Deferred that fires with the oldest ``limit``
+            notifications a box holds for ``recipient``, oldest first.
         """
 
     def close() -> Deferred[None]:

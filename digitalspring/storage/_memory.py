@@ -44,6 +44,7 @@ from ._values import (
     DeleteGroup,
     DeletePrekey,
     DeliveryState,
+    DepositNotification,
     Dequeue,
     DropFragments,
     DropInvitation,
@@ -66,11 +67,14 @@ from ._values import (
     MailboxUsage,
     MarkDelivered,
     Member,
+    NotifyMember,
     OutboxEntry,
     Prekey,
     PutBundle,
     PutMember,
     RecordOpened,
+    RefuseNotification,
+    RegisterNotifyMember,
     RevealSigningSecret,
     SetGroupState,
     SetMailboxes,
@@ -82,8 +86,10 @@ from ._values import (
     StoredBundle,
     StoredMessage,
     StoreLimits,
+    TakeNotifications,
     TakeSealed,
     Unblock,
+    UnregisterNotifyMember,
     edge,
 )
 
@@ -129,6 +135,9 @@ class MemoryStore:
         self._opened: dict[tuple[bytes, bytes], None] = {}
         self._bundles: dict[PeerID, StoredBundle] = {}
         self._sealed: dict[tuple[bytes, PeerID], list[bytes]] = {}
+        # A notification box's members, and what it holds for each.
+        self._notify_members: dict[PeerID, NotifyMember] = {}
+        self._notifications: dict[PeerID, list[bytes]] = {}
 
     # --- journal ---------------------------------------------------------
 
@@ -384,6 +393,27 @@ class MemoryStore:
 
     def sealed(self, group_id: bytes, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
         return self._read(lambda: self._sealed.get((group_id, recipient), [])[:limit])
+
+    def notify_member(self, peer: PeerID) -> Deferred[NotifyMember]:
+        def read() -> NotifyMember:
+            try:
+                member = self._notify_members[peer]
+            except KeyError:
+                raise NotStored(f"{peer} is no member of this notification box") from None
+            return evolve(member, held=len(self._notifications.get(peer, [])))
+
+        return self._read(read)
+
+    def notify_members(self) -> Deferred[list[NotifyMember]]:
+        return self._read(
+            lambda: [
+                evolve(m, held=len(self._notifications.get(m.peer, [])))
+                for _, m in sorted(self._notify_members.items(), key=lambda i: i[0].public_key)
+            ]
+        )
+
+    def notifications(self, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        return self._read(lambda: self._notifications.get(recipient, [])[:limit])
 
     def close(self) -> Deferred[None]:
         self._closed = True
@@ -860,6 +890,56 @@ class MemoryStore:
         else:
             self._delete(self._sealed, key)
 
+    def _register_notify_member(self, change: RegisterNotifyMember) -> None:
+        if change.peer in self._notify_members:
+            return
+        check_quota(
+            "notification box members",
+            change.peer,
+            1,
+            len(self._notify_members) + 1,
+            1,
+            self._limits.notify_members_total,
+        )
+        self._set(self._notify_members, change.peer, NotifyMember(change.peer, change.when))
+
+    def _unregister_notify_member(self, change: UnregisterNotifyMember) -> None:
+        if change.peer in self._notify_members:
+            self._delete(self._notify_members, change.peer)
+        if change.peer in self._notifications:
+            self._delete(self._notifications, change.peer)
+
+    def _deposit_notification(self, change: DepositNotification) -> None:
+        if change.recipient not in self._notify_members:
+            raise NotStored(f"{change.recipient} is no member of this notification box")
+        held = self._notifications.get(change.recipient, [])
+        check_quota(
+            "notifications",
+            change.recipient,
+            len(held) + 1,
+            sum(len(items) for items in self._notifications.values()) + 1,
+            self._limits.notifications_per_member,
+            self._limits.notifications_total,
+        )
+        self._set(self._notifications, change.recipient, [*held, change.item])
+
+    def _refuse_notification(self, change: RefuseNotification) -> None:
+        member = self._notify_members.get(change.recipient)
+        if member is not None:
+            self._set(
+                self._notify_members, change.recipient, evolve(member, refused=member.refused + 1)
+            )
+
+    def _take_notifications(self, change: TakeNotifications) -> None:
+        left = self._notifications.get(change.recipient, [])[change.count :]
+        if left:
+            self._set(self._notifications, change.recipient, left)
+        elif change.recipient in self._notifications:
+            self._delete(self._notifications, change.recipient)
+        member = self._notify_members.get(change.recipient)
+        if member is not None and member.refused:
+            self._set(self._notify_members, change.recipient, evolve(member, refused=0))
+
 
 def _prekey_order(prekey: Prekey) -> tuple[int, int, bytes, bytes]:
     if prekey.expires is not None:
@@ -913,4 +993,9 @@ _APPLY: dict[type[Any], Callable[[MemoryStore, Any], None]] = {
     PutBundle: MemoryStore._put_bundle,
     HoldSealed: MemoryStore._hold_sealed,
     TakeSealed: MemoryStore._take_sealed,
+    RegisterNotifyMember: MemoryStore._register_notify_member,
+    UnregisterNotifyMember: MemoryStore._unregister_notify_member,
+    DepositNotification: MemoryStore._deposit_notification,
+    RefuseNotification: MemoryStore._refuse_notification,
+    TakeNotifications: MemoryStore._take_notifications,
 }

@@ -203,8 +203,26 @@ CREATE TABLE key_bundles (
 ) WITHOUT ROWID;
 """
 
+# Version 5: notification boxes (issue 12, item 3).  On a node serving as
+# one, the members that registered with it (``notify_members``, with the
+# deposits refused for each since it last collected) and the notifications
+# left for each (``notifications``: sealed to the member, opaque here).
+_V5 = """
+CREATE TABLE notify_members (
+    peer BLOB PRIMARY KEY CHECK (length(peer) = 32),
+    registered REAL NOT NULL,
+    refused INTEGER NOT NULL DEFAULT 0 CHECK (refused >= 0)
+) WITHOUT ROWID;
+CREATE TABLE notifications (
+    id INTEGER PRIMARY KEY,
+    recipient BLOB NOT NULL REFERENCES notify_members (peer) ON DELETE CASCADE,
+    item BLOB NOT NULL
+);
+CREATE INDEX notifications_recipient ON notifications (recipient, id);
+"""
+
 #: The forward migrations: ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
 
 _MAGIC = b"SQLite format 3\0"
 _KEY_CHECK = b"digitalspring storage key check"

@@ -61,6 +61,7 @@ from ._values import (
     DeleteGroup,
     DeletePrekey,
     DeliveryState,
+    DepositNotification,
     Dequeue,
     DropFragments,
     DropInvitation,
@@ -84,11 +85,14 @@ from ._values import (
     MailboxUsage,
     MarkDelivered,
     Member,
+    NotifyMember,
     OutboxEntry,
     Prekey,
     PutBundle,
     PutMember,
     RecordOpened,
+    RefuseNotification,
+    RegisterNotifyMember,
     RevealSigningSecret,
     SetGroupState,
     SetMailboxes,
@@ -100,8 +104,10 @@ from ._values import (
     StoredBundle,
     StoredMessage,
     StoreLimits,
+    TakeNotifications,
     TakeSealed,
     Unblock,
+    UnregisterNotifyMember,
     edge,
 )
 
@@ -722,6 +728,40 @@ class SQLiteStore:
                 "SELECT item FROM sealed_items JOIN groups USING (gid)"
                 " WHERE group_id = ? AND recipient = ? ORDER BY id LIMIT ?",
                 (group_id, recipient.public_key, limit),
+            ).fetchall()
+            return [item for (item,) in rows]
+
+        return self._run(read)
+
+    def notify_member(self, peer: PeerID) -> Deferred[NotifyMember]:
+        def read() -> NotifyMember:
+            found = self._notify_members(peer.public_key)
+            if not found:
+                raise NotStored(f"{peer} is no member of this notification box")
+            return found[0]
+
+        return self._run(read)
+
+    def notify_members(self) -> Deferred[list[NotifyMember]]:
+        return self._run(self._notify_members, None)
+
+    def _notify_members(self, peer: bytes | None) -> list[NotifyMember]:
+        rows = self._db.execute(
+            "SELECT peer, registered, refused,"
+            " (SELECT count(*) FROM notifications WHERE recipient = peer)"
+            " FROM notify_members WHERE ? IS NULL OR peer = ? ORDER BY peer",
+            (peer, peer),
+        ).fetchall()
+        return [
+            NotifyMember(PeerID(p), registered, held, refused)
+            for p, registered, refused, held in rows
+        ]
+
+    def notifications(self, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
+        def read() -> list[bytes]:
+            rows = self._db.execute(
+                "SELECT item FROM notifications WHERE recipient = ? ORDER BY id LIMIT ?",
+                (recipient.public_key, limit),
             ).fetchall()
             return [item for (item,) in rows]
 
@@ -1394,6 +1434,63 @@ class SQLiteStore:
             (change.group_id, change.recipient.public_key, change.count),
         )
 
+    def _register_notify_member(self, change: RegisterNotifyMember) -> None:
+        peer = change.peer.public_key
+        if self._db.execute("SELECT 1 FROM notify_members WHERE peer = ?", (peer,)).fetchone():
+            return
+        (total,) = self._db.execute("SELECT count(*) FROM notify_members").fetchone()
+        check_quota(
+            "notification box members",
+            change.peer,
+            1,
+            total + 1,
+            1,
+            self._limits.notify_members_total,
+        )
+        self._db.execute(
+            "INSERT INTO notify_members (peer, registered) VALUES (?, ?)", (peer, change.when)
+        )
+
+    def _unregister_notify_member(self, change: UnregisterNotifyMember) -> None:
+        self._db.execute("DELETE FROM notify_members WHERE peer = ?", (change.peer.public_key,))
+
+    def _deposit_notification(self, change: DepositNotification) -> None:
+        recipient = change.recipient.public_key
+        if not self._db.execute(
+            "SELECT 1 FROM notify_members WHERE peer = ?", (recipient,)
+        ).fetchone():
+            raise NotStored(f"{change.recipient} is no member of this notification box")
+        (mine,) = self._db.execute(
+            "SELECT count(*) FROM notifications WHERE recipient = ?", (recipient,)
+        ).fetchone()
+        (total,) = self._db.execute("SELECT count(*) FROM notifications").fetchone()
+        check_quota(
+            "notifications",
+            change.recipient,
+            mine + 1,
+            total + 1,
+            self._limits.notifications_per_member,
+            self._limits.notifications_total,
+        )
+        self._db.execute(
+            "INSERT INTO notifications (recipient, item) VALUES (?, ?)", (recipient, change.item)
+        )
+
+    def _refuse_notification(self, change: RefuseNotification) -> None:
+        self._db.execute(
+            "UPDATE notify_members SET refused = refused + 1 WHERE peer = ?",
+            (change.recipient.public_key,),
+        )
+
+    def _take_notifications(self, change: TakeNotifications) -> None:
+        recipient = change.recipient.public_key
+        self._db.execute(
+            "DELETE FROM notifications WHERE id IN (SELECT id FROM notifications"
+            " WHERE recipient = ? ORDER BY id LIMIT ?)",
+            (recipient, change.count),
+        )
+        self._db.execute("UPDATE notify_members SET refused = 0 WHERE peer = ?", (recipient,))
+
 
 def _prekey_row(public: bytes, audience: bytes | None, expires: int | None) -> bytes:
     if audience is not None:
@@ -1468,4 +1565,9 @@ _APPLY: dict[type[Any], Callable[[SQLiteStore, Any], None]] = {
     PutBundle: SQLiteStore._put_bundle,
     HoldSealed: SQLiteStore._hold_sealed,
     TakeSealed: SQLiteStore._take_sealed,
+    RegisterNotifyMember: SQLiteStore._register_notify_member,
+    UnregisterNotifyMember: SQLiteStore._unregister_notify_member,
+    DepositNotification: SQLiteStore._deposit_notification,
+    RefuseNotification: SQLiteStore._refuse_notification,
+    TakeNotifications: SQLiteStore._take_notifications,
 }

@@ -315,6 +315,21 @@ class StoredBundle:
 
 
 @frozen
+class NotifyMember:
+    """
+    A member a notification box serves (it registered over its own
+    channel), with how many notifications the box holds for it and how
+    many deposits for it were refused since it last collected (past its
+    quota: it cannot trust that it was told of every group with news).
+    """
+
+    peer: PeerID
+    registered: float
+    held: int = 0
+    refused: int = 0
+
+
+@frozen
 class StoreLimits:
     """
     What peers can make the store hold, per peer and in total.
@@ -344,6 +359,9 @@ class StoreLimits:
     sealed_items_per_member: int = 16
     sealed_items_per_owner: int = 1024
     sealed_items_total: int = 16384
+    notify_members_total: int = 1024
+    notifications_per_member: int = 64
+    notifications_total: int = 65536
 
 
 # --- Changes -----------------------------------------------------------------
@@ -878,5 +896,62 @@ class TakeSealed(Change):
     """
 
     group_id: bytes
+    recipient: PeerID
+    count: int
+
+
+@frozen
+class RegisterNotifyMember(Change):
+    """
+    A notification box serves ``peer`` from now on (again: no change).
+
+    :raises TotalQuotaExceeded: past the members a box serves.
+    """
+
+    peer: PeerID
+    when: float
+
+
+@frozen
+class UnregisterNotifyMember(Change):
+    """
+    A notification box no longer serves ``peer``: what it held for it goes.
+    """
+
+    peer: PeerID
+
+
+@frozen
+class DepositNotification(Change):
+    """
+    A notification box holds ``item`` (sealed, opaque) for ``recipient``
+    until it collects it.
+
+    :raises NotStored: when the box does not serve ``recipient``.
+    :raises PeerQuotaExceeded: past the notifications held for one member.
+    :raises TotalQuotaExceeded: past those held in all.
+    """
+
+    recipient: PeerID
+    item: bytes
+
+
+@frozen
+class RefuseNotification(Change):
+    """
+    Count a deposit for ``recipient`` refused (nothing when the box does
+    not serve it).
+    """
+
+    recipient: PeerID
+
+
+@frozen
+class TakeNotifications(Change):
+    """
+    Delete the ``count`` oldest notifications held for ``recipient`` (it
+    collected them), and the count of those refused.
+    """
+
     recipient: PeerID
     count: int

@@ -36,6 +36,7 @@ from ..storage import (
     CountAttempt,
     DeleteGroup,
     DeletePrekey,
+    DepositNotification,
     Dequeue,
     DropFragments,
     DropInvitation,
@@ -60,6 +61,7 @@ from ..storage import (
     MailboxUsage,
     MarkDelivered,
     Member,
+    NotifyMember,
     NotStored,
     PeerBlocked,
     PeerQuotaExceeded,
@@ -67,6 +69,8 @@ from ..storage import (
     PutBundle,
     PutMember,
     RecordOpened,
+    RefuseNotification,
+    RegisterNotifyMember,
     RevealSigningSecret,
     SetGroupState,
     SetMailboxes,
@@ -78,9 +82,11 @@ from ..storage import (
     StoreClosed,
     StoredBundle,
     StoreLimits,
+    TakeNotifications,
     TakeSealed,
     TotalQuotaExceeded,
     Unblock,
+    UnregisterNotifyMember,
     edge,
 )
 
@@ -1153,6 +1159,42 @@ class StoreConformanceMixin(_Base):
         self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [])
         await store.commit(DeleteGroup(GROUP_ID))
         self.assertEqual(await store.sealed(GROUP_ID, BOB, 10), [])
+
+    @_deferred
+    async def test_notifications(self) -> None:
+        """
+        A notification box holds notifications only for the members that
+        registered, in order, gives the oldest first, deletes those taken
+        and forgets the refused count then; it serves at most so many
+        members, holds at most so many per member and in all, and drops a
+        member's with the member.
+        """
+        store = await self._store(
+            StoreLimits(notify_members_total=3, notifications_per_member=2, notifications_total=3)
+        )
+        await _refused(store.commit(DepositNotification(ALICE, b"x")), NotStored)
+        await _refused(store.notify_member(ALICE), NotStored)
+        await store.commit(RegisterNotifyMember(ALICE, 5.0), RegisterNotifyMember(BOB, 6.0))
+        await store.commit(RegisterNotifyMember(ALICE, 7.0), RegisterNotifyMember(CAROL, 8.0))
+        await _refused(store.commit(RegisterNotifyMember(DAVE, 9.0)), TotalQuotaExceeded)
+        await store.commit(DepositNotification(ALICE, b"a1"), DepositNotification(BOB, b"b1"))
+        await store.commit(DepositNotification(ALICE, b"a2"))
+        await _refused(store.commit(DepositNotification(ALICE, b"a3")), PeerQuotaExceeded)
+        await _refused(store.commit(DepositNotification(CAROL, b"c1")), TotalQuotaExceeded)
+        await store.commit(RefuseNotification(ALICE), RefuseNotification(DAVE))
+        self.assertEqual(await store.notify_member(ALICE), NotifyMember(ALICE, 5.0, 2, 1))
+        self.assertEqual(await store.notifications(ALICE, 10), [b"a1", b"a2"])
+        self.assertEqual(await store.notifications(ALICE, 1), [b"a1"])
+        await store.commit(TakeNotifications(ALICE, 1))
+        self.assertEqual(await store.notifications(ALICE, 10), [b"a2"])
+        self.assertEqual(await store.notify_member(ALICE), NotifyMember(ALICE, 5.0, 1, 0))
+        await store.commit(UnregisterNotifyMember(BOB))
+        self.assertEqual(await store.notifications(BOB, 10), [])
+        self.assertEqual(
+            sorted((m.peer.public_key, m.held) for m in await store.notify_members()),
+            sorted([(ALICE.public_key, 1), (CAROL.public_key, 0)]),
+        )
+        await store.commit(DepositNotification(CAROL, b"c1"), DepositNotification(CAROL, b"c2"))
 
     @_deferred
     async def test_sealed_items_per_owner(self) -> None:
