@@ -15,6 +15,7 @@ from twisted.python import usage
 from ..errors import DigitalSpringError
 from ..node._options import DEFAULT_DATA_DIR, data_dir_path
 from ._base import CommandOptions
+from ._demo import DemoOptions
 from ._dht import DhtOptions
 from ._groups import GroupOptions
 from ._identity import ExportOptions, IdOptions, ImportOptions, InitOptions
@@ -45,6 +46,7 @@ class Options(CommandOptions):
         "Run a node with 'twistd -n dspring'."
     )
     subCommands = [
+        ["demo", None, DemoOptions, "See it work: five nodes on this machine, step by step."],
         ["init", None, InitOptions, "Create the node's identity."],
         ["id", None, IdOptions, "Print the node's peer ID and addresses."],
         ["export", None, ExportOptions, "Write an encrypted backup of the identity."],
