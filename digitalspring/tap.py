@@ -67,6 +67,7 @@ from .transport import (
     split_address,
 )
 from .transport._tcp import tcp_server_endpoint
+from .web import DEFAULT_WEB, BadWebEndpoint, check_web_endpoint
 
 log = Logger()
 
@@ -120,6 +121,14 @@ class Options(usage.Options):
             f"or a UNIX socket only (default {DEFAULT_CONTROL}; with --onion-only a UNIX "
             "socket only, default unix:DATA_DIR/control.sock). Its address and token go to "
             "DATA_DIR/control.json.",
+        ],
+        [
+            "web",
+            None,
+            None,
+            "Serve the web client at this endpoint, on loopback only "
+            f"({DEFAULT_WEB} picks a free port); 'dspring web' prints a one-time login URL. "
+            "Default: no web client.",
         ],
         [
             "idle-timeout",
@@ -343,6 +352,11 @@ class Options(usage.Options):
             check_control_endpoint(self["control"], onion_only=self["onion-only"])
         except BadControlEndpoint as e:
             raise usage.UsageError(str(e)) from None
+        if self["web"] is not None:
+            try:
+                check_web_endpoint(self["web"])
+            except BadWebEndpoint as e:
+                raise usage.UsageError(f"--web: {e}") from None
 
 
 def _check_listen(text: str) -> str:
@@ -578,6 +592,7 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         is_contact=lambda peer: _is_contact(book, peer),
         strategies=node_strategies(options),
         mailbox=limits if options["mailbox"] else None,
+        web=options["web"],
     )
 
 

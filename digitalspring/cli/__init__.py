@@ -32,6 +32,7 @@ from ._messages import (
 )
 from ._network import ContactsOptions, PingOptions, StatusOptions
 from ._stop import StopOptions
+from ._web import WebOptions
 
 
 class Options(CommandOptions):
@@ -66,6 +67,7 @@ class Options(CommandOptions):
         ["decline", None, DeclineOptions, "Forget an invitation."],
         ["block", None, BlockOptions, "Refuse everything from a peer."],
         ["unblock", None, UnblockOptions, "Stop blocking a peer."],
+        ["web", None, WebOptions, "Print a one-time login URL of the web client."],
     ]
 
     def postOptions(self) -> None:

@@ -31,7 +31,7 @@ from ..control import BadRequest, EventSink, StreamHandler
 from ..directory import AddressBook, BadName, UnknownContact, check_name
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID
-from ..multicast import MAX_PADDED_SIZE, DeliveryReport, GroupError, ReceivedMessage
+from ..multicast import MAX_FILE_NAME, MAX_PADDED_SIZE, DeliveryReport, GroupError, ReceivedMessage
 from ..storage import Group, NotStored, SetPetname, SetSetting, StorageError
 
 if TYPE_CHECKING:
@@ -389,6 +389,23 @@ class GroupRoutes:
             if not isinstance(path, str):
                 raise BadRequest("path is a file's absolute path")
             data, file_name = self._read_file(path)
+        return await self._send(group, peer, data, file_name)
+
+    async def send_file(self, to: str, data: bytes, file_name: str) -> dict[str, Any]:
+        """
+        Send a file whose bytes the caller holds (the web client's upload)
+        to a group or a contact, as ``send`` sends one the node reads.
+        """
+        group, peer = await self._target(to)
+        if not 0 < len(file_name.encode("utf-8")) <= MAX_FILE_NAME:
+            raise BadRequest(f"a file's name has 1 to {MAX_FILE_NAME} bytes")
+        if len(data) > MAX_PADDED_SIZE:
+            raise BadRequest(f"the file is over {MAX_PADDED_SIZE} bytes")
+        return await self._send(group, peer, data, file_name)
+
+    async def _send(
+        self, group: Group | None, peer: PeerID | None, data: bytes | str, file_name: str | None
+    ) -> dict[str, Any]:
         created = False
         if group is None:
             assert peer is not None

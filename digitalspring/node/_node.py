@@ -26,6 +26,7 @@ from ..identity import Identity, PeerID
 from ..multicast import IMulticastStrategyPlugin, MulticastService
 from ..storage import IStore, StoreLimits
 from ..transport import ITransport, split_address
+from ..web import DEFAULT_WEB, WebNotListening, WebService
 from ._groups import GroupRoutes
 from ._listen import ListeningService
 from ._lock import DataDirLock
@@ -94,6 +95,7 @@ class Node(MultiService):
         name, or ``None`` for every installed one.
     :ivar groups: the control routes of its groups (with a control API and
         a store), or ``None``.
+    :ivar web: its web client, or ``None``.
     :ivar warnings: what the node found wrong once listening, in words a
         user reads: an address that only this machine can reach.
     """
@@ -115,6 +117,7 @@ class Node(MultiService):
         is_contact: Callable[[PeerID], bool] = lambda peer: False,
         strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
         mailbox: StoreLimits | None = None,
+        web: str | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -137,6 +140,8 @@ class Node(MultiService):
             name; every installed one by default.
         :param mailbox: its store's limits when it serves as a mailbox
             (``--mailbox``), else ``None``.
+        :param web: the endpoint of its web client (with a control API,
+            which hands out the client's login URLs), or ``None`` for none.
         """
         super().__init__()  # type: ignore[no-untyped-call]
         self.identity = identity
@@ -174,6 +179,7 @@ class Node(MultiService):
             listener = ListeningService(transport, description, pool.listening_factory(transport))
             self._listeners.append(listener)
         self.groups: GroupRoutes | None = None
+        self.web: WebService | None = None
         if control is not None and data_dir is not None:
             routes: dict[str, Any] = {
                 "status": (b"GET", self._control_status),
@@ -186,6 +192,11 @@ class Node(MultiService):
                 self.groups = GroupRoutes(self, data_dir)
                 routes.update(self.groups.routes())
                 streams.update(self.groups.streams())
+            if web is not None:
+                send_file = None if self.groups is None else self.groups.send_file
+                self.web = WebService(reactor, data_dir, routes, streams, send_file, web)
+                self.web.setServiceParent(self)  # type: ignore[no-untyped-call]
+            routes["web-login"] = (b"POST", self._control_web_login)
             ControlService(reactor, data_dir, routes, control, streams).setServiceParent(  # type: ignore[no-untyped-call]
                 self
             )
@@ -322,6 +333,16 @@ class Node(MultiService):
             "contacts": joined.contacts,
             "published_to": joined.published_to,
         }
+
+    async def _control_web_login(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        ``dspring web``: a one-time login URL of the web client.
+        """
+        if self.web is None:
+            raise WebNotListening(
+                f"this node runs without a web client: start it with --web {DEFAULT_WEB}"
+            )
+        return await self.web.control_login(body)
 
     async def _control_ping(self, body: dict[str, Any]) -> dict[str, Any]:
         peer_id = peer_from_body(body)
