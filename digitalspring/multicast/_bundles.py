@@ -58,6 +58,8 @@ if TYPE_CHECKING:
     from ._service import MulticastService
 
 _PEER = 32
+#: The setting that holds a member's notification boxes, by peer ID.
+NOTIFY_BOXES_SETTING = "notify-boxes"
 #: The most ``group-sealed`` requests a member makes of one mailbox of a
 #: group when it starts.
 MAX_SEALED_ROUNDS = 4
@@ -77,6 +79,13 @@ class BundleSide(MemberSide):
 
     def _seconds(self) -> int:
         return int(self.clock.seconds())
+
+    async def notify_boxes(self) -> list[PeerID]:
+        """
+        Our notification boxes, as we chose them (``_notify_side.py``).
+        """
+        value = await self.store.setting(NOTIFY_BOXES_SETTING)
+        return [PeerID.parse(text) for text in (value or "").split()]
 
     async def join(self, owner: PeerID, invitation: GroupInvitation) -> None:
         """
@@ -101,7 +110,7 @@ class BundleSide(MemberSide):
         in place of any still waiting there for it.
         """
         now = self._seconds()
-        bundle = await self.prekeys.bundle(owner, now)
+        bundle = await self.prekeys.bundle(owner, now, frozenset(await self.notify_boxes()))
         # One bundle waits for an owner, whatever the group (a member
         # joining many groups of one owner would fill its outbox).
         waiting = [e for e in await self.store.outbox(owner) if e.kind == KEY_BUNDLE]
@@ -238,12 +247,15 @@ class BundleSide(MemberSide):
 
     # --- a member: collecting them -------------------------------------------
 
-    async def collect_all_sealed(self) -> None:
+    async def collect_all_sealed(self, groups: set[bytes] | None = None) -> None:
         """
-        Take what the mailboxes of our groups hold for us, group by group.
+        Take what the mailboxes of our groups (of ``groups`` alone, when
+        given) hold for us, group by group.
         """
         for group in await self.store.groups():
-            if group.role == "member" and group.state == "active":
+            if group.role != "member" or group.state != "active":
+                continue
+            if groups is None or group.group_id in groups:
                 await self.collect_sealed(group)
 
     async def collect_sealed(self, group: Group) -> None:

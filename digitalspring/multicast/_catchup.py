@@ -618,9 +618,10 @@ class CatchUpSide(ServiceCore):
         return report
 
     @deferred
-    async def catch_up_all(self) -> list[CatchUpReport]:
+    async def catch_up_all(self, only: set[bytes] | None = None) -> list[CatchUpReport]:
         """
-        Catch up every group this node is an active member of,
+        Catch up every group this node is an active member of (of ``only``
+        alone, when given: the groups notifications say have news),
         :data:`PARALLEL_GROUPS` at a time.
 
         :returns: their reports (a group whose catch-up failed has none).
@@ -628,7 +629,7 @@ class CatchUpSide(ServiceCore):
         groups = [
             g.group_id
             for g in await self.store.groups()
-            if g.role == "member" and g.state == "active"
+            if g.role == "member" and g.state == "active" and (only is None or g.group_id in only)
         ]
         slots = DeferredSemaphore(PARALLEL_GROUPS)
         results = await DeferredList(

@@ -10,7 +10,7 @@ through the outbox.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred
 
@@ -41,6 +41,9 @@ from ._notices import (
 from ._outbox import CATCH_UP
 from ._owner import OwnerOperations
 from ._report import DeliveryReport
+
+if TYPE_CHECKING:
+    from ._service import MulticastService
 
 #: The most delivery reports kept in memory to follow; older ones are
 #: dropped (the store keeps every delivery state).
@@ -157,6 +160,7 @@ class Publishing(OwnerOperations):
             await self.store.commit(*changes)
         for peer in report.unreached:
             self.outbox.retry_later(peer)
+            cast("MulticastService", self).notify_away(peer, report.group_id)
 
     def transmission_progress(
         self, group_id: bytes, manifest: Manifest, peer: PeerID, fragments: int

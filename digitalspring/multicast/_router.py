@@ -29,6 +29,7 @@ from ._core import NotInGroup, ServiceCore, deferred
 from ._epoch import EpochKeys
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin, IStrategyRouter
 from ._membership import MembershipNotProven, Role, check_proof, make_proof
+from ._notify import DepositRefused, NotifyCollect, NotifyDeposit, NotifyRegister, NotifyWork
 
 if TYPE_CHECKING:
     from ._service import MulticastService
@@ -73,6 +74,7 @@ class _Responder(amp.CommandLocator):
     def __init__(self, service: MulticastService, connection: PeerConnection) -> None:
         self.service = service
         self.connection = connection
+        self.deposited = False
 
     @ProveMembership.responder
     async def prove(self, group: bytes, epoch: int, proof: bytes) -> dict[str, bytes]:
@@ -86,6 +88,31 @@ class _Responder(amp.CommandLocator):
     @CollectSealed.responder
     async def collect_sealed(self, group: bytes) -> dict[str, bytes]:
         return {"items": await self.service.give_sealed(self.connection.peer_id, group)}
+
+    # A notification box's commands (``_notify.py``).  A deposit is one per
+    # connection: its proof of work is bound to the connection.
+
+    @NotifyRegister.responder
+    async def notify_register(self, use: bool) -> dict[str, Any]:
+        await self.service.box_register(self.connection.peer_id, use)
+        return {}
+
+    @NotifyWork.responder
+    def notify_work(self) -> dict[str, int]:
+        return {"bits": self.service.box_work()}
+
+    @NotifyDeposit.responder
+    async def notify_deposit(self, recipient: bytes, item: bytes, nonce: bytes) -> dict[str, Any]:
+        if self.deposited:
+            raise DepositRefused("one deposit per connection")
+        self.deposited = True
+        await self.service.box_deposit(self.connection, recipient, item, nonce)
+        return {}
+
+    @NotifyCollect.responder
+    async def notify_collect(self) -> dict[str, Any]:
+        items, refused = await self.service.box_collect(self.connection.peer_id)
+        return {"items": items, "refused": refused}
 
 
 @implementer(IStrategyRouter)
@@ -102,6 +129,7 @@ class MembershipRouter(ServiceCore):
         # What waits for the peer goes on the next turn of the clock, not
         # now: the connection is still being made.
         self.outbox.reachable(connection.peer_id)
+        cast("MulticastService", self).seen(connection.peer_id)
         return _Responder(cast("MulticastService", self), connection)
 
     def _plugin_locator(

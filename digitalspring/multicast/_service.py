@@ -27,7 +27,6 @@ from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..storage import IStore, StoreClosed, StoreLimits
-from ._bundles import BundleSide
 from ._catchup import CatchUpSide
 from ._catchup_serve import CatchUpServer
 from ._commands import NoticeRefused
@@ -52,6 +51,7 @@ from ._notices import (
     decode_bare,
     notice_group,
 )
+from ._notify_side import NOTIFY_REGISTER, NotifySide
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
 from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
@@ -74,7 +74,7 @@ __all__ = [
 ]
 
 
-class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, MembershipRouter):
+class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, MembershipRouter):
     """
     A node's multicast groups: owner operations, pub/sub, invitations and
     consent, membership proofs, and the strategies that move messages.
@@ -96,7 +96,12 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
     :param catch_up_rate: the bytes per second it uploads to members
         catching up, all groups together.
     :param catch_up_at_start: whether it catches up every group it is a
-        member of when it starts.
+        member of when it starts (with notification boxes: those they
+        name).
+    :param notify_box: the leading zero bits of proof of work it asks of
+        a deposit when it serves as a notification box (``twistd dspring
+        --notify-box``; the store's limits bound what it keeps); ``None``:
+        it does not serve.
     """
 
     def __init__(
@@ -110,8 +115,11 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
         mailbox: StoreLimits | None = None,
         catch_up_rate: float = DEFAULT_UPLOAD_BUDGET,
         catch_up_at_start: bool = True,
+        notify_box: int | None = None,
     ) -> None:
         self.identity = identity
+        self.notify_box_work = notify_box
+        self._notified = {}
         self.mailbox_limits = mailbox
         self._expiry = None
         self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)
@@ -130,9 +138,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
             clock,
             pool,
             store,
-            special={CATCH_UP: self.catch_up},
+            special={CATCH_UP: self.catch_up, NOTIFY_REGISTER: self.register_at_box},
             after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
-            undelivered=self.leave_sealed,
+            undelivered=self.undelivered,
         )
         self._sealed_entries = {}
         self._plugins = dict(strategies) if strategies is not None else None
@@ -163,14 +171,23 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, BundleSide, Members
         Deferred.fromCoroutine(self._back_online()).addErrback(self._log_failure)
 
     async def _back_online(self) -> None:
+        # With notification boxes, only the groups they name have news;
+        # without (or when a box cannot vouch that it was told everything),
+        # every group may.
+        news: set[bytes] | None = None
+        try:
+            if await self.notify_boxes():
+                news = await self.collect_notifications()
+        except Exception:
+            self.log.failure("could not collect notifications")
         # Sealed notices first: a new epoch among them is what catch-up
         # proves membership in.  Catch-up runs whatever became of them.
         try:
-            await self.collect_all_sealed()
+            await self.collect_all_sealed(news)
         except Exception:
             self.log.failure("could not collect sealed notices")
         if self._catch_up_at_start:
-            await self.catch_up_all()
+            await self.catch_up_all(news)
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):

@@ -105,6 +105,7 @@ class GroupNetwork:
         upload_bps: float | None = None,
         download_bps: float | None = None,
         mailbox: StoreLimits | None = None,
+        notify_box: int | None = None,
     ) -> MulticastService:
         """
         A new node called ``name``, started.
@@ -112,6 +113,8 @@ class GroupNetwork:
         :param identity: its identity; a new one by default.
         :param mailbox: its store's limits, for a node that serves as a
             mailbox (a new store gets them).
+        :param notify_box: the proof of work it asks of a deposit, for a
+            node that serves as a notification box.
         :param upload_bps: its host's upload rate in bits per second (see
             :meth:`MemoryNetwork.add_host`); unlimited by default, likewise
             ``download_bps``.
@@ -139,6 +142,7 @@ class GroupNetwork:
             is_contact=lambda peer: self.contacts,
             strategies=self.plugins,
             mailbox=mailbox,
+            notify_box=notify_box,
         )
         pool.startService()
         service.startService()
@@ -174,7 +178,13 @@ class GroupNetwork:
         old = self.services[name]
         self.network.bring_online(name)
         assert isinstance(old.store, MemoryStore)
-        return self.node(name, old.store, old.identity, mailbox=old.mailbox_limits)
+        return self.node(
+            name,
+            old.store,
+            old.identity,
+            mailbox=old.mailbox_limits,
+            notify_box=old.notify_box_work,
+        )
 
     def result(self, d: Deferred[Any], limit: float = 600.0) -> Any:
         """

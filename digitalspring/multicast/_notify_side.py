@@ -1,0 +1,465 @@
+# -*- test-case-name: tests.test_notify -*-
+# mypy: disallow-untyped-calls=False
+"""
+The service's part of notification boxes (issue 12, item 3; see
+``_notify.py`` and ``docs/offline.rst``).
+
+A member keeps the boxes it chose in its store (a setting), registers with
+each through its outbox, and names them in the key bundles it gives its
+groups' owners.  An owner that cannot reach a member leaves a sealed
+notification at each of the member's boxes, once per group until the
+member is seen again (its outbox still retries the member directly, on
+its schedule).  A node run with ``--notify-box`` keeps notifications for
+the members that registered with it, within its quotas, and gives each
+member its own when it asks.  A member that starts collects its
+notifications and catches up the groups they name, and no others.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from twisted.internet.defer import Deferred
+from twisted.internet.protocol import Factory
+from twisted.protocols import amp
+
+from ..channel import ISecureChannel, SecureChannelFactory, SecureChannelProtocol
+from ..errors import DigitalSpringError
+from ..identity import Identity, InvalidPeerID, PeerID
+from ..storage import (
+    DepositNotification,
+    Dequeue,
+    Enqueue,
+    NotStored,
+    OutboxEntry,
+    PeerQuotaExceeded,
+    QuotaExceeded,
+    RefuseNotification,
+    RegisterNotifyMember,
+    SetSetting,
+    TakeNotifications,
+    UnregisterNotifyMember,
+)
+from ..transport import split_address
+from ._bundles import NOTIFY_BOXES_SETTING, BundleSide
+from ._core import GroupError, deferred
+from ._notices import NEW_EPOCH, decode_new_epoch
+from ._notify import (
+    DEFAULT_DEPOSIT_WORK,
+    ITEM_SIZE,
+    MAX_COLLECT,
+    MAX_DEPOSIT_WORK,
+    BoxFull,
+    DepositRefused,
+    InsufficientWork,
+    NotABox,
+    NotificationRefused,
+    NotifyCollect,
+    NotifyDeposit,
+    NotifyRegister,
+    NotifyWork,
+    check_deposit,
+    item_prekey,
+    make_notification,
+    notification_valid,
+    open_notification,
+    seal_notification,
+    solve_deposit,
+)
+from ._outbox import CATCH_UP
+from ._prekeys import MAX_NOTIFY_BOXES, PREKEY_GRACE, decode_bundle
+
+if TYPE_CHECKING:
+    from ..channel import PeerConnection
+
+#: Outbox kind of a registration with a box (payload ``b"\x01"``) or its
+#: end (``b"\x00"``).
+NOTIFY_REGISTER = "notify-register"
+#: Seconds a deposit may take, dialling and handshake included.
+DEPOSIT_TIMEOUT = 30.0
+#: The most ``notify-collect`` requests a member makes of one box at start
+#: (MAX_COLLECT each: a box keeps 64 for a member by default).
+MAX_COLLECT_ROUNDS = 4
+#: The most (member, group) pairs an owner remembers having notified.
+MAX_NOTIFIED = 65_536
+
+
+class NotifySide(BundleSide):
+    """
+    Notification boxes: a member's choice of them and what it collects, an
+    owner's deposits, and a box's serving.
+
+    :ivar notify_box_work: the proof of work this node asks of a deposit
+        when it serves as a notification box, else ``None``.
+    """
+
+    notify_box_work: int | None
+    #: The groups each member was notified of since we last saw it.
+    _notified: dict[PeerID, set[bytes]]
+
+    # --- a member: its boxes ---------------------------------------------
+
+    @deferred
+    async def add_notify_box(self, box: PeerID) -> list[PeerID]:
+        """
+        Use ``box`` as a notification box: register with it (through the
+        outbox) and give the owners of our groups new bundles naming it.
+
+        :returns: our boxes now.
+        :raises GroupError: for ourselves, or past :data:`MAX_NOTIFY_BOXES`.
+        """
+        boxes = await self.notify_boxes()
+        if box == self.local:
+            raise GroupError("a node is not its own notification box")
+        if box in boxes:
+            return boxes
+        if len(boxes) >= MAX_NOTIFY_BOXES:
+            raise GroupError(f"a member has at most {MAX_NOTIFY_BOXES} notification boxes")
+        return await self._set_boxes(sorted([*boxes, box], key=str), box, True)
+
+    @deferred
+    async def remove_notify_box(self, box: PeerID) -> list[PeerID]:
+        """
+        Stop using ``box``: tell it (through the outbox) and give the owners
+        new bundles without it.
+
+        :returns: our boxes now.
+        :raises GroupError: when it is not one of ours.
+        """
+        boxes = await self.notify_boxes()
+        if box not in boxes:
+            raise GroupError(f"{box} is not one of our notification boxes")
+        return await self._set_boxes([b for b in boxes if b != box], box, False)
+
+    async def _set_boxes(self, boxes: list[PeerID], box: PeerID, use: bool) -> list[PeerID]:
+        now = self._now()
+        waiting = [e for e in await self.store.outbox(box) if e.kind == NOTIFY_REGISTER]
+        await self.store.commit(
+            SetSetting(NOTIFY_BOXES_SETTING, " ".join(str(b) for b in boxes)),
+            *(Dequeue(e.entry_id) for e in waiting),
+            Enqueue(box, NOTIFY_REGISTER, b"\x01" if use else b"\x00", now),
+        )
+        self.outbox.waiting([box])
+        told: set[PeerID] = set()
+        for group in await self.store.groups():
+            if group.role == "member" and group.state == "active" and group.owner not in told:
+                told.add(group.owner)
+                await self.give_bundle(group.owner, group.group_id)
+        return boxes
+
+    async def register_at_box(self, box: PeerID, payload: bytes) -> bool:
+        """
+        Deliver a registration with ``box`` (or its end), for the outbox.
+        A box that does not serve is logged, and not asked again.
+        """
+        try:
+            await self.pool.call(box, NotifyRegister, use=payload == b"\x01")
+        except (NotABox, BoxFull) as e:
+            self.log.warn("notification box {box} refused us: {error}", box=str(box), error=str(e))
+        return True
+
+    # --- an owner: leaving notifications -----------------------------------
+
+    async def undelivered(self, peer: PeerID, entries: list[OutboxEntry]) -> None:
+        """
+        The outbox could not reach ``peer``: leave what is sealed for it at
+        its groups' mailboxes, and a notification at its boxes for each
+        group we own that has news for it (messages or a new epoch).
+        """
+        await self.leave_sealed(peer, entries)
+        for entry in entries:
+            if entry.kind in (CATCH_UP, NEW_EPOCH) and entry.group_id is not None:
+                self.notify_away(peer, entry.group_id)
+
+    def seen(self, peer: PeerID) -> None:
+        """
+        ``peer`` connected: a later absence is notified again.
+        """
+        self._notified.pop(peer, None)
+
+    def notify_away(self, peer: PeerID, group_id: bytes) -> None:
+        """
+        ``peer`` was not reached with news of a group we own: leave a
+        notification at each of its boxes, once until we see it again.
+        """
+        groups = self._notified.get(peer)
+        if groups is not None and group_id in groups:
+            return
+        if groups is None:
+            if len(self._notified) >= MAX_NOTIFIED:
+                del self._notified[next(iter(self._notified))]
+            groups = self._notified[peer] = set()
+        groups.add(group_id)
+        Deferred.fromCoroutine(self._notify(peer, group_id)).addErrback(self._log_failure)
+
+    async def _notify(self, peer: PeerID, group_id: bytes) -> None:
+        try:
+            held = await self.store.bundle(peer)
+        except NotStored:
+            return
+        now = self._now()
+        bundle = decode_bundle(held.data)
+        if not bundle.notify_boxes or bundle.expires <= now:
+            return
+        try:
+            current = await self.store.epoch(group_id)
+        except NotStored:
+            return
+        if current.access_key is None or current.chain is None:
+            return
+        keys = {current.epoch: current.access_key}
+        waiting = [
+            decode_new_epoch(e.payload).member.epoch
+            for e in await self.store.outbox(peer)
+            if e.kind == NEW_EPOCH and e.group_id == group_id
+        ]
+        if waiting:
+            # The member may hold only the epoch before the first it was
+            # not given.
+            try:
+                held_epoch = await self.store.epoch(group_id, min(waiting) - 1)
+            except NotStored:
+                held_epoch = None
+            if held_epoch is not None and held_epoch.access_key is not None:
+                keys[held_epoch.epoch] = held_epoch.access_key
+        latest = (current.epoch, current.chain.next_index - 1)
+        notification = make_notification(peer, group_id, latest, keys)
+        for box in sorted(bundle.notify_boxes, key=str):
+            item = seal_notification(peer, bundle.signed_prekey, notification)
+            try:
+                await self.deposit(box, peer, item)
+            except Exception as e:
+                self._rlog.info(
+                    "deposit-failed",
+                    "could not leave a notification at {box}: {error}",
+                    box=str(box),
+                    error=str(e),
+                )
+
+    @deferred
+    async def deposit(self, box: PeerID, recipient: PeerID, item: bytes) -> None:
+        """
+        Leave ``item`` for ``recipient`` at ``box``, over a connection of its
+        own with a throwaway identity (Noise XX: the box learns no peer ID
+        of ours), with the proof of work the box asks.
+
+        :raises DigitalSpringError: when the box cannot be reached or
+            refuses (:class:`NotABox`, :class:`DepositRefused`,
+            :class:`BoxFull`, :class:`InsufficientWork`).
+        """
+        addresses = await self.pool.directory.resolve(box)
+        factory = SecureChannelFactory(
+            Identity.generate(),
+            Factory.forProtocol(amp.AMP),
+            self.clock,
+            initiator=True,
+            expected_peer=box,
+            pattern="XX",
+        )
+        errors: list[str] = []
+        for address in addresses:
+            name, description = split_address(address)
+            transport = self.pool.transports.get(name)
+            if transport is None:
+                continue
+            try:
+                channel = await transport.connect(description, factory).addTimeout(
+                    DEPOSIT_TIMEOUT, self.clock
+                )
+                assert isinstance(channel, SecureChannelProtocol)
+                protocol = await channel.when_secured().addTimeout(DEPOSIT_TIMEOUT, self.clock)
+            except Exception as e:
+                errors.append(f"{address}: {e}")
+                continue
+            try:
+                assert isinstance(protocol, amp.AMP)
+                answer = await protocol.callRemote(NotifyWork).addTimeout(
+                    DEPOSIT_TIMEOUT, self.clock
+                )
+                bits = answer["bits"]
+                if not 0 <= bits <= MAX_DEPOSIT_WORK:
+                    raise InsufficientWork(f"the box asks {bits} bits of work; at most 24 given")
+                nonce = solve_deposit(box, channel.handshake_hash, recipient, item, bits)
+                await protocol.callRemote(
+                    NotifyDeposit, recipient=recipient.public_key, item=item, nonce=nonce
+                ).addTimeout(DEPOSIT_TIMEOUT, self.clock)
+            finally:
+                channel.loseConnection()
+            return
+        raise DepositRefused(f"cannot reach {box}: " + "; ".join(errors))
+
+    # --- a box: serving ------------------------------------------------------
+
+    def box_work(self) -> int:
+        """
+        The proof of work this node asks of a deposit.
+
+        :raises NotABox: when it does not serve as a notification box.
+        """
+        if self.notify_box_work is None:
+            raise NotABox(
+                "this node does not serve as a notification box (run it with --notify-box)"
+            )
+        return self.notify_box_work
+
+    async def box_register(self, peer: PeerID, use: bool) -> None:
+        """
+        ``peer`` uses this node as a notification box from now on, or no
+        longer.
+        """
+        self.box_work()
+        if not use:
+            await self.store.commit(UnregisterNotifyMember(peer))
+            return
+        try:
+            await self.store.commit(RegisterNotifyMember(peer, self.clock.seconds()))
+        except QuotaExceeded as e:
+            raise BoxFull(str(e)) from None
+
+    async def box_deposit(
+        self, connection: PeerConnection, recipient: bytes, item: bytes, nonce: bytes
+    ) -> None:
+        """
+        A deposit: checked (size, proof of work bound to this connection)
+        and kept for its recipient within the quotas.
+        """
+        bits = self.box_work()
+        if len(item) != ITEM_SIZE:
+            raise DepositRefused(f"a notification has {ITEM_SIZE} bytes")
+        try:
+            member = PeerID(recipient)
+        except InvalidPeerID:
+            raise DepositRefused("the deposit names no valid peer") from None
+        binding = ISecureChannel(connection.transport).handshake_hash
+        check_deposit(self.local, binding, member, item, nonce, bits)
+        try:
+            await self.store.commit(DepositNotification(member, item))
+        except NotStored:
+            raise DepositRefused("this box serves no such member") from None
+        except QuotaExceeded as e:
+            await self.store.commit(RefuseNotification(member))
+            what = "for this member" if isinstance(e, PeerQuotaExceeded) else "in all"
+            raise BoxFull(f"this box holds as many notifications as it keeps {what}") from None
+
+    async def box_collect(self, peer: PeerID) -> tuple[bytes, int]:
+        """
+        The oldest notifications held for ``peer`` (deleted once given),
+        and how many deposits for it were refused since it last collected.
+        """
+        self.box_work()
+        try:
+            member = await self.store.notify_member(peer)
+        except NotStored:
+            raise DepositRefused("this box does not serve you: register first") from None
+        items = await self.store.notifications(peer, MAX_COLLECT)
+        await self.store.commit(TakeNotifications(peer, len(items)))
+        return b"".join(items), member.refused
+
+    @deferred
+    async def notify_box_status(self) -> dict[str, Any]:
+        """
+        For ``dspring notify-boxes list``: our boxes, and what this node
+        holds as a box.
+        """
+        members = await self.store.notify_members() if self.notify_box_work is not None else []
+        return {
+            "boxes": [str(b) for b in await self.notify_boxes()],
+            "serving": self.notify_box_work is not None,
+            "work_bits": self.notify_box_work,
+            "members": [
+                {"peer": str(m.peer), "held": m.held, "refused": m.refused} for m in members
+            ],
+        }
+
+    # --- a member: collecting ------------------------------------------------
+
+    async def collect_notifications(self) -> set[bytes] | None:
+        """
+        Take what our boxes hold for us: the groups with news, each checked
+        (it opens, its MAC checks under an access key we hold, and it names
+        a message past the last we have).
+
+        :returns: those groups; ``None`` when no box answered, or one
+            refused deposits for us (it was full): we cannot know we were
+            told of every group with news.
+        """
+        news: set[bytes] = set()
+        answered = False
+        complete = True
+        for box in await self.notify_boxes():
+            for _ in range(MAX_COLLECT_ROUNDS):
+                try:
+                    answer = await self.pool.call(box, NotifyCollect)
+                    data = answer["items"]
+                    if len(data) % ITEM_SIZE:
+                        raise NotificationRefused("an answer of notifications cut short")
+                except Exception as e:
+                    self._rlog.info(
+                        "notifications-not-collected",
+                        "could not collect notifications from {box}: {error}",
+                        box=str(box),
+                        error=str(e),
+                    )
+                    break
+                answered = True
+                if answer["refused"]:
+                    complete = False
+                items = [data[i : i + ITEM_SIZE] for i in range(0, len(data), ITEM_SIZE)]
+                for item in items:
+                    group_id = await self._news_of(item)
+                    if group_id is not None:
+                        news.add(group_id)
+                if len(items) < MAX_COLLECT:
+                    break
+            else:
+                complete = False
+        if not answered or not complete:
+            return None
+        return news
+
+    async def _news_of(self, item: bytes) -> bytes | None:
+        """
+        The group a notification tells of news in, or ``None`` when it is
+        refused (logged) or tells nothing new.
+        """
+        try:
+            now = self._now()
+            prekey = await self.store.prekey(item_prekey(item))
+            if prekey.expires is None or prekey.expires + PREKEY_GRACE <= now:
+                raise NotificationRefused("the notification's prekey is not one we hold")
+            notification = open_notification(self.identity, prekey.secret, item)
+            group_id = notification.group_id
+            group = await self.store.group(group_id)
+            if group.role != "member" or group.state != "active":
+                raise NotificationRefused("a notification of a group we are no member of")
+            keys: dict[int, bytes] = {}
+            for epoch, _ in notification.macs:
+                try:
+                    held = await self.store.epoch(group_id, epoch)
+                except NotStored:
+                    continue
+                if held.access_key is not None:
+                    keys[epoch] = held.access_key
+            if not notification_valid(notification, self.local, keys):
+                raise NotificationRefused("a notification whose MAC does not check")
+        except (DigitalSpringError, NotStored) as e:
+            self._rlog.info(
+                "notification-refused", "refused a notification: {error}", error=str(e)
+            )
+            return None
+        latest = await self.store.epoch(group_id)
+        epoch, index = notification.latest
+        if epoch < latest.epoch:
+            return None
+        if epoch == latest.epoch and latest.chain is not None:
+            if index < latest.chain.next_index:
+                return None
+        return group_id
+
+
+__all__ = [
+    "DEFAULT_DEPOSIT_WORK",
+    "NOTIFY_BOXES_SETTING",
+    "NOTIFY_REGISTER",
+    "NotifySide",
+]
