@@ -45,6 +45,7 @@ class DemoNode:
 
     :ivar name: what the demo calls it (``alice``).
     :ivar role: what it does in the demo, in words.
+    :ivar pids: the process ID of every process started for it.
     :ivar port: the TCP port it listens on, once it started (it keeps it
         when started again, so that its peers find it where they knew it).
     """
@@ -59,6 +60,7 @@ class DemoNode:
         self.peer_id = ""
         self.address = ""
         self.proc: subprocess.Popen[bytes] | None = None
+        self.pids: list[int] = []
         self._client: ControlClient | None = None
 
     @property
@@ -112,6 +114,7 @@ class DemoNode:
                 cwd=self.dir.path,
                 start_new_session=True,
             )
+        self.pids.append(self.proc.pid)
         deadline = self.reactor.seconds() + START_TIMEOUT
         while True:
             if self.proc.poll() is not None:

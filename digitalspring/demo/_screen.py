@@ -7,7 +7,11 @@ line as each one has it otherwise).
 
 from __future__ import annotations
 
+import textwrap
 from typing import TextIO
+
+#: The longest line of prose, in characters.
+WIDTH = 88
 
 #: Width of a progress bar, in characters.
 BAR_WIDTH = 30
@@ -56,9 +60,13 @@ class Screen:
 
     def say(self, text: str = "") -> None:
         """
-        Print a paragraph's line, indented under its step.
+        Print a paragraph, indented under its step, its lines at most
+        :data:`WIDTH` characters long.
         """
-        self.out.write(("   " + text if text else "") + "\n")
+        lines = textwrap.wrap(
+            text, WIDTH, initial_indent="   ", subsequent_indent="   ", break_on_hyphens=False
+        )
+        self.out.write("\n".join(lines) + "\n")
         self.out.flush()
 
     def step(self, title: str) -> None:

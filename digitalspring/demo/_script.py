@@ -164,7 +164,7 @@ class Demo:
         await _all(*(node.start() for node in self.nodes.values()))
         roles = {
             OWNER: "will own the group and send",
-            MAILBOX: "a mailbox: keeps what members miss, as ciphertext it cannot read",
+            MAILBOX: "the group's mailbox",
         }
         width = max(len(name) for name in self.nodes)
         for name, node in self.nodes.items():
@@ -173,14 +173,14 @@ class Demo:
                 f"{roles.get(name, 'a member')}"
             )
         self.screen.say(
-            "Each has its own identity (an Ed25519 key: the peer ID), database and log,"
+            "Each has its own identity (an Ed25519 key pair; the public key is its peer ID), "
+            f"database and log, in {self.root.path}/NAME/. A mailbox keeps what members "
+            "miss while they are away, as ciphertext it has no key to read."
         )
-        self.screen.say(f"under {self.root.path}/NAME/.")
         self.summary["nodes"] = {
             name: {
                 "peer_id": node.peer_id,
                 "address": node.address,
-                "pid": node.proc.pid if node.proc is not None else None,
                 "data_dir": node.data_dir.path,
                 "role": "owner" if name == OWNER else "mailbox" if name == MAILBOX else "member",
             }
@@ -200,9 +200,9 @@ class Demo:
                 if other is not node:
                     book.add(PeerID.parse(other.peer_id), other.address, name)
         self.screen.say(
-            "The five exchanged their PEER_ID@ADDRESS (`dspring contacts add`), so each"
+            "The five have each other's PEER_ID@ADDRESS in their contacts (`dspring contacts "
+            f"add`), so each takes {OWNER}'s invitation without asking."
         )
-        self.screen.say(f"takes {OWNER}'s invitation without asking.")
         owner = self.nodes[OWNER]
         created = await owner.call("group-create", {"name": GROUP})
         self.group = created["group"]
@@ -246,13 +246,12 @@ class Demo:
         title = f"{AWAY} goes offline; {OWNER} sends a text and a file anyway"
         started = self._step(title)
         await away.stop()
-        self.screen.say(f"{AWAY}'s node stopped.")
-        self.screen.say(f'Text: "{AWAY_TEXT}"')
+        self.screen.say(f'{AWAY}\'s node stopped. The text: "{AWAY_TEXT}"')
         await self._send({"text": AWAY_TEXT}, AWAY_TEXT.encode("utf-8"), "text", None)
         path = self.root.child("menu.pdf")
         data = os.urandom(SMALL_FILE_SIZE)
         path.setContent(data)
-        self.screen.say(f"File: menu.pdf, {size_text(SMALL_FILE_SIZE)}")
+        self.screen.say(f"The file: menu.pdf, {size_text(SMALL_FILE_SIZE)}.")
         await self._send({"path": path.path}, data, "file", "menu.pdf")
         self._took(title, started)
 
@@ -274,30 +273,29 @@ class Demo:
         missed = [m for m in self.summary["messages"] if AWAY in m["pending"]]
         back = self._now()
         await away.start()
-        self.screen.say(f"{AWAY}'s node is back ({self._now() - back:.1f} s to start).")
+        ready = self._now()
         inbox = await self._until(
             f"{AWAY}'s catching up",
             lambda: self._holds(away, len(self.summary["messages"])),
         )
-        caught_up = self._now() - back
+        caught_up = self._now() - ready
         carried = await box.bytes_sent() - before
         status = await away.call("status")
         await self._verify(away, missed)
         size = sum(m["size"] for m in missed)
         self.screen.say(
-            f"{AWAY} caught up {len(missed)} messages ({size_text(size)}) "
-            f"{caught_up:.1f} s after it started, from {MAILBOX} alone"
+            f"{AWAY}'s node started in {ready - back:.1f} s and asked the group's mailbox, its "
+            f"neighbours and {OWNER} for what it missed; only {MAILBOX} answered. "
+            f"{caught_up:.1f} s later {AWAY} had the {len(missed)} messages it missed "
+            f"({size_text(size)}; its node counts {status['catch_up']['messages']} caught up)."
         )
         self.screen.say(
-            f"({MAILBOX} held {held['messages']} messages, {size_text(held['bytes'])} of "
-            "ciphertext and signed manifests; it has no key to read them)."
+            f"{MAILBOX} held {held['messages']} messages of the group, "
+            f"{size_text(held['bytes'])} of ciphertext and signed manifests. Its link carried "
+            f"{carried:,} bytes to {AWAY}: {carried / size:.2f} x what {AWAY} missed."
         )
         self.screen.say(
-            f"{MAILBOX}'s link carried {carried:,} bytes for it "
-            f"({carried / size:.2f} x what was missed)."
-        )
-        self.screen.say(
-            f"{AWAY} now holds all {len(inbox)} messages, those it missed byte for byte."
+            f"Checked: {AWAY} holds all {len(inbox)} messages, those it missed byte for byte."
         )
         self.summary["catch_up"] = {
             "member": AWAY,
@@ -397,25 +395,26 @@ class Demo:
         if pending:
             line += f"; {names_text(pending)} {'is' if len(pending) == 1 else 'are'} away"
             line += " and will get it when back"
-        self.screen.say(f"{line} ({seconds:.1f} s; {plural(fragments, 'fragment')}).")
-        self.screen.say(
-            f"{OWNER}'s link carried {carried:,} bytes. Unicast, one copy to each of the "
-            f"{len(recipients)} recipients,"
-        )
-        self.screen.say(
-            f"would have carried at least {unicast:,} ({len(recipients)} x {size:,}): "
-            f"{OWNER} sent {carried / unicast:.2f} x that."
+        what = "the text" if kind == "text" else "the file"
+        say = self.screen.say
+        say(f"{line} ({seconds:.1f} s; {plural(fragments, 'fragment')}).")
+        say(f"{OWNER}'s link carried {carried:,} bytes: {carried / size:.2f} x {what}.")
+        say(
+            f"Unicast, one copy to each of the {len(recipients)} recipients, needs at least "
+            f"{unicast:,} bytes ({len(recipients)} x {size:,}): {OWNER}'s link carried "
+            f"{carried / unicast:.2f} x that"
+            + (
+                "; for a short text, reaching each member costs more than the text itself."
+                if carried > unicast
+                else "."
+            )
         )
         helpers = [name for name in MEMBERS if sent.get(name, 0) > 0]
         if kind == "file" and helpers:
-            self.screen.say(
+            say(
                 "The members passed fragments on to each other: "
                 + ", ".join(f"{name} sent {size_text(sent[name])}" for name in helpers)
                 + "."
-            )
-        if size < 1024 and carried > unicast:
-            self.screen.say(
-                "(For a short text, reaching each member costs more than the text itself.)"
             )
         record = {
             "kind": kind,
@@ -491,6 +490,11 @@ class Demo:
     # --- the end ---------------------------------------------------------------
 
     def write_summary(self, path: FilePath[str]) -> None:
+        """
+        Write :attr:`summary` to ``path`` as JSON, with the ID of every
+        process the demo started, by node.
+        """
+        self.summary["processes"] = {name: node.pids for name, node in self.nodes.items()}
         path.setContent(json.dumps(self.summary, indent=1).encode("utf-8") + b"\n")
 
     async def stop_all(self) -> None:
