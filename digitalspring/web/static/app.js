@@ -178,7 +178,7 @@ const pages = {
           "li",
           { "data-group": group.group },
           el("a", { href: "#group/" + group.group }, title),
-          el("div", { class: "muted" }, group.role + " · " + group.state + " · owner " + nameOf(group.owner)),
+          el("div", { class: "muted" }, group.role === "owner" ? "yours · " + group.state : group.role + " · " + group.state + " · owner " + nameOf(group.owner)),
         ),
       );
     }
@@ -213,9 +213,10 @@ const pages = {
     const shown = await api("group-show", { group: groupId });
     state.group = shown;
     $("group-title").textContent = shown.petname || shown.name;
-    $("group-info").textContent =
-      "You are its " + shown.role + "; owner " + nameOf(shown.owner) + "; epoch " + shown.epoch + ".";
     const owner = shown.role === "owner";
+    $("group-info").textContent =
+      (owner ? "You own it" : "You are its " + shown.role + "; its owner is " + nameOf(shown.owner)) +
+      "; epoch " + shown.epoch + ".";
     $("send-box").hidden = !owner;
     $("member-note").hidden = owner;
     $("members-box").hidden = !owner;
