@@ -200,6 +200,23 @@ class MailboxNoticeTests(SynchronousTestCase):
         two[32] = 2
         self.assertRaises(MalformedNotice, decode_invitation, bytes(two))
 
+    def test_invitation_naming_too_many_mailboxes(self) -> None:
+        """
+        An invitation naming more mailboxes than a group has is malformed
+        (it raised ValueError, which AMP answers as an unknown error, with
+        a traceback logged for each such notice).
+        """
+        delivery = invitation_delivery(start_group(GROUP, NOW))
+        box = Identity.from_seed(bytes(32)).peer_id
+        boxed = GroupInvitation(GROUP, "g", "spring", 6, frozenset(), delivery, frozenset({box}))
+        many = sorted(
+            Identity.from_seed(bytes([n]) * 32).peer_id.public_key
+            for n in range(MAX_MAILBOXES + 1)
+        )
+        encoded = encode_invitation(boxed)
+        too_many = encoded[:-33] + bytes([len(many)]) + b"".join(many)
+        self.assertRaises(MalformedNotice, decode_invitation, too_many)
+
     def test_refused(self) -> None:
         """
         More mailboxes than a group has, a retention of 0 or past a year,

@@ -217,8 +217,8 @@ def _peers(peers: frozenset[PeerID]) -> bytes:
     return varint(len(peers)) + b"".join(sorted(p.public_key for p in peers))
 
 
-def _read_peers(reader: Reader) -> frozenset[PeerID]:
-    count = reader.varint(MAX_DEGREE)
+def _read_peers(reader: Reader, largest: int = MAX_DEGREE) -> frozenset[PeerID]:
+    count = reader.varint(largest)
     try:
         return frozenset(PeerID(reader.take(32)) for _ in range(count))
     except ValueError as e:
@@ -335,7 +335,7 @@ def decode_invitation(payload: bytes) -> GroupInvitation:
     delivery = _read_delivery(reader, group_id)
     mailboxes: frozenset[PeerID] = frozenset()
     if version == _MAILBOXES_VERSION:
-        mailboxes = _read_peers(reader)
+        mailboxes = _read_peers(reader, MAX_MAILBOXES)
     reader.end()
     invitation = GroupInvitation(group_id, name, strategy, degree, neighbours, delivery, mailboxes)
     _canonical(payload, encode_invitation(invitation))
