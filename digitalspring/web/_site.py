@@ -532,5 +532,7 @@ class WebResource(Resource):
 
     async def _logout(self, request: Request, session: Session, query: dict[str, str]) -> _Answer:
         self.sessions.logout(session.session_id)
-        request.addCookie(self.cookie, b"", path=b"/", max_age=0, httpOnly=True, sameSite="strict")
+        request.addCookie(
+            self.cookie, b"", path=b"/", max_age=b"0", httpOnly=True, sameSite="strict"
+        )
         return b"application/json", b"{}", {}

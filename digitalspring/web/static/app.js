@@ -1,9 +1,9 @@
 // Digital Spring's web client. Plain JavaScript, no build step.
 //
 // Whatever a peer sent (text, file names, group names) is put in the page
-// with textContent or as an attribute value, never parsed as HTML: this
-// file never uses innerHTML, and the Content Security Policy runs no
-// script but this one.
+// with textContent or as an attribute value, never parsed as HTML (no
+// HTML-parsing sink appears here; tests.test_web checks), and the
+// Content Security Policy runs no script but this one.
 "use strict";
 
 const state = {
