@@ -34,7 +34,9 @@ from .identity import (
     read_key_file,
 )
 from .multicast import (
+    DEFAULT_DEPOSIT_WORK,
     DEFAULT_UPLOAD_BUDGET,
+    MAX_DEPOSIT_WORK,
     IMulticastStrategyPlugin,
     SpringStrategyPlugin,
     strategy_plugins,
@@ -165,6 +167,27 @@ class Options(usage.Options):
             "(default 512 MiB).",
         ],
         [
+            "notify-box-work",
+            None,
+            DEFAULT_DEPOSIT_WORK,
+            "With --notify-box: the proof of work (leading zero bits, at most 24) it asks "
+            "of each deposit (default 16).",
+        ],
+        [
+            "notify-box-members",
+            None,
+            StoreLimits().notify_members_total,
+            "With --notify-box: the most members it serves (default 1024).",
+        ],
+        [
+            "notify-box-quota",
+            None,
+            StoreLimits().notifications_per_member,
+            "With --notify-box: the most notifications it keeps for one member until it "
+            "collects them (default 64); in all it keeps 64 times --notify-box-members at "
+            "most.",
+        ],
+        [
             "dht-difficulty",
             None,
             DHTSettings().pow_difficulty,
@@ -224,6 +247,13 @@ class Options(usage.Options):
             "Serve as a mailbox: keep the messages of the groups whose owners add this node "
             "with the role mailbox, for their members who are away (ciphertext only: a "
             "mailbox gets no content key), within the --mailbox-*quota options.",
+        ],
+        [
+            "notify-box",
+            None,
+            "Serve as a notification box: keep, for the members that register with this "
+            "node, the sealed notifications their groups' owners leave while they are away "
+            "(it learns neither group nor index), within the --notify-box-* options.",
         ],
         [
             "onion-only",
@@ -317,6 +347,15 @@ class Options(usage.Options):
                     self[name] = parse_size(self[name])
                 except BadOption as e:
                     raise usage.UsageError(f"--{name}: {e}") from None
+        for name in ("notify-box-work", "notify-box-members", "notify-box-quota"):
+            if isinstance(self[name], str) and not self["notify-box"]:
+                raise usage.UsageError(f"--{name} is for a node run with --notify-box")
+        if not 0 <= _number(self, "notify-box-work", int) <= MAX_DEPOSIT_WORK:
+            raise usage.UsageError(f"--notify-box-work takes 0 to {MAX_DEPOSIT_WORK} bits")
+        if _number(self, "notify-box-members", int) < 1:
+            raise usage.UsageError("--notify-box-members takes a number above 0")
+        if _number(self, "notify-box-quota", int) < 1:
+            raise usage.UsageError("--notify-box-quota takes a number above 0")
         if _number(self, "dht-difficulty", int) < 0:
             raise usage.UsageError("--dht-difficulty takes a number of bits, 0 or more")
         if not self["listen"]:
@@ -593,6 +632,7 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         strategies=node_strategies(options),
         mailbox=limits if options["mailbox"] else None,
         web=options["web"],
+        notify_box=int(options["notify-box-work"]) if options["notify-box"] else None,
     )
 
 
@@ -605,6 +645,10 @@ def store_limits(options: Options) -> StoreLimits:
         mailbox_bytes_total=int(options["mailbox-quota"]),
         mailbox_bytes_per_group=int(options["mailbox-group-quota"]),
         mailbox_bytes_per_owner=int(options["mailbox-owner-quota"]),
+        notify_members_total=int(options["notify-box-members"]),
+        notifications_per_member=int(options["notify-box-quota"]),
+        notifications_total=int(options["notify-box-members"])
+        * int(options["notify-box-quota"]),
     )
 
 

@@ -31,6 +31,7 @@ from ._messages import (
     UnblockOptions,
 )
 from ._network import ContactsOptions, PingOptions, StatusOptions
+from ._notify import NotifyBoxesOptions
 from ._stop import StopOptions
 from ._web import WebOptions
 
@@ -59,6 +60,7 @@ class Options(CommandOptions):
         ["dht", None, DhtOptions, "Look into the running node's DHT."],
         ["group", None, GroupOptions, "Manage the running node's groups."],
         ["mailbox", None, MailboxOptions, "Show what the running node holds as a mailbox."],
+        ["notify-boxes", None, NotifyBoxesOptions, "Manage the node's notification boxes."],
         ["send", None, SendOptions, "Send a text or a file to a group or a contact."],
         ["follow", None, FollowOptions, "Print what arrives, like tail -f."],
         ["inbox", None, InboxOptions, "Show what was sent and received."],

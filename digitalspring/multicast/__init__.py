@@ -111,6 +111,15 @@ from ._neighbours import (
     NeighbourGraph,
     NeighbourGraphError,
 )
+from ._notify import (
+    DEFAULT_DEPOSIT_WORK,
+    MAX_DEPOSIT_WORK,
+    BoxFull,
+    DepositRefused,
+    InsufficientWork,
+    NotABox,
+    NotificationRefused,
+)
 from ._plugins import DEFAULT_STRATEGY, UnknownStrategy, get_strategy, strategy_plugins
 from ._report import DeliveryReport, ReceivedMessage
 from ._service import (
@@ -128,6 +137,7 @@ from ._unicast import UnicastStrategy, UnicastStrategyPlugin
 
 __all__ = [
     "DEFAULT_DEGREE",
+    "DEFAULT_DEPOSIT_WORK",
     "DEFAULT_STRATEGY",
     "DEFAULT_UPLOAD_BUDGET",
     "EPOCH_MAX_AGE",
@@ -136,6 +146,7 @@ __all__ = [
     "GROUP_ID_SIZE",
     "MANIFEST_DOMAIN",
     "MAX_DELIVERY_SIZE",
+    "MAX_DEPOSIT_WORK",
     "MAX_FILE_NAME",
     "MAX_FRAGMENTS",
     "MAX_MANIFEST_SIZE",
@@ -147,6 +158,7 @@ __all__ = [
     "PROOF_SIZE",
     "AlreadyMember",
     "BadManifestSignature",
+    "BoxFull",
     "ChainClosed",
     "ChainRefused",
     "CloseStatement",
@@ -155,6 +167,7 @@ __all__ = [
     "ContentTooLarge",
     "ContentType",
     "DeliveryReport",
+    "DepositRefused",
     "DuplicateMessage",
     "EpochEnd",
     "EpochKeys",
@@ -168,6 +181,7 @@ __all__ = [
     "IMulticastStrategyPlugin",
     "IStrategyContext",
     "IStrategyRouter",
+    "InsufficientWork",
     "InvalidNeighbourGraph",
     "KeyDelivery",
     "MailboxEpoch",
@@ -185,10 +199,12 @@ __all__ = [
     "NeighbourGraph",
     "NeighbourGraphError",
     "NonCanonicalManifest",
+    "NotABox",
     "NotAMailbox",
     "NotAMember",
     "NotInGroup",
     "NotOwner",
+    "NotificationRefused",
     "OwnerEpoch",
     "ReceivedMessage",
     "ReceivingChain",

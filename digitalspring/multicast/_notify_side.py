@@ -19,8 +19,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.protocol import Factory
+from twisted.internet.task import deferLater
 from twisted.protocols import amp
 
 from ..channel import ISecureChannel, SecureChannelFactory, SecureChannelProtocol
@@ -82,6 +83,11 @@ DEPOSIT_TIMEOUT = 30.0
 MAX_COLLECT_ROUNDS = 4
 #: The most (member, group) pairs an owner remembers having notified.
 MAX_NOTIFIED = 65_536
+#: The most deposits an owner makes at once, and the seconds it waits after
+#: each: each is a new connection, and a box admits one a second from an
+#: address (``ConnectionLimits.address_rate``), ten at once.
+MAX_DEPOSITS = 1
+DEPOSIT_SPACING = 1.0
 
 
 class NotifySide(BundleSide):
@@ -96,6 +102,8 @@ class NotifySide(BundleSide):
     notify_box_work: int | None
     #: The groups each member was notified of since we last saw it.
     _notified: dict[PeerID, set[bytes]]
+    #: Deposits under way, at most MAX_DEPOSITS.
+    _deposits: DeferredSemaphore
 
     # --- a member: its boxes ---------------------------------------------
 
@@ -224,10 +232,11 @@ class NotifySide(BundleSide):
                 keys[held_epoch.epoch] = held_epoch.access_key
         latest = (current.epoch, current.chain.next_index - 1)
         notification = make_notification(peer, group_id, latest, keys)
+        left = False
         for box in sorted(bundle.notify_boxes, key=str):
             item = seal_notification(peer, bundle.signed_prekey, notification)
             try:
-                await self.deposit(box, peer, item)
+                await self._deposits.run(self._paced_deposit, box, peer, item)
             except Exception as e:
                 self._rlog.info(
                     "deposit-failed",
@@ -235,6 +244,18 @@ class NotifySide(BundleSide):
                     box=str(box),
                     error=str(e),
                 )
+            else:
+                left = True
+        if not left:
+            # Tried again when the outbox next fails to reach the peer.
+            self._notified.get(peer, set()).discard(group_id)
+
+    @deferred
+    async def _paced_deposit(self, box: PeerID, recipient: PeerID, item: bytes) -> None:
+        try:
+            await self.deposit(box, recipient, item)
+        finally:
+            await deferLater(self.clock, DEPOSIT_SPACING, lambda: None)
 
     @deferred
     async def deposit(self, box: PeerID, recipient: PeerID, item: bytes) -> None:

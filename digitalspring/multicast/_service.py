@@ -19,7 +19,7 @@ import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from twisted.internet.defer import Deferred
+from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.python.failure import Failure
 
 from .._ratelimit import RateLimitedLog
@@ -51,7 +51,7 @@ from ._notices import (
     decode_bare,
     notice_group,
 )
-from ._notify_side import NOTIFY_REGISTER, NotifySide
+from ._notify_side import MAX_DEPOSITS, NOTIFY_REGISTER, NotifySide
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
 from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
@@ -120,6 +120,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self.identity = identity
         self.notify_box_work = notify_box
         self._notified = {}
+        self._deposits = DeferredSemaphore(MAX_DEPOSITS)
         self.mailbox_limits = mailbox
         self._expiry = None
         self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)

@@ -105,6 +105,9 @@ class GroupRoutes:
             "group-delete": (b"POST", self.group_delete),
             "group-catch-up": (b"POST", self.group_catch_up),
             "mailbox-status": (b"GET", self.mailbox_status),
+            "notify-boxes": (b"GET", self.notify_boxes),
+            "notify-box-add": (b"POST", self.notify_box_add),
+            "notify-box-remove": (b"POST", self.notify_box_remove),
             "send": (b"POST", self.send),
             "inbox": (b"POST", self.inbox),
             "message": (b"POST", self.message),
@@ -320,6 +323,29 @@ class GroupRoutes:
         """
         status: dict[str, Any] = await self.service.mailbox_status()
         return status
+
+    async def notify_boxes(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Our notification boxes, and what this node holds as one.
+        """
+        status: dict[str, Any] = await self.service.notify_box_status()
+        return status
+
+    async def notify_box_add(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Use a peer (a contact's name or a peer ID) as a notification box.
+        """
+        boxes = await self._refused_as_bad_request(self.service.add_notify_box(self._peer(body)))
+        return {"boxes": [str(b) for b in boxes]}
+
+    async def notify_box_remove(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Stop using a peer as a notification box.
+        """
+        boxes = await self._refused_as_bad_request(
+            self.service.remove_notify_box(self._peer(body))
+        )
+        return {"boxes": [str(b) for b in boxes]}
 
     async def _refused_as_bad_request(self, work: Deferred[Any]) -> Any:
         try:

@@ -118,6 +118,7 @@ class Node(MultiService):
         strategies: Mapping[str, IMulticastStrategyPlugin] | None = None,
         mailbox: StoreLimits | None = None,
         web: str | None = None,
+        notify_box: int | None = None,
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -140,6 +141,9 @@ class Node(MultiService):
             name; every installed one by default.
         :param mailbox: its store's limits when it serves as a mailbox
             (``--mailbox``), else ``None``.
+        :param notify_box: the proof of work (leading zero bits) it asks of
+            a deposit when it serves as a notification box
+            (``--notify-box``), else ``None``.
         :param web: the endpoint of its web client (with a control API,
             which hands out the client's login URLs), or ``None`` for none.
         """
@@ -158,6 +162,7 @@ class Node(MultiService):
         self._is_contact = is_contact
         self.strategies = dict(strategies) if strategies is not None else None
         self.mailbox = mailbox
+        self.notify_box = notify_box
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
@@ -379,6 +384,7 @@ class Node(MultiService):
             is_contact=self._is_contact,
             strategies=self.strategies,
             mailbox=self.mailbox,
+            notify_box=self.notify_box,
         )
         self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
         if self.groups is not None:
