@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import base64
 import hashlib
+import http.client
 import json
 import os
 import re
@@ -64,7 +65,8 @@ class DemoTests(TestCase):
         says: each member every message (bytes whose SHA-256 is the file
         sent's), dave too after its catch-up, which its node counts; the
         mailbox the four messages, and a count of bytes sent at least what
-        the demo says it carried.
+        the demo says it carried.  The owner's web client's login link it
+        printed logs a browser in.
         """
         self.addCleanup(self.stop_all)
         result = _dspring(
@@ -101,6 +103,15 @@ class DemoTests(TestCase):
         self.assertLess(photos["sender_bytes"], photos["unicast_bytes"] / 2)
         self.assertEqual([m["pending"] for m in messages[2:]], [["dave"], ["dave"]])
         self.assertIn("The five nodes keep running (--keep).", out)
+        # The owner's web client: its one-time login link logs a browser in.
+        login = re.search(r"\n  http://(127\.0\.0\.1:\d+)(/login\?token=\S+)\n", out)
+        assert login is not None, out
+        web = http.client.HTTPConnection(login.group(1), timeout=30)
+        web.request("GET", login.group(2))
+        answer = web.getresponse()
+        web.close()
+        self.assertEqual(answer.status, 303)
+        self.assertIn("HttpOnly", answer.getheader("set-cookie", ""))
 
         # What the nodes hold.
         nodes = summary["nodes"]

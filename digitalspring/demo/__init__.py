@@ -38,12 +38,13 @@ def _kept(demo: Demo, out: TextIO) -> None:
     out.write("\nThe five nodes keep running (--keep). Their data directories:\n")
     for name, node in demo.nodes.items():
         out.write(f"  {name:<6} {node.data_dir.path}\n")
-    dave = demo.nodes["dave"].data_dir.path
-    out.write(f"Look around, e.g.:\n  {dspring} --data-dir {dave} inbox friends\n")
-    out.write(f"  {dspring} --data-dir {demo.nodes['alice'].data_dir.path} group show friends\n")
-    web = demo.web_url
-    if web is not None:
-        out.write(f"alice's web client (a one-time login link):\n  {web}\n")
+    alice, dave = demo.nodes["alice"].data_dir.path, demo.nodes["dave"].data_dir.path
+    out.write(f"Look around, e.g.:\n  {dspring} --data-dir {dave} inbox\n")
+    out.write(f"  {dspring} --data-dir {alice} group show friends\n")
+    out.write(
+        f"alice's web client, in a browser on this machine (a one-time login link; "
+        f"'{dspring} --data-dir {alice} web' prints another):\n  {demo.web_url}\n"
+    )
     out.write("Stop them all, then remove the directory, with:\n")
     names = " ".join(demo.nodes)
     out.write(

@@ -18,6 +18,7 @@ from twisted.internet.defer import Deferred, DeferredList, gatherResults
 from twisted.internet.task import deferLater
 from twisted.python.filepath import FilePath
 
+from ..control import ControlError
 from ..directory import AddressBook
 from ..errors import DigitalSpringError
 from ..identity import PeerID
@@ -38,6 +39,10 @@ AWAY = "dave"
 
 TEXT = "Hello friends! Photos from Saturday are coming next."
 AWAY_TEXT = "Dinner at eight on Friday; the menu is attached."
+
+#: Where the owner serves its web client with ``--keep``: a free port on
+#: loopback.
+WEB = "tcp:0:interface=127.0.0.1"
 
 #: Seconds a delivery, or the catch-up, may take before the demo gives up.
 DELIVERY_TIMEOUT = 120.0
@@ -102,7 +107,10 @@ class Demo:
         self.screen = screen
         self.keep = keep
         self.nodes: dict[str, DemoNode] = {}
-        for name in (OWNER, *MEMBERS):
+        # The owner serves the web client when it is kept running.
+        web = ("--web", WEB) if keep else ()
+        self.nodes[OWNER] = DemoNode(reactor, root, OWNER, *web)
+        for name in MEMBERS:
             self.nodes[name] = DemoNode(reactor, root, name)
         self.nodes[MAILBOX] = DemoNode(reactor, root, MAILBOX, "--mailbox")
         self.group = ""
@@ -317,6 +325,15 @@ class Demo:
         """
         stopped = [node for node in self.nodes.values() if not node.running]
         await _all(*(node.start() for node in stopped))
+        owner = self.nodes[OWNER]
+
+        async def login() -> dict[str, Any] | None:
+            try:
+                return await owner.call("web-login", {})
+            except ControlError:
+                return None  # not listening yet
+
+        self.web_url = (await self._until(f"{OWNER}'s web client", login))["url"]
 
     # --- sending ---------------------------------------------------------------
 
