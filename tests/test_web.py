@@ -28,6 +28,7 @@ from digitalspring.web import (
     LOGIN_LIFETIME,
     MAX_LOGINS,
     MAX_SESSIONS,
+    MAX_UPLOADS,
     SESSION_IDLE,
     BadWebEndpoint,
     Sessions,
@@ -341,6 +342,43 @@ class WebChecksTests(SynchronousTestCase):
         )
         self.assertEqual(response.code, 200)
         self.assertEqual(self.uploads, [("g", data, "big.bin")])
+
+    def test_uploads_at_once_bounded(self) -> None:
+        """
+        While :data:`MAX_UPLOADS` uploads are being received, one more is
+        held to ``MAX_BODY``; once one ends, the next may be long again.
+        """
+        jar, csrf = self.login()
+        headers = b"".join(
+            name + b": " + value + b"\r\n" for name, value in self.post_headers(jar, csrf).items()
+        )
+        size = MAX_BODY * 2
+
+        def start_upload() -> tuple[Any, StringTransport]:
+            channel = self.site.buildProtocol(IPv4Address("TCP", "127.0.0.1", 50000))
+            transport = StringTransport()
+            channel.makeConnection(transport)
+            channel.dataReceived(
+                b"POST /api/send-file?to=g&name=f HTTP/1.1\r\nHost: "
+                + HOST
+                + b"\r\n"
+                + headers
+                + b"Content-Length: %d\r\n\r\n" % size
+                + b"x" * 10
+            )
+            return channel, transport
+
+        under_way = [start_upload() for _ in range(MAX_UPLOADS)]
+        for _, transport in under_way:
+            self.assertEqual(transport.value(), b"")
+        _, refused = start_upload()
+        self.assertIn(b"413", refused.value().split(b"\r\n")[0])
+        channel, transport = under_way[0]
+        channel.dataReceived(b"x" * (size - 10))
+        self.assertIn(b" 200 ", transport.value().split(b"\r\n")[0])
+        channel.connectionLost(None)
+        _, accepted = start_upload()
+        self.assertEqual(accepted.value(), b"")
 
 
 class WebEndpointTests(SynchronousTestCase):
