@@ -15,6 +15,12 @@ starting again with its identity and store, which catches up every group it
 is a member of.  The owner stays online (its outbox sends them what they
 missed too, as it would).
 
+Every member has ``--notify-boxes`` notification boxes (2, nodes serving
+with the default proof of work, 16 bits), chosen before it joins, so the
+owners learn them from its key bundles.  The owner, not reaching a member
+after a message, leaves a notification at each; a member coming back
+collects them and catches up the groups they name.
+
 Besides the group, one member that comes back (the *probe*) is a member of
 ``--other-groups`` other groups (1,000) that had no news, owned by another
 node, so that what it contacts for them shows.
@@ -28,9 +34,17 @@ Fields (the last line of output is one JSON object):
 * ``bytes_fetched_x``: the bytes a member back downloaded, from its start
   to the end of the run, divided by the bytes it missed (the messages'
   ciphertext), the median over the members back (``_max`` the largest);
-* ``groups_contacted_per_member``: for the probe, the groups it ran a
-  catch-up of (asking every source it reaches) or got a message of, of its
-  1 + ``--other-groups`` groups: 1 is the target (the one with news);
+* ``groups_contacted_per_member``: for the probe, from its start, the
+  groups it made a request for (a catch-up, asking every source it
+  reaches; a collection of sealed notices from the group's mailboxes) or
+  got a message of, of its 1 + ``--other-groups`` groups: 1 is the target
+  (the one with news);
+* ``probe_peers_dialled``, ``probe_lookups``: the peers the probe dialled
+  from its start, its notification boxes apart (each connection it made),
+  and the addresses it looked up for them (the DHT's part; a directory
+  here); ``probe_box_dials``: its dials to its boxes;
+  ``probe_dials_for_quiet_groups``: to the owner of the quiet groups (their
+  only other member);
 * ``mailbox_upload_x``: the bytes the busiest mailbox uploaded from the
   first message on (forwarding in transmissions, then serving catch-ups),
   divided by the bytes the members back missed, all together;
@@ -65,12 +79,13 @@ from _multicast_sim import (  # noqa: E402
 from twisted.internet.defer import Deferred  # noqa: E402
 
 from digitalspring.channel import ConnectionPool  # noqa: E402
-from digitalspring.identity import Identity  # noqa: E402
+from digitalspring.identity import Identity, PeerID  # noqa: E402
 from digitalspring.multicast import (  # noqa: E402
     MulticastService,
     ReceivedMessage,
     SpringStrategyPlugin,
 )
+from digitalspring.multicast._notify import DEFAULT_DEPOSIT_WORK  # noqa: E402
 from digitalspring.storage import MemoryStore, StoreLimits  # noqa: E402
 from digitalspring.transport._memory import _Flow  # noqa: E402
 
@@ -95,8 +110,11 @@ class OfflineSimulation(Simulation):
         self._identities: dict[str, Identity] = {}
         self._stores: dict[str, MemoryStore] = {}
         self._listeners: dict[str, Any] = {}
+        self._notify_boxes: dict[str, int | None] = {}
 
-    def node(self, name: str, mailbox: StoreLimits | None = None) -> MulticastService:
+    def node(
+        self, name: str, mailbox: StoreLimits | None = None, notify_box: int | None = None
+    ) -> MulticastService:
         if name not in self.network.hosts:
             self.network.add_host(
                 name,
@@ -121,6 +139,7 @@ class OfflineSimulation(Simulation):
             is_contact=lambda peer: True,
             strategies={self.plugin.name: self.plugin},
             mailbox=mailbox,
+            notify_box=self._notify_boxes.setdefault(name, notify_box),
         )
         pool.startService()  # type: ignore[no-untyped-call]
         service.startService()
@@ -149,6 +168,39 @@ class OfflineSimulation(Simulation):
 
         _Flow.depart = depart  # type: ignore[method-assign,assignment]
 
+    def count_requests(self, peer: PeerID) -> dict[str, Any]:
+        """
+        From now on, what ``peer`` asks for: the peers it dials, the
+        addresses it looks up, and the groups it runs a catch-up of or
+        collects sealed notices of.
+        """
+        found: dict[str, Any] = {"dials": [], "lookups": [], "groups": set()}
+        original_dial = ConnectionPool._dial
+        original_catch_up = MulticastService.catch_up_group
+        original_sealed = MulticastService.collect_sealed
+
+        async def dial(pool: ConnectionPool, peer_id: PeerID, addresses: Any) -> None:
+            if pool.identity.peer_id == peer:
+                found["dials"].append(peer_id)
+                if addresses is None:
+                    found["lookups"].append(peer_id)
+            await original_dial(pool, peer_id, addresses)
+
+        def catch_up_group(service: MulticastService, group_id: bytes) -> Any:
+            if service.local == peer:
+                found["groups"].add(group_id)
+            return original_catch_up(service, group_id)
+
+        async def collect_sealed(service: MulticastService, group: Any) -> None:
+            if service.local == peer:
+                found["groups"].add(group.group_id)
+            await original_sealed(service, group)
+
+        ConnectionPool._dial = dial  # type: ignore[method-assign,assignment]
+        MulticastService.catch_up_group = catch_up_group  # type: ignore[method-assign,assignment]
+        MulticastService.collect_sealed = collect_sealed  # type: ignore[method-assign,assignment]
+        return found
+
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     warnings = quiet_logs()
@@ -158,6 +210,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     owner = sim.node("owner")
     members = [sim.node(f"m{i}") for i in range(args.members)]
     boxes = [sim.node(f"box{i}", mailbox=StoreLimits()) for i in range(args.mailboxes)]
+    notify_boxes = [
+        sim.node(f"notify{i}", notify_box=DEFAULT_DEPOSIT_WORK) for i in range(args.notify_boxes)
+    ]
+    for member in members:
+        for notify_box in notify_boxes:
+            sim.result(member.add_notify_box(notify_box.local))
     tune_gc()
     group_id: bytes = sim.result(owner.create_group("offline", "spring"))
     sim.result(Deferred.fromCoroutine(add_members(owner, group_id, [m.local for m in members])))
@@ -179,7 +237,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         owner.store.members(group_id).addCallback(states.extend)
         groups: list[Any] = []
         sim.services[probe].store.groups().addCallback(groups.extend)
-        return all(m.status == "active" for m in states) and len(groups) == 1 + len(others)
+        registered: list[Any] = []
+        for box in notify_boxes:
+            box.store.notify_members().addCallback(registered.extend)
+        return (
+            all(m.status == "active" for m in states)
+            and len(groups) == 1 + len(others)
+            and len(registered) == len(members) * len(notify_boxes)
+        )
 
     sim.clock.run_until(joined, limit=DEADLINE)
     sim.clock.advance(IDLE_TIMEOUT + 10)
@@ -207,11 +272,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     arrived: dict[str, int] = {}
     transmitted: dict[str, set[bytes]] = {}
     wall = time.perf_counter()
+    requests: dict[str, Any] = {}
     for i, at in zip(away, returns, strict=True):
         name = f"m{i}"
         sim.clock.advance(max(0.0, start + at - sim.clock.seconds()))
         arrived[name] = sim.received.get(name, 0)
         back[name] = sim.clock.seconds()
+        if name == probe:
+            requests = sim.count_requests(sim.services[probe].local)
         service = sim.up(name)
         got[name] = []
 
@@ -240,9 +308,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     times = sorted(last[name] - back[name] for name in caught)
     missed = sum(sizes)
     fetched = sorted((sim.received.get(f"m{i}", 0) - arrived[f"m{i}"]) / missed for i in away)
-    # The groups the probe ran a catch-up of (it asks every source it
-    # reaches), or got a message of.
-    asked = set(sim.services[probe].caught_up) | transmitted[probe]
+    # The groups the probe made a request for (a catch-up, asking every
+    # source it reaches; sealed notices at the group's mailboxes), or got a
+    # message of.
+    asked = requests["groups"] | set(sim.services[probe].caught_up) | transmitted[probe]
+    box_ids = {b.local for b in notify_boxes}
     box_upload = max(after_box[f"box{i}"] - before_box[f"box{i}"] for i in range(args.mailboxes))
     missed_by_all = missed * len(away)
     p99 = times[min(len(times) - 1, round(0.99 * (len(times) - 1)))] if times else None
@@ -250,6 +320,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "profile": args.profile,
         "members": args.members,
         "mailboxes": args.mailboxes,
+        "notify_boxes": args.notify_boxes,
         "away": len(away),
         "messages": args.messages,
         "size": args.size,
@@ -260,6 +331,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bytes_fetched_x": round(statistics.median(fetched), 3),
         "bytes_fetched_x_max": round(fetched[-1], 3),
         "groups_contacted_per_member": len(asked),
+        "probe_peers_dialled": len([p for p in requests["dials"] if p not in box_ids]),
+        "probe_lookups": len([p for p in requests["lookups"] if p not in box_ids]),
+        "probe_box_dials": len([p for p in requests["dials"] if p in box_ids]),
+        "probe_dials_for_quiet_groups": requests["dials"].count(other_owner.local),
         "mailbox_upload_x": round(box_upload / missed_by_all, 3),
         "setup_wall_s": round(setup_wall, 1),
         "wall_s": round(transmission_wall, 2),
@@ -281,6 +356,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--members", type=int, default=100)
     parser.add_argument("--mailboxes", type=int, default=2)
+    parser.add_argument("--notify-boxes", type=int, default=2)
     parser.add_argument("--away", type=float, default=0.3)
     parser.add_argument("--messages", type=int, default=20)
     parser.add_argument("--size", type=int, default=64 * KIB)
