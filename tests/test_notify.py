@@ -34,6 +34,7 @@ from digitalspring.multicast._notify import (
     solve_deposit,
 )
 from digitalspring.multicast._prekeys import decode_bundle
+from digitalspring.multicast._router import _Responder
 from digitalspring.storage import (
     DATABASE_NAME,
     DepositNotification,
@@ -238,6 +239,24 @@ class NotificationBoxTests(SynchronousTestCase):
         net.run(120)
         self.assertEqual(set(member.caught_up), {s.news, *s.quiet})
         self.assertEqual(_notifications(s.box, member), [])
+
+    def test_one_deposit_per_connection(self) -> None:
+        """
+        A box takes one deposit per connection (its proof of work is bound
+        to the connection): a second is refused, whatever the first became.
+        """
+        s = _Setup(quiet=0)
+        responder = _Responder(s.box, None)  # type: ignore[arg-type]
+        first = Deferred.fromCoroutine(
+            responder.notify_deposit(s.member.local.public_key, b"short", bytes(8))
+        )
+        error = self.assertRaises(DepositRefused, s.net.result, first)
+        self.assertIn(f"has {ITEM_SIZE} bytes", str(error))
+        second = Deferred.fromCoroutine(
+            responder.notify_deposit(s.member.local.public_key, bytes(ITEM_SIZE), bytes(8))
+        )
+        error = self.assertRaises(DepositRefused, s.net.result, second)
+        self.assertIn("one deposit per connection", str(error))
 
     def test_box_learns_nothing(self) -> None:
         """
