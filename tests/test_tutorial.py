@@ -207,7 +207,7 @@ class TutorialTests(SynchronousTestCase):
             lines = printed[number].splitlines()
             for line in shown:
                 pattern = expected_pattern(line)
-                matching = [each for each in lines if pattern.fullmatch(each)]
+                matching = [each for each in lines if pattern.fullmatch(each.strip())]
                 self.assertTrue(
                     matching,
                     f"$ {command}\nprinted no line matching {line!r}:\n{printed[number]}",
