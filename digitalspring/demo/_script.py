@@ -49,6 +49,8 @@ DELIVERY_TIMEOUT = 120.0
 #: Seconds after its start before a member that has not caught up is asked
 #: to catch up again.
 ASK_AGAIN = 10.0
+#: Seconds the catch-up's report may come after its last message.
+REPORT_WAIT = 10.0
 #: How often the catch-up is looked at, in seconds.
 POLL = 0.1
 
@@ -304,7 +306,13 @@ class Demo:
                 "it to catch up again (`dspring group catch-up`)."
             )
         carried = await box.bytes_sent() - before
+        # The catch-up commits each message as it comes, and its report (what
+        # the node's status counts) once it has asked every source.
         status = await away.call("status")
+        deadline = self._now() + REPORT_WAIT
+        while status["catch_up"]["messages"] < len(missed) and self._now() < deadline:
+            await deferLater(self.reactor, POLL, lambda: None)
+            status = await away.call("status")
         await self._verify(away, missed)
         size = sum(m["size"] for m in missed)
         self.screen.say(
