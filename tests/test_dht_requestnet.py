@@ -10,13 +10,17 @@ import statistics
 from typing import Any
 
 from twisted.internet.defer import gatherResults
+from twisted.internet.error import ConnectionLost
 from twisted.internet.error import TimeoutError as ConnectTimeout
+from twisted.protocols import amp
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 
 from digitalspring.channel import PeerUnreachable
 from digitalspring.dht import DHTSettings, LookupResult
 from digitalspring.dht._dht import DHTPing
 from digitalspring.dht._requestnet import LightPool
+from digitalspring.dht._rpc import BadDHTRequest, Store
 from digitalspring.dht._simulation import DHTSimulation
 
 #: One-way latency in the small networks below.
@@ -149,13 +153,19 @@ class ConnectionTests(SynchronousTestCase):
         self.assertRaises(PeerUnreachable, sim.run, d)
 
 
-def _network_figures(requests_only: bool) -> dict[str, float]:
+def _network_figures(requests_only: bool, codecs: bool = False) -> dict[str, float]:
     """
     150 nodes join one by one; 30 publish; 150 lookups for their records
     from random nodes, with loss: the figures to compare.
     """
     sim = DHTSimulation(
-        150, DHTSettings(), seed=3, loss=0.01, idle_timeout=60.0, requests_only=requests_only
+        150,
+        DHTSettings(),
+        seed=3,
+        loss=0.01,
+        idle_timeout=60.0,
+        requests_only=requests_only,
+        codecs=codecs,
     )
     sim.join_all()
     publishers = sim.random.sample(range(150), 30)
@@ -190,3 +200,62 @@ class SameAsMemoryNetworkTests(SynchronousTestCase):
         self.assertEqual((light["found"], real["found"]), (1.0, 1.0))
         for name in ("stored", "table", "hops", "rpcs", "ms"):
             self.assertLess(abs(light[name] / real[name] - 1), 0.2, f"{name}: {light} {real}")
+
+    def test_codecs_change_nothing(self) -> None:
+        """
+        Requests passed as Python objects give exactly the figures that
+        requests through the commands' AMP codecs and dispatch give: the
+        shortcut changes no answer, error or event's time.
+        """
+        self.assertEqual(_network_figures(True), _network_figures(True, codecs=True))
+
+
+class AnswersAsAMPTests(SynchronousTestCase):
+    """
+    A request answered on either path fails as AMP's ``callRemote`` would.
+    """
+
+    def _answer(self, codecs: bool, **arguments: Any) -> Any:
+        sim, a, b = _pair(codecs=codecs)
+        d = a.request(b.identity.peer_id, Store, ["memory:n1:1"], **arguments)
+        answers: list[Any] = []
+        d.addBoth(answers.append)
+        sim.clock.advance(10)
+        [answer] = answers
+        return answer
+
+    def test_declared_error(self) -> None:
+        """
+        An error the command declares reaches the requester as that class,
+        with its text.
+        """
+        for codecs in (False, True):
+            failure = self._answer(codecs, kind="no-such-kind", data=b"x", origin=())
+            self.assertIsInstance(failure, Failure)
+            failure.trap(BadDHTRequest)
+            self.assertIn("no-such-kind", str(failure.value))
+
+    def test_unknown_command(self) -> None:
+        """
+        A command no responder answers fails with ``UnhandledCommand``.
+        """
+        for codecs in (False, True):
+            sim, a, b = _pair(codecs=codecs)
+            d = a.request(b.identity.peer_id, _Unanswered, ["memory:n1:1"])
+            self.assertRaises(amp.UnhandledCommand, sim.run, d)
+
+    def test_lost_connection(self) -> None:
+        """
+        A request outstanding when its connection drops fails with
+        ``ConnectionLost`` once no other connection can carry it.
+        """
+        for codecs in (False, True):
+            sim, a, b = _pair(codecs=codecs)
+            d = a.request(b.identity.peer_id, DHTPing, ["memory:n1:1"], origin=())
+            sim.clock.advance(5 * LATENCY)
+            sim.leave(1)
+            self.assertRaises((ConnectionLost, ConnectTimeout), sim.run, d)
+
+
+class _Unanswered(amp.Command):
+    commandName = b"nobody-answers"

@@ -24,6 +24,7 @@ from __future__ import annotations
 import heapq
 import math
 from collections.abc import Callable, Iterable, Sequence
+from random import Random, SystemRandom
 from typing import Any
 
 from attrs import field, frozen
@@ -339,6 +340,9 @@ class DHT(Service):
     :param bootstrap: peers to join the network through.
     :param state_dir: the directory of the files that keep the DHT's
         knowledge across restarts, or ``None`` to keep nothing.
+    :param random: where bucket refreshes draw their targets: the operating
+        system's generator, unless a simulation passes a seeded one so that
+        a run repeats exactly.
     :ivar table: the :class:`~digitalspring.dht.RoutingTable`.
     :ivar saved_contacts: the contacts saved by the last run, tried when
         joining like bootstrap peers; each enters the table only once it
@@ -355,8 +359,10 @@ class DHT(Service):
         settings: DHTSettings | None = None,
         bootstrap: Iterable[Contact] = (),
         state_dir: FilePath[str] | None = None,
+        random: Random | None = None,
     ) -> None:
         self.pool = pool
+        self.random = random or SystemRandom()
         self.identity = pool.identity
         self.peer_id = pool.identity.peer_id
         self.clock = pool.clock
@@ -936,7 +942,9 @@ class DHT(Service):
         if not nearest:
             return
         first = bucket_index(self.own_id, nearest[0].node_id) + 1
-        targets = [random_id_in_bucket(self.own_id, index) for index in range(first, 256)]
+        targets = [
+            random_id_in_bucket(self.own_id, index, self.random) for index in range(first, 256)
+        ]
         await DeferredList([self.lookup(t, self._ask_nodes(id_bytes(t))) for t in targets])
 
     def join(self, peer_id: PeerID, address: str) -> Deferred[Joined]:
@@ -1012,7 +1020,7 @@ class DHT(Service):
         ):
             self._publish_soon(0)
         for index in self.table.stale_buckets(self.settings.refresh_interval):
-            target = random_id_in_bucket(self.own_id, index)
+            target = random_id_in_bucket(self.own_id, index, self.random)
             self.lookup(target, self._ask_nodes(id_bytes(target)))
         self._rereplicate(now)
         if self.join_candidates() and not len(self.table) and not self._joining:

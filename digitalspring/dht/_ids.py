@@ -11,10 +11,12 @@ IDs are kept as Python integers so that distances are one XOR.
 from __future__ import annotations
 
 import hashlib
-import os
 from functools import lru_cache
+from random import Random, SystemRandom
 
 from ..identity import PeerID
+
+_SYSTEM = SystemRandom()
 
 #: Bits in a node ID.
 ID_BITS = 256
@@ -77,10 +79,13 @@ def bucket_index(own: int, other: int) -> int:
     return d.bit_length() - 1
 
 
-def random_id_in_bucket(own: int, index: int) -> int:
+def random_id_in_bucket(own: int, index: int, source: Random = _SYSTEM) -> int:
     """
     A random ID whose bucket in the routing table of ``own`` is ``index``:
     the target of a bucket refresh.
+
+    :param source: where the random bits come from: the operating system's
+        generator, unless a simulation passes a seeded one.
     """
-    low = int.from_bytes(os.urandom(32), "big") & ((1 << index) - 1)
+    low = source.getrandbits(index) if index else 0
     return (own ^ (1 << index)) & ~((1 << index) - 1) | low

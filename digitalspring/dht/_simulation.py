@@ -101,6 +101,8 @@ class DHTSimulation:
     :param requests_only: whether the nodes' requests travel on a
         :class:`~digitalspring.dht._requestnet.RequestNetwork` instead of
         real pools on the memory network.
+    :param codecs: on a request network, whether requests travel through
+        their commands' AMP codecs rather than as Python objects.
     :ivar dead: the indices of the nodes that are off the network.
     """
 
@@ -114,6 +116,7 @@ class DHTSimulation:
         connect_timeout: float = 10.0,
         loss: float = 0.0,
         requests_only: bool = False,
+        codecs: bool = False,
     ) -> None:
         self.clock = SimulatedClock()
         self.random = random.Random(seed)  # noqa: S311 (a simulation)
@@ -130,6 +133,7 @@ class DHTSimulation:
                 random.Random(f"{seed}/requests"),  # noqa: S311 (a simulation)
                 idle_timeout=idle_timeout,
                 connect_timeout=connect_timeout,
+                codecs=codecs,
             )
         self.settings = settings or DHTSettings()
         self.idle_timeout = idle_timeout
@@ -153,7 +157,7 @@ class DHTSimulation:
         )
         if self.requests is not None:
             light = self.requests.add_host(name, identity)
-            dht = DHT(light, self.settings)
+            dht = DHT(light, self.settings, random=self._random_for(i))
             self.nodes.append(SimulatedNode(name, identity, None, light, dht))
             return i
         self.network.add_host(name)
@@ -166,11 +170,16 @@ class DHTSimulation:
             directory,
             idle_timeout=self.idle_timeout,
         )
-        dht = DHT(pool, self.settings)
+        dht = DHT(pool, self.settings, random=self._random_for(i))
         directory.directories.append(DHTDirectory(dht))
         transport.listen(str(PORT), pool.server_factory)
         self.nodes.append(SimulatedNode(name, identity, transport, pool, dht))
         return i
+
+    def _random_for(self, i: int) -> random.Random:
+        # Each node draws from its own generator, so that one node's draws
+        # do not shift another's.
+        return random.Random(f"{self.seed}/{i}/dht")  # noqa: S311 (a simulation)
 
     def start(self, nodes: list[int] | None = None) -> None:
         """
