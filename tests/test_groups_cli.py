@@ -8,12 +8,16 @@ and the ``dspring`` commands' parsing and display of what peers send.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import os
+import re
+import sys
 from typing import Any
 
 from twisted.internet.defer import Deferred, fail, succeed
-from twisted.internet.task import Clock
+from twisted.internet.task import Clock, deferLater
+from twisted.internet.utils import getProcessOutputAndValue
 from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
@@ -23,16 +27,20 @@ from digitalspring.cli import Options as CLIOptions
 from digitalspring.cli._display import (
     MAX_SAVED_NAME,
     message_lines,
+    parse_message_id,
     printable,
     safe_file_name,
     save_received,
 )
+from digitalspring.cli._groups import report_lines
 from digitalspring.cli._messages import BAR_WIDTH, _Delivery
-from digitalspring.control import ControlClient, ControlError
+from digitalspring.control import ControlClient, ControlError, NodeGone
 from digitalspring.dht import DirectoryChain
 from digitalspring.directory import AddressBook
 from digitalspring.identity import Identity
+from digitalspring.multicast import FRAGMENT_SIZE
 from digitalspring.node import Node, StartFailed
+from digitalspring.node._groups import RECEIVING_INTERVAL
 from digitalspring.storage import DamagedDatabase, IStore, MemoryStore
 from digitalspring.tap import Options, _make_node
 from digitalspring.transport import MemoryNetwork
@@ -123,6 +131,8 @@ class DisplayTests(SynchronousTestCase):
         self.assertEqual(printable(hostile, lines=True), "a]0;pwnedb[2Jc31mdefg\nh")
         message = {
             "group": "ab" * 32,
+            "epoch": 0,
+            "index": 0,
             "group_name": None,
             "proposed_name": "evil\x1b[31m",
             "sent_at": 0,
@@ -206,6 +216,67 @@ class CommandTests(SynchronousTestCase):
         options = CLIOptions()
         options.parseOptions(["send", "friends", "--", "--file", "x"])
         self.assertEqual(options.subOptions["text"], "--file x")
+
+    def test_strategy_option(self) -> None:
+        """
+        ``group create`` takes ``--strategy`` (``spring`` unless given),
+        before or after the name.
+        """
+        options = CLIOptions()
+        options.parseOptions(["group", "create", "friends"])
+        self.assertEqual(options.subOptions.subOptions["strategy"], "spring")
+        options = CLIOptions()
+        options.parseOptions(["group", "create", "friends", "--strategy", "unicast"])
+        self.assertEqual(
+            (options.subOptions.subOptions["name"], options.subOptions.subOptions["strategy"]),
+            ("friends", "unicast"),
+        )
+
+    def test_catch_up_report_names_sources(self) -> None:
+        """
+        A catch-up's report names each source by its contact's name when
+        the report gives one, else by its peer ID.
+        """
+        report = {
+            "committed": 1,
+            "position": [0, 1],
+            "newest": None,
+            "missing": [],
+            "needs_keys": None,
+            "held_back": ["p1"],
+            "gaps": [],
+            "misbehaved": [],
+            "unreachable": ["p2", "p3"],
+            "names": {"p1": "bob", "p2": "carol\x1b[2J"},
+        }
+        lines = report_lines(report)
+        self.assertIn("  held back: bob", lines)
+        self.assertIn("  not reachable: carol[2J", lines)
+        self.assertIn("  not reachable: p3", lines)
+
+    def test_message_ids(self) -> None:
+        """
+        A file's line in ``inbox`` ends with the ID ``save`` takes: its
+        group's first 8 digits, epoch and index; anything else is no ID.
+        """
+        message = {
+            "group": "ab" * 32,
+            "epoch": 2,
+            "index": 7,
+            "sent_at": 0,
+            "sender": "peer",
+            "sender_name": "alice",
+            "group_name": "friends",
+            "type": "file",
+            "file_name": "a.pdf",
+            "size": 3,
+        }
+        [line] = message_lines(message)
+        self.assertTrue(line.endswith("alice: file 'a.pdf' (3 bytes)  id abababab:2/7"), line)
+        self.assertEqual(parse_message_id("ABABABAB:2/7"), ("abababab", 2, 7))
+        for wrong in ("abababab", "abababab:2", "xyz:1/2", ":1/2", "ab:1/-2"):
+            self.assertRaises(ValueError, parse_message_id, wrong)
+        self.assertRaises(usage.UsageError, CLIOptions().parseOptions, ["save", "nope"])
 
     def test_mailbox_retention(self) -> None:
         """
@@ -465,3 +536,158 @@ class GroupRouteTests(TestCase):
         self.assertEqual(blocked["peer"], str(a.peer_id))
         unblocked = await client_b.call("unblock", {"peer": str(a.peer_id)})
         self.assertEqual(unblocked["peer"], str(a.peer_id))
+
+    async def group_with_bob(self) -> tuple[Node, ControlClient, Node, ControlClient, str]:
+        """
+        A owns group ``friends`` with B (who has A as a contact) a member,
+        active: its ID.
+        """
+        a, client_a, b, client_b = await self.contacts()
+        group = (await client_a.call("group-create", {"name": "friends"}))["group"]
+        await client_a.call("group-add", {"group": group, "peer": "bob"})
+        for _ in range(200):
+            shown = await client_a.call("group-show", {"group": group})
+            if [m["status"] for m in shown["members"]] == ["active"]:
+                return a, client_a, b, client_b, group
+            await deferLater(_reactor(), 0.05, lambda: None)
+        self.fail(f"bob did not join: {shown}")
+
+    async def test_strategy(self) -> None:
+        """
+        ``group-create`` makes a group of the strategy named (``spring``
+        unless named), and refuses a strategy no plugin of the node has,
+        listing those it has; the group is not made.
+        """
+        _, client_a, _, _ = await self.contacts()
+        made = await client_a.call("group-create", {"name": "plain", "strategy": "unicast"})
+        self.assertEqual(made["strategy"], "unicast")
+        self.assertEqual(
+            (await client_a.call("group-show", {"group": "plain"}))["strategy"], "unicast"
+        )
+        default = await client_a.call("group-create", {"name": "usual"})
+        self.assertEqual(default["strategy"], "spring")
+        for wrong in ("flood", 3):
+            with self.assertRaises(ControlError) as caught:
+                await client_a.call("group-create", {"name": "other", "strategy": wrong})
+            self.assertRegex(
+                str(caught.exception),
+                r"unknown multicast strategy .*; installed strategies: .*spring.*unicast",
+            )
+        names = [g["petname"] for g in (await client_a.call("group-list"))["groups"]]
+        self.assertEqual(sorted(names), ["plain", "usual"])
+
+    async def test_receiving_events(self) -> None:
+        """
+        A member's event stream tells how much of a file it holds as the
+        fragments reach it (its own count, growing to the message's
+        fragments), spaced by ``RECEIVING_INTERVAL`` but for the last,
+        which comes before the message itself.
+        """
+        _, client_a, b, client_b, group = await self.group_with_bob()
+        events: list[tuple[str, dict[str, Any]]] = []
+        opened: Deferred[None] = Deferred()
+
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            events.append((event, data))
+            if event == "message":
+                assert b.groups is not None
+                for sink in list(b.groups._sinks):
+                    sink.close()
+
+        stream = Deferred.fromCoroutine(
+            client_b.stream("events", {"to": group}, on_event, lambda: opened.callback(None))
+        )
+        await opened
+        path = FilePath(self.mktemp())
+        path.setContent(os.urandom(20 * FRAGMENT_SIZE))
+        sent = await client_a.call("send", {"to": group, "path": path.path})
+        with self.assertRaises(NodeGone):
+            await stream
+        await self.settled(client_a, sent)
+        self.assertEqual(events[-1][0], "message")
+        receiving = [data for event, data in events if event == "receiving"]
+        self.assertEqual(
+            {(d["group"], d["epoch"], d["index"]) for d in receiving}, {(group, 0, 0)}
+        )
+        self.assertEqual({d["total"] for d in receiving}, {sent["fragments"]})
+        counts = [d["fragments"] for d in receiving]
+        self.assertEqual(counts, sorted(set(counts)))
+        self.assertEqual(counts[-1], sent["fragments"])
+        times = [d["at"] for d in receiving[:-1]]
+        for before, after in itertools.pairwise(times):
+            self.assertGreaterEqual(after - before, RECEIVING_INTERVAL)
+
+    async def test_catch_up_names_sources(self) -> None:
+        """
+        A catch-up's report names each source it lists by the member's
+        name for it: the owner, away, is "not reachable: alice".
+        """
+        a, _, _, client_b, group = await self.group_with_bob()
+        await a.stopService()
+        report = await client_b.call("group-catch-up", {"group": group})
+        self.assertIn(str(a.peer_id), report["unreachable"])
+        self.assertEqual(report["names"], {str(a.peer_id): "alice"})
+        self.assertIn("  not reachable: alice", report_lines(report))
+
+    async def dspring(self, data_dir: FilePath[str], *argv: str) -> tuple[bytes, bytes, int]:
+        out, err, code = await getProcessOutputAndValue(
+            sys.executable,
+            ["-m", "digitalspring", "--data-dir", data_dir.path, *argv],
+            env=dict(os.environ),
+        )
+        return out, err, code
+
+    async def test_save(self) -> None:
+        """
+        ``dspring save ID PATH`` writes a file received earlier, by the ID
+        ``inbox`` shows, to PATH (never over a file), into a directory
+        under its safe name, to stdout with ``-``, or by default into
+        ``DATA_DIR/received/``; an ID naming no message is an error.
+        """
+        _, client_a, b, _, group = await self.group_with_bob()
+        data = os.urandom(3 * FRAGMENT_SIZE)
+        path = FilePath(self.mktemp())
+        path.makedirs()
+        source = path.child("report.pdf")
+        source.setContent(data)
+        sent = await client_a.call("send", {"to": group, "path": source.path})
+        await self.settled(client_a, sent)
+        assert b.groups is not None
+        data_dir = b.groups._book.path.parent()
+        for _ in range(200):
+            out, err, code = await self.dspring(data_dir, "inbox")
+            if b"report.pdf" in out:
+                break
+            await deferLater(_reactor(), 0.05, lambda: None)
+        found = re.search(rb"file 'report.pdf' \(\d+ bytes\)  id ([0-9a-f]{8}:0/0)\n", out)
+        assert found is not None, out
+        message = found.group(1).decode()
+        self.assertEqual(message, f"{group[:8]}:0/0")
+
+        target = FilePath(self.mktemp())
+        out, err, code = await self.dspring(data_dir, "save", message, target.path)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(out.decode(), f"saved {len(data)} bytes to {target.path}\n")
+        self.assertEqual(target.getContent(), data)
+        out, err, code = await self.dspring(data_dir, "save", message, target.path)
+        self.assertEqual(code, 1)
+        self.assertIn(b"cannot write", err)
+        self.assertEqual(target.getContent(), data)
+
+        out, err, code = await self.dspring(data_dir, "save", message, path.path)
+        self.assertEqual(
+            (code, out.decode()),
+            (0, f"saved {len(data)} bytes to {path.child('report-1.pdf').path}\n"),
+        )
+        out, err, code = await self.dspring(data_dir, "save", message, "-")
+        self.assertEqual((code, out), (0, data))
+        out, err, code = await self.dspring(data_dir, "save", message)
+        self.assertEqual(code, 0, err)
+        self.assertEqual(data_dir.child("received").child("report.pdf").getContent(), data)
+
+        out, err, code = await self.dspring(data_dir, "save", f"{group[:8]}:0/9")
+        self.assertEqual(code, 1)
+        self.assertIn(b"holds no message 0/9", err)
+        out, err, code = await self.dspring(data_dir, "save", "00000000:0/0")
+        self.assertEqual(code, 1)
+        self.assertIn(b"no group's ID starts with 00000000", err)

@@ -27,6 +27,7 @@ from ._messages import (
     FollowOptions,
     InboxOptions,
     InvitationsOptions,
+    SaveOptions,
     SendOptions,
     UnblockOptions,
 )
@@ -64,6 +65,7 @@ class Options(CommandOptions):
         ["send", None, SendOptions, "Send a text or a file to a group or a contact."],
         ["follow", None, FollowOptions, "Print what arrives, like tail -f."],
         ["inbox", None, InboxOptions, "Show what was sent and received."],
+        ["save", None, SaveOptions, "Save a file received (or sent) to a path."],
         ["invitations", None, InvitationsOptions, "List invitations waiting for consent."],
         ["accept", None, AcceptOptions, "Join a group you were invited into."],
         ["decline", None, DeclineOptions, "Forget an invitation."],

@@ -68,6 +68,15 @@ def save_received(data_dir: FilePath[str], name: str, data: bytes) -> FilePath[s
     directory = data_dir.child(RECEIVED_DIR)
     directory.makedirs(ignoreExistingDirectory=True)
     os.chmod(directory.path, 0o700)
+    return save_in(directory, name, data)
+
+
+def save_in(directory: FilePath[str], name: str, data: bytes) -> FilePath[str]:
+    """
+    Save a received file in ``directory`` as :func:`save_received` does.
+
+    :returns: where it was saved.
+    """
     base = safe_file_name(name)
     stem, dot, ext = base.rpartition(".")
     if not dot or not stem:
@@ -107,6 +116,33 @@ def group_label(message: dict[str, Any]) -> str:
     return f'"{proposed}" {str(message["group"])[:8]}'
 
 
+#: How many hex digits of its group's ID a message's ID shows.
+MESSAGE_ID_DIGITS = 8
+
+_MESSAGE_ID = re.compile(r"\A([0-9a-f]{1,64}):(\d+)/(\d+)\Z")
+
+
+def message_id(message: dict[str, Any]) -> str:
+    """
+    The ID ``dspring save`` takes for a message: the first digits of its
+    group's ID, its epoch and its index (``3fa2b1c4:0/3``).
+    """
+    return f"{str(message['group'])[:MESSAGE_ID_DIGITS]}:{message['epoch']}/{message['index']}"
+
+
+def parse_message_id(text: str) -> tuple[str, int, int]:
+    """
+    The group ID's digits, epoch and index of a message's ID.
+
+    :raises ValueError: when ``text`` is not of the form
+        ``GROUP_DIGITS:EPOCH/INDEX``.
+    """
+    found = _MESSAGE_ID.match(text.strip().lower())
+    if found is None:
+        raise ValueError(f"{text!r} is not a message's ID (GROUP:EPOCH/INDEX, as inbox shows)")
+    return found.group(1), int(found.group(2)), int(found.group(3))
+
+
 def message_lines(message: dict[str, Any]) -> list[str]:
     """
     A message as ``inbox`` and ``follow`` print it::
@@ -122,7 +158,7 @@ def message_lines(message: dict[str, Any]) -> list[str]:
     head = f"{when}  [{group_label(message)}] {sender}:"
     if message["type"] == "file":
         name = printable(str(message.get("file_name", "")))
-        return [f"{head} file {name!r} ({message['size']} bytes)"]
+        return [f"{head} file {name!r} ({message['size']} bytes)  id {message_id(message)}"]
     text = message.get("text")
     if text is None:
         return [f"{head} ({message['size']} bytes of text)"]

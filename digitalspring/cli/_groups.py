@@ -12,6 +12,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
+from ..multicast import DEFAULT_STRATEGY
 from ._base import CommandOptions, plural, run_async
 from ._display import peer_name, printable
 
@@ -44,8 +45,10 @@ def group_title(group: dict[str, Any]) -> str:
 
 def report_lines(report: dict[str, Any]) -> list[str]:
     """
-    A catch-up report as ``dspring group catch-up`` prints it.
+    A catch-up report as ``dspring group catch-up`` prints it, each
+    source by its contact's name when it has one (the report's ``names``).
     """
+    names: dict[str, str] = report.get("names", {})
     position = "/".join(str(n) for n in report["position"])
     lines = [f"caught up {plural(report['committed'], 'message')}; at message {position}"]
     if report["newest"] is not None:
@@ -63,7 +66,7 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         ("unreachable", "not reachable"),
     ):
         for peer in report[what]:
-            lines.append(f"  {title}: {peer}")
+            lines.append(f"  {title}: {printable(peer_name(peer, names.get(peer)))}")
     return lines
 
 
@@ -86,19 +89,33 @@ class GroupCreateOptions(CommandOptions):
     ``dspring group create NAME``.
     """
 
-    synopsis = "NAME"
+    synopsis = "[--strategy NAME] NAME"
     longdesc = (
         "Create a group this node owns, named NAME: your name for it (usable wherever a "
         "group is, sharing one namespace with your contacts' names) and the name it is "
-        "offered to members under. Add members with 'dspring group add'."
+        "offered to members under. Add members with 'dspring group add'. Its messages go "
+        "out by the multicast strategy given, one of the strategy plugins the node runs "
+        "(the node refuses another, listing them)."
     )
+    optParameters = [
+        [
+            "strategy",
+            "s",
+            DEFAULT_STRATEGY,
+            "The multicast strategy: spring (the whitepaper's), unicast (the owner sends to "
+            "each member), or another installed strategy plugin's name.",
+        ]
+    ]
 
     def parseArgs(self, name: str) -> None:  # type: ignore[override]
         self["name"] = name
 
     def run(self, data_dir: FilePath[str], out: TextIO) -> None:
-        answer = call(data_dir, "group-create", {"name": self["name"]})
-        out.write(f"created group {answer['name']}  {answer['group']}\n")
+        answer = call(
+            data_dir, "group-create", {"name": self["name"], "strategy": self["strategy"]}
+        )
+        chosen = "" if answer["strategy"] == DEFAULT_STRATEGY else f"  ({answer['strategy']})"
+        out.write(f"created group {answer['name']}  {answer['group']}{chosen}\n")
 
 
 #: The units ``--retention`` takes, in seconds.

@@ -19,8 +19,16 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 
 from ..control import ControlClient
+from ..errors import DigitalSpringError
 from ._base import CommandOptions, run_async
-from ._display import message_lines, peer_name, printable, save_received
+from ._display import (
+    message_lines,
+    parse_message_id,
+    peer_name,
+    printable,
+    save_in,
+    save_received,
+)
 from ._groups import call
 
 #: Width of the progress bar, in characters.
@@ -310,6 +318,78 @@ class InboxOptions(CommandOptions):
         for message in answer["messages"]:
             for line in message_lines(message):
                 out.write(line + "\n")
+
+
+class SaveOptions(CommandOptions):
+    """
+    ``dspring save ID [PATH|-]``.
+    """
+
+    synopsis = "ID [PATH|-]"
+    longdesc = (
+        "Save a file this node received or sent, after the fact: ID is what 'dspring inbox' "
+        "shows after it (the first digits of its group's ID, its epoch and index: "
+        "3fa2b1c4:0/3). It goes to PATH, which must not exist yet; into PATH under its "
+        "proposed name made safe when PATH is a directory; to standard output with -; by "
+        "default into DATA_DIR/received/, as 'dspring follow' saves files. Nothing is "
+        "overwritten. A text is saved as UTF-8."
+    )
+
+    def parseArgs(self, message: str, path: str | None = None) -> None:  # type: ignore[override]
+        try:
+            self["id"] = parse_message_id(message)
+        except ValueError as e:
+            raise usage.UsageError(str(e)) from None
+        self["path"] = path
+
+    def run(self, data_dir: FilePath[str], out: TextIO) -> None:
+        digits, epoch, index = self["id"]
+        message: dict[str, Any] = {}
+
+        async def fetch(reactor: Any) -> None:
+            client = ControlClient(reactor, data_dir)
+            groups = [g["group"] for g in (await client.call("group-list"))["groups"]]
+            matching = [g for g in groups if g.startswith(digits)]
+            if len(matching) != 1:
+                raise DigitalSpringError(
+                    f"no group's ID starts with {digits} (see 'dspring inbox')"
+                    if not matching
+                    else f"several groups' IDs start with {digits}: give more of its digits"
+                )
+            where = {"group": matching[0], "epoch": epoch, "index": index}
+            message.update(await client.call("message", where))
+
+        run_async(fetch)
+        if message["type"] == "file":
+            name = str(message["file_name"])
+            data = base64.b64decode(message["data"])
+        else:
+            name = f"message-{epoch}-{index}.txt"
+            data = str(message["text"]).encode("utf-8")
+        path = self["path"]
+        if path == "-":
+            binary = getattr(out, "buffer", None)
+            if binary is None:
+                raise DigitalSpringError("standard output takes no bytes here")
+            out.flush()
+            binary.write(data)
+            binary.flush()
+            return
+        if path is None:
+            saved = save_received(data_dir, name, data)
+        elif os.path.isdir(path):
+            saved = save_in(FilePath(path), name, data)
+        else:
+            saved = FilePath(os.path.abspath(path))
+            try:
+                fd = os.open(
+                    saved.path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+                )
+            except OSError as e:
+                raise DigitalSpringError(f"cannot write {path}: {e.strerror}") from None
+            with os.fdopen(fd, "wb") as file:
+                file.write(data)
+        out.write(f"saved {len(data)} bytes to {printable(saved.path)}\n")
 
 
 class InvitationsOptions(CommandOptions):

@@ -121,7 +121,7 @@ from ._notify import (
     NotificationRefused,
 )
 from ._plugins import DEFAULT_STRATEGY, UnknownStrategy, get_strategy, strategy_plugins
-from ._report import DeliveryReport, ReceivedMessage
+from ._report import Arrival, DeliveryReport, ReceivedMessage
 from ._service import (
     AlreadyMember,
     GroupError,
@@ -157,6 +157,7 @@ __all__ = [
     "PROOF_LABEL",
     "PROOF_SIZE",
     "AlreadyMember",
+    "Arrival",
     "BadManifestSignature",
     "BoxFull",
     "ChainClosed",

@@ -288,6 +288,13 @@ class GroupContext:
             AddFragment(self.group_id, *key, number, data, from_peer=self.owner)
         )
         arriving[1].add(number)
+        self._service.fragment_arrived(
+            self.group_id,
+            manifest.epoch,
+            manifest.index,
+            len(arriving[1]),
+            len(manifest.fragment_hashes),
+        )
         await self._whole(manifest, arriving[1])
         return True
 

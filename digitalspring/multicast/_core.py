@@ -30,7 +30,7 @@ from ._context import GroupContext
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
 from ._outbox import Outbox
 from ._plugins import get_strategy, strategy_plugins
-from ._report import DeliveryReport, ReceivedMessage
+from ._report import Arrival, DeliveryReport, ReceivedMessage
 
 if TYPE_CHECKING:
     from ._service import MulticastService
@@ -105,6 +105,7 @@ class ServiceCore(Service):
     _locks: dict[bytes, DeferredLock]
     _reports: dict[tuple[bytes, int, int], DeliveryReport]
     _subscribers: dict[bytes | None, list[Callable[[ReceivedMessage], object]]]
+    _arrival_watchers: list[Callable[[Arrival], object]]
     _blocked: frozenset[PeerID]
 
     @property

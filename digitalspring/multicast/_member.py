@@ -54,7 +54,7 @@ from ._notices import (
     decode_new_epoch,
     make_acknowledgement,
 )
-from ._report import ReceivedMessage
+from ._report import Arrival, ReceivedMessage
 
 #: The setting that turns off accepting invitations from contacts unasked.
 AUTO_ACCEPT_SETTING = "auto-accept-contacts"
@@ -85,6 +85,39 @@ class MemberSide(ServiceCore):
                 callbacks.remove(callback)
 
         return stop
+
+    def follow_arrivals(self, callback: Callable[[Arrival], object]) -> Callable[[], None]:
+        """
+        Call ``callback`` with an :class:`Arrival` each time this node
+        stores a new fragment of a message, of any group, whoever sent it
+        (the owner, a peer forwarding, or a catch-up's source): how much of
+        the message it holds, as its own progress bar shows it.
+
+        :returns: a function that stops it.
+        """
+        self._arrival_watchers.append(callback)
+
+        def stop() -> None:
+            if callback in self._arrival_watchers:
+                self._arrival_watchers.remove(callback)
+
+        return stop
+
+    def fragment_arrived(
+        self, group_id: bytes, epoch: int, index: int, held: int, total: int
+    ) -> None:
+        """
+        A fragment of message ``index`` of ``epoch`` was stored: ``held`` of
+        its ``total`` fragments are here now.
+        """
+        if not self._arrival_watchers:
+            return
+        arrival = Arrival(group_id, epoch, index, held, total, float(self.clock.seconds()))
+        for callback in list(self._arrival_watchers):
+            try:
+                callback(arrival)
+            except Exception:
+                self.log.failure("an arrival watcher failed")
 
     @deferred
     async def history(

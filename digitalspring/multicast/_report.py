@@ -36,6 +36,26 @@ class ReceivedMessage:
     file_name: str = ""
 
 
+@frozen
+class Arrival:
+    """
+    A fragment of a message stored at this node as it arrives: how much of
+    the message the node holds now, for progress bars (a member's own
+    count, not the owner's guess).
+
+    :ivar fragments: the fragments of the message this node holds now.
+    :ivar total: the message's fragments.
+    :ivar at: when the fragment was stored, on the service's clock.
+    """
+
+    group_id: bytes
+    epoch: int
+    index: int
+    fragments: int
+    total: int
+    at: float
+
+
 class DeliveryReport:
     """
     Where one message the owner sent stands: which members committed it

@@ -154,6 +154,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self._ack_keys = {}
         self._news = {}
         self._subscribers = {}
+        self._arrival_watchers = []
         self._blocked = frozenset()
         self._locators: list[Callable[[Any], Any]] = []
         self.ready: Deferred[None] = Deferred()

@@ -31,7 +31,16 @@ from ..control import BadRequest, EventSink, StreamHandler
 from ..directory import AddressBook, BadName, UnknownContact, check_name
 from ..errors import DigitalSpringError
 from ..identity import InvalidPeerID, PeerID
-from ..multicast import MAX_FILE_NAME, MAX_PADDED_SIZE, DeliveryReport, GroupError, ReceivedMessage
+from ..multicast import (
+    DEFAULT_STRATEGY,
+    MAX_FILE_NAME,
+    MAX_PADDED_SIZE,
+    Arrival,
+    DeliveryReport,
+    GroupError,
+    ReceivedMessage,
+    UnknownStrategy,
+)
 from ..storage import Group, NotStored, SetPetname, SetSetting, StorageError
 
 if TYPE_CHECKING:
@@ -54,7 +63,19 @@ MAX_INBOX = 1000
 INVITATION_WAIT = 10.0
 _POLL = 0.05
 
+#: Seconds between two ``receiving`` events of one message (its last
+#: fragment's always goes): a 64 MiB file has thousands of fragments, and a
+#: progress bar needs a few updates a second.
+RECEIVING_INTERVAL = 0.1
+
+#: Messages whose last ``receiving`` event is remembered (to space the
+#: next); past it, the oldest is forgotten.
+MAX_RECEIVING = 256
+
 _Handler = Callable[[dict[str, Any]], Any]
+
+#: The lists of peers in a catch-up's report.
+_REPORT_PEERS = ("held_back", "gaps", "misbehaved", "unreachable")
 
 
 class NoGroups(DigitalSpringError):
@@ -92,6 +113,8 @@ class GroupRoutes:
         self._sinks: dict[EventSink, Callable[[dict[str, Any]], bool]] = {}
         #: group ID -> the peer whose conversation it is part of.
         self._conversations: dict[bytes, PeerID] = {}
+        #: (group, epoch, index) -> when its last ``receiving`` event went.
+        self._receiving: dict[tuple[bytes, int, int], float] = {}
 
     def routes(self) -> dict[str, tuple[bytes, _Handler]]:
         return {
@@ -127,6 +150,7 @@ class GroupRoutes:
         """
         self._service = service
         service.subscribe(None, self._received)
+        service.follow_arrivals(self._arrived)
         Deferred.fromCoroutine(self._load_conversations()).addErrback(
             lambda failure: self.log.failure("cannot read the conversations", failure)
         )
@@ -240,13 +264,22 @@ class GroupRoutes:
     # --- groups ------------------------------------------------------------------
 
     async def group_create(self, body: dict[str, Any]) -> dict[str, Any]:
+        """
+        Create a group named ``name``, run by the multicast strategy
+        ``strategy`` (one of the node's strategy plugins; by default
+        :data:`~digitalspring.multicast.DEFAULT_STRATEGY`).
+        """
         name = body.get("name")
         if not isinstance(name, str):
             raise BadRequest("name is the group's name")
+        strategy = body.get("strategy", DEFAULT_STRATEGY)
+        installed = self.service.plugins()
+        if not isinstance(strategy, str) or strategy not in installed:
+            raise BadRequest(str(UnknownStrategy(str(strategy), list(installed))))
         await self._check_unused(name)
-        group_id = await self.service.create_group(name)
+        group_id = await self.service.create_group(name, strategy)
         await self.service.store.commit(SetPetname(group_id, name))
-        return {"group": group_id.hex(), "name": name}
+        return {"group": group_id.hex(), "name": name, "strategy": strategy}
 
     async def group_add(self, body: dict[str, Any]) -> dict[str, Any]:
         group = await self._group(body.get("group"))
@@ -310,11 +343,16 @@ class GroupRoutes:
 
     async def group_catch_up(self, body: dict[str, Any]) -> dict[str, Any]:
         """
-        Catch up a group this node is a member of now: its report.
+        Catch up a group this node is a member of now: its report, with
+        ``names``, the contact's name of each source it names that has one.
         """
         group = await self._group(body.get("group"))
         report = await self._refused_as_bad_request(self.service.catch_up_group(group.group_id))
         answer: dict[str, Any] = report.as_json()
+        named = {p for what in _REPORT_PEERS for p in answer[what]}
+        answer["names"] = {
+            str(peer): name for peer, name in self._contact_names().items() if str(peer) in named
+        }
         return answer
 
     async def mailbox_status(self, body: dict[str, Any]) -> dict[str, Any]:
@@ -538,6 +576,40 @@ class GroupRoutes:
         await self._learn_conversation(group)
         self._broadcast("message", self._message(message, group, self._contact_names(), False))
 
+    def _arrived(self, arrival: Arrival) -> None:
+        """
+        Tell the event streams how much of a message this node holds, at
+        most every :data:`RECEIVING_INTERVAL` seconds for each message, and
+        always once it holds every fragment.
+        """
+        if not self._sinks:
+            return
+        key = (arrival.group_id, arrival.epoch, arrival.index)
+        whole = arrival.fragments >= arrival.total
+        last = self._receiving.get(key)
+        if not whole and last is not None and arrival.at - last < RECEIVING_INTERVAL:
+            return
+        if whole:
+            self._receiving.pop(key, None)
+        else:
+            self._receiving.pop(key, None)
+            self._receiving[key] = arrival.at
+            if len(self._receiving) > MAX_RECEIVING:
+                del self._receiving[next(iter(self._receiving))]
+        conversation = self._conversations.get(arrival.group_id)
+        self._broadcast(
+            "receiving",
+            {
+                "group": arrival.group_id.hex(),
+                "conversation": None if conversation is None else str(conversation),
+                "epoch": arrival.epoch,
+                "index": arrival.index,
+                "fragments": arrival.fragments,
+                "total": arrival.total,
+                "at": arrival.at,
+            },
+        )
+
     def _broadcast(self, event: str, data: dict[str, Any]) -> None:
         for sink, wanted in list(self._sinks.items()):
             if wanted(data):
@@ -545,9 +617,9 @@ class GroupRoutes:
 
     async def events(self, query: dict[str, str], sink: EventSink) -> Callable[[], None]:
         """
-        ``GET /v1/events[?to=GROUP|CONTACT]``: the stream of ``message``
-        and ``delivery`` events, of every group or of one group or
-        conversation.
+        ``GET /v1/events[?to=GROUP|CONTACT]``: the stream of ``message``,
+        ``delivery`` and ``receiving`` events, of every group or of one
+        group or conversation.
         """
         wanted: Callable[[dict[str, Any]], bool] = lambda data: True  # noqa: E731
         to = query.get("to")
