@@ -267,13 +267,20 @@ def _dials(service: MulticastService) -> list[PeerID]:
     """
     dialled: list[PeerID] = []
     proven_connection = service.proven_connection
+    call_proven = service.call_proven
 
     def spy(group_id: bytes, peer: PeerID) -> Deferred[Any]:
         if peer not in service.pool.connections():
             dialled.append(peer)
         return proven_connection(group_id, peer)
 
+    def spy_call(group_id: bytes, peer: PeerID, *args: Any) -> Deferred[Any]:
+        if peer not in service.pool.connections():
+            dialled.append(peer)
+        return call_proven(group_id, peer, *args)
+
     service.proven_connection = spy  # type: ignore[method-assign]
+    service.call_proven = spy_call  # type: ignore[method-assign]
     return dialled
 
 
@@ -322,6 +329,11 @@ class _Replayed:
         report = net.result(self.owner.publish(self.group_id, bytes(3 * FRAGMENT_SIZE), "f"))
         self.sealed = net.result(self.owner.sealed_message(self.group_id, 0, 0))
         net.result(report.transmitted)
+        # The others' part is over: none of them tries to reach ``a`` again
+        # (they would, for 20 s), so that ``h`` alone activates it.
+        for member in [self.h, *self.others]:
+            for transmission in list(_spring(member, self.group_id)._transmissions.values()):
+                transmission.end("over")
         net.run(away)
         net.network.bring_online("a")
         # Past the pool's back-off from the attempts made while it was away.

@@ -115,6 +115,9 @@ class _Context:
     def connect(self, peer: Any) -> Any:
         raise NotImplementedError
 
+    def call(self, peer: Any, command: Any, arguments: Any) -> Any:
+        raise NotImplementedError
+
     def accept_manifest(self, signed_manifest: bytes) -> Any:
         raise NotImplementedError
 

@@ -43,6 +43,10 @@ from ._message import open_message
 from ._notices import ACK_MAC_SIZE, acknowledgement_key, make_acknowledgement
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
+    from twisted.protocols import amp
+
     from ..channel import PeerConnection
     from ._service import MulticastService
 
@@ -144,6 +148,15 @@ class GroupContext:
 
     def connect(self, peer: PeerID) -> Deferred[PeerConnection]:
         return self._service.proven_connection(self.group_id, peer)
+
+    def call(
+        self,
+        peer: PeerID,
+        command: type[amp.Command],
+        arguments: dict[str, Any] | Callable[[PeerConnection], dict[str, Any] | None],
+    ) -> Deferred[tuple[PeerConnection, dict[str, Any] | None]]:
+        make = arguments if callable(arguments) else lambda connection: arguments
+        return self._service.call_proven(self.group_id, peer, command, make)
 
     def accept_manifest(self, signed_manifest: bytes) -> Deferred[Manifest]:
         return Deferred.fromCoroutine(self._accept_manifest(signed_manifest))

@@ -33,7 +33,7 @@ per member; they stay authenticated end to end
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from attrs import field, frozen
 from twisted.plugin import IPlugin
@@ -42,7 +42,10 @@ from zope.interface import Attribute, Interface
 from ..identity import PeerID
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.defer import Deferred
+    from twisted.protocols import amp
     from twisted.protocols.amp import CommandLocator
 
     from ..channel import PeerConnection
@@ -125,6 +128,31 @@ class IStrategyContext(Interface):
         :raises digitalspring.multicast.MembershipNotProven: (through the
             Deferred) when the peer does not prove membership; it looks the
             same whatever the reason.
+        """
+
+    def call(
+        peer: PeerID,
+        command: type[amp.Command],
+        arguments: dict[str, Any] | Callable[[PeerConnection], dict[str, Any] | None],
+    ) -> Deferred[tuple[PeerConnection, dict[str, Any] | None]]:
+        """
+        Send ``command`` with ``arguments`` to ``peer`` over a connection as
+        :meth:`connect` gives, a round trip sooner on a new one: the command
+        goes right behind this node's membership proof instead of waiting
+        for the peer's (the peer acts on it only once this node's proof
+        checked).  So the peer gets it before it has proven membership: send
+        this way only to members the owner named (neighbours, or members at
+        the owner), whose identity the Noise handshake proved.
+
+        :param arguments: the command's arguments, or a function that makes
+            them from the connection once it is up (``None``: send nothing,
+            only prove membership).
+        :returns: a ``Deferred`` that fires with the connection and the
+            answer (``None`` if nothing was sent), once the peer's proof
+            checked too.
+        :raises digitalspring.multicast.MembershipNotProven: (through the
+            Deferred) when the peer does not prove membership; the
+            command's own errors, and those of :meth:`connect`, otherwise.
         """
 
     def accept_manifest(signed_manifest: bytes) -> Deferred[Manifest]:

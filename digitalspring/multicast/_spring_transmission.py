@@ -452,31 +452,43 @@ class Transmission:
     async def _activate(self, peer: PeerID, share: bool) -> None:
         sent = self.clock.seconds()
         answer = None
-        hint = 0
+        hint = held = 0
+        shared = False
+
+        def arguments(connection: Any) -> dict[str, Any] | None:
+            # Once connected: the owner's share goes in the order
+            # connections come up.
+            nonlocal hint, held, shared
+            if share:
+                hint, shared = self.share(), True
+            self.used(peer, connection)
+            # Checked again once connected: the peer may have activated
+            # this node meanwhile, and a fragment may have come.
+            if self._holds_all(peer):
+                return None
+            held = self.held
+            small = self.count == 1 and 0 in self.data
+            return {
+                "group": self.context.group_id,
+                "manifest": self.signed,
+                "have": encode_bitmap(held),
+                "hint": encode_bitmap(hint),
+                "data": self.data[0] if small else None,
+            }
+
         try:
             if not self._holds_all(peer):
+                # The activation goes right behind this node's membership
+                # proof: the peer is one the owner named.
                 try:
-                    connection = await self.context.connect(peer)
+                    _, answer = await self.context.call(
+                        peer, SpringActivate, arguments
+                    ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
                 except Exception:
-                    if share:
+                    if share and not shared:
                         self.shared()
                     raise
-                if share:
-                    hint = self.share()
-                self.used(peer, connection)
-                # Checked again once connected: the peer may have activated
-                # this node meanwhile, and a fragment may have come.
-                if not self._holds_all(peer):
-                    held = self.held
-                    small = self.count == 1 and 0 in self.data
-                    answer = await connection.callRemote(
-                        SpringActivate,
-                        group=self.context.group_id,
-                        manifest=self.signed,
-                        have=encode_bitmap(held),
-                        hint=encode_bitmap(hint),
-                        data=self.data[0] if small else None,
-                    ).addTimeout(ACTIVATE_TIMEOUT, self.clock)
+                if answer is not None:
                     have = decode_bitmap(answer["have"], self.count)
         except Exception as e:
             self.activating.discard(peer)
