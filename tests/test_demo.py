@@ -66,7 +66,8 @@ class DemoTests(TestCase):
         sent's), dave too after its catch-up, which its node counts; the
         mailbox the four messages, and a count of bytes sent at least what
         the demo says it carried.  The owner's web client's login link it
-        printed logs a browser in.
+        printed logs a browser in.  The bars of the 2 MiB file were each
+        recipient's own count of the fragments it held, up to all of them.
         """
         self.addCleanup(self.stop_all)
         result = _dspring(
@@ -102,6 +103,15 @@ class DemoTests(TestCase):
         self.assertGreater(photos["sender_bytes"], FILE_SIZE)
         self.assertLess(photos["sender_bytes"], photos["unicast_bytes"] / 2)
         self.assertEqual([m["pending"] for m in messages[2:]], [["dave"], ["dave"]])
+        # The bars are each recipient's own count of what it holds, from its
+        # first fragment to its last.
+        for name in ("bob", "carol", "dave", "box"):
+            reported = photos["reported"][name]
+            self.assertEqual(reported, sorted(reported), name)
+            self.assertLess(reported[0], photos["fragments"], name)
+            self.assertEqual(reported[-1], photos["fragments"], name)
+        self.assertEqual(messages[3]["reported"]["dave"], [])
+        self.assertEqual(set(photos["has_it"]), {"bob", "carol", "dave", "box"})
         self.assertIn("The five nodes keep running (--keep).", out)
         # The owner's web client: its one-time login link logs a browser in.
         login = re.search(r"\n  http://(127\.0\.0\.1:\d+)(/login\?token=\S+)\n", out)

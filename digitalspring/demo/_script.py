@@ -74,27 +74,81 @@ def _sha256(data: bytes) -> str:
 
 class _Watch:
     """
-    Where one message sent stands, from the owner's ``delivery`` events.
+    Where one message sent stands: from the owner's ``delivery`` events,
+    who committed it (the owner has their acknowledgements), and from each
+    recipient's own ``receiving`` and ``message`` events, how much of it
+    that recipient holds.
     """
 
-    def __init__(self, sent_at: float) -> None:
+    def __init__(self, sent_at: float, name_of: Callable[[str], str]) -> None:
         self.sent_at = sent_at
+        self._name_of = name_of
         self.key: tuple[str, int, int] | None = None
         self.state: dict[str, Any] = {}
         self.done: Deferred[None] = Deferred()
+        #: When the owner had each recipient's acknowledgement, by name.
         self.committed_at: dict[str, float] = {}
+        #: Each recipient's share of the message, 0 to 1, by its own count.
+        self.shares: dict[str, float] = {}
+        #: When each recipient held it whole, by its own events.
+        self.held_at: dict[str, float] = {}
+        #: The fragment counts each recipient reported, in order.
+        self.reported: dict[str, list[int]] = {}
         self.on_change: Callable[[], object] = lambda: None
+        # A recipient's events that came before the owner said which
+        # message this is.
+        self._early: list[tuple[str, str, dict[str, Any], float]] = []
+
+    def sent(self, key: tuple[str, int, int]) -> None:
+        """
+        The owner sent the message ``key`` (group, epoch, index).
+        """
+        self.key = key
+        early, self._early = self._early, []
+        for name, event, data, now in early:
+            self.arrived(name, event, data, now)
 
     def update(self, state: dict[str, Any], now: float) -> None:
         if self.key is None or (state["group"], state["epoch"], state["index"]) != self.key:
             return
         self.state = state
         for peer in state["committed"]:
-            self.committed_at.setdefault(peer, now - self.sent_at)
+            self.committed_at.setdefault(self._name_of(peer), now - self.sent_at)
         self.on_change()
         pending, unreached = set(state["pending"]), set(state["unreached"])
         if state["transmitted"] and pending <= unreached and not self.done.called:
             self.done.callback(None)
+
+    def arrived(self, name: str, event: str, data: dict[str, Any], now: float) -> None:
+        """
+        Recipient ``name`` told of a message: how much it holds
+        (``receiving``), or that it committed it (``message``).
+        """
+        if self.key is None:
+            self._early.append((name, event, data, now))
+            return
+        if (data["group"], data["epoch"], data["index"]) != self.key:
+            return
+        if event == "receiving":
+            self.reported.setdefault(name, []).append(data["fragments"])
+            self.shares[name] = max(self.shares.get(name, 0.0), data["fragments"] / data["total"])
+            if data["fragments"] >= data["total"]:
+                self.held_at.setdefault(name, float(data["at"]) - self.sent_at)
+        elif event == "message":
+            self.shares[name] = 1.0
+            self.held_at.setdefault(name, now - self.sent_at)
+        self.on_change()
+
+    def has_it(self) -> dict[str, float]:
+        """
+        When each recipient that has the message whole had it, in seconds
+        since it was sent: by its own word, or by the owner's (its
+        acknowledgement), whichever came first.
+        """
+        done = dict(self.held_at)
+        for name, seconds in self.committed_at.items():
+            done[name] = min(seconds, done.get(name, seconds))
+        return done
 
 
 class Demo:
@@ -233,6 +287,7 @@ class Demo:
                 f"{name}'s holding the group",
                 lambda name=name: self._holds_group(name),  # type: ignore[misc]
             )
+        await _all(*(self._follow_recipient(name) for name in (*MEMBERS, MAILBOX)))
         self.screen.say(
             f"Group {self.group[:16]}...: {len(MEMBERS)} members and a mailbox, all active."
         )
@@ -379,6 +434,32 @@ class Demo:
         # The stream ends when the owner stops; nothing waits on it.
         self._events.addErrback(lambda failure: None)
 
+    async def _follow_recipient(self, name: str) -> None:
+        """
+        Follow a recipient's own events of the group while it runs: how
+        much of each message it holds, as the bars show it.
+        """
+        node = self.nodes[name]
+
+        def on_event(event: str, data: dict[str, Any]) -> None:
+            if event in ("receiving", "message") and self._watch is not None:
+                self._watch.arrived(name, event, data, self._now())
+
+        opened: Deferred[None] = Deferred()
+        stream = Deferred.fromCoroutine(
+            node.client().stream(
+                "events", {"to": self.group}, on_event, lambda: opened.callback(None)
+            )
+        )
+
+        def ended(failure: Any) -> None:
+            # It ends when the node stops; one that never opened fails the step.
+            if not opened.called:
+                opened.errback(failure)
+
+        stream.addErrback(ended)
+        await opened
+
     async def _traffic(self) -> dict[str, int]:
         running = [node for node in self.nodes.values() if node.running]
         counts = await _all(*(node.bytes_sent() for node in running))
@@ -390,21 +471,16 @@ class Demo:
         owner = self.nodes[OWNER]
         recipients = [*MEMBERS, MAILBOX]
         before = await self._traffic()
-        watch = self._watch = _Watch(self._now())
+        watch = self._watch = _Watch(self._now(), self._name)
         answer = await owner.call("send", {"to": GROUP, **body})
-        watch.key = (answer["group"], answer["epoch"], answer["index"])
         fragments = answer["fragments"]
         bars = self.screen.bars(recipients)
 
         def redraw() -> None:
-            state = watch.state
-            progress = state.get("progress", {})
-            bars.update(
-                {self._name(p): n / fragments for p, n in progress.items()},
-                {self._name(p): t for p, t in watch.committed_at.items()},
-            )
+            bars.update(dict(watch.shares), watch.has_it())
 
         watch.on_change = redraw
+        watch.sent((answer["group"], answer["epoch"], answer["index"]))
         watch.update(answer, self._now())
         redraw()
 
@@ -472,6 +548,8 @@ class Demo:
             "sender_bytes": carried,
             "unicast_bytes": unicast,
             "bytes_sent": sent,
+            "reported": {name: watch.reported.get(name, []) for name in recipients},
+            "has_it": {name: round(t, 3) for name, t in watch.has_it().items()},
         }
         self.summary["messages"].append(record)
         await self._verify_all(record, members)
