@@ -37,6 +37,7 @@ from digitalspring.storage import (
     DepositNotification,
     Enqueue,
     Epoch,
+    ExpireHeld,
     ExpirePrekeys,
     ForgetEpochKeys,
     Group,
@@ -318,6 +319,20 @@ class MigrationTests(SQLiteTestCase):
         connection.commit()
         connection.close()
 
+    def write_old_sealed(self, item: bytes) -> None:
+        """
+        Hold a sealed item for ALICE in GROUP_ID as versions 4 and 5 did
+        (no expiry).
+        """
+        connection = sqlite3.connect(self.data_dir.child("node.db").path)
+        connection.execute(
+            "INSERT INTO sealed_items (gid, recipient, item)"
+            " VALUES ((SELECT gid FROM groups WHERE group_id = ?), ?, ?)",
+            (GROUP_ID, ALICE.public_key, item),
+        )
+        connection.commit()
+        connection.close()
+
     @inline
     async def test_from_first_version(self) -> None:
         """
@@ -343,7 +358,7 @@ class MigrationTests(SQLiteTestCase):
         connection.close()
         store = await self.open()
         self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
-        self.assertEqual(len(MIGRATIONS), 5)
+        self.assertEqual(len(MIGRATIONS), 6)
         self.assertEqual((await store.message(GROUP_ID, 0, 0)).content, b"from version 1")
         [old] = await store.outbox(ALICE)
         self.assertEqual((old.kind, old.payload, old.group_id), ("epoch", b"v1 entry", None))
@@ -430,13 +445,29 @@ class MigrationTests(SQLiteTestCase):
         """
         store = await self.open(migrations=MIGRATIONS[:4])
         await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
-        await store.commit(HoldSealed(GROUP_ID, ALICE, b"sealed item"))
         await store.close()
+        self.write_old_sealed(b"sealed item")
         store = await self.open()
-        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(5,)])
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(len(MIGRATIONS),)])
         self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"sealed item"])
         await store.commit(RegisterNotifyMember(ALICE, 1.0), DepositNotification(ALICE, b"n"))
         self.assertEqual(await store.notifications(ALICE, 10), [b"n"])
+
+    @inline
+    async def test_from_fifth_version(self) -> None:
+        """
+        A file of version 5 is migrated by MIGRATIONS[5] with its sealed
+        items kept, without an expiry (they wait until taken, as they
+        did), and takes items that expire.
+        """
+        store = await self.open(migrations=MIGRATIONS[:5])
+        await store.commit(AddGroup(joined_group()), AddEpoch(epoch_keys()))
+        await store.close()
+        self.write_old_sealed(b"old item")
+        store = await self.open()
+        self.assertEqual(_peek(self.data_dir, "PRAGMA user_version"), [(6,)])
+        await store.commit(HoldSealed(GROUP_ID, ALICE, b"new item", 50.0), ExpireHeld(60.0))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"old item"])
 
     @inline
     async def test_later_migration(self) -> None:

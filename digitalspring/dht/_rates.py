@@ -14,25 +14,14 @@ source's and the node's buckets are what bind a flood of fresh keys.
 
 from __future__ import annotations
 
-from collections import OrderedDict
 from collections.abc import Hashable
 from typing import Any
 
 from attrs import frozen
 
-#: Buckets remembered per kind (peers, source addresses): 4096 of about
-#: 200 bytes each.
-REMEMBERED = 4096
+from .._ratelimit import REMEMBERED, Rate, TokenBuckets
 
-
-@frozen
-class Rate:
-    """
-    A token bucket's shape: ``burst`` at once, then ``per_second``.
-    """
-
-    burst: int
-    per_second: float
+__all__ = ["REMEMBERED", "Rate", "StoreLimiter", "StoreRates"]
 
 
 @frozen
@@ -57,57 +46,15 @@ class StoreRates:
     total: Rate = Rate(256, 32.0)
 
 
-class _Buckets:
-    """
-    Token buckets by name, the :data:`REMEMBERED` most recently used.
-    """
-
-    def __init__(self, clock: Any, rate: Rate) -> None:
-        self._clock = clock
-        self._rate = rate
-        self._buckets: OrderedDict[Hashable, tuple[float, float]] = OrderedDict()
-
-    def has(self, name: Hashable) -> bool:
-        return self._tokens(name) >= 1.0
-
-    def take(self, name: Hashable) -> None:
-        buckets = self._buckets
-        now = self._clock.seconds()
-        buckets[name] = (self._tokens(name) - 1.0, now)
-        buckets.move_to_end(name)
-        if len(buckets) > REMEMBERED:
-            buckets.popitem(last=False)
-        # A bucket full again is the same as one never used: forget the
-        # least recently used while it is (two at most, so a take stays
-        # cheap), and the map holds only the names that took tokens in the
-        # last ``burst / per_second`` seconds, not REMEMBERED of them.
-        rate = self._rate
-        for _ in range(2):
-            oldest = next(iter(buckets))
-            tokens, updated = buckets[oldest]
-            if oldest == name or tokens + (now - updated) * rate.per_second < rate.burst:
-                break
-            del buckets[oldest]
-
-    def _tokens(self, name: Hashable) -> float:
-        rate = self._rate
-        found = self._buckets.get(name)
-        if found is None:
-            return float(rate.burst)
-        tokens, updated = found
-        elapsed: float = self._clock.seconds() - updated
-        return min(float(rate.burst), tokens + elapsed * rate.per_second)
-
-
 class StoreLimiter:
     """
     The buckets of :class:`StoreRates` on one clock.
     """
 
     def __init__(self, clock: Any, rates: StoreRates) -> None:
-        self._peers = _Buckets(clock, rates.peer)
-        self._sources = _Buckets(clock, rates.source)
-        self._total = _Buckets(clock, rates.total)
+        self._peers = TokenBuckets(clock, rates.peer)
+        self._sources = TokenBuckets(clock, rates.source)
+        self._total = TokenBuckets(clock, rates.total)
 
     def admit(self, peer: Hashable, source: str | None) -> str | None:
         """
@@ -117,7 +64,7 @@ class StoreLimiter:
         :returns: ``None`` if the store may go ahead, else which bucket is
             empty: ``"peer"``, ``"source"`` or ``"total"``.
         """
-        checks: list[tuple[str, _Buckets, Hashable]] = [
+        checks: list[tuple[str, TokenBuckets, Hashable]] = [
             ("peer", self._peers, peer),
             ("total", self._total, ""),
         ]

@@ -53,6 +53,7 @@ from ._prekeys import (
     read_sealed_header,
     seal,
 )
+from ._rates import SEALED as SEALED_REQUESTS
 
 if TYPE_CHECKING:
     from ._service import MulticastService
@@ -209,7 +210,8 @@ class BundleSide(MemberSide):
     async def hold_sealed(self, group: Group, payload: bytes) -> None:
         """
         The owner of a group we serve as a mailbox left an item sealed for
-        a member: keep it until the member takes it.
+        a member: keep it until the member takes it, or the owner's
+        retention is up (as a message is kept).
 
         :raises DigitalSpringError: when it is malformed, not the owner's,
             not for the group, or past our bounds.
@@ -225,7 +227,10 @@ class BundleSide(MemberSide):
             group.owner,
         ):
             raise MalformedNotice("the sealed item names another group, recipient or sender")
-        await self.store.commit(HoldSealed(group.group_id, recipient, item))
+        terms = await self.store.mailbox_terms(group.group_id)
+        expires = self.clock.seconds() + terms.retention
+        await self.store.commit(HoldSealed(group.group_id, recipient, item, expires))
+        cast("MulticastService", self).expiry_changed()
 
     async def give_sealed(self, peer: PeerID, group_id: bytes) -> bytes:
         """
@@ -233,7 +238,10 @@ class BundleSide(MemberSide):
         oldest, at most :data:`MAX_SEALED_ANSWER`), deleted once given.
 
         :raises NoticeRefused: when we serve no such group.
+        :raises PeerBusy: past the rates of ``group-sealed`` (before any
+            read).
         """
+        self._request_rates.admit(SEALED_REQUESTS, peer)
         try:
             group = await self.store.group(group_id)
         except NotStored:

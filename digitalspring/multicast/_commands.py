@@ -37,6 +37,13 @@ class NoticeRefused(DigitalSpringError):
     """
 
 
+class PeerBusy(DigitalSpringError):
+    """
+    The peer is busy: it takes this kind of request from us, or from all
+    its peers together, at a bounded rate.  Try again later.
+    """
+
+
 class BoundedBytes(amp.Argument):
     """
     Bytes of at most ``largest``, refused on both ends.
@@ -93,7 +100,7 @@ class CollectSealed(amp.Command):
     commandName = b"group-sealed"
     arguments = [(b"group", BoundedBytes(32))]
     response = [(b"items", BoundedBytes(MAX_SEALED_ANSWER_SIZE))]
-    errors = {NoticeRefused: b"REFUSED"}
+    errors = {NoticeRefused: b"REFUSED", PeerBusy: b"BUSY"}
 
 
 class GroupNotice(amp.Command):
@@ -104,4 +111,4 @@ class GroupNotice(amp.Command):
     commandName = b"group-notice"
     arguments = [(b"kind", amp.Unicode()), (b"payload", BoundedBytes(MAX_NOTICE_SIZE))]
     response = []
-    errors = {NoticeRefused: b"REFUSED"}
+    errors = {NoticeRefused: b"REFUSED", PeerBusy: b"BUSY"}

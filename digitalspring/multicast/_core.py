@@ -30,6 +30,7 @@ from ._context import GroupContext
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
 from ._outbox import Outbox
 from ._plugins import get_strategy, strategy_plugins
+from ._rates import RequestLimiter
 from ._report import Arrival, DeliveryReport, ReceivedMessage
 
 if TYPE_CHECKING:
@@ -100,6 +101,7 @@ class ServiceCore(Service):
     outbox: Outbox
     _plugins: dict[str, IMulticastStrategyPlugin] | None
     _rlog: RateLimitedLog
+    _request_rates: RequestLimiter
     _contexts: dict[bytes, GroupContext]
     _strategies: dict[bytes, IMulticastStrategy]
     _locks: dict[bytes, DeferredLock]

@@ -62,7 +62,7 @@ from twisted.protocols import amp
 from .._codec import Reader, varint
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ._commands import BoundedBytes
+from ._commands import BoundedBytes, PeerBusy
 from ._crypto import TAG_SIZE, UndecryptableMessage, blake2b, decrypt, encrypt
 from ._epoch import GROUP_ID_SIZE
 
@@ -336,6 +336,7 @@ _ERRORS: dict[type[Exception], bytes] = {
     DepositRefused: b"REFUSED",
     BoxFull: b"FULL",
     InsufficientWork: b"WORK",
+    PeerBusy: b"BUSY",
 }
 
 

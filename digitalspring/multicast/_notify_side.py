@@ -69,6 +69,7 @@ from ._notify import (
 )
 from ._outbox import CATCH_UP
 from ._prekeys import MAX_NOTIFY_BOXES, PREKEY_GRACE, decode_bundle
+from ._rates import BOX
 
 if TYPE_CHECKING:
     from ..channel import PeerConnection
@@ -329,6 +330,7 @@ class NotifySide(BundleSide):
         longer.
         """
         self.box_work()
+        self._request_rates.admit(BOX, peer)
         if not use:
             await self.store.commit(UnregisterNotifyMember(peer))
             return
@@ -368,6 +370,7 @@ class NotifySide(BundleSide):
         and how many deposits for it were refused since it last collected.
         """
         self.box_work()
+        self._request_rates.admit(BOX, peer)
         try:
             member = await self.store.notify_member(peer)
         except NotStored:

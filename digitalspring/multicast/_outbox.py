@@ -23,7 +23,7 @@ from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..identity import PeerID
 from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry, StoreClosed
-from ._commands import GroupNotice, NoticeRefused
+from ._commands import GroupNotice, NoticeRefused, PeerBusy
 
 #: Seconds before each retry of an outbox entry a peer did not take; the
 #: last one repeats.  After :data:`MAX_ATTEMPTS` the entry waits for the
@@ -56,7 +56,10 @@ class Outbox:
     :param after: what to do once an entry of a kind was delivered, by
         kind.
     :param undelivered: what to do when the peer was not reached (not
-        refused): errors it raises are logged, and the retry goes on.
+        refused, nor busy): errors it raises are logged, and the retry
+        goes on.  An entry the peer answers busy
+        (:class:`~digitalspring.multicast._commands.PeerBusy`) is tried
+        again on the retry schedule.
     """
 
     log = Logger()
@@ -168,7 +171,7 @@ class Outbox:
         entries = await self._store.outbox(peer)
         notices = [e for e in entries if e.kind not in self._special]
         for entry in notices + [e for e in entries if e.kind in self._special]:
-            refused = False
+            refused = busy = False
             try:
                 special = self._special.get(entry.kind)
                 if special is not None:
@@ -186,11 +189,15 @@ class Outbox:
                     notice=entry.kind,
                 )
                 delivered = refused = True
+            except PeerBusy:
+                # Reached, and asked to come back later.
+                delivered = False
+                busy = True
             except Exception:
                 delivered = False
             if not delivered:
                 await self._store.commit(CountAttempt(entry.entry_id))
-                if self._undelivered is not None:
+                if self._undelivered is not None and not busy:
                     try:
                         await self._undelivered(peer, entries)
                     except Exception:

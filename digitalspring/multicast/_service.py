@@ -29,7 +29,7 @@ from ..identity import Identity, PeerID
 from ..storage import IStore, StoreClosed, StoreLimits
 from ._catchup import CatchUpSide
 from ._catchup_serve import CatchUpServer
-from ._commands import NoticeRefused
+from ._commands import NoticeRefused, PeerBusy
 from ._core import AlreadyMember, GroupError, NotAMember, NotInGroup, NotOwner
 from ._epoch import EpochEnd
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
@@ -55,6 +55,7 @@ from ._notify_side import MAX_DEPOSITS, NOTIFY_REGISTER, NotifySide
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
 from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
+from ._rates import BUNDLE, RequestLimiter, RequestRates
 from ._router import MembershipRouter
 from ._spring_upload import DEFAULT_UPLOAD_BUDGET
 
@@ -102,6 +103,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         a deposit when it serves as a notification box (``twistd dspring
         --notify-box``; the store's limits bound what it keeps); ``None``:
         it does not serve.
+    :param rates: how often peers may ask work of each paced kind (key
+        bundles, sealed notices, notification boxes).
     """
 
     def __init__(
@@ -116,6 +119,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         catch_up_rate: float = DEFAULT_UPLOAD_BUDGET,
         catch_up_at_start: bool = True,
         notify_box: int | None = None,
+        rates: RequestRates | None = None,
     ) -> None:
         self.identity = identity
         self.notify_box_work = notify_box
@@ -146,6 +150,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self._sealed_entries = {}
         self._plugins = dict(strategies) if strategies is not None else None
         self._rlog = RateLimitedLog(self.log, clock)
+        self._request_rates = RequestLimiter(clock, rates or RequestRates())
         self._sessions = weakref.WeakKeyDictionary()
         self._contexts = {}
         self._strategies = {}
@@ -232,12 +237,16 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
 
         :raises NoticeRefused: for any notice refused (the reason is
             logged at a bounded rate, not told to the peer).
+        :raises PeerBusy: for a key bundle past the rates (before it is
+            read).
         """
         try:
             if peer in self._blocked:
                 raise NoticeRefused("refused")
+            if kind == KEY_BUNDLE:
+                self._request_rates.admit(BUNDLE, peer)
             await self._handle_notice(peer, kind, payload)
-        except NoticeRefused:
+        except (NoticeRefused, PeerBusy):
             raise
         except DigitalSpringError as e:
             self._rlog.info(

@@ -105,8 +105,9 @@ class IStore(Interface):
 
     def next_expiry() -> Deferred[float | None]:
         """
-        :returns: a Deferred that fires with the earliest time a message a
-            mailbox holds is due for deletion, or ``None`` when none is.
+        :returns: a Deferred that fires with the earliest time a message or
+            sealed item a mailbox holds is due for deletion, or ``None``
+            when none is.
         """
 
     def epoch(group_id: bytes, epoch: int | None = None) -> Deferred[Epoch]:

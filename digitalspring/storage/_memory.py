@@ -134,7 +134,7 @@ class MemoryStore:
         # The ephemeral keys of items each signed prekey opened.
         self._opened: dict[tuple[bytes, bytes], None] = {}
         self._bundles: dict[PeerID, StoredBundle] = {}
-        self._sealed: dict[tuple[bytes, PeerID], list[bytes]] = {}
+        self._sealed: dict[tuple[bytes, PeerID], list[tuple[bytes, float | None]]] = {}
         # A notification box's members, and what it holds for each.
         self._notify_members: dict[PeerID, NotifyMember] = {}
         self._notifications: dict[PeerID, list[bytes]] = {}
@@ -245,7 +245,15 @@ class MemoryStore:
     def next_expiry(self) -> Deferred[float | None]:
         return self._read(
             lambda: min(
-                (m.expires for m in self._messages.values() if m.expires is not None),
+                [
+                    *(m.expires for m in self._messages.values() if m.expires is not None),
+                    *(
+                        expires
+                        for items in self._sealed.values()
+                        for _, expires in items
+                        if expires is not None
+                    ),
+                ],
                 default=None,
             )
         )
@@ -392,7 +400,9 @@ class MemoryStore:
         return self._read(read)
 
     def sealed(self, group_id: bytes, recipient: PeerID, limit: int) -> Deferred[list[bytes]]:
-        return self._read(lambda: self._sealed.get((group_id, recipient), [])[:limit])
+        return self._read(
+            lambda: [item for item, _ in self._sealed.get((group_id, recipient), [])[:limit]]
+        )
 
     def notify_member(self, peer: PeerID) -> Deferred[NotifyMember]:
         def read() -> NotifyMember:
@@ -682,6 +692,14 @@ class MemoryStore:
             if terms is not None and terms.floor < (epoch, index + 1):
                 self._set(self._terms, group_id, evolve(terms, floor=(epoch, index + 1)))
             self._drop_message(DropMessage(group_id, epoch, index))
+        for key, items in list(self._sealed.items()):
+            left = [(i, e) for i, e in items if e is None or e > change.now]
+            if len(left) == len(items):
+                continue
+            if left:
+                self._set(self._sealed, key, left)
+            else:
+                self._delete(self._sealed, key)
 
     def _drop_message(self, change: DropMessage) -> None:
         key = (change.group_id, change.epoch, change.index)
@@ -880,7 +898,7 @@ class MemoryStore:
             self._limits.sealed_items_per_owner,
             self._limits.sealed_items_total,
         )
-        self._set(self._sealed, key, [*held, change.item])
+        self._set(self._sealed, key, [*held, (change.item, change.expires)])
 
     def _take_sealed(self, change: TakeSealed) -> None:
         key = (change.group_id, change.recipient)

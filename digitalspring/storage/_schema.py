@@ -221,8 +221,16 @@ CREATE TABLE notifications (
 CREATE INDEX notifications_recipient ON notifications (recipient, id);
 """
 
+# Version 6: a sealed item a mailbox holds is deleted once the group's
+# retention is up, as its messages are (``expires``; items held before
+# have none, and wait until taken, as they did).
+_V6 = """
+ALTER TABLE sealed_items ADD COLUMN expires REAL;
+CREATE INDEX sealed_items_expires ON sealed_items (expires) WHERE expires IS NOT NULL;
+"""
+
 #: The forward migrations: ``MIGRATIONS[n]`` takes version ``n`` to ``n + 1``.
-MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5)
+MIGRATIONS: tuple[str, ...] = (_V1, _V2, _V3, _V4, _V5, _V6)
 
 _MAGIC = b"SQLite format 3\0"
 _KEY_CHECK = b"digitalspring storage key check"

@@ -443,7 +443,9 @@ class SQLiteStore:
     def next_expiry(self) -> Deferred[float | None]:
         def read() -> float | None:
             row = self._db.execute(
-                "SELECT min(expires) FROM messages WHERE expires IS NOT NULL"
+                "SELECT min(expires) FROM (SELECT expires FROM messages"
+                " WHERE expires IS NOT NULL UNION ALL SELECT expires FROM sealed_items"
+                " WHERE expires IS NOT NULL)"
             ).fetchone()
             return None if row[0] is None else float(row[0])
 
@@ -1147,6 +1149,9 @@ class SQLiteStore:
                 (*floor, gid, *floor),
             )
         self._db.executemany("DELETE FROM messages WHERE msg = ?", [(r[0],) for r in rows])
+        self._db.execute(
+            "DELETE FROM sealed_items WHERE expires IS NOT NULL AND expires <= ?", (change.now,)
+        )
 
     def _drop_message(self, change: DropMessage) -> None:
         try:
@@ -1423,8 +1428,8 @@ class SQLiteStore:
             self._limits.sealed_items_total,
         )
         self._db.execute(
-            "INSERT INTO sealed_items (gid, recipient, item) VALUES (?, ?, ?)",
-            (gid, recipient, change.item),
+            "INSERT INTO sealed_items (gid, recipient, item, expires) VALUES (?, ?, ?, ?)",
+            (gid, recipient, change.item, change.expires),
         )
 
     def _take_sealed(self, change: TakeSealed) -> None:

@@ -649,7 +649,8 @@ class ExpireHeld(Change):
     """
     Delete every message a mailbox holds whose time is up at ``now``, with
     its fragments, and raise each group's floor past them
-    (:class:`MailboxTerms`).
+    (:class:`MailboxTerms`); and every sealed item whose time is up
+    (:class:`HoldSealed`).
     """
 
     erases: ClassVar[bool] = True
@@ -875,7 +876,9 @@ class PutBundle(Change):
 class HoldSealed(Change):
     """
     A mailbox holds an item the group's owner sealed for ``recipient``
-    (a notice it missed), until the recipient takes it.
+    (a notice it missed), until the recipient takes it or, when
+    ``expires`` is given, until then (:class:`ExpireHeld`), as it keeps
+    messages.
 
     :raises NotStored: when the group is not stored.
     :raises PeerQuotaExceeded: past the items held for one recipient, or
@@ -886,6 +889,7 @@ class HoldSealed(Change):
     group_id: bytes
     recipient: PeerID
     item: bytes
+    expires: float | None = None
 
 
 @frozen

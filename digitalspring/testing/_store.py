@@ -1197,6 +1197,31 @@ class StoreConformanceMixin(_Base):
         await store.commit(DepositNotification(CAROL, b"c1"), DepositNotification(CAROL, b"c2"))
 
     @_deferred
+    async def test_sealed_items_expire(self) -> None:
+        """
+        A sealed item held with an expiry is deleted by :class:`ExpireHeld`
+        once it is up, and counts in :meth:`next_expiry`; one held without
+        waits until taken.
+        """
+        store = await self._store()
+        await self._served(store)
+        await store.commit(
+            HoldSealed(GROUP_ID, ALICE, b"a1", 300.0),
+            HoldSealed(GROUP_ID, ALICE, b"a2", 100.0),
+            HoldSealed(GROUP_ID, BOB, b"b1"),
+        )
+        self.assertEqual(await store.next_expiry(), 100.0)
+        await store.commit(ExpireHeld(99.0))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"a1", b"a2"])
+        await store.commit(ExpireHeld(100.0))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [b"a1"])
+        self.assertEqual(await store.next_expiry(), 300.0)
+        await store.commit(ExpireHeld(1000.0))
+        self.assertEqual(await store.sealed(GROUP_ID, ALICE, 10), [])
+        self.assertEqual(await store.sealed(GROUP_ID, BOB, 10), [b"b1"])
+        self.assertIsNone(await store.next_expiry())
+
+    @_deferred
     async def test_sealed_items_per_owner(self) -> None:
         """
         An owner leaves at most so many sealed items in all the groups it
