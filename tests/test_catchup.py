@@ -9,6 +9,7 @@ from __future__ import annotations
 from twisted.internet.defer import CancelledError
 from twisted.trial.unittest import SynchronousTestCase
 
+from digitalspring.cli._network import _caught_up
 from digitalspring.multicast import (
     FRAGMENT_SIZE,
     MulticastService,
@@ -276,3 +277,52 @@ class CatchUpTests(SynchronousTestCase):
         net.network.bring_online("other")
         net.clock.run_until(lambda: len(got) == 1, limit=DAY)
         self.assertNotIn(plain, other.caught_up)
+
+
+class StartFiguresTests(SynchronousTestCase):
+    def test_caught_up_at_start_kept_apart(self) -> None:
+        """
+        What the catch-up at start committed is kept per group and in all,
+        apart from later catch-ups: a manual catch-up afterwards that finds
+        nothing leaves it as it was (it used to show 0), and adds to the
+        count since start only what it committed.  ``dspring status``
+        says both.
+        """
+        net = _network()
+        owner, member = net.node("owner"), net.node("member")
+        box = net.node("box", mailbox=StoreLimits())
+        group_id = net.group(owner, member, strategy="spring")
+        net.add_mailbox(owner, group_id, box)
+        net.run(60)
+        net.down("member")
+        for text in ("one", "two", "three"):
+            net.result(owner.publish(group_id, text))
+        _held_by(net, box, group_id, 3)
+        net.down("owner")
+        member = net.up("member")
+        net.clock.run_until(lambda: member.at_start_finished, limit=600)
+        assert member.caught_up_at_start is not None
+        self.assertEqual(member.caught_up_at_start[group_id].committed, 3)
+        again = net.result(member.catch_up_group(group_id))
+        self.assertEqual(again.committed, 0)
+        self.assertEqual(member.caught_up[group_id].committed, 0)
+        self.assertEqual(member.caught_up_at_start[group_id].committed, 3)
+        self.assertEqual(member.caught_up_since_start, {group_id: 3})
+        status = {
+            "groups": 1,
+            "messages": 3,
+            "at_start": {
+                "finished": True,
+                "groups": 1,
+                "messages": 3,
+                "committed": {group_id.hex(): 3},
+            },
+            "incomplete": [],
+        }
+        self.assertEqual(_caught_up(status), "caught up:   3 messages in 1 group at start\n")
+        status["messages"] = 5
+        status["at_start"]["finished"] = False  # type: ignore[index]
+        self.assertEqual(
+            _caught_up(status),
+            "caught up:   3 messages in 1 group at start (still catching up); 2 messages since\n",
+        )

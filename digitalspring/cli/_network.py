@@ -358,13 +358,7 @@ class StatusOptions(CommandOptions):
             )
         catch_up = status.get("catch_up")
         if catch_up is not None:
-            incomplete = catch_up["incomplete"]
-            out.write(
-                f"caught up:   {plural(catch_up['messages'], 'message')} in "
-                f"{plural(catch_up['groups'], 'group')}"
-                + (f" ({len(incomplete)} not whole: see --json)" if incomplete else "")
-                + "\n"
-            )
+            out.write(_caught_up(catch_up))
         dht = status.get("dht")
         if dht is not None:
             out.write(
@@ -380,3 +374,29 @@ class StatusOptions(CommandOptions):
             out.write(f"known peers: {len(dht['known_peers'])}\n")
             for peer in dht["known_peers"]:
                 out.write(f"  {peer}\n")
+
+
+def _caught_up(catch_up: dict[str, Any]) -> str:
+    """
+    The status line of what the node caught up: at start, then since.
+    """
+    at_start = catch_up.get("at_start")
+    parts = []
+    if at_start is not None:
+        parts.append(
+            f"{plural(at_start['messages'], 'message')} in "
+            f"{plural(at_start['groups'], 'group')} at start"
+            + ("" if at_start["finished"] else " (still catching up)")
+        )
+        later = catch_up["messages"] - at_start["messages"]
+        if later:
+            parts.append(f"{plural(later, 'message')} since")
+    else:
+        parts.append(
+            f"{plural(catch_up['messages'], 'message')} in "
+            f"{plural(catch_up['groups'], 'group')} since start"
+        )
+    incomplete = catch_up["incomplete"]
+    if incomplete:
+        parts.append(f"{len(incomplete)} not whole: see --json")
+    return "caught up:   " + "; ".join(parts) + "\n"

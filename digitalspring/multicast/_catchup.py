@@ -530,12 +530,21 @@ class CatchUpSide(ServiceCore):
     when asked, of every group it is a member of when the node starts.
 
     :ivar caught_up: the last report of each group caught up.
+    :ivar caught_up_since_start: the messages every catch-up since the
+        service started committed, by group.
+    :ivar caught_up_at_start: the reports of the catch-up the service ran
+        when it started, by group, as each group's ends; ``None`` when it
+        runs none.
+    :ivar at_start_finished: whether that catch-up ended for every group.
     """
 
     _catch_ups: dict[bytes, list[Deferred[CatchUpReport]]]
     _catch_up_runs: set[Deferred[CatchUpReport]]
     _catch_up_machines: dict[bytes, CatchUp]
     caught_up: dict[bytes, CatchUpReport]
+    caught_up_since_start: dict[bytes, int]
+    caught_up_at_start: dict[bytes, CatchUpReport] | None
+    at_start_finished: bool
 
     def catch_up_group(self, group_id: bytes) -> Deferred[CatchUpReport]:
         """
@@ -596,6 +605,8 @@ class CatchUpSide(ServiceCore):
         machine = self._catch_up_machines[group_id] = CatchUp(context, sources)
         report = await machine.run()
         self.caught_up[group_id] = report
+        since = self.caught_up_since_start
+        since[group_id] = since.get(group_id, 0) + report.committed
         if report.committed or not report.caught_up or report.misbehaved:
             self.log.info(
                 "caught up group {group}: {committed} messages, at {position}"
@@ -617,13 +628,28 @@ class CatchUpSide(ServiceCore):
             )
         return report
 
+    async def catch_up_at_start(self, only: set[bytes] | None) -> None:
+        """
+        The catch-up when the service starts (see :meth:`catch_up_all`),
+        whose reports are kept apart from later ones'
+        (:attr:`caught_up_at_start`): ``dspring status`` shows what was
+        caught up at start whatever catch-ups came after.
+        """
+        record = self.caught_up_at_start = {}
+        self.at_start_finished = False
+        await self.catch_up_all(only, record)
+        self.at_start_finished = True
+
     @deferred
-    async def catch_up_all(self, only: set[bytes] | None = None) -> list[CatchUpReport]:
+    async def catch_up_all(
+        self, only: set[bytes] | None = None, record: dict[bytes, CatchUpReport] | None = None
+    ) -> list[CatchUpReport]:
         """
         Catch up every group this node is an active member of (of ``only``
         alone, when given: the groups notifications say have news),
         :data:`PARALLEL_GROUPS` at a time.
 
+        :param record: where each group's report goes as it ends.
         :returns: their reports (a group whose catch-up failed has none).
         """
         groups = [
@@ -632,8 +658,14 @@ class CatchUpSide(ServiceCore):
             if g.role == "member" and g.state == "active" and (only is None or g.group_id in only)
         ]
         slots = DeferredSemaphore(PARALLEL_GROUPS)
+
+        def kept(report: CatchUpReport) -> CatchUpReport:
+            if record is not None:
+                record[report.group_id] = report
+            return report
+
         results = await DeferredList(
-            [slots.run(self.catch_up_group, group_id) for group_id in groups],
+            [slots.run(self.catch_up_group, group_id).addCallback(kept) for group_id in groups],
             consumeErrors=True,
         )
         reports = []

@@ -133,6 +133,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self._catch_up_runs = set()
         self._catch_up_machines = {}
         self.caught_up = {}
+        self.caught_up_since_start = {}
+        self.caught_up_at_start = None
+        self.at_start_finished = False
         self.clock = clock
         self.pool = pool
         self.store = store
@@ -194,7 +197,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         except Exception:
             self.log.failure("could not collect sealed notices")
         if self._catch_up_at_start:
-            await self.catch_up_all(news)
+            await self.catch_up_at_start(news)
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):

@@ -269,15 +269,28 @@ class Node(MultiService):
 
     def _catch_up_status(self) -> dict[str, Any]:
         """
-        What the node caught up of its groups (at start, or since): how
-        many groups and messages, and the reports of those not caught up
-        whole (missing messages, sources that held back or lied).
+        What the node caught up of its groups: when it started (each
+        group's messages, and whether that catch-up is over; ``None`` when
+        it caught up nothing at start), since it started (groups and
+        messages, every catch-up together), and the last reports of the
+        groups not caught up whole (missing messages, sources that held
+        back or lied).
         """
-        assert self.multicast is not None
-        reports = list(self.multicast.caught_up.values())
+        multicast = self.multicast
+        assert multicast is not None
+        reports = list(multicast.caught_up.values())
+        at_start = multicast.caught_up_at_start
         return {
-            "groups": len(reports),
-            "messages": sum(r.committed for r in reports),
+            "groups": len(multicast.caught_up_since_start),
+            "messages": sum(multicast.caught_up_since_start.values()),
+            "at_start": None
+            if at_start is None
+            else {
+                "finished": multicast.at_start_finished,
+                "groups": len(at_start),
+                "messages": sum(r.committed for r in at_start.values()),
+                "committed": {g.hex(): r.committed for g, r in sorted(at_start.items())},
+            },
             "incomplete": [
                 r.as_json() for r in reports if not r.caught_up or r.held_back or r.misbehaved
             ],
