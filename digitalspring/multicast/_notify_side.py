@@ -12,17 +12,22 @@ member is seen again (its outbox still retries the member directly, on
 its schedule).  A node run with ``--notify-box`` keeps notifications for
 the members that registered with it, within its quotas, and gives each
 member its own when it asks.  A member that starts collects its
-notifications and catches up the groups they name, and no others.
+notifications and catches up the groups they name, and no others; while it
+runs it collects again every few minutes (jittered, so that members do not
+ask their boxes in step), sooner after a collection that reached no box,
+and at once when a connection shows it is back on the network.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+import random
+from typing import TYPE_CHECKING, Any, cast
 
 from twisted.internet.defer import Deferred, DeferredSemaphore
 from twisted.internet.protocol import Factory
 from twisted.internet.task import deferLater
 from twisted.protocols import amp
+from twisted.python.failure import Failure
 
 from ..channel import ISecureChannel, SecureChannelFactory, SecureChannelProtocol
 from ..errors import DigitalSpringError
@@ -44,7 +49,7 @@ from ..storage import (
 from ..transport import split_address
 from ._bundles import NOTIFY_BOXES_SETTING, BundleSide
 from ._core import GroupError, deferred
-from ._notices import NEW_EPOCH, decode_new_epoch
+from ._notices import NEW_EPOCH, REMOVAL, decode_new_epoch
 from ._notify import (
     DEFAULT_DEPOSIT_WORK,
     ITEM_SIZE,
@@ -72,7 +77,10 @@ from ._prekeys import MAX_NOTIFY_BOXES, PREKEY_GRACE, decode_bundle
 from ._rates import BOX
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from ..channel import PeerConnection
+    from ._service import MulticastService
 
 #: Outbox kind of a registration with a box (payload ``b"\x01"``) or its
 #: end (``b"\x00"``).
@@ -89,6 +97,15 @@ MAX_NOTIFIED = 65_536
 #: address (``ConnectionLimits.address_rate``), ten at once.
 MAX_DEPOSITS = 1
 DEPOSIT_SPACING = 1.0
+#: Seconds between a running member's collections, by default: news the
+#: owner could not bring it directly (it was unreachable a moment) waits
+#: at most this long, and a box answers each of its members a few times an
+#: hour.  Each wait is drawn within COLLECT_JITTER of it.
+DEFAULT_COLLECT_INTERVAL = 300.0
+COLLECT_JITTER = 0.2
+#: Seconds before a collection that reached no box is tried again,
+#: doubling after each such one, up to the interval.
+COLLECT_RETRY = 30.0
 
 
 class NotifySide(BundleSide):
@@ -105,6 +122,14 @@ class NotifySide(BundleSide):
     _notified: dict[PeerID, set[bytes]]
     #: Deposits under way, at most MAX_DEPOSITS.
     _deposits: DeferredSemaphore
+    #: Seconds between collections while running.
+    collect_interval: float
+    _collect_timer: IDelayedCall | None
+    #: What waits on the collection under way, if one is.
+    _collecting: list[Deferred[None]] | None
+    #: Collections in a row that reached no box.
+    _collect_failures: int
+    _random: random.Random
 
     # --- a member: its boxes ---------------------------------------------
 
@@ -154,6 +179,8 @@ class NotifySide(BundleSide):
             if group.role == "member" and group.state == "active" and group.owner not in told:
                 told.add(group.owner)
                 await self.give_bundle(group.owner, group.group_id)
+        if boxes and self._collect_timer is None and self._collecting is None:
+            self.schedule_collection()
         return boxes
 
     async def register_at_box(self, box: PeerID, payload: bytes) -> bool:
@@ -173,18 +200,24 @@ class NotifySide(BundleSide):
         """
         The outbox could not reach ``peer``: leave what is sealed for it at
         its groups' mailboxes, and a notification at its boxes for each
-        group we own that has news for it (messages or a new epoch).
+        group we own that has news for it (messages, a new epoch, or its
+        removal: a member that collects only the groups its boxes name
+        would not take a removal sealed at a mailbox otherwise).
         """
         await self.leave_sealed(peer, entries)
         for entry in entries:
-            if entry.kind in (CATCH_UP, NEW_EPOCH) and entry.group_id is not None:
+            if entry.kind in (CATCH_UP, NEW_EPOCH, REMOVAL) and entry.group_id is not None:
                 self.notify_away(peer, entry.group_id)
 
     def seen(self, peer: PeerID) -> None:
         """
-        ``peer`` connected: a later absence is notified again.
+        ``peer`` connected: a later absence is notified again.  A member
+        whose last collection reached no box is back on the network:
+        collect now.
         """
         self._notified.pop(peer, None)
+        if self._collect_failures and self.running:
+            self.collect_soon()
 
     def notify_away(self, peer: PeerID, group_id: bytes) -> None:
         """
@@ -217,11 +250,16 @@ class NotifySide(BundleSide):
         if current.access_key is None or current.chain is None:
             return
         keys = {current.epoch: current.access_key}
-        waiting = [
-            decode_new_epoch(e.payload).member.epoch
-            for e in await self.store.outbox(peer)
-            if e.kind == NEW_EPOCH and e.group_id == group_id
-        ]
+        waiting = []
+        for e in await self.store.outbox(peer):
+            if e.group_id != group_id:
+                continue
+            if e.kind == NEW_EPOCH:
+                waiting.append(decode_new_epoch(e.payload).member.epoch)
+            elif e.kind == REMOVAL:
+                # Removed, it was given no epoch since: at most the one
+                # before ours.
+                waiting.append(current.epoch)
         if waiting:
             # The member may hold only the epoch before the first it was
             # not given.
@@ -407,6 +445,87 @@ class NotifySide(BundleSide):
             refused deposits for us (it was full): we cannot know we were
             told of every group with news.
         """
+        news, answered, complete = await self._collect()
+        if not answered or not complete:
+            return None
+        return news
+
+    # --- a member: collecting while it runs -----------------------------
+
+    def schedule_collection(self, delay: float | None = None) -> None:
+        """
+        Collect again in ``delay`` seconds; by default in
+        :attr:`collect_interval` give or take :data:`COLLECT_JITTER`, or
+        sooner after collections that reached no box.  One timer at most,
+        and none while the service is stopped.
+        """
+        self.stop_collections()
+        if not self.running:
+            return
+        if delay is None:
+            if self._collect_failures:
+                delay = min(
+                    self.collect_interval, COLLECT_RETRY * 2 ** (self._collect_failures - 1)
+                )
+            else:
+                spread = self._random.uniform(1 - COLLECT_JITTER, 1 + COLLECT_JITTER)
+                delay = self.collect_interval * spread
+        self._collect_timer = self.clock.callLater(delay, self.collect_soon)
+
+    def stop_collections(self) -> None:
+        """
+        Cancel the collection timer.
+        """
+        timer, self._collect_timer = self._collect_timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
+
+    def collect_soon(self) -> Deferred[None]:
+        """
+        Collect our notifications now (once at a time: a call while one is
+        under way gets that one), take the sealed notices of the groups
+        they name and catch those up; then collect again on the timer.
+        """
+        d: Deferred[None] = Deferred()
+        if self._collecting is not None:
+            self._collecting.append(d)
+            return d
+        waiting = self._collecting = [d]
+
+        def done(result: object) -> None:
+            self._collecting = None
+            if isinstance(result, Failure):
+                self._log_failure(result)
+            for each in waiting:
+                each.callback(None)
+
+        Deferred.fromCoroutine(self._collect_while_running()).addBoth(done)
+        return d
+
+    async def _collect_while_running(self) -> None:
+        self.stop_collections()
+        if not await self.notify_boxes():
+            return
+        try:
+            news, answered, complete = await self._collect()
+        finally:
+            if self.running:
+                self.schedule_collection()
+        if not answered:
+            return
+        # While running, the owner reaches us directly; a box that refused
+        # deposits for us is the one reason to catch up every group.
+        groups = news if complete else None
+        if groups is None or groups:
+            service = cast("MulticastService", self)
+            await service.collect_all_sealed(groups)
+            await service.catch_up_all(groups)
+
+    async def _collect(self) -> tuple[set[bytes], bool, bool]:
+        """
+        Collect from every box: the groups with news, whether any box
+        answered, and whether every box could vouch it was told everything.
+        """
         news: set[bytes] = set()
         answered = False
         complete = True
@@ -437,9 +556,8 @@ class NotifySide(BundleSide):
                     break
             else:
                 complete = False
-        if not answered or not complete:
-            return None
-        return news
+        self._collect_failures = 0 if answered else self._collect_failures + 1
+        return news, answered, complete
 
     async def _news_of(self, item: bytes) -> bytes | None:
         """

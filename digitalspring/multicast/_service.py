@@ -15,6 +15,7 @@ connection for its groups.
 
 from __future__ import annotations
 
+import random
 import weakref
 from collections.abc import Callable, Mapping
 from typing import Any
@@ -51,7 +52,7 @@ from ._notices import (
     decode_bare,
     notice_group,
 )
-from ._notify_side import MAX_DEPOSITS, NOTIFY_REGISTER, NotifySide
+from ._notify_side import DEFAULT_COLLECT_INTERVAL, MAX_DEPOSITS, NOTIFY_REGISTER, NotifySide
 from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
 from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
@@ -105,6 +106,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         it does not serve.
     :param rates: how often peers may ask work of each paced kind (key
         bundles, sealed notices, notification boxes).
+    :param collect_interval: about how many seconds pass between a member's
+        collections of its notifications while it runs (each wait drawn
+        within 20 % of it).
     """
 
     def __init__(
@@ -120,11 +124,17 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         catch_up_at_start: bool = True,
         notify_box: int | None = None,
         rates: RequestRates | None = None,
+        collect_interval: float = DEFAULT_COLLECT_INTERVAL,
     ) -> None:
         self.identity = identity
         self.notify_box_work = notify_box
         self._notified = {}
         self._deposits = DeferredSemaphore(MAX_DEPOSITS)
+        self.collect_interval = collect_interval
+        self._collect_timer = None
+        self._collecting = None
+        self._collect_failures = 0
+        self._random = random.SystemRandom()
         self.mailbox_limits = mailbox
         self._expiry = None
         self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)
@@ -188,6 +198,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         try:
             if await self.notify_boxes():
                 news = await self.collect_notifications()
+                # And again while we run (sooner if no box answered).
+                self.schedule_collection()
         except Exception:
             self.log.failure("could not collect notifications")
         # Sealed notices first: a new epoch among them is what catch-up
@@ -215,6 +227,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
                 self.pool.locators.remove(locator)
         self.outbox.stop()
         self.stop_expiry()
+        self.stop_collections()
         self.stop_catch_ups()
         strategies, self._strategies = list(self._strategies.values()), {}
         self._contexts.clear()

@@ -561,7 +561,7 @@ class MemoryStore:
         )
 
     def _keep_only_signing(self, change: KeepOnlySigningSecret) -> None:
-        self._replace_epoch(change.group_id, change.epoch, chain=None, access_key=None)
+        self._replace_epoch(change.group_id, change.epoch, chain=None)
 
     def _commit_sent(self, change: CommitSent) -> None:
         epoch = self._epoch(change.group_id, change.epoch)

@@ -947,7 +947,7 @@ class SQLiteStore:
         self._update_epoch(
             change.group_id,
             change.epoch,
-            "UPDATE epochs SET chain_key = NULL, next_index = NULL, access_key = NULL",
+            "UPDATE epochs SET chain_key = NULL, next_index = NULL",
         )
 
     def _insert_message(

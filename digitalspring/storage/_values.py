@@ -493,10 +493,13 @@ class AddEpoch(Change):
 @frozen
 class KeepOnlySigningSecret(Change):
     """
-    Delete an epoch's chain key and access key, keeping its signing secret
+    Delete an epoch's chain key, keeping its signing secret and access key
     (and public key, close statement and any revealed secret): what the
     owner holds of an epoch it has closed, until it reveals the secret one
-    epoch later (:class:`ForgetEpochKeys` then).
+    epoch later (:class:`ForgetEpochKeys` then).  The access key proves
+    nothing in a closed epoch; the owner keeps it to authenticate the
+    notifications it leaves for a member still in that epoch (away while
+    it closed, or removed then), which holds no later one.
     """
 
     erases: ClassVar[bool] = True

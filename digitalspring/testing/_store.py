@@ -561,9 +561,10 @@ class StoreConformanceMixin(_Base):
     @_deferred
     async def test_keep_only_signing_secret(self) -> None:
         """
-        The owner's closed epoch loses its chain key and access key but
-        keeps its signing secret, to reveal one epoch later; its public key
-        and close statement stay too.
+        The owner's closed epoch loses its chain key but keeps its signing
+        secret, to reveal one epoch later, and its access key (for the
+        notifications of members still in it); its public key and close
+        statement stay too.
         """
         store = await self._store()
         await store.commit(AddGroup(owned_group()), AddEpoch(epoch_keys()))
@@ -571,7 +572,15 @@ class StoreConformanceMixin(_Base):
         await store.commit(CloseEpoch(GROUP_ID, 0, close), KeepOnlySigningSecret(GROUP_ID, 0))
         self.assertEqual(
             await store.epoch(GROUP_ID, 0),
-            Epoch(GROUP_ID, 0, b"P" * 32, 2000.0, signing_secret=b"S" * 32, close=close),
+            Epoch(
+                GROUP_ID,
+                0,
+                b"P" * 32,
+                2000.0,
+                signing_secret=b"S" * 32,
+                access_key=b"A" * 32,
+                close=close,
+            ),
         )
         await _refused(store.commit(KeepOnlySigningSecret(GROUP_ID, 9)), NotStored)
 
