@@ -15,10 +15,10 @@ from twisted.trial.unittest import SynchronousTestCase
 from digitalspring._ratelimit import Rate
 from digitalspring.multicast import MulticastService, UnicastStrategyPlugin
 from digitalspring.multicast._commands import PeerBusy
-from digitalspring.multicast._notices import KEY_BUNDLE, NEW_EPOCH, SEALED
+from digitalspring.multicast._notices import INVITATION, KEY_BUNDLE, NEW_EPOCH, SEALED
 from digitalspring.multicast._prekeys import encode_bundle, seal
 from digitalspring.multicast._rates import RequestLimiter, RequestRates
-from digitalspring.storage import StoreLimits
+from digitalspring.storage import NotStored, StoreLimits
 from digitalspring.testing._strategy import GroupNetwork
 
 DAY = 24 * 3600
@@ -176,3 +176,31 @@ class BoxRateTests(SynchronousTestCase):
         self.failureResultOf(Deferred.fromCoroutine(box.box_collect(m1)), PeerBusy)
         net.run(10)
         net.result(Deferred.fromCoroutine(box.box_collect(m0)))
+
+
+class OfflineInvitationTests(SynchronousTestCase):
+    def test_invitation_waits_in_outbox_until_online(self) -> None:
+        """
+        An invitation to a peer that never gave the owner a bundle is not
+        sealed at the group's mailbox (there is nothing to seal it to): it
+        waits in the owner's outbox, however long the peer is away, and
+        goes once the peer connects; the peer joins and gives its bundle.
+        """
+        net, owner, _members, group_id = _network()
+        box = net.node("box", mailbox=StoreLimits())
+        net.add_mailbox(owner, group_id, box)
+        net.run(60)
+        newcomer = net.node("newcomer")
+        net.down("newcomer")
+        net.result(owner.add_member(group_id, newcomer.local))
+        net.run(DAY)
+        waiting = net.result(owner.store.outbox(newcomer.local))
+        self.assertEqual([e.kind for e in waiting], [INVITATION])
+        self.assertEqual(net.result(box.store.sealed(group_id, newcomer.local, 10)), [])
+        self.failureResultOf(owner.store.bundle(newcomer.local), NotStored)
+        newcomer = net.up("newcomer")
+        net.result(newcomer.pool.connect(owner.local))
+        net.run(10)
+        self.assertEqual(net.result(owner.store.outbox(newcomer.local)), [])
+        self.assertEqual(net.result(newcomer.store.group(group_id)).state, "active")
+        net.result(owner.store.bundle(newcomer.local))
