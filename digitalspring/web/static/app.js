@@ -12,8 +12,13 @@ const state = {
   group: null, // the group shown, as group-show answers it
   names: {}, // peer ID -> the user's name for it
   deliveries: {}, // "group/epoch/index" -> the <ul> showing its delivery
+  arriving: {}, // "group/epoch/index" -> the <li> of a message arriving here
   events: null,
+  statusTimer: null,
 };
+
+// How often the status page asks the node again while it is shown.
+const STATUS_EVERY = 3000;
 
 function $(id) {
   return document.getElementById(id);
@@ -75,6 +80,10 @@ function shortTime(seconds) {
   return new Date(seconds * 1000).toLocaleString();
 }
 
+function plural(count, noun) {
+  return count + " " + noun + (count === 1 ? "" : "s");
+}
+
 function size(bytes) {
   if (bytes < 1024) return bytes + " B";
   if (bytes < 1024 * 1024) return (bytes / 1024).toFixed(1) + " KiB";
@@ -122,6 +131,7 @@ const pages = {
         "aria-label": "New name for " + (contact.name || contact.peer),
         value: contact.name || "",
         autocomplete: "off",
+        placeholder: "New name",
       });
       list.append(
         el(
@@ -144,12 +154,13 @@ const pages = {
               },
             },
             rename,
-            el("button", { type: "submit", class: "secondary" }, "Rename"),
+            el("button", { type: "submit", class: "secondary", "aria-label": "Rename " + (contact.name || contact.peer) }, "Rename"),
             el(
               "button",
               {
                 type: "button",
                 class: "secondary",
+                "aria-label": "Remove " + (contact.name || contact.peer),
                 onclick: () =>
                   act(async () => {
                     await api("contacts-remove", { peer: contact.peer });
@@ -178,7 +189,13 @@ const pages = {
           "li",
           { "data-group": group.group },
           el("a", { href: "#group/" + group.group }, title),
-          el("div", { class: "muted" }, group.role === "owner" ? "yours · " + group.state : group.role + " · " + group.state + " · owner " + nameOf(group.owner)),
+          el(
+            "div",
+            { class: "muted" },
+            group.role === "owner"
+              ? "You own it · " + group.state
+              : "You are its " + group.role + " · " + group.state + " · owner " + nameOf(group.owner),
+          ),
         ),
       );
     }
@@ -200,8 +217,8 @@ const pages = {
           el(
             "div",
             { class: "actions" },
-            el("button", { type: "button", onclick: () => answer("accept") }, "Accept"),
-            el("button", { type: "button", class: "secondary", onclick: () => answer("decline") }, "Decline"),
+            el("button", { type: "button", onclick: () => answer("accept"), "aria-label": "Accept " + invitation.name }, "Accept"),
+            el("button", { type: "button", class: "secondary", onclick: () => answer("decline"), "aria-label": "Decline " + invitation.name }, "Decline"),
           ),
         ),
       );
@@ -224,14 +241,25 @@ const pages = {
     clear(members);
     for (const member of shown.members || []) {
       members.append(
-        el("li", {}, nameOf(member.peer) + " — " + member.role + ", " + member.status +
-          (member.undelivered ? ", " + member.undelivered + " undelivered" : "")),
+        el(
+          "li",
+          { "data-peer": member.peer, class: "member status-" + member.status },
+          el("strong", {}, nameOf(member.peer)),
+          el("span", { class: "badge" }, member.role),
+          el("span", { class: "muted" }, member.status +
+            (member.undelivered ? " · " + plural(member.undelivered, "message") + " to deliver" : "")),
+        ),
       );
     }
+    if (owner && !(shown.members || []).length) {
+      members.append(el("li", { class: "muted" }, "No members yet: add a contact below."));
+    }
+    $("members-count").textContent = owner ? " (" + (shown.members || []).length + ")" : "";
     const history = await api("inbox", { to: groupId, limit: 200 });
     const list = $("messages");
     clear(list);
     state.deliveries = {};
+    state.arriving = {};
     for (const message of history.messages) list.append(messageItem(message));
     if (!history.messages.length) list.append(el("li", { class: "muted", id: "no-messages" }, "No messages yet."));
   },
@@ -239,28 +267,58 @@ const pages = {
   async status() {
     const status = await api("status");
     const network = status.network || {};
+    const count = status.connections.length;
     $("status-connections").textContent =
-      status.connections.length + " connected peers" +
-      (status.network ? " (" + network.inbound + " inbound, " + network.outbound + " outbound); " +
-        network.bytes_sent + " bytes sent, " + network.bytes_received + " received" : "");
+      count === 0
+        ? "No peer is connected now."
+        : plural(count, "peer") + " connected now (" + (network.inbound || 0) + " inbound, " +
+          (network.outbound || 0) + " outbound)."
+    const traffic = $("status-traffic");
+    traffic.textContent =
+      "Since it started, the node sent " + size(network.bytes_sent || 0) + " and received " +
+      size(network.bytes_received || 0) + "."
+    traffic.dataset.received = String(network.bytes_received || 0);
     const peers = $("status-peers");
     clear(peers);
-    for (const peer of status.connections) peers.append(el("li", { class: "id" }, nameOf(peer) + " " + peer));
+    for (const peer of status.connections) {
+      peers.append(
+        el("li", {}, el("strong", {}, state.names[peer] || "unnamed peer"), " ", el("span", { class: "id muted" }, peer)),
+      );
+    }
     const dht = status.dht;
+    const own = dht && dht.own_record;
     $("status-dht").textContent = dht
-      ? dht.routing_table + " contacts in " + dht.buckets + " buckets, " + dht.records + " records held"
+      ? plural(dht.routing_table, "contact") + " in the routing table (" + plural(dht.buckets, "bucket") + "); " +
+        plural(dht.records, "peer record") + " held for others; " +
+        (!own
+          ? "this node's own record is not published yet."
+          : own.stored_at
+            ? "this node's own record is stored at " + plural(own.stored_at, "node") + "."
+            : "no other node holds this node's own record yet.")
       : "This node runs without a DHT.";
     const tor = (status.bootstrap || {}).tor;
+    const torBar = $("status-tor-progress");
     $("status-tor").textContent = tor
-      ? tor.state +
-        (tor.progress === null ? "" : ", " + tor.progress + "%") +
+      ? "Tor is " + tor.state +
+        (tor.progress === null ? "" : ", " + tor.progress + "% bootstrapped") +
         (tor.summary || tor.tag ? " (" + (tor.summary || tor.tag) + ")" : "") +
-        (tor.complaint && tor.state !== "ready" ? "; tor says: " + tor.complaint : "")
+        (tor.complaint && tor.state !== "ready" ? "; tor says: " + tor.complaint : "") + "."
       : "This node does not use tor.";
+    torBar.hidden = !tor || tor.progress === null;
+    if (tor && tor.progress !== null) torBar.value = tor.progress;
+    const caught = status.catch_up;
+    $("status-catch-up").textContent = caught
+      ? "Caught up " + plural(caught.messages, "message") + " in " + plural(caught.groups, "group") +
+        " since it started" +
+        (caught.incomplete.length ? "; " + plural(caught.incomplete.length, "group") + " not whole (see dspring status --json)." : ".")
+      : "This node has no groups.";
     const warnings = $("status-warnings");
     clear(warnings);
     for (const warning of status.warnings) warnings.append(el("li", {}, warning));
     if (!status.warnings.length) warnings.append(el("li", { class: "muted" }, "None."));
+    const updated = $("status-updated");
+    updated.textContent = "Updated at " + new Date().toLocaleTimeString() + "; it refreshes every " + STATUS_EVERY / 1000 + " s.";
+    updated.dataset.count = String(Number(updated.dataset.count || 0) + 1);
   },
 };
 
@@ -306,17 +364,24 @@ function showDelivery(delivery) {
   for (const peer of peers) {
     const done = delivery.committed.includes(peer);
     const unreached = !done && delivery.unreached.includes(peer);
-    const label = done ? "delivered" : unreached ? "not reached yet (will retry)" : "sending";
-    const value = done ? delivery.fragments : (delivery.progress || {})[peer] || 0;
-    const role = delivery.mailboxes.includes(peer) ? " (mailbox)" : "";
-    list.append(
-      el(
-        "li",
-        { "data-peer": peer, class: "state-" + (done ? "delivered" : unreached ? "unreached" : "sending") },
-        el("span", {}, nameOf(peer) + role + ": " + label),
-        el("progress", { max: String(delivery.fragments), value: String(value), "aria-label": "Delivery to " + nameOf(peer) }),
-      ),
+    const mailbox = delivery.mailboxes.includes(peer);
+    const label = done
+      ? mailbox ? "✓ holds it" : "✓ delivered"
+      : unreached
+        ? "away: it gets it when back"
+        : "sending…";
+    const item = el(
+      "li",
+      { "data-peer": peer, class: "state-" + (done ? "delivered" : unreached ? "unreached" : "sending") },
+      el("span", {}, nameOf(peer) + (mailbox ? " (mailbox)" : "") + ": " + label),
     );
+    // The owner knows when a member has a message (its acknowledgement),
+    // not how much of it the member holds: most fragments come from other
+    // members. So no bar pretends to count them.
+    if (!done && !unreached) {
+      item.append(el("progress", { "aria-label": "Sending to " + nameOf(peer) }));
+    }
+    list.append(item);
   }
 }
 
@@ -324,7 +389,50 @@ function addMessage(message, delivery) {
   if (!state.group || state.page !== "group" || message.group !== state.group.group) return;
   const none = $("no-messages");
   if (none) none.remove();
-  $("messages").append(messageItem(message, delivery));
+  const key = message.group + "/" + message.epoch + "/" + message.index;
+  const arriving = state.arriving[key];
+  delete state.arriving[key];
+  const item = messageItem(message, delivery);
+  if (arriving) arriving.replaceWith(item);
+  else $("messages").append(item);
+}
+
+// A message arriving here, as this node counts its fragments.
+function showArriving(arrival) {
+  if (!state.group || state.page !== "group" || arrival.group !== state.group.group) return;
+  if (state.group.role === "owner") return;
+  const key = arrival.group + "/" + arrival.epoch + "/" + arrival.index;
+  let item = state.arriving[key];
+  if (!item) {
+    // A message of one fragment, or one just whole, is shown as itself
+    // in a moment (its "message" event).
+    if (arrival.fragments >= arrival.total) return;
+    if (document.querySelector('#messages [data-index="' + arrival.epoch + "/" + arrival.index + '"]')) return;
+    const none = $("no-messages");
+    if (none) none.remove();
+    item = state.arriving[key] = el(
+      "li",
+      { class: "incoming receiving", "data-index": arrival.epoch + "/" + arrival.index },
+      el("div", { class: "muted" }, nameOf(state.group.owner) + " · arriving"),
+      el(
+        "p",
+        {},
+        el("span", { class: "count" }),
+        " ",
+        el("progress", {
+          max: String(arrival.total),
+          value: String(arrival.fragments),
+          "aria-label": "Receiving message " + arrival.index,
+        }),
+      ),
+    );
+    $("messages").append(item);
+  }
+  item.querySelector(".count").textContent =
+    "Receiving: " + arrival.fragments + " of " + plural(arrival.total, "fragment");
+  const bar = item.querySelector("progress");
+  bar.max = arrival.total;
+  bar.value = arrival.fragments;
 }
 
 function sentMessage(delivery, fields) {
@@ -351,6 +459,7 @@ function listen() {
     }
   });
   events.addEventListener("delivery", (event) => showDelivery(JSON.parse(event.data)));
+  events.addEventListener("receiving", (event) => showArriving(JSON.parse(event.data)));
 }
 
 // --- forms ----------------------------------------------------------------
@@ -428,27 +537,48 @@ function setUpForms() {
   });
   onSubmit("send-file", async (form) => {
     const file = form.file.files[0];
+    const box = $("upload");
     const bar = $("upload-progress");
-    bar.hidden = false;
-    bar.value = 0;
+    const text = $("upload-text");
+    const button = form.querySelector("button");
+    const shown = (done) => {
+      bar.value = Math.round(done * 100);
+      text.textContent = "Uploading " + file.name + " to your node: " + bar.value + "% of " + size(file.size);
+    };
+    box.hidden = false;
+    button.disabled = true;
+    shown(0);
     try {
-      const delivery = await upload(file, (done) => (bar.value = Math.round(done * 100)));
-      bar.value = 100;
+      const delivery = await upload(file, shown);
+      shown(1);
       form.reset();
       addMessage(sentMessage(delivery, { type: "file", file_name: file.name, size: file.size }), delivery);
     } finally {
-      bar.hidden = true;
+      box.hidden = true;
+      button.disabled = false;
     }
   });
   $("status-refresh").addEventListener("click", () => act(pages.status));
+  document.addEventListener("visibilitychange", watchStatus);
 }
 
 // --- navigation -----------------------------------------------------------
 
 function showLogin() {
+  state.page = "login";
+  watchStatus();
   for (const section of document.querySelectorAll("main > section")) section.hidden = true;
   $("page-login").hidden = false;
   document.querySelector("nav").hidden = true;
+}
+
+// A page the user went to (not the first one loaded): focus its heading,
+// so that a screen reader says where they are and Tab goes on from there.
+async function navigate() {
+  await route();
+  const section = document.querySelector("main > section:not([hidden])");
+  const heading = section && section.querySelector("h2");
+  if (heading) heading.focus();
 }
 
 async function route() {
@@ -470,7 +600,20 @@ async function route() {
   }
   $("notice").textContent = "";
   await act(() => pages[page](argument));
+  watchStatus();
   document.body.dataset.loaded = hash;
+}
+
+// While the status page is shown (and the tab visible), ask the node
+// again every STATUS_EVERY milliseconds.
+function watchStatus() {
+  clearTimeout(state.statusTimer);
+  state.statusTimer = null;
+  if (state.page !== "status" || document.hidden) return;
+  state.statusTimer = setTimeout(async () => {
+    await act(pages.status);
+    watchStatus();
+  }, STATUS_EVERY);
 }
 
 async function start() {
@@ -484,7 +627,7 @@ async function start() {
   }
   setUpForms();
   listen();
-  window.addEventListener("hashchange", route);
+  window.addEventListener("hashchange", navigate);
   await route();
 }
 
