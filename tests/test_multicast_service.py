@@ -43,6 +43,7 @@ from digitalspring.multicast._notices import (
     decode_invitation,
     make_acknowledgement,
 )
+from digitalspring.multicast._spring_wire import SpringHave, SpringRefused
 from digitalspring.storage import AddFragment, Change, CommitReceived, MemoryStore, StartMessage
 from digitalspring.testing import GroupNetwork
 
@@ -683,6 +684,85 @@ class ProofTests(SynchronousTestCase):
 
 def _access(group_id: bytes, key: bytes) -> GroupAccess:
     return EpochKeys(group_id, 0, b"", b"", key).access
+
+
+class _SlowEpochStore(MemoryStore):
+    """
+    A store whose epoch lookups wait in :attr:`held`, while
+    :attr:`holding`, until the test fires them.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.holding = False
+        self.held: list[Deferred[None]] = []
+
+    def epoch(self, group_id: bytes) -> Any:
+        looked_up = super().epoch(group_id)
+        if not self.holding:
+            return looked_up
+        waiting: Deferred[None] = Deferred()
+        self.held.append(waiting)
+        return waiting.addCallback(lambda ignored: looked_up)
+
+
+class PipelinedProofTests(SynchronousTestCase):
+    """
+    ``call_proven`` (``IStrategyContext.call``): a command sent right
+    behind the dialler's membership proof.
+    """
+
+    def _have(self, group_id: bytes) -> Any:
+        return lambda connection: {"group": group_id, "epoch": 0, "index": 0, "have": b""}
+
+    def test_command_waits_for_the_proof(self) -> None:
+        """
+        The listener acts on the command only once the proof in front of
+        it checked, however long that takes: the command reaches the
+        group's strategy (which refuses it, as no transmission runs), not
+        a refusal for want of a proof, even when the command's own lookups
+        finish first.  Both ends count the connection as proven after it.
+        """
+        net = network()
+        owner = net.node("owner")
+        store = _SlowEpochStore()
+        member = net.node("member", store=store)
+        group_id = net.group(owner, member, strategy="spring")
+        net.run(400)
+        self.assertEqual(owner.pool.connections(), {})
+        store.holding = True
+        answer = owner.call_proven(group_id, member.local, SpringHave, self._have(group_id))
+        net.clock.run_until(lambda: bool(store.held), limit=10)
+        net.run(1)
+        store.holding = False
+        held, store.held = store.held, []
+        # The latest lookups first: the proof's comes last.
+        for waiting in reversed(held):
+            waiting.callback(None)
+        with self.assertRaises(SpringRefused):
+            net.result(answer)
+        proofs: list[object] = []
+        answer_proof = member.answer_proof
+        member.answer_proof = lambda *a: proofs.append(a) or answer_proof(*a)  # type: ignore[method-assign]
+        with self.assertRaises(SpringRefused):
+            net.result(owner.call_proven(group_id, member.local, SpringHave, self._have(group_id)))
+        net.result(member.proven_connection(group_id, owner.local))
+        self.assertEqual(proofs, [])
+
+    def test_command_behind_refused_proof_refused(self) -> None:
+        """
+        A command right behind a proof the listener refuses (it is not in
+        the group) is refused as every command without a proof is, and so
+        is the call.
+        """
+        net = network()
+        owner, member = net.node("owner"), net.node("member")
+        net.group(owner, member, strategy="spring")
+        outsider, friend = net.node("outsider"), net.node("friend")
+        other = net.group(outsider, friend, strategy="spring")
+        with self.assertRaises(MembershipNotProven):
+            net.result(outsider.call_proven(other, member.local, SpringHave, self._have(other)))
+        self.assertEqual(member._sessions[member.pool.connections()[outsider.local]].proven, {})
 
 
 class NoticeTests(SynchronousTestCase):

@@ -224,7 +224,11 @@ class MembershipRouter(ServiceCore):
             epoch=epoch.epoch,
             proof=make_proof(access, ours, channel.handshake_hash),
         )
-        answered = connection.callRemote(command, **kwargs)
+        # Taken at once: the answer may come before the proof's (the peer
+        # acts on the command as soon as the proof checked), and AMP drops
+        # an error answer its caller has not attached to yet.
+        answered: Deferred[dict[str, Any]] = Deferred()
+        connection.callRemote(command, **kwargs).addBoth(answered.callback)
         try:
             proof = await proved
             check_proof(access, theirs, channel.handshake_hash, proof["proof"])
