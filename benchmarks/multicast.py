@@ -63,11 +63,13 @@ headers; from the ``publish`` call to the end of the measurement.
 
 Run ``python benchmarks/multicast.py [--strategy spring,unicast]
 [--profile broadband,tor] [--n 10,100] [--size 1KiB,1MiB]``; progress goes
-to stderr and the last line of output is one JSON object: ``rows``,
-``details`` (per row: set-up time, events, warnings) and ``targets``
-(issue 11's, each ``met`` or not, or ``not run``).  ``--plot`` also draws
-``docs/multicast-completion.svg`` from the rows (``--from-json FILE``
-draws it from an earlier run's last line instead of running).
+to stderr, ending with a table of the rows per profile (as
+``docs/benchmarks-multicast.rst`` shows them), and the last line of output
+is one JSON object: ``rows``, ``details`` (per row: set-up time, events,
+warnings) and ``targets`` (issue 11's, each ``met`` or not, or ``not
+run``).  ``--plot`` also draws ``docs/multicast-completion.svg`` from the
+rows; ``--from-json FILE`` prints the tables and draws the plot from an
+earlier run's last line instead of running.
 """
 
 from __future__ import annotations
@@ -77,7 +79,7 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
@@ -276,6 +278,62 @@ def _say_targets(targets: list[dict[str, Any]]) -> None:
 # --- plot ----------------------------------------------------------------------
 
 
+def _times(value: float) -> str:
+    return f"{value:,.2f}" if value < 100 else f"{value:,.1f}"
+
+
+#: The table's columns: heading, the row's field, how a value is written
+#: (``None`` is written ``-``).
+TABLE_COLUMNS: list[tuple[str, str, Callable[[Any], str]]] = [
+    ("strategy", "strategy", str),
+    ("n", "n", lambda n: f"{n:,}"),
+    ("size", "size", size_name),
+    ("done", "delivered_ratio", lambda ratio: f"{ratio:.1f}"),
+    ("completion_s", "completion_s", lambda s: f"{s:.3f}"),
+    ("bound_s", "lower_bound_s", lambda s: f"{s:.4f}"),
+    ("vs_bound", "completion_vs_bound", _times),
+    ("sender_x", "sender_upload_x", _times),
+    ("max_member_x", "max_member_upload_x", _times),
+    ("wire_x", "wire_x", _times),
+    ("conns_after", "connections_after", lambda n: f"{n:,}"),
+    ("wall_s", "wall_s", lambda s: f"{s:.2f}"),
+    ("rss_mb", "peak_rss_mb", lambda mb: f"{round(mb):,}"),
+]
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """
+    The rows of one profile as ``docs/benchmarks-multicast.rst`` shows
+    them: the first four columns to the left, the figures to the right.
+    """
+    cells = [[heading for heading, _, _ in TABLE_COLUMNS]]
+    for row in rows:
+        cells.append(
+            [
+                "-" if row.get(field) is None else write(row[field])
+                for _, field, write in TABLE_COLUMNS
+            ]
+        )
+    widths = [max(len(line[column]) for line in cells) for column in range(len(TABLE_COLUMNS))]
+    lines = []
+    for line in cells:
+        lines.append(
+            "  ".join(
+                cell.ljust(width) if column < 4 else cell.rjust(width)
+                for column, (cell, width) in enumerate(zip(line, widths, strict=True))
+            ).rstrip()
+        )
+    return "\n".join(lines) + "\n"
+
+
+def print_tables(rows: list[dict[str, Any]]) -> None:
+    """
+    A table per profile, on stderr (stdout's last line is the JSON).
+    """
+    for profile in sorted({row["profile"] for row in rows}):
+        progress(f"\n{profile}:\n" + table([r for r in rows if r["profile"] == profile]))
+
+
 def plot(rows: list[dict[str, Any]], path: Path) -> None:
     """
     Draw completion time against n, for each strategy and the lower bound,
@@ -448,6 +506,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     if options.from_json:
         lines = Path(options.from_json).read_text().strip().splitlines()
         earlier: dict[str, Any] = json.loads(lines[-1])
+        print_tables(earlier["rows"])
         plot(earlier["rows"], PLOT)
         return earlier
 
@@ -502,6 +561,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 )
     targets = check_targets(rows)
     _say_targets(targets)
+    print_tables(rows)
     figures: dict[str, Any] = {"rows": rows, "details": details, "targets": targets}
     if options.plot:
         plot(rows, PLOT)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
+import re
 import subprocess
 import sys
 import xml.etree.ElementTree as ET
@@ -209,3 +210,44 @@ class MulticastBenchmarkTests(SynchronousTestCase):
         svg = ET.parse(path).getroot()
         lines = svg.findall("{http://www.w3.org/2000/svg}polyline")
         self.assertEqual(len(lines), 3)
+
+    def test_table_as_documented(self) -> None:
+        """
+        The broadband table of ``docs/benchmarks-multicast.rst`` is what
+        the documented command prints: its rows, read back, print as the
+        page shows them, column for column.
+        """
+        bench = _load("multicast")
+        page = (BENCHMARKS.parent / "docs" / "benchmarks-multicast.rst").read_text()
+        self.assertIn("    python benchmarks/multicast.py --profile broadband --plot\n", page)
+        block = page.split("``broadband``::\n\n", 1)[1].split("\n\n", 1)[0]
+        shown = [re.split(r"\s{2,}", line.strip()) for line in block.splitlines()]
+        self.assertEqual(shown[0], [heading for heading, _, _ in bench.TABLE_COLUMNS])
+
+        def number(text: str) -> float:
+            return float(text.replace(",", ""))
+
+        rows = []
+        for line in shown[1:]:
+            value, unit = line[2].split()
+            rows.append(
+                {
+                    "strategy": line[0],
+                    "profile": "broadband",
+                    "n": int(number(line[1])),
+                    "size": int(value) * {"KiB": 1024, "MiB": 1024 * 1024}[unit],
+                    "delivered_ratio": number(line[3]),
+                    "completion_s": number(line[4]),
+                    "lower_bound_s": number(line[5]),
+                    "completion_vs_bound": number(line[6]),
+                    "sender_upload_x": number(line[7]),
+                    "max_member_upload_x": number(line[8]),
+                    "wire_x": number(line[9]),
+                    "connections_after": int(number(line[10])),
+                    "wall_s": number(line[11]),
+                    "peak_rss_mb": number(line[12]),
+                }
+            )
+        self.assertGreaterEqual(len(rows), 10)
+        printed = [re.split(r"\s{2,}", line.strip()) for line in bench.table(rows).splitlines()]
+        self.assertEqual(printed, shown)
