@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.python.failure import Failure
 from twisted.trial.unittest import SynchronousTestCase
 from zope.interface.verify import verifyObject
 
@@ -44,7 +45,14 @@ from digitalspring.multicast._notices import (
     make_acknowledgement,
 )
 from digitalspring.multicast._spring_wire import SpringHave, SpringRefused
-from digitalspring.storage import AddFragment, Change, CommitReceived, MemoryStore, StartMessage
+from digitalspring.storage import (
+    AddFragment,
+    Change,
+    CommitReceived,
+    MemoryStore,
+    StartMessage,
+    StoreClosed,
+)
 from digitalspring.testing import GroupNetwork
 
 
@@ -536,6 +544,23 @@ class RestartTests(SynchronousTestCase):
         With ``spring``: see :meth:`_killed_mid_burst`.
         """
         self._killed_mid_burst("spring")
+
+
+class StoppedTests(SynchronousTestCase):
+    def test_store_closed_after_stop(self) -> None:
+        """
+        Work cut short because the node stopped and closed its store (the
+        catch-up it queues for members a message did not reach, say) logs
+        an info line, not a failure that a test or an operator would take
+        for a bug; while the node runs, the same error is a failure.
+        """
+        net = network()
+        running, stopped = net.node("running"), net.node("stopped")
+        stopped.stopService()
+        stopped._log_failure(Failure(StoreClosed("the store is closed")))
+        self.assertEqual(self.flushLoggedErrors(StoreClosed), [])
+        running._log_failure(Failure(StoreClosed("the store is closed")))
+        self.assertEqual(len(self.flushLoggedErrors(StoreClosed)), 1)
 
 
 class ConsentTests(SynchronousTestCase):

@@ -25,7 +25,7 @@ from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..storage import Group, IStore, NotStored
+from ..storage import Group, IStore, NotStored, StoreClosed
 from ._context import GroupContext
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
 from ._outbox import Outbox
@@ -132,6 +132,12 @@ class ServiceCore(Service):
         return int(self.clock.seconds())
 
     def _log_failure(self, failure: Any) -> None:
+        if not self.running and failure.check(StoreClosed):
+            # Work under way when the node stopped and closed its store:
+            # what it did not commit is done again at the next start.
+            self.log.info("multicast service: work cut short as the node stopped ({error})",
+                          error=str(failure.value))
+            return
         self.log.failure("multicast service", failure)
 
     # --- groups as the strategies see them -----------------------------------
@@ -236,3 +242,4 @@ class ServiceCore(Service):
         if len(group_id) != 32:
             raise GroupError(f"a group ID is 64 hex digits, not {text!r}")
         return group_id
+
