@@ -12,8 +12,10 @@ from __future__ import annotations
 from typing import Any
 
 from twisted.internet.defer import Deferred
+from twisted.logger import globalLogPublisher
 from twisted.trial.unittest import SynchronousTestCase
 
+from digitalspring.cli._network import _caught_up
 from digitalspring.identity import Identity, PeerID
 from digitalspring.multicast import (
     FRAGMENT_SIZE,
@@ -21,7 +23,7 @@ from digitalspring.multicast import (
     MulticastService,
     SpringStrategyPlugin,
 )
-from digitalspring.multicast._catchup import CatchUpReport
+from digitalspring.multicast._catchup import SHORT_RETRY, CatchUpReport
 from digitalspring.multicast._catchup_serve import MAX_SERVING, MAX_SERVING_PER_PEER, CatchUpServer
 from digitalspring.multicast._catchup_wire import (
     CatchUpBusy,
@@ -119,6 +121,22 @@ class AlteringFragments(CatchUpServer):
         data = bytearray(await super().fragment(peer, group_id, epoch, index, number))
         data[0] ^= 1
         return bytes(data)
+
+
+class Truncating(CatchUpServer):
+    """
+    Hides the newest message: answers, consistently, as though it held
+    nothing after message 2 (no gap, a signed newest of its own).
+    """
+
+    async def since(
+        self, peer: PeerID, group_id: bytes, after: tuple[int, int]
+    ) -> tuple[bytes, bytes | None]:
+        entries, _newest = await super().since(peer, group_id, after)
+        kept = [(m, b) for m, b in _entries(entries) if decode_manifest(m).index <= 2]
+        everything, _ = await super().since(peer, group_id, (0, -1))
+        shown = [(m, b) for m, b in _entries(everything) if decode_manifest(m).index == 2]
+        return _pack(kept), _pack(shown)
 
 
 class Withholding(CatchUpServer):
@@ -257,6 +275,140 @@ class HostileMailboxTests(SynchronousTestCase):
         self.assertEqual(got, [])
         self.assertEqual(report.held_back, frozenset({bad.local}))
         self.assertEqual(report.missing, ((0, 0), (0, 1), (0, 2), (0, 3)))
+
+
+def _notifications(box: MulticastService, member: MulticastService) -> list[bytes]:
+    found: list[bytes] = []
+    box.store.notifications(member.local, 100).addCallback(found.extend)
+    return found
+
+
+class HiddenNewestTests(SynchronousTestCase):
+    """
+    A mailbox that hides the newest messages, alone online with the member
+    (the owner and the neighbours away): the index a notification names is
+    the catch-up's target, so the hiding is found, reported and undone.
+    """
+
+    def _away(
+        self, boxes: bool
+    ) -> tuple[GroupNetwork, MulticastService, MulticastService, bytes]:
+        """
+        The member away while the owner sends SENT; then only the hostile
+        mailbox (and the member's notification box) online.
+        """
+        net = _network()
+        owner, member, neighbour = net.node("owner"), net.node("member"), net.node("neighbour")
+        bad = net.node("bad", mailbox=StoreLimits())
+        good = net.node("good", mailbox=StoreLimits())
+        notify = net.node("notify", notify_box=4)
+        group_id = net.group(owner, member, neighbour, strategy="spring")
+        net.add_mailbox(owner, group_id, bad)
+        net.add_mailbox(owner, group_id, good)
+        if boxes:
+            net.result(member.add_notify_box(notify.local))
+        net.run(60)
+        net.down("member")
+        for data in SENT:
+            report = net.result(owner.publish(group_id, data, "f.bin"))
+            net.clock.run_until(
+                lambda r=report: {bad.local, good.local} <= set(r.committed), limit=600
+            )
+        net.run(600)
+        if boxes:
+            # The owner's first notification named message 0; its outbox,
+            # failing again, left one naming message 3.
+            self.assertEqual(len(_notifications(notify, member)), 2)
+        for name in ("owner", "neighbour", "good"):
+            net.down(name)
+        bad.catch_up_server = Truncating(bad.store, net.clock, 1_250_000)
+        return net, member, bad, group_id
+
+    def test_withholding_mailbox_caught_by_notification_index(self) -> None:
+        """
+        The member's notification names message 3; the mailbox shows 2 as
+        its newest and gives 0 to 2.  The report's target is 3, message 3
+        is missing, and the mailbox is named as behind, in the log too.
+        The member keeps asking: once the honest mailbox is back, the next
+        run (on its timer) gets message 3, and the target is forgotten.
+        """
+        net, member, bad, group_id = self._away(boxes=True)
+        logged: list[dict[str, Any]] = []
+        globalLogPublisher.addObserver(logged.append)
+        self.addCleanup(globalLogPublisher.removeObserver, logged.append)
+        member = net.up("member")
+        got = net.subscribe(member, group_id)
+        net.run(30)
+        report = member.caught_up[group_id]
+        self.assertEqual([m.data for m in got], SENT[:3])
+        self.assertEqual(report.newest, (0, 3))
+        self.assertEqual(report.missing, ((0, 3),))
+        self.assertFalse(report.caught_up)
+        self.assertEqual(report.behind, frozenset({bad.local}))
+        self.assertEqual(report.as_json()["behind"], [str(bad.local)])
+        status = {"groups": 1, "messages": 3, "at_start": None, "incomplete": [report.as_json()]}
+        self.assertEqual(
+            _caught_up(status),
+            "caught up:   3 messages in 1 group since start; "
+            f"1 not whole (held back by {bad.local}): see --json\n",
+        )
+        lines = [
+            e["log_format"].format(**e)
+            for e in logged
+            if e.get("log_format", "").startswith("caught up group")
+        ]
+        self.assertIn(f"held back by {bad.local}", lines[-1])
+        self.assertIn("1 missing up to 0/3", lines[-1])
+        net.up("good")
+        net.run(2 * SHORT_RETRY)
+        self.assertEqual([m.data for m in got], SENT)
+        report = member.caught_up[group_id]
+        self.assertTrue(report.caught_up)
+        self.assertEqual((report.committed, report.position), (1, (0, 3)))
+        self.assertEqual((member._targets, member._short), ({}, {}))
+
+    def test_hidden_without_notification(self) -> None:
+        """
+        Without boxes nothing names message 3, so the same mailbox alone
+        hides it: the member's report says it caught up to message 2 (what
+        the notification's index prevents).  The test shows the scenario
+        bites.
+        """
+        net, member, _bad, group_id = self._away(boxes=False)
+        member = net.up("member")
+        got = net.subscribe(member, group_id)
+        net.run(30)
+        self.assertEqual([m.data for m in got], SENT[:3])
+        report = member.caught_up[group_id]
+        self.assertEqual((report.newest, report.missing), ((0, 2), ()))
+
+    def test_short_catch_up_retried_when_a_source_connects(self) -> None:
+        """
+        A catch-up that ended short runs again as soon as one of the
+        group's sources connects (the honest mailbox, back, dialling the
+        member), not only on its timer.
+        """
+        net, member, _bad, group_id = self._away(boxes=True)
+        member = net.up("member")
+        start = net.clock.seconds()
+        got = net.subscribe(member, group_id)
+        net.run(30)
+        self.assertFalse(member.caught_up[group_id].caught_up)
+        runs: list[bytes] = []
+        original = member.catch_up_group
+
+        def counted(group: bytes) -> Deferred[CatchUpReport]:
+            runs.append(group)
+            return original(group)
+
+        member.catch_up_group = counted  # type: ignore[method-assign]
+        good = net.up("good")
+        net.result(good.pool.connect(member.local))
+        net.run(1)
+        self.assertLess(net.clock.seconds() - start, SHORT_RETRY)
+        self.assertEqual(runs, [group_id])
+        self.assertEqual([m.data for m in got], SENT)
+        self.assertTrue(member.caught_up[group_id].caught_up)
 
 
 class _SlowStore:

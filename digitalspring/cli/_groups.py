@@ -61,11 +61,12 @@ def report_lines(report: dict[str, Any]) -> list[str]:
         lines.append(f"waiting for the owner's keys of epoch {report['needs_keys']}")
     for what, title in (
         ("held_back", "held back"),
+        ("behind", "showed less than the newest known (lacks it, or hides it)"),
         ("gaps", "left gaps"),
         ("misbehaved", "sent false or unasked data"),
         ("unreachable", "not reachable"),
     ):
-        for peer in report[what]:
+        for peer in report.get(what, ()):
             lines.append(f"  {title}: {printable(peer_name(peer, names.get(peer)))}")
     return lines
 

@@ -398,5 +398,14 @@ def _caught_up(catch_up: dict[str, Any]) -> str:
         )
     incomplete = catch_up["incomplete"]
     if incomplete:
-        parts.append(f"{len(incomplete)} not whole: see --json")
+        held = sorted(
+            {
+                peer
+                for report in incomplete
+                if report["missing"]
+                for peer in (*report["held_back"], *report.get("behind", ()))
+            }
+        )
+        by = f" (held back by {', '.join(held)})" if held else ""
+        parts.append(f"{len(incomplete)} not whole{by}: see --json")
     return "caught up:   " + "; ".join(parts) + "\n"

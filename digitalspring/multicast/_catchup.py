@@ -18,17 +18,24 @@ run takes nothing more from it.  One that says it holds a fragment and
 does not give it has *held back*; one whose answer skips a message has a
 *gap*.  Each source also shows the newest message it holds as its signed
 manifest, so the newest index of the group that any source reports is the
-owner's word; whatever lies between the last message committed and it and
-was not fetched is *missing*.  The run's :class:`CatchUpReport` names them
-all: a source can deny service, but cannot make the member accept anything
-false or miss anything silently.
+owner's word.  The run's *target* is the newest authenticated (epoch,
+index) the member learned by any way: what sources showed, what a
+notification whose MAC checked named, and a message whose verified
+manifest it holds (a transmission that did not end).  Whatever lies
+between the last message committed and the target and was not fetched is
+*missing*, and a source whose newest was short of the target is *behind*
+(it lacks the newest messages, or hides them: the member cannot tell).
+The run's :class:`CatchUpReport` names them all: a source can deny
+service, but cannot make the member accept anything false or miss anything
+silently.  A run that ends short of its target is run again later
+(:class:`CatchUpSide`), when a peer of the group connects or on a timer.
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-from attrs import frozen
+from attrs import define, frozen
 from twisted.internet.defer import CancelledError, Deferred, DeferredList, DeferredSemaphore
 from twisted.internet.task import deferLater
 from twisted.logger import Logger
@@ -50,6 +57,8 @@ from ._links import ConflictingManifest, ManifestOutOfChain
 from ._manifest import FragmentRejected, Manifest, decode_manifest, verify_manifest
 
 if TYPE_CHECKING:
+    from twisted.internet.interfaces import IDelayedCall
+
     from ..channel import PeerConnection
     from ._context import GroupContext
 
@@ -78,8 +87,10 @@ class CatchUpReport:
 
     :ivar committed: how many messages it committed.
     :ivar position: the (epoch, index) of the last message committed.
-    :ivar newest: the newest (epoch, index) any source showed, under the
-        owner's signature; ``None`` when none showed one.
+    :ivar newest: the target: the newest authenticated (epoch, index) it
+        learned (a source showed it under the owner's signature, a
+        notification named it under the group's access key, or this member
+        holds its verified manifest); ``None`` when it learned none.
     :ivar missing: the messages up to ``newest`` it did not get.
     :ivar held_back: sources that said they hold a fragment and did not
         give it.
@@ -89,6 +100,10 @@ class CatchUpReport:
         membership).
     :ivar needs_keys: the first epoch sources hold messages of that this
         member has no keys for yet (the owner gives them), or ``None``.
+    :ivar behind: sources that answered and showed a newest message short
+        of ``newest`` (or none): they lack what is missing, or hold it
+        back; a source that hides the newest messages, alone, is named
+        here.
     """
 
     group_id: bytes
@@ -101,6 +116,7 @@ class CatchUpReport:
     misbehaved: frozenset[PeerID]
     unreachable: frozenset[PeerID]
     needs_keys: int | None
+    behind: frozenset[PeerID] = frozenset()
 
     @property
     def caught_up(self) -> bool:
@@ -128,6 +144,7 @@ class CatchUpReport:
             "misbehaved": peers(self.misbehaved),
             "unreachable": peers(self.unreachable),
             "needs_keys": self.needs_keys,
+            "behind": peers(self.behind),
             "caught_up": self.caught_up,
         }
 
@@ -152,11 +169,15 @@ class CatchUp:
 
     :param sources: whom to ask, in order of preference (mailboxes, then
         neighbours, then the owner, whose upload is the group's scarcest).
+    :param target: the newest authenticated (epoch, index) learned before
+        the run (from a notification), if any.
     """
 
     log = Logger()
 
-    def __init__(self, context: GroupContext, sources: list[PeerID]) -> None:
+    def __init__(
+        self, context: GroupContext, sources: list[PeerID], target: Key | None = None
+    ) -> None:
         self.context = context
         self.group_id = context.group_id
         self.store = context.store
@@ -168,6 +189,10 @@ class CatchUp:
         self.gaps: set[PeerID] = set()
         self.misbehaved: set[PeerID] = set()
         self.newest: Key | None = None
+        self.target = target
+        #: The newest message each source that answered showed (``None``:
+        #: it showed none).
+        self.shown: dict[PeerID, Key | None] = {}
         self.needs_keys: int | None = None
         self.committed: set[Key] = set()
         self._inflight: dict[PeerID, int] = {}
@@ -204,18 +229,42 @@ class CatchUp:
             if now <= position:
                 break
             position = now
+        await self._aim()
+        newest = self.newest
         return CatchUpReport(
             self.group_id,
             len(self.committed),
             position,
-            self.newest,
+            newest,
             await self._missing(position),
             frozenset(self.held_back),
             frozenset(self.gaps),
             frozenset(self.misbehaved),
             frozenset(self.unreachable),
             self.needs_keys,
+            frozenset(
+                peer
+                for peer, shown in self.shown.items()
+                if newest is not None
+                and (shown is None or shown < newest)
+                and peer not in self.misbehaved
+            ),
         )
+
+    async def _aim(self) -> None:
+        """
+        Raise :attr:`newest` to the target learned before the run, and to
+        the newest message whose verified manifest this member holds.
+        """
+        known = [self.target] if self.target is not None else []
+        known += [(m.epoch, m.index) for m in await self.store.partial_messages(self.group_id)]
+        for key in known:
+            if self.newest is None or key > self.newest:
+                self.newest = key
+        newest = self.newest
+        if newest is not None and newest[0] > (await self.store.epoch(self.group_id)).epoch:
+            if self.needs_keys is None or newest[0] < self.needs_keys:
+                self.needs_keys = newest[0]
 
     def _misbehaved(self, peer: PeerID, why: str) -> None:
         if peer not in self.misbehaved:
@@ -313,6 +362,7 @@ class CatchUp:
                     self.unreachable.add(peer)
                 continue
             entries, newest = answer
+            self.shown.setdefault(peer, None)
             await self._take(peer, entries, position, offered)
             if newest and peer not in self.misbehaved:
                 await self._take_newest(peer, newest)
@@ -416,6 +466,9 @@ class CatchUp:
             self._misbehaved(peer, f"showed a newest message that is not the owner's: {e}")
             return
         key = (manifest.epoch, manifest.index)
+        shown = self.shown.get(peer)
+        if shown is None or key > shown:
+            self.shown[peer] = key
         if self.newest is None or key > self.newest:
             self.newest = key
 
@@ -522,6 +575,32 @@ class CatchUp:
 
 #: How many groups are caught up at once when the node starts.
 PARALLEL_GROUPS = 4
+#: Seconds before a catch-up that ended short of its target runs again,
+#: doubling after each such run up to SHORT_RETRY_MAX; the timer gives up
+#: after SHORT_RETRIES runs.  A source of the group connecting starts one
+#: at once, at most one every SEEN_SPACING seconds.
+SHORT_RETRY = 60.0
+SHORT_RETRY_MAX = 3600.0
+SHORT_RETRIES = 10
+SEEN_SPACING = 10.0
+
+
+@define
+class _Short:
+    """
+    A group whose last catch-up ended short of its target: whom it asked,
+    how many runs were short, and the timer of the next.
+    """
+
+    sources: frozenset[PeerID]
+    runs: int = 0
+    ended: float = 0.0
+    timer: IDelayedCall | None = None
+
+    def cancel(self) -> None:
+        timer, self.timer = self.timer, None
+        if timer is not None and timer.active():
+            timer.cancel()
 
 
 class CatchUpSide(ServiceCore):
@@ -536,6 +615,14 @@ class CatchUpSide(ServiceCore):
         when it started, by group, as each group's ends; ``None`` when it
         runs none.
     :ivar at_start_finished: whether that catch-up ended for every group.
+
+    A group's *target* is the newest authenticated (epoch, index) learned
+    of it outside a catch-up (a notification, :meth:`learn_newest`), kept
+    until a catch-up reaches it.  A catch-up that ends short of its target
+    (messages missing) runs again: on a timer (:data:`SHORT_RETRY`,
+    doubling) and when one of the group's sources connects, until it gets
+    everything up to the target; each short run's report names the
+    sources that were behind or held back.
     """
 
     _catch_ups: dict[bytes, list[Deferred[CatchUpReport]]]
@@ -545,6 +632,35 @@ class CatchUpSide(ServiceCore):
     caught_up_since_start: dict[bytes, int]
     caught_up_at_start: dict[bytes, CatchUpReport] | None
     at_start_finished: bool
+    _targets: dict[bytes, Key]
+    _short: dict[bytes, _Short]
+
+    def learn_newest(self, group_id: bytes, key: Key) -> None:
+        """
+        ``key`` is an authenticated (epoch, index) of a group we are a
+        member of (a notification's, its MAC checked): the next catch-up
+        runs until it has every message up to it.
+        """
+        known = self._targets.get(group_id)
+        if known is None or key > known:
+            self._targets[group_id] = key
+
+    def source_seen(self, peer: PeerID) -> None:
+        """
+        ``peer`` connected: catch up again each group whose last catch-up
+        ended short of its target and asked ``peer`` (at most once every
+        :data:`SEEN_SPACING` seconds a group).
+        """
+        now = self.clock.seconds()
+        for group_id, short in list(self._short.items()):
+            if (
+                peer in short.sources
+                and group_id not in self._catch_ups
+                and now - short.ended >= SEEN_SPACING
+            ):
+                short.cancel()
+                # On the next turn: the connection is still being made.
+                short.timer = self.clock.callLater(0, self._retry_short, group_id)
 
     def catch_up_group(self, group_id: bytes) -> Deferred[CatchUpReport]:
         """
@@ -589,6 +705,9 @@ class CatchUpSide(ServiceCore):
             machine.stop()
         for run in list(self._catch_up_runs):
             run.cancel()
+        for short in self._short.values():
+            short.cancel()
+        self._short.clear()
 
     async def _catch_up(self, group_id: bytes) -> CatchUpReport:
         group = await self._group(group_id)
@@ -602,11 +721,20 @@ class CatchUpSide(ServiceCore):
         for peer in [*sorted(mailboxes), *sorted(context.neighbours()), group.owner]:
             if peer not in sources and peer != self.local:
                 sources.append(peer)
-        machine = self._catch_up_machines[group_id] = CatchUp(context, sources)
+        short = self._short.get(group_id)
+        if short is not None:
+            short.cancel()
+        machine = self._catch_up_machines[group_id] = CatchUp(
+            context, sources, self._targets.get(group_id)
+        )
         report = await machine.run()
         self.caught_up[group_id] = report
         since = self.caught_up_since_start
         since[group_id] = since.get(group_id, 0) + report.committed
+        self._after(report, frozenset(sources))
+        # Behind only matters when something is missing: a neighbour
+        # away too is behind whenever another source gave all.
+        held_back = report.held_back | (report.behind if report.missing else frozenset())
         if report.committed or not report.caught_up or report.misbehaved:
             self.log.info(
                 "caught up group {group}: {committed} messages, at {position}"
@@ -614,10 +742,15 @@ class CatchUpSide(ServiceCore):
                 group=group_id.hex(),
                 committed=report.committed,
                 position=f"{report.position[0]}/{report.position[1]}",
-                missing=f"; {len(report.missing)} missing" if report.missing else "",
+                missing=(
+                    f"; {len(report.missing)} missing up to {report.newest[0]}/"
+                    f"{report.newest[1]}"
+                    if report.missing and report.newest is not None
+                    else ""
+                ),
                 held_back=(
-                    "; held back by " + ", ".join(sorted(str(p) for p in report.held_back))
-                    if report.held_back
+                    "; held back by " + ", ".join(sorted(str(p) for p in held_back))
+                    if held_back
                     else ""
                 ),
                 misbehaved=(
@@ -627,6 +760,44 @@ class CatchUpSide(ServiceCore):
                 ),
             )
         return report
+
+    def _after(self, report: CatchUpReport, sources: frozenset[PeerID]) -> None:
+        """
+        Forget a target the run reached; run again later one that ended
+        short of its target.
+        """
+        group_id = report.group_id
+        target = self._targets.get(group_id)
+        if target is not None and report.position >= target:
+            del self._targets[group_id]
+        if not report.missing:
+            short = self._short.pop(group_id, None)
+            if short is not None:
+                short.cancel()
+            return
+        short = self._short.get(group_id)
+        if short is None:
+            short = self._short[group_id] = _Short(sources)
+        short.sources = sources
+        short.runs += 1
+        short.ended = self.clock.seconds()
+        short.cancel()
+        if short.runs <= SHORT_RETRIES and self.running:
+            delay = min(SHORT_RETRY_MAX, SHORT_RETRY * 2 ** (short.runs - 1))
+            short.timer = self.clock.callLater(delay, self._retry_short, group_id)
+
+    def _retry_short(self, group_id: bytes) -> None:
+        short = self._short.get(group_id)
+        if short is not None:
+            short.timer = None
+
+        def gone(failure: Failure) -> None:
+            # No longer a member: nothing to catch up.
+            failure.trap(GroupError)
+            self._short.pop(group_id, None)
+            self._targets.pop(group_id, None)
+
+        self.catch_up_group(group_id).addErrback(gone).addErrback(self._log_failure)
 
     async def catch_up_at_start(self, only: set[bytes] | None) -> None:
         """

@@ -118,8 +118,10 @@ class NotifySide(BundleSide):
     """
 
     notify_box_work: int | None
-    #: The groups each member was notified of since we last saw it.
-    _notified: dict[PeerID, set[bytes]]
+    #: The groups each member was notified of since we last saw it, and
+    #: the latest message their notifications named (``None`` while the
+    #: first is under way).
+    _notified: dict[PeerID, dict[bytes, tuple[int, int] | None]]
     #: Deposits under way, at most MAX_DEPOSITS.
     _deposits: DeferredSemaphore
     #: Seconds between collections while running.
@@ -202,12 +204,14 @@ class NotifySide(BundleSide):
         its groups' mailboxes, and a notification at its boxes for each
         group we own that has news for it (messages, a new epoch, or its
         removal: a member that collects only the groups its boxes name
-        would not take a removal sealed at a mailbox otherwise).
+        would not take a removal sealed at a mailbox otherwise); again for
+        a group we notified before when we sent more since, so that the
+        member's catch-up runs until our latest message.
         """
         await self.leave_sealed(peer, entries)
         for entry in entries:
             if entry.kind in (CATCH_UP, NEW_EPOCH, REMOVAL) and entry.group_id is not None:
-                self.notify_away(peer, entry.group_id)
+                self.notify_away(peer, entry.group_id, again=True)
 
     def seen(self, peer: PeerID) -> None:
         """
@@ -219,36 +223,78 @@ class NotifySide(BundleSide):
         if self._collect_failures and self.running:
             self.collect_soon()
 
-    def notify_away(self, peer: PeerID, group_id: bytes) -> None:
+    def notify_away(self, peer: PeerID, group_id: bytes, again: bool = False) -> None:
         """
         ``peer`` was not reached with news of a group we own: leave a
-        notification at each of its boxes, once until we see it again.
+        notification at each of its boxes, once until we see it again, or
+        (``again``: the outbox failed to reach it, on its retry schedule)
+        once more when the group's latest message is past the one the last
+        notification named.
         """
         groups = self._notified.get(peer)
-        if groups is not None and group_id in groups:
-            return
         if groups is None:
             if len(self._notified) >= MAX_NOTIFIED:
                 del self._notified[next(iter(self._notified))]
-            groups = self._notified[peer] = set()
-        groups.add(group_id)
-        Deferred.fromCoroutine(self._notify(peer, group_id)).addErrback(self._log_failure)
+            groups = self._notified[peer] = {}
+        elif group_id in groups:
+            previous = groups[group_id]
+            if not again or previous is None:
+                # Notified, or a notification under way.
+                return
+        previous = groups.get(group_id)
+        groups[group_id] = None
+        Deferred.fromCoroutine(self._notify(peer, group_id, previous)).addErrback(
+            self._log_failure
+        )
 
-    async def _notify(self, peer: PeerID, group_id: bytes) -> None:
+    def _notified_as(self, peer: PeerID, group_id: bytes, latest: tuple[int, int] | None) -> None:
+        """
+        Remember the latest message the notifications of ``group_id`` left
+        for ``peer`` named (``None``: none was left).
+        """
+        groups = self._notified.get(peer)
+        if groups is None or group_id not in groups:
+            return
+        if latest is None:
+            del groups[group_id]
+        else:
+            groups[group_id] = latest
+
+    async def _notify(
+        self, peer: PeerID, group_id: bytes, previous: tuple[int, int] | None
+    ) -> None:
+        left = previous
+        try:
+            left = await self._notify_boxes(peer, group_id, previous)
+        finally:
+            self._notified_as(peer, group_id, left)
+
+    async def _notify_boxes(
+        self, peer: PeerID, group_id: bytes, previous: tuple[int, int] | None
+    ) -> tuple[int, int] | None:
+        """
+        Leave a notification of ``group_id`` at each of ``peer``'s boxes,
+        unless it names nothing past ``previous``.
+
+        :returns: the latest message the notifications left so far name.
+        """
         try:
             held = await self.store.bundle(peer)
         except NotStored:
-            return
+            return previous
         now = self._now()
         bundle = decode_bundle(held.data)
         if not bundle.notify_boxes or bundle.expires <= now:
-            return
+            return previous
         try:
             current = await self.store.epoch(group_id)
         except NotStored:
-            return
+            return previous
         if current.access_key is None or current.chain is None:
-            return
+            return previous
+        latest = (current.epoch, current.chain.next_index - 1)
+        if previous is not None and latest <= previous:
+            return previous
         keys = {current.epoch: current.access_key}
         waiting = []
         for e in await self.store.outbox(peer):
@@ -269,7 +315,6 @@ class NotifySide(BundleSide):
                 held_epoch = None
             if held_epoch is not None and held_epoch.access_key is not None:
                 keys[held_epoch.epoch] = held_epoch.access_key
-        latest = (current.epoch, current.chain.next_index - 1)
         notification = make_notification(peer, group_id, latest, keys)
         left = False
         for box in sorted(bundle.notify_boxes, key=str):
@@ -285,9 +330,9 @@ class NotifySide(BundleSide):
                 )
             else:
                 left = True
-        if not left:
-            # Tried again when the outbox next fails to reach the peer.
-            self._notified.get(peer, set()).discard(group_id)
+        # When no box took it, tried again when the outbox next fails to
+        # reach the peer.
+        return latest if left else previous
 
     @deferred
     async def _paced_deposit(self, box: PeerID, recipient: PeerID, item: bytes) -> None:
@@ -596,6 +641,9 @@ class NotifySide(BundleSide):
         if epoch == latest.epoch and latest.chain is not None:
             if index < latest.chain.next_index:
                 return None
+        # The catch-up it triggers runs until it has that message: a
+        # source that hides it is found out.
+        cast("MulticastService", self).learn_newest(group_id, notification.latest)
         return group_id
 
 

@@ -133,6 +133,7 @@ class MembershipRouter(ServiceCore):
         # now: the connection is still being made.
         self.outbox.reachable(connection.peer_id)
         cast("MulticastService", self).seen(connection.peer_id)
+        cast("MulticastService", self).source_seen(connection.peer_id)
         return _Responder(cast("MulticastService", self), connection)
 
     def _plugin_locator(

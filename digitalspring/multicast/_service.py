@@ -142,6 +142,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self._catch_ups = {}
         self._catch_up_runs = set()
         self._catch_up_machines = {}
+        self._targets = {}
+        self._short = {}
         self.caught_up = {}
         self.caught_up_since_start = {}
         self.caught_up_at_start = None

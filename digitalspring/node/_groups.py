@@ -75,7 +75,7 @@ MAX_RECEIVING = 256
 _Handler = Callable[[dict[str, Any]], Any]
 
 #: The lists of peers in a catch-up's report.
-_REPORT_PEERS = ("held_back", "gaps", "misbehaved", "unreachable")
+_REPORT_PEERS = ("held_back", "behind", "gaps", "misbehaved", "unreachable")
 
 
 class NoGroups(DigitalSpringError):
