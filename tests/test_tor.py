@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import stat
+from datetime import UTC, datetime
 from typing import Any
 
 from hypothesis import given
@@ -35,6 +36,7 @@ from twisted.python import usage
 from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 from txtorcon import TorProtocolError
+from txtorcon.socks import SocksError
 from zope.interface.verify import verifyObject
 
 from digitalspring.identity import encode_onion
@@ -69,6 +71,7 @@ from digitalspring.transport import (
 from digitalspring.transport._tor import _AddressingFactory
 from digitalspring.transport._torcontrol import (
     PUBLISH_PATIENCE,
+    REFETCH_PATIENCE,
     _connect_failure,
     _socks_endpoint,
     launch_torrc,
@@ -1021,32 +1024,94 @@ class StuckRendezvousTests(SynchronousTestCase):
         self.assertEqual(stuck_rendezvous(self._STATUS, _HOST), ["7"])
         self.assertEqual(stuck_rendezvous("", _HOST), [])
 
+    def test_joined_before_the_dial(self) -> None:
+        """
+        A rendezvous circuit joined before the dial began (tor attached the
+        stream to its circuit with the service's previous launch, as seen
+        in test_launch_publish_restart) is stuck too; one joined since, or
+        with no readable creation time, is not.
+        """
+        status = "\n".join([
+            f"3 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED REND_QUERY={_HOST} "
+            "TIME_CREATED=2026-12-02T02:38:04.188395",
+            f"4 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED REND_QUERY={_HOST} "
+            "TIME_CREATED=2026-12-02T02:38:11.000001",
+            f"5 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED REND_QUERY={_HOST} "
+            "TIME_CREATED=yesterday",
+            "6 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED "
+            f"REND_QUERY={'c' * 56} TIME_CREATED=2026-12-02T02:38:04.188395",
+        ])
+        dialled_at = datetime(2026, 12, 2, 2, 38, 10)
+        self.assertEqual(stuck_rendezvous(status, _HOST, dialled_at), ["3"])
+        self.assertEqual(stuck_rendezvous(status, _HOST), [])
+
+    def test_stale_rendezvous_dial_can_be_retried(self) -> None:
+        """
+        A dial whose stream dies with the stale circuit the watch closed
+        (after waiting :data:`REFETCH_PATIENCE` for a descriptor fetch that
+        never ends) fails with ``OnionServiceUnreachable``, which the
+        transport dials again, not with tor's SOCKS error.
+        """
+        status = (
+            f"3 BUILT $A,$B PURPOSE=HS_CLIENT_REND HS_STATE=HSCR_JOINED REND_QUERY={_HOST} "
+            "TIME_CREATED=2026-12-02T02:38:04.188395"
+        )
+        clock, protocol, stream, dialling = _dial_watched(
+            status, datetime(2026, 12, 2, 2, 38, 10, tzinfo=UTC).timestamp()
+        )
+        clock.advance(30)
+        self.assertEqual(protocol.commands, ["GETINFO circuit-status", f"HSFETCH {_HOST}"])
+        clock.advance(REFETCH_PATIENCE)
+        self.assertEqual(protocol.commands[2:], ["CLOSECIRCUIT 3"])
+        stream.errback(SocksError(code=0x01))
+        failure = self.failureResultOf(dialling, OnionServiceUnreachable)
+        self.assertIn("stale", str(failure.value))
+        self.assertFalse(failure.value.service_found)
+
     def test_closed_while_dialling(self) -> None:
         """
-        Every 30 s of a dial that has not connected, its stuck rendezvous
-        circuits are closed; once the dial ends, nothing more is checked.
+        Every 30 s of a dial that has not connected, the service's
+        descriptor is fetched again and its stuck rendezvous circuits are
+        closed; once the dial ends, nothing more is checked.
         """
-        clock = Clock()
-        protocol = _FakeControlProtocol()
-        status = self._STATUS
-
-        def get_info(key: str) -> Deferred[dict[str, str]]:
-            protocol.commands.append(f"GETINFO {key}")
-            return succeed({key: status})
-
-        protocol.get_info = get_info  # type: ignore[attr-defined]
-        never: Deferred[Any] = Deferred()
-        endpoint = type("Endpoint", (), {"connect": lambda self, factory: never})()
-        tor = type("Tor", (), {"protocol": protocol,
-                               "stream_via": lambda self, *a, **kw: endpoint})()
-        control = TxtorconControl(clock, tor, None)
-        dialling = control.onion_endpoint(_HOST + ".onion", 80).connect(
-            Factory.forProtocol(Protocol))
+        clock, protocol, stream, dialling = _dial_watched(self._STATUS)
         clock.advance(29)
         self.assertEqual(protocol.commands, [])
         clock.advance(1)
-        self.assertEqual(protocol.commands, ["GETINFO circuit-status", "CLOSECIRCUIT 7"])
-        never.errback(ConnectionRefusedError())
+        self.assertEqual(protocol.commands, ["GETINFO circuit-status", f"HSFETCH {_HOST}"])
+        # Closed once tor has the current descriptor, not before.
+        protocol.hs_desc(f"RECEIVED {'c' * 56} NO_AUTH $B")
+        self.assertEqual(len(protocol.commands), 2)
+        protocol.hs_desc(f"RECEIVED {_HOST} NO_AUTH $A")
+        self.assertEqual(protocol.commands[2:], ["CLOSECIRCUIT 7"])
+        self.assertEqual(protocol.listeners, [])
+        stream.errback(ConnectionRefusedError())
         self.failureResultOf(dialling)
         clock.advance(60)
-        self.assertEqual(len(protocol.commands), 2)
+        self.assertEqual(len(protocol.commands), 3)
+
+
+def _dial_watched(
+    status: str, now: float = 0.0
+) -> tuple[Clock, _FakeControlProtocol, Deferred[Any], Deferred[Any]]:
+    """
+    A dial of ``_HOST`` through a control whose tor reports ``status`` as
+    its circuits, at ``now`` on the clock: the clock, the control
+    protocol (recording commands), the SOCKS stream (never answered until
+    the test says) and the dial.
+    """
+    clock = Clock()
+    clock.advance(now)
+    protocol = _FakeControlProtocol()
+
+    def get_info(key: str) -> Deferred[dict[str, str]]:
+        protocol.commands.append(f"GETINFO {key}")
+        return succeed({key: status})
+
+    protocol.get_info = get_info  # type: ignore[attr-defined]
+    stream: Deferred[Any] = Deferred()
+    endpoint = type("Endpoint", (), {"connect": lambda self, factory: stream})()
+    tor = type("Tor", (), {"protocol": protocol, "stream_via": lambda self, *a, **kw: endpoint})()
+    control = TxtorconControl(clock, tor, None)
+    dialling = control.onion_endpoint(_HOST + ".onion", 80).connect(Factory.forProtocol(Protocol))
+    return clock, protocol, stream, dialling

@@ -46,7 +46,6 @@ from digitalspring.testing import (
 from digitalspring.transport import (
     ITorControl,
     ITransport,
-    TorStreamTimeout,
     TorTransport,
     TorTransportPlugin,
     TransportContext,
@@ -250,9 +249,7 @@ class LaunchedTorTests(TestCase):
     through ``--tor-option`` lines.
     """
 
-    # Two launches, each with a dial that may be tried twice (see
-    # _TransportEndpoint).
-    timeout = 300
+    timeout = 120
 
     async def setUp(self) -> None:  # type: ignore[override]
         self.reactor = _reactor()
@@ -301,30 +298,15 @@ class LaunchedTorTests(TestCase):
 
 class _TransportEndpoint:
     """
-    A client endpoint that connects through a transport to an address,
-    dialling once more if the first dial times out.
-
-    On a loaded machine (CI runs ~10 tor processes beside the suite) a
-    client tor's first dial of a just-published service sometimes finds no
-    way in within the transport's 60 s, typically when it still holds the
-    descriptor of the service's previous launch and works through its dead
-    introduction points; the second dial, with a fresh descriptor, connects.
-    A node's pool dials again after its backoff, so the test asks what a
-    peer sees.
+    A client endpoint that connects through a transport to an address.
     """
 
     def __init__(self, transport: ITransport, address: str) -> None:
         self._transport = transport
         self._address = address
 
-    async def _connect(self, factory: Any) -> Any:
-        try:
-            return await self._transport.connect(self._address, factory)
-        except TorStreamTimeout:
-            return await self._transport.connect(self._address, factory)
-
     def connect(self, factory: Any) -> Deferred[Any]:
-        return Deferred.fromCoroutine(self._connect(factory))
+        return self._transport.connect(self._address, factory)
 
 
 class RecordingReactor:

@@ -13,6 +13,7 @@ import os
 import shutil
 from collections.abc import Sequence
 from contextlib import suppress
+from datetime import UTC, datetime
 from typing import Any
 
 import txtorcon
@@ -62,6 +63,10 @@ from ._toronion import (
 #: acknowledged before closing it: a live service joins in a few seconds
 #: (its own rendezvous attempts give up after 30).
 REND_PATIENCE = 30.0
+
+#: Seconds to wait for a descriptor fetched again before closing a stuck
+#: rendezvous circuit anyway.
+REFETCH_PATIENCE = 10.0
 
 #: Seconds a publish waits for HSDir uploads still in flight once both
 #: descriptors are stored somewhere.
@@ -230,40 +235,96 @@ class _OnionEndpoint:
             if result.called:
                 return
             error = _connect_failure(failure.value, self._host, self._port)  # type: ignore[arg-type]
+            if watchdog.closed and not isinstance(error, OnionServiceUnreachable):
+                # The stream died with the stale circuit we closed: a new
+                # dial makes a new rendezvous (see stuck_rendezvous).
+                error = OnionServiceUnreachable(
+                    f"the rendezvous with {self._host} was stale and was closed "
+                    f"({error}); a new dial makes a new one"
+                )
             result.errback(error)
 
+        watchdog = self._control._watch_rendezvous(self._host)
+        result.addBoth(_stop_watching, watchdog)
         endpoint = self._tor.stream_via(self._host, self._port, socks_endpoint=socks)
         connecting: Deferred[Any] = endpoint.connect(wrapping)
         connecting.addCallbacks(connected, failed)
-        watchdog = self._control._watch_rendezvous(self._host)
-        result.addBoth(_stop_watching, watchdog)
         return result
 
 
-def _stop_watching(result: Any, watchdog: LoopingCall) -> Any:
-    if watchdog.running:
-        watchdog.stop()
+class _RendezvousWatch:
+    """
+    The check of one dial's rendezvous circuits.
+
+    :ivar closed: how many circuits it closed.
+    """
+
+    def __init__(self) -> None:
+        self.loop: LoopingCall | None = None
+        self.closed = 0
+
+    @property
+    def watching(self) -> bool:
+        return self.loop is not None and self.loop.running
+
+    def stop(self) -> None:
+        if self.watching:
+            assert self.loop is not None
+            self.loop.stop()
+
+
+def _stop_watching(result: Any, watch: _RendezvousWatch) -> Any:
+    watch.stop()
     return result
 
 
-def stuck_rendezvous(circuit_status: str, host: str) -> list[str]:
+def stuck_rendezvous(
+    circuit_status: str, host: str, dialled_at: datetime | None = None
+) -> list[str]:
     """
     The ids of our rendezvous circuits to ``host`` (without ``.onion``)
-    whose introduction was acknowledged but that the service never joined,
-    from ``GETINFO circuit-status``.
+    that a dial still waiting should not wait on, from ``GETINFO
+    circuit-status``: those whose introduction was acknowledged but that
+    the service never joined, and, when ``dialled_at`` is given, those
+    joined before the dial began.
+
+    Tor attaches a new stream to a rendezvous circuit it already has with
+    the service.  If that service has since restarted, its end of the
+    circuit is gone, yet tor on our side can keep the circuit for minutes
+    (a case on the test network: 2 minutes and more, after the service's
+    tor exited cleanly), and the stream waits on it; a service alive at
+    the other end answers a stream within a round trip.
+
+    :param dialled_at: when the dial began, in UTC as tor's
+        ``TIME_CREATED``.
     """
     stuck = []
     for line in circuit_status.splitlines():
         words = line.split()
         fields = dict(word.split("=", 1) for word in words[1:] if "=" in word)
         if (
-            words
-            and fields.get("PURPOSE") == "HS_CLIENT_REND"
-            and fields.get("HS_STATE") == "HSCR_ESTABLISHED_WAITING"
-            and fields.get("REND_QUERY") == host
+            not words
+            or fields.get("PURPOSE") != "HS_CLIENT_REND"
+            or fields.get("REND_QUERY") != host
+        ):
+            continue
+        state = fields.get("HS_STATE")
+        if state == "HSCR_ESTABLISHED_WAITING" or (
+            state == "HSCR_JOINED"
+            and dialled_at is not None
+            and _created(fields.get("TIME_CREATED", "")) < dialled_at
         ):
             stuck.append(words[0])
     return stuck
+
+
+def _created(text: str) -> datetime:
+    # TIME_CREATED is UTC, to the microsecond; an unreadable one counts as
+    # new, so that nothing is closed on a guess.
+    try:
+        return datetime.fromisoformat(text)
+    except ValueError:
+        return datetime.max
 
 
 def _socks_endpoint(reactor: Any, listeners: str) -> IStreamClientEndpoint | None:
@@ -708,27 +769,33 @@ class TxtorconControl:
         """
         return _OnionEndpoint(self, self._tor, host, port)
 
-    def _watch_rendezvous(self, host: str) -> LoopingCall:
+    def _watch_rendezvous(self, host: str) -> _RendezvousWatch:
         """
-        Every :data:`REND_PATIENCE` seconds until cancelled, close our
-        rendezvous circuits to ``host`` that wait for a service that will
-        not come.
+        Every :data:`REND_PATIENCE` seconds until stopped, close our
+        rendezvous circuits to ``host`` that a dial waits on in vain (see
+        :func:`stuck_rendezvous`).
 
         Tor keeps such a circuit (and the streams waiting on it) until its
-        ``SocksTimeout``, two minutes.  It happens when tor used a cached
-        descriptor of a service that has since restarted: the old
-        introduction point still has the old service's circuit for a
-        while (its teardown crosses three relays, which took 14 s on the
-        test network) and acknowledges our introduction, but nothing
-        answers it.  Closed, the circuit is made again; the introduction
-        point then refuses, and tor fetches the new descriptor.
+        ``SocksTimeout``, two minutes, or longer.  Both cases come from a
+        service that has restarted.  Tor used a cached descriptor: the old
+        introduction point still has the old service's circuit for a while
+        (its teardown crosses three relays, which took 14 s on the test
+        network) and acknowledges our introduction, but nothing answers
+        it.  Or tor attached the stream to its rendezvous circuit with the
+        old service.  Either way tor would make the circuit again from the
+        same stale descriptor (seen on the test network: the new circuit
+        was acknowledged by the old introduction point and never joined),
+        so the descriptor is fetched again first (:meth:`_refetch`), then
+        the circuits are closed and tor retries the waiting stream.
         """
+        watch = _RendezvousWatch()
+        began = datetime.fromtimestamp(self._reactor.seconds(), UTC).replace(tzinfo=None)
 
         async def unstick() -> None:
             try:
                 info = await self._tor.protocol.get_info("circuit-status")
                 status = str(info.get("circuit-status", ""))
-                stuck = stuck_rendezvous(status, host[: -len(".onion")])
+                stuck = stuck_rendezvous(status, host[: -len(".onion")], began)
                 if not stuck:
                     # What tor is doing instead, for whoever finds a dial
                     # that still times out.
@@ -737,18 +804,57 @@ class TxtorconControl:
                         circuits="; ".join(line for line in status.splitlines()
                                            if host[: -len(".onion")] in line) or "none",
                     )
+                if stuck:
+                    await self._refetch(host[: -len(".onion")])
+                    if not watch.watching:
+                        return  # The dial ended meanwhile.
                 for circuit in stuck:
-                    self.log.info("closing rendezvous circuit {id} to {host}, which "
-                                  "the service never joined", id=circuit, host=host)
+                    self.log.info("closing rendezvous circuit {id} to {host}: the dial has "
+                                  "waited on it {seconds:.0f} s and the service never "
+                                  "answered", id=circuit, host=host, seconds=REND_PATIENCE)
+                    # Counted first: tor can fail the stream before it
+                    # answers the command.
+                    watch.closed += 1
                     await self._tor.protocol.queue_command(f"CLOSECIRCUIT {circuit}")
             except Exception as e:
                 self.log.debug("rendezvous circuits to {host} not checked: {error}",
                                host=host, error=str(e))
 
-        watchdog = LoopingCall(lambda: Deferred.fromCoroutine(unstick()))
-        watchdog.clock = self._reactor
-        watchdog.start(REND_PATIENCE, now=False)
-        return watchdog
+        watch.loop = LoopingCall(lambda: Deferred.fromCoroutine(unstick()))
+        watch.loop.clock = self._reactor
+        watch.loop.start(REND_PATIENCE, now=False)
+        return watch
+
+    async def _refetch(self, service_id: str) -> None:
+        """
+        Have tor fetch the current descriptor of ``service_id`` (``HSFETCH``;
+        tor keeps it if newer than the one it holds) and wait until the
+        fetch ends, or :data:`REFETCH_PATIENCE` seconds.
+        """
+        protocol = self._tor.protocol
+        ended: Deferred[str] = Deferred()
+
+        def event(text: str) -> None:
+            words = text.split()
+            if (
+                len(words) >= 2
+                and words[1] == service_id
+                and words[0] in ("RECEIVED", "FAILED")
+                and not ended.called
+            ):
+                ended.callback(words[0])
+
+        await protocol.add_event_listener("HS_DESC", event)
+        try:
+            await protocol.queue_command(f"HSFETCH {service_id}")
+            outcome = await ended.addTimeout(REFETCH_PATIENCE, self._reactor)
+            self.log.info("fetched the descriptor of {host}.onion again: {outcome}",
+                          host=service_id, outcome=outcome.lower())
+        except Exception as e:
+            self.log.info("could not fetch the descriptor of {host}.onion again: {error}",
+                          host=service_id, error=str(e) or e.__class__.__name__)
+        finally:
+            await protocol.remove_event_listener("HS_DESC", event)
 
     def close(self) -> Deferred[None]:
         """
