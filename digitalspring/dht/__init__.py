@@ -3,6 +3,7 @@ The peer directory of the network: a Kademlia DHT over secure channels,
 holding signed peer records and small values with proof of work.
 """
 
+from ._anonymous import NoAnswer, get_anonymously
 from ._dht import DHT, DHTResponder, DHTSettings
 from ._directory import DHTDirectory, DirectoryChain
 from ._ids import bucket_index, distance, id_bytes, id_from_bytes, node_id, random_id_in_bucket
@@ -122,6 +123,7 @@ __all__ = [
     "MailboxValue",
     "MalformedRecord",
     "MalformedValue",
+    "NoAnswer",
     "NonCanonicalRecord",
     "NotADHTNode",
     "NotAmongClosest",
@@ -162,6 +164,7 @@ __all__ = [
     "encode_contacts_file",
     "encode_record",
     "encode_records_file",
+    "get_anonymously",
     "id_bytes",
     "id_from_bytes",
     "leading_zero_bits",

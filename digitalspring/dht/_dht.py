@@ -41,6 +41,7 @@ from zope.interface import implementer
 from .._ratelimit import RateLimitedLog
 from ..identity import PeerID, atomic_write
 from ..transport import InvalidAddress, split_address
+from ._anonymous import get_anonymously
 from ._handoff import Handoff
 from ._ids import bucket_index, id_bytes, id_from_bytes, node_id, random_id_in_bucket
 from ._interfaces import IDistributedHashTable, RequestConnection, RequestPool
@@ -99,6 +100,7 @@ from ._value import (
     ValueTooLarge,
     ValueTTLTooLong,
     check_value,
+    decode_value,
     solve,
 )
 
@@ -544,12 +546,16 @@ class DHT(Service):
     def _ask_values(self, key: bytes) -> Callable[[Contact], Deferred[Answer]]:
         def ask(contact: Contact) -> Deferred[Answer]:
             d = self._call(contact, FindValue, key=key, kind=MAILBOX)
-            d.addCallback(self._values_answer, key)
+            d.addCallback(self.values_answer, key)
             return d
 
         return ask
 
-    def _values_answer(self, answer: dict[str, Any], key: bytes) -> Answer:
+    def values_answer(self, answer: dict[str, Any], key: bytes) -> Answer:
+        """
+        A ``dht-find-value`` answer for small values under ``key``: its
+        contacts, and the values in it whose proof of work checks.
+        """
         now = self.clock.seconds()
         values = []
         for data in answer["values"]:
@@ -716,6 +722,16 @@ class DHT(Service):
     def get(self, key: bytes) -> Deferred[list[bytes]]:
         d = self.lookup(id_from_bytes(key), self._ask_values(key), find_value=True)
         return d.addCallback(lambda result: list(result.found or ()))
+
+    def get_anonymously(self, key: bytes) -> Deferred[list[bytes]]:
+        return Deferred.fromCoroutine(get_anonymously(self, key))
+
+    def held_values(self, key: bytes) -> list[bytes]:
+        """
+        The small values this node holds under ``key`` (what a lookup asking
+        it would find).
+        """
+        return [decode_value(data).value for data in self.store.get_values(id_from_bytes(key))]
 
     # -- storing -------------------------------------------------------------------
 

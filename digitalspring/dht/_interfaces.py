@@ -94,6 +94,16 @@ class IDistributedHashTable(Interface):
             none).  It never fails.
         """
 
+    def get_anonymously(key: bytes) -> Deferred[list[bytes]]:
+        """
+        The small values under a 32-byte key, asked of the nodes closest
+        to it with an identity made for this lookup alone (Noise XX, no
+        address claimed), so that no node learns who reads the key; every
+        value of the ``k`` closest, not only the first node's.
+
+        :raises NoAnswer: (through the Deferred) when no node answered.
+        """
+
     def status() -> dict[str, object]:
         """
         Routing-table size, known peers and stored items, as JSON values.

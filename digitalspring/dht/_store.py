@@ -86,6 +86,11 @@ class Quotas:
         :data:`ITEM_OVERHEAD` each.
     :ivar value_bytes: the same for values.
     :ivar values_per_key: values under one key.
+    :ivar key_values_per_peer: values one storing peer may have kept under
+        one key: a depositor (a member's group owner notifying it, say)
+        cannot fill a key others use.
+    :ivar key_values_per_source: the same for the peers of one source
+        address (new identities are free; addresses are not).
     """
 
     peer_records: int = 64
@@ -97,6 +102,8 @@ class Quotas:
     record_bytes: int = 16 * 1024 * 1024
     value_bytes: int = 8 * 1024 * 1024
     values_per_key: int = 16
+    key_values_per_peer: int = 2
+    key_values_per_source: int = 4
 
 
 def _cost(data: bytes) -> int:
@@ -172,6 +179,9 @@ class ValueStore:
         self._record_charges: dict[int, _Charge] = {}
         self._value_charges: dict[tuple[int, bytes], _Charge] = {}
         self._usage: dict[str, _Usage] = {}
+        #: Values under each key by account (see :meth:`usage`), for the
+        #: per-key bounds of one depositor.
+        self._key_usage: dict[tuple[int, str], int] = {}
         #: No record or value expires before this.
         self._next_expiry = math.inf
 
@@ -334,17 +344,45 @@ class ValueStore:
             return value
         charge = self._admit(storer, source, records=False)
         charge = (charge[0], charge[1], _cost(data))
+        self.expire()
+        self._admit_under_key(key, charge)
         if not self._value_room(key, charge[2]):
-            self.expire()
-            if not self._value_room(key, charge[2]):
-                self._full("values")
+            self._full("values")
         self.values.setdefault(key, {})[data] = value
         self._value_charges[key, data] = charge
         self._value_count += 1
         self.value_bytes += charge[2]
         self._charge(charge, False, 1)
+        self._charge_key(key, charge, 1)
         self._expiring(value.expires)
         return value
+
+    def _admit_under_key(self, key: int, charge: _Charge) -> None:
+        """
+        :raises QuotaExceeded: when the storer, or its source address,
+            already has as many values under ``key`` as one may.
+        """
+        q = self.quotas
+        for account, limit, reason in (
+            (charge[0], q.key_values_per_peer, "peer_quota"),
+            (charge[1], q.key_values_per_source, "source_quota"),
+        ):
+            if account is not None and self._key_usage.get((key, account), 0) >= limit:
+                self.refused[reason] += 1
+                who = "peer" if reason == "peer_quota" else "network"
+                raise QuotaExceeded(
+                    f"this {who} has {limit} values kept under that key here already"
+                )
+
+    def _charge_key(self, key: int, charge: _Charge, sign: int) -> None:
+        for account in charge[:2]:
+            if account is None:
+                continue
+            count = self._key_usage.get((key, account), 0) + sign
+            if count:
+                self._key_usage[key, account] = count
+            else:
+                self._key_usage.pop((key, account), None)
 
     def _value_room(self, key: int, cost: int) -> bool:
         return (
@@ -379,6 +417,7 @@ class ValueStore:
                 self._value_count -= 1
                 self.value_bytes -= charge[2]
                 self._charge(charge, False, -1)
+                self._charge_key(key, charge, -1)
             if not held:
                 del self.values[key]
         self._next_expiry = min(
