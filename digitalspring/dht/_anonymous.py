@@ -126,7 +126,7 @@ async def get_anonymously(dht: DHT, key: bytes) -> list[bytes]:
     finally:
         for channel in channels:
             channel.loseConnection()
-    if seeds and not answered:
-        raise NoAnswer("no DHT node answered")
+    if not answered:
+        raise NoAnswer("no DHT node answered" if seeds else "this node knows no DHT node")
     return list(found)
 

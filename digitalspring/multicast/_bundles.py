@@ -124,13 +124,17 @@ class BundleSide(MemberSide):
     async def refresh_bundles(self) -> None:
         """
         At start: delete the prekeys past their expiry and grace, and if
-        the signed prekey is past half its lifetime (or gone), give every
-        owner of our groups a bundle with a new one, once per owner.  Items
+        the signed prekey is past half its lifetime (or gone), or we have no
+        day-key secret yet, give every owner of our groups a bundle with a
+        new one (and the secret), once per owner.  Items
         an owner sealed to the old one still open until its grace is over.
         """
         now = self._seconds()
         await self.prekeys.expire(now)
-        if not await self.prekeys.renewal_due(now):
+        # Owners that were given bundles before they carried the day-key
+        # secret get one that does.
+        fresh = await self.prekeys.notify_secret() is None
+        if not fresh and not await self.prekeys.renewal_due(now):
             return
         told: set[PeerID] = set()
         for group in await self.store.groups():

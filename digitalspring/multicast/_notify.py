@@ -82,6 +82,14 @@ MAX_DEPOSIT_WORK = 24
 #: The most notifications in one ``notify-collect`` answer.
 MAX_COLLECT = 32
 
+#: Seconds in a day: a member's DHT key changes every UTC day.
+DAY = 24 * 3600
+#: How long a notification is kept in the DHT: under the longest a value
+#: may be (24 h), so that a storing node whose clock is a little behind
+#: still takes it; the member reads today's key and yesterday's.
+DHT_TTL = 23 * 3600
+_DAY_PERSON = b"ds-notify-day"
+
 _KEY = 32
 _MAC = 32
 _MAC_PERSON = b"ds-notify-mac"
@@ -218,6 +226,15 @@ def decode_notification(data: bytes) -> Notification:
     if not count or data[reader.offset :].strip(b"\0"):
         raise reader.fail("has no MAC, or something after its MACs")
     return Notification(group_id, (epoch, index), macs)
+
+
+def day_key(secret: bytes, day: int) -> bytes:
+    """
+    The DHT key a member's notifications go under on ``day`` (days since
+    the Unix epoch, UTC) when it has no box: one per member and day,
+    whatever the group, unlinkable to the member without its secret.
+    """
+    return blake2b(_DAY_PERSON, varint(day), key=secret)
 
 
 def _dh(private_key: bytes, public_key: bytes) -> bytes:

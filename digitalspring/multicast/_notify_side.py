@@ -49,9 +49,11 @@ from ..storage import (
 from ..transport import split_address
 from ._bundles import NOTIFY_BOXES_SETTING, BundleSide
 from ._core import GroupError, deferred
-from ._notices import NEW_EPOCH, REMOVAL, decode_new_epoch
+from ._notices import KEY_BUNDLE, NEW_EPOCH, REMOVAL, decode_new_epoch
 from ._notify import (
+    DAY,
     DEFAULT_DEPOSIT_WORK,
+    DHT_TTL,
     ITEM_SIZE,
     MAX_COLLECT,
     MAX_DEPOSIT_WORK,
@@ -59,12 +61,14 @@ from ._notify import (
     DepositRefused,
     InsufficientWork,
     NotABox,
+    Notification,
     NotificationRefused,
     NotifyCollect,
     NotifyDeposit,
     NotifyRegister,
     NotifyWork,
     check_deposit,
+    day_key,
     item_prekey,
     make_notification,
     notification_valid,
@@ -73,13 +77,14 @@ from ._notify import (
     solve_deposit,
 )
 from ._outbox import CATCH_UP
-from ._prekeys import MAX_NOTIFY_BOXES, PREKEY_GRACE, decode_bundle
+from ._prekeys import MAX_NOTIFY_BOXES, PREKEY_GRACE, KeyBundle, decode_bundle
 from ._rates import BOX
 
 if TYPE_CHECKING:
     from twisted.internet.interfaces import IDelayedCall
 
     from ..channel import PeerConnection
+    from ..dht import DHT
     from ._service import MulticastService
 
 #: Outbox kind of a registration with a box (payload ``b"\x01"``) or its
@@ -118,6 +123,11 @@ class NotifySide(BundleSide):
     """
 
     notify_box_work: int | None
+    #: The DHT that notifications of members without boxes go through,
+    #: if the node has one.
+    dht: DHT | None
+    #: When we last put a notification of each (member, group) in the DHT.
+    _dht_puts: dict[tuple[PeerID, bytes], int]
     #: The groups each member was notified of since we last saw it, and
     #: the latest message their notifications named (``None`` while the
     #: first is under way).
@@ -220,6 +230,8 @@ class NotifySide(BundleSide):
         collect now.
         """
         self._notified.pop(peer, None)
+        for key in [k for k in self._dht_puts if k[0] == peer]:
+            del self._dht_puts[key]
         if self._collect_failures and self.running:
             self.collect_soon()
 
@@ -284,7 +296,9 @@ class NotifySide(BundleSide):
             return previous
         now = self._now()
         bundle = decode_bundle(held.data)
-        if not bundle.notify_boxes or bundle.expires <= now:
+        secret = bundle.notify_secret
+        to_dht = not bundle.notify_boxes and secret is not None and self.dht is not None
+        if bundle.expires <= now or not (bundle.notify_boxes or to_dht):
             return previous
         try:
             current = await self.store.epoch(group_id)
@@ -293,7 +307,14 @@ class NotifySide(BundleSide):
         if current.access_key is None or current.chain is None:
             return previous
         latest = (current.epoch, current.chain.next_index - 1)
-        if previous is not None and latest <= previous:
+        put_at = self._dht_puts.get((peer, group_id))
+        if (
+            previous is not None
+            and latest <= previous
+            # A notification in the DHT expires: put again past half its
+            # life (at a retry of the outbox, daily at most).
+            and not (to_dht and (put_at is None or now - put_at >= DHT_TTL / 2))
+        ):
             return previous
         keys = {current.epoch: current.access_key}
         waiting = []
@@ -316,6 +337,10 @@ class NotifySide(BundleSide):
             if held_epoch is not None and held_epoch.access_key is not None:
                 keys[held_epoch.epoch] = held_epoch.access_key
         notification = make_notification(peer, group_id, latest, keys)
+        if to_dht:
+            assert secret is not None
+            kept = await self._put_in_dht(peer, group_id, secret, bundle, notification)
+            return latest if kept else previous
         left = False
         for box in sorted(bundle.notify_boxes, key=str):
             item = seal_notification(peer, bundle.signed_prekey, notification)
@@ -333,6 +358,50 @@ class NotifySide(BundleSide):
         # When no box took it, tried again when the outbox next fails to
         # reach the peer.
         return latest if left else previous
+
+    async def _put_in_dht(
+        self,
+        peer: PeerID,
+        group_id: bytes,
+        secret: bytes,
+        bundle: KeyBundle,
+        notification: Notification,
+    ) -> bool:
+        """
+        Put the notification, sealed to ``peer`` as at a box, in the DHT
+        under today's key of ``peer`` (a member without boxes).
+
+        :returns: whether any node kept it.
+        """
+        assert self.dht is not None
+        item = seal_notification(peer, bundle.signed_prekey, notification)
+        key = day_key(secret, int(self.clock.seconds() // DAY))
+        try:
+            stored = await self._deposits.run(self._paced_put, key, item)
+        except Exception as e:
+            stored, error = 0, str(e)
+        else:
+            error = "no DHT node kept it"
+        if not stored:
+            self._rlog.info(
+                "dht-notify-failed",
+                "could not leave a notification for {peer} in the DHT: {error}",
+                peer=str(peer),
+                error=error,
+            )
+            return False
+        if len(self._dht_puts) >= MAX_NOTIFIED:
+            del self._dht_puts[next(iter(self._dht_puts))]
+        self._dht_puts[peer, group_id] = self._now()
+        return True
+
+    @deferred
+    async def _paced_put(self, key: bytes, item: bytes) -> int:
+        assert self.dht is not None
+        try:
+            return await self.dht.put(key, item, DHT_TTL)
+        finally:
+            await deferLater(self.clock, DEPOSIT_SPACING, lambda: None)
 
     @deferred
     async def _paced_deposit(self, box: PeerID, recipient: PeerID, item: bytes) -> None:
@@ -482,13 +551,15 @@ class NotifySide(BundleSide):
 
     async def collect_notifications(self) -> set[bytes] | None:
         """
-        Take what our boxes hold for us: the groups with news, each checked
-        (it opens, its MAC checks under an access key we hold, and it names
-        a message past the last we have).
+        Take what our boxes hold for us (without boxes, what the DHT holds
+        under our day keys): the groups with news, each checked (it opens,
+        its MAC checks under an access key we hold, and it names a message
+        past the last we have).
 
-        :returns: those groups; ``None`` when no box answered, or one
-            refused deposits for us (it was full): we cannot know we were
-            told of every group with news.
+        :returns: those groups; ``None`` when no box (no DHT node)
+            answered, or one refused deposits for us (it was full; the DHT
+            key was full, or a day's key could not be read): we cannot
+            know we were told of every group with news.
         """
         news, answered, complete = await self._collect()
         if not answered or not complete:
@@ -549,7 +620,7 @@ class NotifySide(BundleSide):
 
     async def _collect_while_running(self) -> None:
         self.stop_collections()
-        if not await self.notify_boxes():
+        if not await self.notify_boxes() and not await self.reads_dht():
             return
         try:
             news, answered, complete = await self._collect()
@@ -566,7 +637,87 @@ class NotifySide(BundleSide):
             await service.collect_all_sealed(groups)
             await service.catch_up_all(groups)
 
+    async def reads_dht(self) -> bool:
+        """
+        Whether we collect our notifications from the DHT: we have no box,
+        a DHT, and have given our owners a day-key secret.
+        """
+        return (
+            self.dht is not None
+            and not await self.notify_boxes()
+            and await self.prekeys.notify_secret() is not None
+        )
+
     async def _collect(self) -> tuple[set[bytes], bool, bool]:
+        """
+        Collect from every box, or without boxes from the DHT: the groups
+        with news, whether any box (or DHT node) answered, and whether we
+        can vouch we were told of every group with news.
+        """
+        boxes = await self.notify_boxes()
+        if boxes:
+            news, answered, complete = await self._collect_boxes(boxes)
+        else:
+            news, answered, complete = await self._collect_dht()
+        self._collect_failures = 0 if answered else self._collect_failures + 1
+        return news, answered, complete
+
+    async def _collect_dht(self) -> tuple[set[bytes], bool, bool]:
+        """
+        Read today's and yesterday's keys of ours in the DHT, each with a
+        throwaway identity (``DHT.get_anonymously``): values are kept 23
+        hours, so these two hold every notification still there.  The
+        groups whose owner has not taken our bundle with its secret yet
+        (one waits in our outbox) may have news too.
+        """
+        secret = await self.prekeys.notify_secret()
+        if self.dht is None or secret is None:
+            return set(), False, True
+        news: set[bytes] = set()
+        answered = False
+        complete = True
+        dht = self.dht
+        # At start: once the DHT has tried to join, so that it knows nodes.
+        joined: Deferred[None] = Deferred()
+
+        def tried(result: object) -> object:
+            joined.callback(None)
+            return result
+
+        dht.joined.addBoth(tried)
+        await joined
+        today = int(self.clock.seconds() // DAY)
+        full = dht.settings.quotas.values_per_key
+        for day in (today, today - 1):
+            try:
+                values = await dht.get_anonymously(day_key(secret, day))
+            except Exception as e:
+                self._rlog.info(
+                    "notifications-not-collected",
+                    "could not read our notifications in the DHT: {error}",
+                    error=str(e),
+                )
+                complete = False
+                continue
+            answered = True
+            if len(values) >= full:
+                # Filled (by depositors within their bounds): what did not
+                # fit is unknown.
+                complete = False
+            for value in values:
+                if len(value) != ITEM_SIZE:
+                    continue
+                group_id = await self._news_of(value)
+                if group_id is not None:
+                    news.add(group_id)
+        for group in await self.store.groups():
+            if group.role == "member" and group.state == "active" and group.group_id not in news:
+                waiting = await self.store.outbox(group.owner)
+                if any(e.kind == KEY_BUNDLE for e in waiting):
+                    news.add(group.group_id)
+        return news, answered, complete
+
+    async def _collect_boxes(self, boxes: list[PeerID]) -> tuple[set[bytes], bool, bool]:
         """
         Collect from every box: the groups with news, whether any box
         answered, and whether every box could vouch it was told everything.
@@ -574,7 +725,7 @@ class NotifySide(BundleSide):
         news: set[bytes] = set()
         answered = False
         complete = True
-        for box in await self.notify_boxes():
+        for box in boxes:
             for _ in range(MAX_COLLECT_ROUNDS):
                 try:
                     answer = await self.pool.call(box, NotifyCollect)
@@ -601,7 +752,6 @@ class NotifySide(BundleSide):
                     break
             else:
                 complete = False
-        self._collect_failures = 0 if answered else self._collect_failures + 1
         return news, answered, complete
 
     async def _news_of(self, item: bytes) -> bytes | None:

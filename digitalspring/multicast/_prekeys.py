@@ -86,7 +86,9 @@ from ._crypto import TAG_SIZE, UndecryptableMessage, blake2b, decrypt, encrypt
 from ._epoch import GROUP_ID_SIZE
 from ._notices import INVITATION, NEW_EPOCH, REMOVAL
 
-BUNDLE_VERSION = 1
+#: A bundle's version: 2 carries the member's day-key secret (its
+#: notifications in the DHT, when it has no box); 1, read still, does not.
+BUNDLE_VERSION = 2
 SEALED_VERSION = 1
 #: The most one-time prekeys a bundle holds (and a member keeps for one
 #: peer).
@@ -104,6 +106,10 @@ PREKEY_GRACE = 7 * 24 * 3600
 #: (at most 205 bytes), tag, group and recipient it fits a notice to a
 #: mailbox (4,096 bytes); an invitation is under 3,200.
 MAX_SEALED_PAYLOAD = 3584
+
+#: The setting that holds a member's day-key secret (hex), made with its
+#: first bundle and never changed: every owner holds it.
+NOTIFY_SECRET_SETTING = "notify-day-secret"  # noqa: S105 (its name, not it)
 
 _KEY = 32
 _SIGNATURE = 64
@@ -151,6 +157,10 @@ class KeyBundle:
     :ivar one_time_prekeys: X25519 public keys, each used for one item.
     :ivar notify_boxes: the member's notification boxes.
     :ivar signature: the issuer's signature (see the module's encoding).
+    :ivar notify_secret: the secret the member's day keys are derived from
+        (:func:`~digitalspring.multicast._notify.day_key`): where its
+        notifications go in the DHT when it has no box; ``None`` in a
+        bundle of version 1.
     """
 
     issuer: PeerID
@@ -161,6 +171,7 @@ class KeyBundle:
     one_time_prekeys: tuple[bytes, ...]
     notify_boxes: frozenset[PeerID]
     signature: bytes = field(repr=False)
+    notify_secret: bytes | None = field(default=None, repr=False)
 
 
 @frozen
@@ -184,16 +195,19 @@ def _bundle_body(
     signed_prekey: bytes,
     one_time_prekeys: tuple[bytes, ...],
     notify_boxes: frozenset[PeerID],
+    notify_secret: bytes | None = None,
 ) -> bytes:
     if len(one_time_prekeys) > MAX_ONE_TIME_PREKEYS or len(notify_boxes) > MAX_NOTIFY_BOXES:
         raise ValueError(
             f"a bundle holds at most {MAX_ONE_TIME_PREKEYS} one-time prekeys "
             f"and {MAX_NOTIFY_BOXES} notification boxes"
         )
+    if notify_secret is not None and len(notify_secret) != _KEY:
+        raise ValueError(f"a day-key secret has {_KEY} bytes")
     boxes = sorted(box.public_key for box in notify_boxes)
     return b"".join(
         [
-            varint(BUNDLE_VERSION),
+            varint(1 if notify_secret is None else BUNDLE_VERSION),
             issuer.public_key,
             audience.public_key,
             varint(serial),
@@ -203,6 +217,7 @@ def _bundle_body(
             *one_time_prekeys,
             varint(len(boxes)),
             *boxes,
+            notify_secret or b"",
         ]
     )
 
@@ -219,6 +234,7 @@ def encode_bundle(bundle: KeyBundle) -> bytes:
         bundle.signed_prekey,
         bundle.one_time_prekeys,
         bundle.notify_boxes,
+        bundle.notify_secret,
     )
     return body + bundle.signature
 
@@ -239,8 +255,9 @@ def decode_bundle(data: bytes) -> KeyBundle:
     :raises InvalidBundle: saying what is wrong.
     """
     reader = Reader(data, InvalidBundle, "key bundle")
-    if reader.varint() != BUNDLE_VERSION:
-        raise reader.fail(f"is not of version {BUNDLE_VERSION}")
+    version = reader.varint()
+    if version not in (1, BUNDLE_VERSION):
+        raise reader.fail(f"is not of version 1 or {BUNDLE_VERSION}")
     issuer = _peer(reader)
     audience = _peer(reader)
     serial = reader.varint()
@@ -249,19 +266,25 @@ def decode_bundle(data: bytes) -> KeyBundle:
     count = reader.varint(MAX_ONE_TIME_PREKEYS)
     one_time = tuple(reader.take(_KEY) for _ in range(count))
     boxes = frozenset(_peer(reader) for _ in range(reader.varint(MAX_NOTIFY_BOXES)))
+    secret = reader.take(_KEY) if version == BUNDLE_VERSION else None
     signed_end = reader.offset
     signature = reader.take(_SIGNATURE)
     reader.end()
     if len(set(one_time)) != len(one_time) or signed_prekey in one_time:
         raise reader.fail("repeats a prekey")
     body = data[:signed_end]
-    if _bundle_body(issuer, audience, serial, expires, signed_prekey, one_time, boxes) != body:
+    if (
+        _bundle_body(issuer, audience, serial, expires, signed_prekey, one_time, boxes, secret)
+        != body
+    ):
         raise reader.fail("is not in its canonical encoding")
     try:
         issuer.verify(_BUNDLE_SIGNED + body, signature)
     except BadSignature:
         raise reader.fail(f"is not signed by its issuer {issuer}") from None
-    return KeyBundle(issuer, audience, serial, expires, signed_prekey, one_time, boxes, signature)
+    return KeyBundle(
+        issuer, audience, serial, expires, signed_prekey, one_time, boxes, signature, secret
+    )
 
 
 def _dh(private_key: bytes, public_key: bytes) -> bytes:
@@ -449,7 +472,14 @@ class MemberPrekeys:
             new.append(Prekey(public, secret, audience=audience))
             reserved.append(public)
         serial = int(await self._store.setting(_SERIAL_SETTING) or 0) + 1
-        await self._store.commit(AddPrekeys(tuple(new)), SetSetting(_SERIAL_SETTING, str(serial)))
+        changes = [AddPrekeys(tuple(new)), SetSetting(_SERIAL_SETTING, str(serial))]
+        held_secret = await self._store.setting(NOTIFY_SECRET_SETTING)
+        if held_secret is None:
+            notify_secret = random_bytes(_KEY)
+            changes.append(SetSetting(NOTIFY_SECRET_SETTING, notify_secret.hex()))
+        else:
+            notify_secret = bytes.fromhex(held_secret)
+        await self._store.commit(*changes)
         assert current.expires is not None
         one_time = tuple(sorted(reserved))
         body = _bundle_body(
@@ -460,6 +490,7 @@ class MemberPrekeys:
             current.public,
             one_time,
             notify_boxes,
+            notify_secret,
         )
         return KeyBundle(
             self._identity.peer_id,
@@ -470,7 +501,16 @@ class MemberPrekeys:
             one_time,
             notify_boxes,
             self._identity.sign(_BUNDLE_SIGNED + body),
+            notify_secret,
         )
+
+    async def notify_secret(self) -> bytes | None:
+        """
+        The secret our day keys come from, once a bundle gave it (the first
+        bundle makes it), else ``None``.
+        """
+        held = await self._store.setting(NOTIFY_SECRET_SETTING)
+        return None if held is None else bytes.fromhex(held)
 
     async def renewal_due(self, now: int) -> bool:
         """

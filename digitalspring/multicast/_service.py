@@ -25,6 +25,7 @@ from twisted.python.failure import Failure
 
 from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
+from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
 from ..storage import IStore, StoreClosed, StoreLimits
@@ -109,6 +110,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
     :param collect_interval: about how many seconds pass between a member's
         collections of its notifications while it runs (each wait drawn
         within 20 % of it).
+    :param dht: the node's DHT, if it has one: a member without boxes
+        collects its notifications there, and an owner leaves them there
+        for such a member.
     """
 
     def __init__(
@@ -125,9 +129,12 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         notify_box: int | None = None,
         rates: RequestRates | None = None,
         collect_interval: float = DEFAULT_COLLECT_INTERVAL,
+        dht: DHT | None = None,
     ) -> None:
         self.identity = identity
         self.notify_box_work = notify_box
+        self.dht = dht
+        self._dht_puts = {}
         self._notified = {}
         self._deposits = DeferredSemaphore(MAX_DEPOSITS)
         self.collect_interval = collect_interval
@@ -198,7 +205,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         # every group may.
         news: set[bytes] | None = None
         try:
-            if await self.notify_boxes():
+            if await self.notify_boxes() or await self.reads_dht():
                 news = await self.collect_notifications()
                 # And again while we run (sooner if no box answered).
                 self.schedule_collection()

@@ -398,6 +398,7 @@ class Node(MultiService):
             strategies=self.strategies,
             mailbox=self.mailbox,
             notify_box=self.notify_box,
+            dht=self.dht,
         )
         self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
         if self.groups is not None:

@@ -23,6 +23,7 @@ from twisted.python.failure import Failure
 from zope.interface import implementer
 
 from ..channel import ConnectionPool
+from ..dht import DHT, Contact, DHTSettings
 from ..directory import IPeerDirectory, UnknownPeer
 from ..identity import Identity, PeerID
 from ..multicast import (
@@ -56,6 +57,8 @@ class GroupNetwork:
     Nodes running the multicast service on one memory network and one
     simulated clock, each with a :class:`~digitalspring.storage.MemoryStore`.
 
+    :param dht: when given, every node runs a DHT with these settings
+        (joining through the first node made), which its groups use.
     :ivar contacts: whether every node counts every other as a contact
         (so invitations are accepted unasked).
     :ivar sent: the bytes written on every memory connection so far.
@@ -66,8 +69,12 @@ class GroupNetwork:
         plugins: dict[str, IMulticastStrategyPlugin] | None = None,
         latency: float = 0.01,
         idle_timeout: float = 60.0,
+        dht: DHTSettings | None = None,
     ) -> None:
         self.clock = SimulatedClock()
+        self.dht_settings = dht
+        self.dhts: dict[str, DHT] = {}
+        self._bootstrap: list[Contact] = []
         self.network = MemoryNetwork(self.clock, latency=latency, seed=1)
         self.directory = _Directory()
         self.plugins = plugins
@@ -134,6 +141,11 @@ class GroupNetwork:
             lambda port: self._listeners.__setitem__(name, port)
         )
         self.directory.addresses[identity.peer_id] = [f"memory:{name}:1"]
+        dht = None
+        if self.dht_settings is not None:
+            dht = self.dhts[name] = DHT(pool, self.dht_settings, bootstrap=self._bootstrap)
+            if not self._bootstrap:
+                self._bootstrap.append(Contact(identity.peer_id, (f"memory:{name}:1",)))
         service = MulticastService(
             identity,
             self.clock,
@@ -143,8 +155,11 @@ class GroupNetwork:
             strategies=self.plugins,
             mailbox=mailbox,
             notify_box=notify_box,
+            dht=dht,
         )
         pool.startService()
+        if dht is not None:
+            dht.startService()
         service.startService()
         self.services[name] = service
         return service
@@ -167,6 +182,9 @@ class GroupNetwork:
         old = self.services[name]
         self.network.take_offline(name, refuse=True)
         old.stopService()
+        dht = self.dhts.pop(name, None)
+        if dht is not None:
+            dht.stopService()
         old.pool.stopService()
         self._listeners.pop(name).stopListening()
 
