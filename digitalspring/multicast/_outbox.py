@@ -13,6 +13,7 @@ peer, and which flushes are under way.
 from __future__ import annotations
 
 from collections.abc import Awaitable, Callable, Iterable, Mapping
+from random import Random, SystemRandom
 from typing import Any
 
 from twisted.internet.defer import Deferred
@@ -30,6 +31,14 @@ from ._commands import GroupNotice, NoticeRefused, PeerBusy
 #: peer to connect (or to be seen reachable).
 RETRY_DELAYS = (30.0, 120.0, 600.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
 MAX_ATTEMPTS = 20
+#: Seconds before trying again a peer that answered busy: it is there and
+#: asked us to come back, so this neither grows nor counts as an attempt.
+BUSY_RETRY = 60.0
+#: Each delay is drawn between these fractions of its nominal value, so
+#: that peers refused together (hundreds of members whose key bundles an
+#: owner paced, say) do not all come back at the same moment, to be
+#: refused together again.
+JITTER = (0.5, 1.5)
 #: Outbox kind of a catch-up: messages a member has not committed.
 CATCH_UP = "catch-up"
 
@@ -72,8 +81,10 @@ class Outbox:
         special: Mapping[str, Deliver],
         after: Mapping[str, Delivered],
         undelivered: Undelivered | None = None,
+        random: Random | None = None,
     ) -> None:
         self._clock = clock
+        self._random = random or SystemRandom()
         self._pool = pool
         self._store = store
         self._special = dict(special)
@@ -124,7 +135,7 @@ class Outbox:
         just now: try again on the retry schedule (or when it connects).
         """
         self._peers.add(peer)
-        self._schedule(peer, RETRY_DELAYS[0])
+        self._schedule(peer, self._jittered(RETRY_DELAYS[0]))
 
     def reachable(self, peer: PeerID) -> None:
         """
@@ -143,6 +154,9 @@ class Outbox:
                 return
             call.cancel()
         self._timers[peer] = self._clock.callLater(delay, self._flush, peer)
+
+    def _jittered(self, delay: float) -> float:
+        return delay * self._random.uniform(*JITTER)
 
     def _flush(self, peer: PeerID) -> None:
         self._timers.pop(peer, None)
@@ -195,16 +209,19 @@ class Outbox:
                 busy = True
             except Exception:
                 delivered = False
+            if busy:
+                self._schedule(peer, self._jittered(BUSY_RETRY))
+                return
             if not delivered:
                 await self._store.commit(CountAttempt(entry.entry_id))
-                if self._undelivered is not None and not busy:
+                if self._undelivered is not None:
                     try:
                         await self._undelivered(peer, entries)
                     except Exception:
                         self.log.failure("after {peer} was not reached", peer=str(peer))
                 if entry.attempts + 1 < MAX_ATTEMPTS:
                     delay = RETRY_DELAYS[min(entry.attempts, len(RETRY_DELAYS) - 1)]
-                    self._schedule(peer, delay)
+                    self._schedule(peer, self._jittered(delay))
                 return
             await self._store.commit(Dequeue(entry.entry_id))
             after = self._after.get(entry.kind)
