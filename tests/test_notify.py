@@ -6,7 +6,9 @@ others; a box keeps only opaque, bounded deposits.
 
 from __future__ import annotations
 
+import itertools
 import os
+from typing import Any
 
 from nacl.bindings import crypto_scalarmult_base
 from twisted.internet import reactor
@@ -229,7 +231,7 @@ class NotificationBoxTests(SynchronousTestCase):
         self.assertRaises(
             NotABox, net.result, outsider.deposit(s.other.local, s.member.local, item)
         )
-        self.patch(_notify_side, "solve_deposit", lambda *args: b"\xff" * 8)
+        self.patch(_notify_side, "solve_deposit", _unsolved)
         self.assertRaises(
             InsufficientWork, net.result, outsider.deposit(s.box.local, s.member.local, item)
         )
@@ -311,3 +313,17 @@ class BoxDatabaseTests(TestCase):
         self.assertIn(item, files)
         for secret in (s.news, s.owner.local.public_key):
             self.assertNotIn(secret, files)
+
+
+def _unsolved(box: Any, binding: bytes, recipient: Any, item: bytes, bits: int) -> bytes:
+    """
+    A nonce that does not make the deposit's proof of work (a fixed one
+    would, once in ``2 ** bits`` runs).
+    """
+    for counter in itertools.count():
+        nonce = counter.to_bytes(8, "big")
+        try:
+            check_deposit(box, binding, recipient, item, nonce, bits)
+        except InsufficientWork:
+            return nonce
+    raise AssertionError("unreachable")

@@ -289,6 +289,21 @@ class PoolTests(SynchronousTestCase):
         failure = self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
         self.assertNotIsInstance(failure, BackingOff)
 
+    def test_forget_failures(self) -> None:
+        """
+        ``forget_failures`` lets the next call dial a peer still in its
+        backoff delay.
+        """
+        net = Network()
+        alice = net.node("alice")
+        ghost = Identity.generate().peer_id
+        net.directory.addresses[ghost] = ["memory:alice:9"]
+        self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
+        self.assertRaises(BackingOff, net.result, alice.connect(ghost))
+        alice.forget_failures(ghost)
+        failure = self.assertRaises(PeerUnreachable, net.result, alice.connect(ghost))
+        self.assertNotIsInstance(failure, BackingOff)
+
     def test_wrong_peer_at_address(self) -> None:
         """
         An address that leads to another peer fails the dial; the other

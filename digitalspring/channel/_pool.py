@@ -284,6 +284,16 @@ class ConnectionPool(Service):
 
         return Deferred.fromCoroutine(dial())
 
+    def forget_failures(self, peer_id: PeerID) -> None:
+        """
+        Dial ``peer_id`` at the next call, whatever its earlier failures'
+        backoff says: for a caller whose own schedule already spaces its
+        tries to that peer (a member collecting from its notification
+        boxes), so that the pool's backoff, grown while this node was off
+        the network, does not outlast the node's return.
+        """
+        self._failures.pop(peer_id, None)
+
     async def _refuse_self(self) -> PeerConnection:
         raise PeerUnreachable("a node does not connect to itself")
 

@@ -726,6 +726,10 @@ class NotifySide(BundleSide):
         answered = False
         complete = True
         for box in boxes:
+            # Collections space their own tries (COLLECT_RETRY doubling);
+            # the pool's backoff, from dials while we were off the network,
+            # would keep a collection on our return from reaching the box.
+            self.pool.forget_failures(box)
             for _ in range(MAX_COLLECT_ROUNDS):
                 try:
                     answer = await self.pool.call(box, NotifyCollect)
