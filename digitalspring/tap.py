@@ -37,6 +37,7 @@ from .multicast import (
     DEFAULT_DEPOSIT_WORK,
     DEFAULT_UPLOAD_BUDGET,
     MAX_DEPOSIT_WORK,
+    RETRY_DELAYS,
     IMulticastStrategyPlugin,
     SpringStrategyPlugin,
     strategy_plugins,
@@ -137,6 +138,15 @@ class Options(usage.Options):
             None,
             300.0,
             "Seconds after which a connection without traffic is closed.",
+        ],
+        [
+            "retry-interval",
+            None,
+            RETRY_DELAYS[-1],
+            "The most seconds between two tries to deliver what waits for a peer that "
+            "cannot be reached (a group's messages, new epochs and notifications for a "
+            "member away); the tries are 30 s, 2 min, 10 min, 1 h, 6 h, then daily, none "
+            "longer than this (default 86400: a day).",
         ],
         [
             "upload-budget",
@@ -332,6 +342,8 @@ class Options(usage.Options):
             raise usage.UsageError("--passphrase-fd takes an open file descriptor, 0 or more")
         if _number(self, "idle-timeout", float) <= 0:
             raise usage.UsageError("--idle-timeout takes a number of seconds above 0")
+        if _number(self, "retry-interval", float) <= 0:
+            raise usage.UsageError("--retry-interval takes a number of seconds above 0")
         if _number(self, "tor-bootstrap-warning", float) <= 0:
             raise usage.UsageError("--tor-bootstrap-warning takes a number of seconds above 0")
         if isinstance(self["upload-budget"], str):
@@ -633,6 +645,7 @@ def _make_locked_node(options: Options, reactor: Any, lock: DataDirLock) -> Node
         mailbox=limits if options["mailbox"] else None,
         web=options["web"],
         notify_box=int(options["notify-box-work"]) if options["notify-box"] else None,
+        retry_interval=float(options["retry-interval"]),
     )
 
 

@@ -441,6 +441,35 @@ class OutboxTests(SynchronousTestCase):
         net.result(report.settled(), limit=5)
         self.assertEqual([m.data for m in got], [b"while away"])
 
+    def test_retry_interval_chosen_by_the_owner(self) -> None:
+        """
+        An owner run with a retry interval of 10 minutes tries a member it
+        cannot reach on the outbox's schedule capped there (30 s, 2 min,
+        then 10 min however long it stays away), each jittered; with the
+        default, the waits grow past an hour.
+        """
+
+        def waits(**kwargs: Any) -> list[float]:
+            net = network()
+            owner = net.node("owner", **kwargs)
+            b, c = net.node("b"), net.node("c")
+            group_id = net.group(owner, b, c, strategy="unicast")
+            net.network.take_offline("c", refuse=True)
+            net.result(net.result(owner.publish(group_id, "while away")).transmitted)
+            found = []
+            for _ in range(6):
+                [retry] = owner.outbox.timers.values()
+                found.append(retry.getTime() - net.clock.seconds())
+                net.run(retry.getTime() - net.clock.seconds() + 1)
+            return found
+
+        capped = waits(retry_interval=600.0)
+        # The first failure queues the entry for 30 s; its first retry that
+        # fails waits 30 s again, then the schedule goes on.
+        for wait, nominal in zip(capped, [30, 30, 120, 600, 600, 600], strict=True):
+            self.assertTrue(nominal * 0.5 - 2 <= wait <= nominal * 1.5, (wait, nominal))
+        self.assertGreater(max(waits()), 3600 * 0.5)
+
     def test_offline_member_gets_everything_on_retry(self) -> None:
         """
         A member back online that nobody hears from still gets everything

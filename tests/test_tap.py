@@ -302,6 +302,24 @@ class MakeServiceTests(SynchronousTestCase):
             self.addCleanup(node.lock.release)
             self.assertEqual(node.mailbox, limits)
 
+    def test_retry_interval_reaches_the_node(self) -> None:
+        """
+        ``--retry-interval`` is the longest wait between two tries of a
+        peer the node cannot reach, a day unless told; what is not a number
+        of seconds above 0 is a usage error naming the option.
+        """
+        self.assertEqual(_parse()["retry-interval"], 86400.0)
+        node = makeService(
+            _parse("--data-dir", self.data_dir.path, "--no-passphrase", "--retry-interval", "600"),
+            MemoryReactorClock(),
+        )
+        assert isinstance(node, Node) and node.lock is not None
+        self.addCleanup(node.lock.release)
+        self.assertEqual(node.retry_interval, 600.0)
+        for text in ["0", "-5", "abc"]:
+            e = self.assertRaises(usage.UsageError, _parse, "--retry-interval", text)
+            self.assertIn("--retry-interval takes", str(e))
+
     def test_passphrase_needed(self) -> None:
         """
         Without any passphrase option, makeService refuses to create an

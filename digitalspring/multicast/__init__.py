@@ -120,6 +120,7 @@ from ._notify import (
     NotABox,
     NotificationRefused,
 )
+from ._outbox import RETRY_DELAYS
 from ._plugins import DEFAULT_STRATEGY, UnknownStrategy, get_strategy, strategy_plugins
 from ._report import Arrival, DeliveryReport, ReceivedMessage
 from ._service import (
@@ -156,6 +157,7 @@ __all__ = [
     "NO_PREVIOUS",
     "PROOF_LABEL",
     "PROOF_SIZE",
+    "RETRY_DELAYS",
     "AlreadyMember",
     "Arrival",
     "BadManifestSignature",

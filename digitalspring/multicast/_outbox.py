@@ -28,7 +28,8 @@ from ._commands import GroupNotice, NoticeRefused, PeerBusy
 
 #: Seconds before each retry of an outbox entry a peer did not take; the
 #: last one repeats.  After :data:`MAX_ATTEMPTS` the entry waits for the
-#: peer to connect (or to be seen reachable).
+#: peer to connect (or to be seen reachable).  A node may wait less
+#: (:func:`retry_delays`).
 RETRY_DELAYS = (30.0, 120.0, 600.0, 3600.0, 6 * 3600.0, 24 * 3600.0)
 MAX_ATTEMPTS = 20
 #: Seconds before trying again a peer that answered busy: it is there and
@@ -51,6 +52,17 @@ Delivered = Callable[[PeerID, bytes], Awaitable[None]]
 Undelivered = Callable[[PeerID, list[OutboxEntry]], Awaitable[None]]
 
 
+def retry_delays(longest: float) -> tuple[float, ...]:
+    """
+    The retry schedule of a node that waits at most ``longest`` seconds
+    between two tries of a peer (``twistd dspring --retry-interval``):
+    :data:`RETRY_DELAYS`, none longer than ``longest``.
+    """
+    if not longest > 0:
+        raise ValueError(f"a retry interval is above 0 seconds, not {longest}")
+    return tuple(min(delay, longest) for delay in RETRY_DELAYS)
+
+
 class Outbox:
     """
     Sends what waits in the store's outbox for each peer, in the order it
@@ -69,6 +81,8 @@ class Outbox:
         goes on.  An entry the peer answers busy
         (:class:`~digitalspring.multicast._commands.PeerBusy`) is tried
         again on the retry schedule.
+    :param delays: the retry schedule, seconds before each retry (the last
+        one repeats); :data:`RETRY_DELAYS` by default.
     """
 
     log = Logger()
@@ -82,8 +96,10 @@ class Outbox:
         after: Mapping[str, Delivered],
         undelivered: Undelivered | None = None,
         random: Random | None = None,
+        delays: tuple[float, ...] = RETRY_DELAYS,
     ) -> None:
         self._clock = clock
+        self._delays = delays
         self._random = random or SystemRandom()
         self._pool = pool
         self._store = store
@@ -135,7 +151,7 @@ class Outbox:
         just now: try again on the retry schedule (or when it connects).
         """
         self._peers.add(peer)
-        self._schedule(peer, self._jittered(RETRY_DELAYS[0]))
+        self._schedule(peer, self._jittered(self._delays[0]))
 
     def reachable(self, peer: PeerID) -> None:
         """
@@ -220,7 +236,7 @@ class Outbox:
                     except Exception:
                         self.log.failure("after {peer} was not reached", peer=str(peer))
                 if entry.attempts + 1 < MAX_ATTEMPTS:
-                    delay = RETRY_DELAYS[min(entry.attempts, len(RETRY_DELAYS) - 1)]
+                    delay = self._delays[min(entry.attempts, len(self._delays) - 1)]
                     self._schedule(peer, self._jittered(delay))
                 return
             await self._store.commit(Dequeue(entry.entry_id))

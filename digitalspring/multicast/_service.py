@@ -54,7 +54,7 @@ from ._notices import (
     notice_group,
 )
 from ._notify_side import DEFAULT_COLLECT_INTERVAL, MAX_DEPOSITS, NOTIFY_REGISTER, NotifySide
-from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox
+from ._outbox import CATCH_UP, MAX_ATTEMPTS, RETRY_DELAYS, Outbox, retry_delays
 from ._prekeys import BundleBook, MemberPrekeys
 from ._publishing import MAX_REPORTS, Publishing
 from ._rates import BUNDLE, RequestLimiter, RequestRates
@@ -113,6 +113,9 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
     :param dht: the node's DHT, if it has one: a member without boxes
         collects its notifications there, and an owner leaves them there
         for such a member.
+    :param retry_interval: the most seconds its outbox waits between two
+        tries of a peer it cannot reach (:func:`retry_delays`): an owner
+        retries a member away, and notifies it again, at least this often.
     """
 
     def __init__(
@@ -130,8 +133,10 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         rates: RequestRates | None = None,
         collect_interval: float = DEFAULT_COLLECT_INTERVAL,
         dht: DHT | None = None,
+        retry_interval: float = RETRY_DELAYS[-1],
     ) -> None:
         self.identity = identity
+        self.retry_interval = retry_interval
         self.notify_box_work = notify_box
         self.dht = dht
         self._dht_puts = {}
@@ -168,6 +173,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
             special={CATCH_UP: self.catch_up, NOTIFY_REGISTER: self.register_at_box},
             after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
             undelivered=self.undelivered,
+            delays=retry_delays(retry_interval),
         )
         self._sealed_entries = {}
         self._plugins = dict(strategies) if strategies is not None else None

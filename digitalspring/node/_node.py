@@ -23,7 +23,7 @@ from ..control import BadRequest, ControlService, peer_from_body
 from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..multicast import IMulticastStrategyPlugin, MulticastService
+from ..multicast import RETRY_DELAYS, IMulticastStrategyPlugin, MulticastService
 from ..storage import IStore, StoreLimits
 from ..transport import ITransport, split_address
 from ..web import DEFAULT_WEB, WebNotListening, WebService
@@ -119,6 +119,7 @@ class Node(MultiService):
         mailbox: StoreLimits | None = None,
         web: str | None = None,
         notify_box: int | None = None,
+        retry_interval: float = RETRY_DELAYS[-1],
     ) -> None:
         """
         :param listen: addresses to listen on, ``NAME:DESCRIPTION``; each
@@ -144,6 +145,8 @@ class Node(MultiService):
         :param notify_box: the proof of work (leading zero bits) it asks of
             a deposit when it serves as a notification box
             (``--notify-box``), else ``None``.
+        :param retry_interval: the most seconds its outbox waits between two
+            tries of a peer it cannot reach (``--retry-interval``).
         :param web: the endpoint of its web client (with a control API,
             which hands out the client's login URLs), or ``None`` for none.
         """
@@ -163,6 +166,7 @@ class Node(MultiService):
         self.strategies = dict(strategies) if strategies is not None else None
         self.mailbox = mailbox
         self.notify_box = notify_box
+        self.retry_interval = retry_interval
         self._listeners: list[ListeningService] = []
         for transport in self.transports.values():
             # A transport with a life of its own (tor) starts first, stops last.
@@ -399,6 +403,7 @@ class Node(MultiService):
             mailbox=self.mailbox,
             notify_box=self.notify_box,
             dht=self.dht,
+            retry_interval=self.retry_interval,
         )
         self.multicast.setServiceParent(self)  # type: ignore[no-untyped-call]
         if self.groups is not None:

@@ -36,6 +36,7 @@ from ..multicast import (
     ReceivedMessage,
 )
 from ..multicast._notices import KEY_BUNDLE
+from ..multicast._outbox import RETRY_DELAYS
 from ..storage import MemoryStore, StoreLimits
 from ..transport import MemoryNetwork, SimulatedClock
 from ..transport._memory import MemoryConnection
@@ -113,6 +114,7 @@ class GroupNetwork:
         download_bps: float | None = None,
         mailbox: StoreLimits | None = None,
         notify_box: int | None = None,
+        retry_interval: float = RETRY_DELAYS[-1],
     ) -> MulticastService:
         """
         A new node called ``name``, started.
@@ -122,6 +124,8 @@ class GroupNetwork:
             mailbox (a new store gets them).
         :param notify_box: the proof of work it asks of a deposit, for a
             node that serves as a notification box.
+        :param retry_interval: the longest wait of its outbox between two
+            tries of a peer.
         :param upload_bps: its host's upload rate in bits per second (see
             :meth:`MemoryNetwork.add_host`); unlimited by default, likewise
             ``download_bps``.
@@ -156,6 +160,7 @@ class GroupNetwork:
             mailbox=mailbox,
             notify_box=notify_box,
             dht=dht,
+            retry_interval=retry_interval,
         )
         pool.startService()
         if dht is not None:
@@ -202,6 +207,7 @@ class GroupNetwork:
             old.identity,
             mailbox=old.mailbox_limits,
             notify_box=old.notify_box_work,
+            retry_interval=old.retry_interval,
         )
 
     def result(self, d: Deferred[Any], limit: float = 600.0) -> Any:
