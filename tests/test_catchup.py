@@ -6,16 +6,27 @@ message once; on the memory network and a simulated clock.
 
 from __future__ import annotations
 
-from twisted.internet.defer import CancelledError
+from typing import Any
+
+from twisted.internet.defer import CancelledError, Deferred
 from twisted.trial.unittest import SynchronousTestCase
+from zope.interface import implementer
 
 from digitalspring.cli._network import _caught_up
+from digitalspring.identity import PeerID
 from digitalspring.multicast import (
     FRAGMENT_SIZE,
+    ICatchUpFetcher,
+    IMulticastStrategy,
+    IStrategyContext,
+    Manifest,
     MulticastService,
     SpringStrategyPlugin,
+    UnicastStrategy,
     UnicastStrategyPlugin,
 )
+from digitalspring.multicast._catchup_wire import CatchUpFragment
+from digitalspring.multicast._manifest import decode_manifest
 from digitalspring.storage import StoreLimits
 from digitalspring.testing import GroupNetwork
 
@@ -37,6 +48,114 @@ def _held_by(net: GroupNetwork, box: MulticastService, group_id: bytes, count: i
         return sum(1 for m in found if getattr(m, "state", "") == "complete") >= count
 
     net.clock.run_until(held, limit=600)
+
+
+@implementer(ICatchUpFetcher)
+class _Fetching(UnicastStrategy):
+    """
+    ``unicast``, fetching its catch-ups' fragments itself: it counts each
+    fetch, and asks the holder with ``group-fragment`` over its context's
+    connection, flipping a byte of what comes when told to.
+    """
+
+    def __init__(self, context: IStrategyContext, plugin: _FetchingPlugin) -> None:
+        super().__init__(context)
+        self.plugin = plugin
+
+    def fetch_fragment(self, peer: PeerID, manifest: Manifest, number: int) -> Deferred[bytes]:
+        self.plugin.fetched.append((peer, manifest.index, number))
+
+        async def fetch() -> bytes:
+            connection = await self.context.connect(peer)
+            answer = await connection.callRemote(
+                CatchUpFragment,
+                group=self.context.group_id,
+                epoch=manifest.epoch,
+                index=manifest.index,
+                number=number,
+            )
+            data: bytes = answer["data"]
+            if self.plugin.alter:
+                data = bytes([data[0] ^ 1]) + data[1:]
+            return data
+
+        return Deferred.fromCoroutine(fetch())
+
+
+class _FetchingPlugin(UnicastStrategyPlugin):
+    def __init__(self) -> None:
+        self.fetched: list[tuple[PeerID, int, int]] = []
+        self.alter = False
+
+    def make_strategy(self, context: IStrategyContext) -> IMulticastStrategy:
+        return _Fetching(context, self)
+
+
+class StrategyFetchTests(SynchronousTestCase):
+    """
+    A strategy that provides ICatchUpFetcher gets its group's catch-up
+    fragments itself; what it gets is checked against the manifests as
+    always.
+    """
+
+    def _back(self, plugin: _FetchingPlugin) -> tuple[Any, MulticastService, bytes, list[Any]]:
+        """
+        A member away while two messages (one of five fragments) reach the
+        group's mailbox, back when the owner is away.
+        """
+        net = GroupNetwork({"unicast": plugin})
+        owner, member = net.node("owner"), net.node("member")
+        box = net.node("box", mailbox=StoreLimits())
+        group_id = net.group(owner, member, strategy="unicast")
+        net.add_mailbox(owner, group_id, box)
+        net.run(60)
+        net.down("member")
+        net.result(owner.publish(group_id, "small"))
+        net.result(owner.publish(group_id, bytes(range(256)) * (5 * FRAGMENT_SIZE // 256), "b"))
+        _held_by(net, box, group_id, 2)
+        net.run(600)
+        net.down("owner")
+        del plugin.fetched[:]
+        member = net.up("member")
+        got = net.subscribe(member, group_id)
+        net.run(120)
+        return net, box, group_id, got
+
+    def test_strategy_fetches_the_fragments(self) -> None:
+        """
+        Every fragment the member lacked came through the strategy's
+        fetch_fragment, from the mailbox, and the member has both messages.
+        """
+        plugin = _FetchingPlugin()
+        net, box, group_id, got = self._back(plugin)
+        self.assertEqual([m.index for m in got], [0, 1])
+        member = net.services["member"]
+        self.assertTrue(member.caught_up[group_id].caught_up)
+        manifests = [
+            decode_manifest(net.result(member.store.manifest(group_id, 0, i))) for i in (0, 1)
+        ]
+        self.assertEqual(
+            sorted((index, number) for _, index, number in plugin.fetched),
+            [(m.index, n) for m in manifests for n in range(len(m.fragment_hashes))],
+        )
+        self.assertEqual({peer for peer, _, _ in plugin.fetched}, {box.local})
+
+    def test_what_the_strategy_fetches_is_verified(self) -> None:
+        """
+        A fragment the strategy got that does not match its manifest is
+        refused as any is: nothing is committed, and the source that gave
+        it is named as misbehaving.
+        """
+        plugin = _FetchingPlugin()
+        plugin.alter = True
+        net, box, group_id, got = self._back(plugin)
+        self.assertEqual(got, [])
+        report = net.services["member"].caught_up[group_id]
+        # Its first run, at start (later runs find the mailbox named).
+        report = net.services["member"].caught_up_at_start[group_id]
+        self.assertIn(box.local, report.misbehaved)
+        self.assertFalse(report.caught_up)
+        self.assertEqual(net.result(net.services["member"].history(group_id)), [])
 
 
 class CatchUpTests(SynchronousTestCase):

@@ -61,6 +61,7 @@ from ._epoch import (
 from ._interfaces import (
     IAcknowledgementCarrier,
     IAcknowledgementRelay,
+    ICatchUpFetcher,
     IMulticastStrategy,
     IMulticastStrategyPlugin,
     IStrategyContext,
@@ -180,6 +181,7 @@ __all__ = [
     "GroupError",
     "IAcknowledgementCarrier",
     "IAcknowledgementRelay",
+    "ICatchUpFetcher",
     "IMulticastStrategy",
     "IMulticastStrategyPlugin",
     "IStrategyContext",

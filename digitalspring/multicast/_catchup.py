@@ -8,7 +8,9 @@ fragments it lacks from the sources that hold them, rarest first, each
 checked against its manifest as every fragment is
 (:meth:`IStrategyContext.accept_fragment`); the member commits them in
 order as always.  It goes on, MAX_SINCE messages at a time, until no source
-has more.
+has more.  The group's strategy gets each fragment from the holder chosen
+when it provides :class:`ICatchUpFetcher`; otherwise ``group-fragment``
+does.
 
 Nothing a source says is taken on its word: a manifest counts only once it
 verifies (the owner's signature, its place in the chain), a fragment only
@@ -53,10 +55,14 @@ from ._catchup_wire import (
 )
 from ._chain import DuplicateMessage, FarFutureIndex
 from ._core import GroupError, ServiceCore, deferred
+from ._interfaces import ICatchUpFetcher
 from ._links import ConflictingManifest, ManifestOutOfChain
 from ._manifest import FragmentRejected, Manifest, decode_manifest, verify_manifest
+from ._plugins import UnknownStrategy
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from twisted.internet.interfaces import IDelayedCall
 
     from ..channel import PeerConnection
@@ -171,14 +177,22 @@ class CatchUp:
         neighbours, then the owner, whose upload is the group's scarcest).
     :param target: the newest authenticated (epoch, index) learned before
         the run (from a notification), if any.
+    :param fetch: how one fragment is got from a holder, when the group's
+        strategy does it (:class:`ICatchUpFetcher`); ``None``: with
+        ``group-fragment``.
     """
 
     log = Logger()
 
     def __init__(
-        self, context: GroupContext, sources: list[PeerID], target: Key | None = None
+        self,
+        context: GroupContext,
+        sources: list[PeerID],
+        target: Key | None = None,
+        fetch: Callable[[PeerID, Manifest, int], Deferred[bytes]] | None = None,
     ) -> None:
         self.context = context
+        self._fetch_one = fetch
         self.group_id = context.group_id
         self.store = context.store
         self.clock = context.clock
@@ -503,18 +517,18 @@ class CatchUp:
         return True
 
     def _ask_fragment(self, peer: PeerID, manifest: Manifest, number: int) -> Deferred[Any]:
-        d: Deferred[Any] = (
-            self.connections[peer]
-            .callRemote(
+        d: Deferred[Any]
+        if self._fetch_one is not None:
+            d = self._fetch_one(peer, manifest, number).addCallback(lambda data: {"data": data})
+        else:
+            d = self.connections[peer].callRemote(
                 CatchUpFragment,
                 group=self.group_id,
                 epoch=manifest.epoch,
                 index=manifest.index,
                 number=number,
             )
-            .addTimeout(REQUEST_TIMEOUT, self.clock)
-        )
-        return d
+        return d.addTimeout(REQUEST_TIMEOUT, self.clock)
 
     async def _fragment(self, message: _Offered, number: int) -> bool:
         """
@@ -724,8 +738,16 @@ class CatchUpSide(ServiceCore):
         short = self._short.get(group_id)
         if short is not None:
             short.cancel()
+        try:
+            fetcher = ICatchUpFetcher(await self.strategy_of(group_id), None)
+        except UnknownStrategy:
+            # What the stores hold is fetched all the same.
+            fetcher = None
         machine = self._catch_up_machines[group_id] = CatchUp(
-            context, sources, self._targets.get(group_id)
+            context,
+            sources,
+            self._targets.get(group_id),
+            None if fetcher is None else fetcher.fetch_fragment,
         )
         report = await machine.run()
         self.caught_up[group_id] = report

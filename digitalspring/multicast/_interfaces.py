@@ -29,6 +29,11 @@ itself (:class:`IAcknowledgementCarrier`), for example aggregated along the
 paths its transmission took, so that the owner does not need a connection
 per member; they stay authenticated end to end
 (:class:`IAcknowledgementRelay`).
+
+Catch-up (a member back from an absence pulling what the stores of the
+group's mailboxes, neighbours and owner hold) is the service's, the same
+for every strategy; a strategy may get each fragment of it from the holder
+the service chose itself (:class:`ICatchUpFetcher`).
 """
 
 from __future__ import annotations
@@ -241,6 +246,36 @@ class IAcknowledgementCarrier(Interface):
         :returns: ``True`` when the strategy takes it (it then sees it to
             the owner, or leaves the owner to send the message again),
             ``False`` to let the service send it directly.
+        """
+
+
+class ICatchUpFetcher(Interface):
+    """
+    A strategy that fetches the fragments of its group's catch-ups itself
+    (``docs/offline.rst``).  Catch-up is a pull of what the sources' stores
+    hold, the same for every strategy: the service asks the sources for
+    the manifests after the member's last message, verifies them, chooses
+    a holder for each fragment it lacks (rarest first, never the owner
+    while another holds it), checks what comes against the manifest
+    (:meth:`IStrategyContext.accept_fragment`) and names the sources that
+    held back, left gaps or misbehaved.  Only the last step, getting one
+    fragment from the holder chosen, is the strategy's, when it provides
+    this interface; otherwise the service asks the holder with its own
+    ``group-fragment`` command, which every node answers from its store.
+    """
+
+    def fetch_fragment(peer: PeerID, manifest: Manifest, number: int) -> Deferred[bytes]:
+        """
+        Fragment ``number`` of the message of ``manifest``, from ``peer``, a
+        source of the catch-up that said it holds it.  Whatever comes is
+        checked against the manifest before it is stored: a fragment that
+        does not match makes ``peer`` misbehaving for the rest of the run.
+
+        :returns: a ``Deferred`` that fires with the fragment's bytes.
+        :raises digitalspring.multicast._catchup_wire.CatchUpBusy: (through the
+            Deferred) to be asked again a moment later; any other error
+            counts ``peer`` as holding the fragment back, and another
+            holder is asked.
         """
 
 
