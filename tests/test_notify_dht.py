@@ -185,3 +185,27 @@ class DHTNotificationTests(SynchronousTestCase):
         self.assertEqual([m.data for m in got], [b"still told"])
         self.assertEqual(set(member.caught_up), {s.news, theirs})
         self.assertEqual(member.caught_up[theirs].newest, (0, 1))
+
+    def test_boxes_in_the_bundle_not_the_record(self) -> None:
+        """
+        A member tells its owners its notification boxes in its bundle,
+        not in its public DHT record (issue 12, item 3: its trust is not
+        published): once it chose a box, the owner's bundle of it names the
+        box, while the record of it that every DHT node holds, published
+        after, names only its addresses, no box and no prekey.
+        """
+        s = _Setup()
+        net = s.net
+        box = net.node("box", notify_box=4)
+        net.result(s.member.add_notify_box(box.local))
+        net.clock.run_until(
+            lambda: box.local in _bundle_of(s.owner, s.member).notify_boxes, limit=600
+        )
+        assert s.member.dht is not None
+        self.assertGreater(net.result(s.member.dht.publish()), 0)
+        records = [d.store.record_of(s.member.local) for d in net.dhts.values()]
+        held = [r.record for r in records if r is not None]
+        self.assertTrue(held)
+        for record in held:
+            self.assertEqual(record.addresses, ("memory:member:1",))
+            self.assertEqual((record.boxes, record.prekeys), ((), ()))

@@ -110,8 +110,10 @@ def _blobs(items: Iterable[bytes]) -> tuple[bytes, ...]:
 @frozen
 class PeerRecord:
     """
-    Where a peer can be reached: its addresses per transport (best first),
-    and, for later layers, its notification boxes and prekeys.
+    Where a peer can be reached: its addresses per transport (best first).
+    The format has room for notification boxes and prekeys too, which a
+    node leaves empty: it tells its boxes and prekeys to the owners of its
+    groups in key bundles, not to everyone (``docs/offline.rst``).
 
     :ivar peer_id: whose record it is, and whose key signs it.
     :ivar sequence: the version: a node keeps the highest it has seen.
