@@ -36,6 +36,8 @@ _VARYING = re.compile(
     r"(?P<peer>\b[a-z2-7]{56}\b)"
     r"|(?P<group>\b[0-9a-f]{64}\b)"
     r"|(?P<short>(?<=\s)[0-9a-f]{8}(?=\]))"
+    # A received file's ID, as inbox lists it for dspring save.
+    r"|(?P<file>(?<=\bid )[0-9a-f]{8}(?=:))"
     r"|(?P<time>\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[+-]\d{4})?)"
     r"|(?P<number>(?<=process )\d+|(?<=sequence )\d+|(?<=\(Digital Spring\) )\S+)"
     # Whether the node caught up at start or when asked: the same messages.
@@ -48,6 +50,7 @@ _PATTERNS = {
     "peer": r"[a-z2-7]{56}",
     "group": r"[0-9a-f]{64}",
     "short": r"[0-9a-f]{8}",
+    "file": r"[0-9a-f]{8}",
     "time": r"\d{4}-\d\d-\d\d[ T]\d\d:\d\d:\d\d(?:[+-]\d{4})?",
     "number": r"\S+",
     "caught": r"\d+",
