@@ -274,7 +274,8 @@ class SenderBoundTests(SynchronousTestCase):
             net.result(b.proven_connection(group_id, c.local))
 
         net.result(c.unblock(owner.local))
-        net.run(60)
+        # On the owner's next retry (jittered, minutes at most).
+        net.result(report.settled(), limit=3600)
         self.assertEqual([m.data for m in attack.got], [b"blocked"])
         self.assertEqual(report.pending, frozenset())
 

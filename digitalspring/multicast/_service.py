@@ -116,6 +116,8 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
     :param retry_interval: the most seconds its outbox waits between two
         tries of a peer it cannot reach (:func:`retry_delays`): an owner
         retries a member away, and notifies it again, at least this often.
+    :param random_source: draws the jitter of its timers (the operating
+        system's generator unless a test or simulation passes a seeded one).
     """
 
     def __init__(
@@ -134,6 +136,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         collect_interval: float = DEFAULT_COLLECT_INTERVAL,
         dht: DHT | None = None,
         retry_interval: float = RETRY_DELAYS[-1],
+        random_source: random.Random | None = None,
     ) -> None:
         self.identity = identity
         self.retry_interval = retry_interval
@@ -146,7 +149,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
         self._collect_timer = None
         self._collecting = None
         self._collect_failures = 0
-        self._random = random.SystemRandom()
+        self._random = random_source or random.SystemRandom()
         self.mailbox_limits = mailbox
         self._expiry = None
         self.catch_up_server = CatchUpServer(store, clock, catch_up_rate)
@@ -174,6 +177,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
             after={INVITATION: self.invitation_taken, MAILBOX_INVITATION: self.invitation_taken},
             undelivered=self.undelivered,
             delays=retry_delays(retry_interval),
+            random=self._random,
         )
         self._sealed_entries = {}
         self._plugins = dict(strategies) if strategies is not None else None
