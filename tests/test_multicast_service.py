@@ -591,6 +591,24 @@ class StoppedTests(SynchronousTestCase):
         running._log_failure(Failure(StoreClosed("the store is closed")))
         self.assertEqual(len(self.flushLoggedErrors(StoreClosed)), 1)
 
+    def test_command_after_stop_refused(self) -> None:
+        """
+        A command from a member that reaches a node whose store closed as
+        it stopped is refused as the commands declare (so AMP logs no
+        unhandled error, which failed a Tor test once), not with
+        ``StoreClosed``.
+        """
+        net = network()
+        owner, b = net.node("owner"), net.node("b")
+        group_id = net.group(owner, b, strategy="spring")
+        net.result(b.pool.connect(owner.local))
+        connection = b.pool.connections()[owner.local]
+        b.stopService()
+        net.result(b.store.close())
+        with self.assertRaises(MembershipNotProven) as refused:
+            net.result(Deferred.fromCoroutine(b.route(connection, group_id, None)))
+        self.assertIn("stopping", str(refused.exception))
+
 
 class ConsentTests(SynchronousTestCase):
     def test_invitation_from_stranger_waits(self) -> None:

@@ -23,7 +23,7 @@ from zope.interface import implementer
 
 from ..channel import ISecureChannel, PeerConnection
 from ..identity import PeerID
-from ..storage import Group, NotStored
+from ..storage import Group, NotStored, StoreClosed
 from ._catchup_serve import CatchUpResponder
 from ._commands import CollectSealed, GroupNotice, ProveMembership
 from ._core import NotInGroup, ServiceCore, deferred
@@ -294,13 +294,17 @@ class MembershipRouter(ServiceCore):
         :raises MembershipNotProven: unless the peer proved membership of
             the group's current epoch on it.
         """
-        group = await self.check_proven(connection, group_id)
-        if name is not None and group.strategy != name:
-            raise MembershipNotProven(_REFUSED)
         try:
+            group = await self.check_proven(connection, group_id)
+            if name is not None and group.strategy != name:
+                raise MembershipNotProven(_REFUSED)
             return await self.strategy_of(group_id)
         except (NotInGroup, NotStored):
             raise MembershipNotProven(_REFUSED) from None
+        except StoreClosed:
+            # A command that came as the node stopped: refused as the
+            # command declares, not an unhandled error AMP would log.
+            raise MembershipNotProven("this node is stopping") from None
 
     async def check_proven(self, connection: PeerConnection, group_id: bytes) -> Group:
         """
