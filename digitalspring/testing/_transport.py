@@ -578,13 +578,16 @@ class TransportConformanceMixin(_Base):
         self.assertLess(written, cap)
         resumed = pump.resumed
         server.connection.resumeProducing()
-        for _ in range(_PATIENCE):
+        # As long as pausing may take, looked at ten times as often: over
+        # Tor the window opens only as the reader's SENDMEs come back (in
+        # one of ten runs of the Tor modules, more than 10 s).
+        for _ in range(_PATIENCE * 10):
             if pump.resumed != resumed:
                 break
             await self.sleep(self.settle_time / 10)
         else:
             self.fail(
-                f"the writer was not resumed {_PATIENCE} x {self.settle_time / 10} s "
+                f"the writer was not resumed {_PATIENCE * 10} x {self.settle_time / 10} s "
                 "after the reader resumed"
             )
         pump.stopped = True
