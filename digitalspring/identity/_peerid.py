@@ -147,7 +147,7 @@ def decode_onion(text: str, what: str = "peer ID") -> bytes:
     return public_key
 
 
-@frozen(order=True)
+@frozen(order=True, cache_hash=True)
 class PeerID:
     """
     A peer's identity as others see it: its Ed25519 public key.
@@ -228,6 +228,12 @@ class Identity:
 
     seed: bytes = field(repr=False)
     signing_key: SigningKey = field(repr=False)
+    #: The peer ID others know this identity by.
+    peer_id: PeerID = field(init=False, repr=False, eq=False)
+
+    @peer_id.default
+    def _derive_peer_id(self) -> PeerID:
+        return PeerID(bytes(self.signing_key.verify_key))
 
     @classmethod
     def generate(cls) -> Identity:
@@ -242,10 +248,6 @@ class Identity:
         The identity whose 32-byte secret seed is ``seed``.
         """
         return cls(bytes(seed), _canonical_signing_key(seed))
-
-    @property
-    def peer_id(self) -> PeerID:
-        return PeerID(bytes(self.signing_key.verify_key))
 
     @property
     def x25519_private_key(self) -> bytes:
