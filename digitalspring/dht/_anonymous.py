@@ -129,4 +129,3 @@ async def get_anonymously(dht: DHT, key: bytes) -> list[bytes]:
     if not answered:
         raise NoAnswer("no DHT node answered" if seeds else "this node knows no DHT node")
     return list(found)
-

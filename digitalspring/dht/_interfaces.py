@@ -5,7 +5,7 @@ What the DHT offers the layers above it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Coroutine, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Protocol
 
 from zope.interface import Interface
@@ -161,10 +161,12 @@ class RequestPool(Protocol):
         command: type[amp.Command],
         addresses: Sequence[str] | None = None,
         **arguments: Any,
-    ) -> Awaitable[tuple[RequestConnection, Any]]:
+    ) -> Deferred[tuple[Any, Any]] | Coroutine[Any, Any, tuple[RequestConnection, Any]]:
         """
         Send ``command`` to ``peer_id`` and wait for its answer, connecting
-        first if need be: the connection the answer came on, and the answer.
+        first if need be: the connection the answer came on (a
+        :class:`RequestConnection`), and the answer; as a Deferred, or a
+        coroutine the DHT wraps in one.
         """
 
     def dial(

@@ -48,11 +48,13 @@ compares them.
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
+from functools import cache
+from inspect import iscoroutine
 from types import MethodType
 from typing import Any
 
 from twisted.application.service import Service
-from twisted.internet.defer import Deferred, fail, maybeDeferred, succeed
+from twisted.internet.defer import Deferred, fail, succeed
 from twisted.internet.error import ConnectionDone, ConnectionLost, ConnectionRefusedError
 from twisted.internet.error import TimeoutError as ConnectTimeout
 from twisted.logger import Logger
@@ -203,13 +205,23 @@ class End:
         if responder is None:
             self._answer(tag, None, amp.UnhandledCommand(command.commandName.decode()))
             return
-        names = [_python_name(name) for name, _ in command.arguments]
-        kw = {name: arguments.get(name) for name in names}
-        d = maybeDeferred(responder, **kw)
-        d.addCallbacks(
-            lambda result: self._answer(tag, _response(command, result), None),
-            lambda failure: self._answer(tag, None, _remote_error(command, failure)),
-        )
+        kw = {name: arguments.get(name) for name in _argument_names(command)}
+        # As maybeDeferred, without a Deferred for the answers given at once
+        # (most of them).
+        try:
+            result = responder(**kw)
+        except Exception:
+            self._answer(tag, None, _remote_error(command, Failure()))
+            return
+        if iscoroutine(result):
+            result = Deferred.fromCoroutine(result)
+        if isinstance(result, Deferred):
+            result.addCallbacks(
+                lambda answer: self._answer(tag, _response(command, answer), None),
+                lambda failure: self._answer(tag, None, _remote_error(command, failure)),
+            )
+        else:
+            self._answer(tag, _response(command, result), None)
 
     def _answer(self, tag: int, result: dict[str, Any] | None, error: Exception | None) -> None:
         try:
@@ -256,6 +268,22 @@ def _python_name(name: bytes) -> str:
     return name.decode("ascii").replace("-", "_")
 
 
+@cache
+def _argument_names(command: type[amp.Command]) -> tuple[str, ...]:
+    """
+    The keyword names of ``command``'s arguments, worked out once.
+    """
+    return tuple(_python_name(name) for name, _ in command.arguments)
+
+
+@cache
+def _answer_names(command: type[amp.Command]) -> tuple[str, ...]:
+    """
+    The keyword names of ``command``'s answer, worked out once.
+    """
+    return tuple(_python_name(name) for name, _ in command.response)
+
+
 def _responder(locators: list[Any], command: type[amp.Command]) -> Callable[..., Any] | None:
     """
     The first locator's own method that answers ``command``: the function
@@ -272,8 +300,7 @@ def _responder(locators: list[Any], command: type[amp.Command]) -> Callable[...,
 
 def _response(command: type[amp.Command], result: dict[str, Any]) -> dict[str, Any]:
     # What the command's answer carries: its declared names, absent ones None.
-    names = [_python_name(name) for name, _ in command.response]
-    return {name: result.get(name) for name in names}
+    return {name: result.get(name) for name in _answer_names(command)}
 
 
 def _remote_error(command: type[amp.Command], failure: Failure) -> Exception:
