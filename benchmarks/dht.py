@@ -87,6 +87,7 @@ object on the last line.
 from __future__ import annotations
 
 import argparse
+import functools
 import gc
 import json
 import math
@@ -95,7 +96,7 @@ import statistics
 import sys
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, ParamSpec, TypeVar
 
 from attrs import define, field
 from twisted.internet.defer import Deferred, gatherResults
@@ -111,6 +112,9 @@ from zope.interface import implementer
 
 from digitalspring.dht import DHTSettings, LookupResult
 from digitalspring.dht._simulation import DHTSimulation, ring_latency
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 #: Production settings: the benchmark measures the DHT as it ships.
 SETTINGS = DHTSettings()
@@ -203,13 +207,50 @@ def _tune_gc() -> None:
     costs a third of a run (measured on 300 joins: 111 s of CPU with the
     default thresholds, 76 s with 50,000; 500 nodes' joins and 6 minutes of
     churn: 64 s with 50,000, 58 s with 500,000, and 56 s with no collector
-    at all; the peak memory barely moves).  The join phase freezes what it
-    built every :data:`FREEZE_EVERY` joins too: at 1,000 nodes, the
-    collector walking the tables that grow there was 50 s of 175.
+    at all; the peak memory barely moves).
     """
     gc.collect()
     gc.freeze()
     gc.set_threshold(500_000, 20, 100)
+
+
+def _restoring_gc(run: Callable[P, R]) -> Callable[P, R]:
+    """
+    Run ``run`` and then put the collector back as it was (the tests run
+    the benchmark in their own process): enabled or not, its thresholds,
+    and nothing frozen.
+    """
+
+    @functools.wraps(run)
+    def restoring(*args: P.args, **kw: P.kwargs) -> R:
+        enabled = gc.isenabled()
+        thresholds = gc.get_threshold()
+        try:
+            return run(*args, **kw)
+        finally:
+            gc.unfreeze()
+            gc.set_threshold(*thresholds)
+            if enabled:
+                gc.enable()
+
+    return restoring
+
+
+def _collect_by_hand() -> None:
+    """
+    The churn mode's collector: none running by itself (its young
+    collections, run every 500,000 allocations, were a seventh of the join
+    phase's CPU: 1,000 joins took 76.4 s with it, 71.4 s without), but one
+    run by hand every :data:`FREEZE_EVERY` joins, before freezing what they
+    built (at 1,000 nodes, the collector walking the tables that grow there
+    again and again was 50 s of 175), and every ten simulated minutes of
+    churn (see :func:`_run_for`), which keeps the garbage that only the collector frees (cycles of
+    Deferreds, failures and the objects of nodes that left) to what ten
+    minutes make.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.disable()
 
 
 def session_scale(median: float) -> float:
@@ -360,6 +401,7 @@ def _stale_fraction(sim: DHTSimulation, churn: Churn, index: dict[Any, int]) -> 
     return stale / total if total else 0.0
 
 
+@_restoring_gc
 def run_churn(
     nodes: int,
     lookups: int = 10_000,
@@ -406,7 +448,7 @@ def run_churn(
         rpcs.watch(sim, i)
         index[sim.nodes[i].identity.peer_id] = i
 
-    _tune_gc()
+    _collect_by_hand()
     # 1. Joins, one at a time.
     add([])
     for n in range(1, nodes):
@@ -516,6 +558,7 @@ def _run_for(sim: DHTSimulation, seconds: float, every: float, report: Callable[
     end = sim.clock.seconds() + seconds
     while sim.clock.seconds() < end:
         sim.clock.advance(min(every, end - sim.clock.seconds()))
+        gc.collect()
         report()
 
 
@@ -540,6 +583,7 @@ def _state(
     return line
 
 
+@_restoring_gc
 def run_prefill(
     nodes: int, lookups: int = 2000, records: int = 1000, seed: int = 1, quiet: bool = False
 ) -> dict[str, Any]:
