@@ -25,7 +25,7 @@ from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..storage import Group, IStore, NotStored, StoreClosed
+from ..storage import Group, IStore, NotStored, closed_by_stopping
 from ._context import GroupContext
 from ._interfaces import IMulticastStrategy, IMulticastStrategyPlugin
 from ._outbox import Outbox
@@ -132,11 +132,11 @@ class ServiceCore(Service):
         return int(self.clock.seconds())
 
     def _log_failure(self, failure: Any) -> None:
-        if not self.running and failure.check(StoreClosed):
-            # Work under way when the node stopped and closed its store:
-            # what it did not commit is done again at the next start.
-            self.log.info("multicast service: work cut short as the node stopped ({error})",
-                          error=str(failure.value))
+        if closed_by_stopping(failure, self.running):
+            self.log.info(
+                "multicast service: work cut short as the node stopped ({error})",
+                error=str(failure.value),
+            )
             return
         self.log.failure("multicast service", failure)
 

@@ -23,7 +23,7 @@ from twisted.logger import Logger
 from .._ratelimit import RateLimitedLog
 from ..channel import ConnectionPool
 from ..identity import PeerID
-from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry, StoreClosed
+from ..storage import CountAttempt, Dequeue, IStore, OutboxEntry, closed_by_stopping
 from ._commands import GroupNotice, NoticeRefused, PeerBusy
 
 #: Seconds before each retry of an outbox entry a peer did not take; the
@@ -190,9 +190,8 @@ class Outbox:
             self._flush(peer)
 
     def _failed(self, failure: Any) -> None:
-        if not self._running and failure.check(StoreClosed):
-            # A flush under way when the node stopped and closed its store:
-            # what it did not commit stays queued for the next start.
+        if closed_by_stopping(failure, self._running):
+            # What the flush did not commit stays queued for the next start.
             self.log.info("the outbox stopped during a flush")
             return
         self.log.failure("the outbox", failure)

@@ -28,7 +28,7 @@ from ..channel import ConnectionPool
 from ..dht import DHT
 from ..errors import DigitalSpringError
 from ..identity import Identity, PeerID
-from ..storage import IStore, StoreClosed, StoreLimits
+from ..storage import IStore, StoreLimits, closed_by_stopping
 from ._catchup import CatchUpSide
 from ._catchup_serve import CatchUpServer
 from ._commands import NoticeRefused, PeerBusy
@@ -232,8 +232,7 @@ class MulticastService(Publishing, MailboxSide, CatchUpSide, NotifySide, Members
 
     def _loaded(self, result: object) -> None:
         if isinstance(result, Failure):
-            if not self.running and result.check(StoreClosed):
-                # Stopped (and its store closed) while it was loading.
+            if closed_by_stopping(result, self.running):
                 self.log.info("the multicast service stopped before its state was loaded")
             else:
                 self.log.failure("the multicast service could not load its state", result)

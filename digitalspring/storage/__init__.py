@@ -24,6 +24,7 @@ from ._errors import (
     TamperedRow,
     TotalQuotaExceeded,
     WrongStorageKey,
+    closed_by_stopping,
 )
 from ._interfaces import IStore
 from ._memory import MemoryStore
@@ -193,6 +194,7 @@ __all__ = [
     "Unblock",
     "UnregisterNotifyMember",
     "WrongStorageKey",
+    "closed_by_stopping",
     "edge",
     "open_sqlite_store",
     "storage_key",

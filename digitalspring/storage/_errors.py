@@ -10,6 +10,8 @@ leaves the store as it was.
 
 from __future__ import annotations
 
+from twisted.python.failure import Failure
+
 from ..errors import DigitalSpringError
 
 
@@ -70,6 +72,18 @@ class StoreClosed(StorageError):
     """
     The store was used after it was closed.
     """
+
+
+def closed_by_stopping(failure: Failure, running: object) -> bool:
+    """
+    Whether ``failure`` is work cut short as its service stopped: the store
+    closed under it (what it did not commit is done again at the next
+    start), which a service logs as an info line rather than a failure.
+
+    :param running: whether the service that did the work still runs
+        (``Service.running``).
+    """
+    return not running and isinstance(failure.value, StoreClosed)
 
 
 class NotStored(StorageError):
