@@ -116,6 +116,23 @@ class RoutingTableTests(SynchronousTestCase):
         distances = [c.node_id ^ target for c in closest]
         self.assertEqual(distances, sorted(distances))
 
+    @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 25))
+    def test_rank_of(self, target: int, limit: int) -> None:
+        """
+        rank_of counts, up to its limit, the other contacts closer to the
+        target than the one asked about, for every contact of a table with
+        many buckets, and for targets near us and far.
+        """
+        table = RoutingTable(OWN, self.clock, self.pings, k=8)
+        contacts = [contact(n) for n in range(120)]
+        for c in contacts:
+            table.observe(c)
+        held = table.contacts()
+        for t in (target, node_id(OWN) ^ (target >> 200), node_id(OWN)):
+            for c in held:
+                closer = sum(1 for other in held if other.node_id ^ t < c.node_id ^ t)
+                self.assertEqual(table.rank_of(c, t, limit), min(closer, limit))
+
     def test_not_self_nor_unreachable(self) -> None:
         """
         The node never enters its own table, nor does a contact with no

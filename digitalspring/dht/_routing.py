@@ -301,14 +301,33 @@ class RoutingTable:
         """
         How many other contacts (counting up to ``limit``) are closer to
         ``target`` than ``contact``.
+
+        A bucket's contacts lie in one band of distance from ``target``
+        (see :meth:`closest`), so a bucket whose band is wholly nearer
+        counts whole, one wholly farther is skipped, and only the contacts
+        of the bucket whose band holds ``contact``'s distance, or of the
+        buckets below ``target``'s, are compared one by one.
         """
         theirs = contact.node_id ^ target
+        top = (self.own_id ^ target).bit_length() - 1
         count = 0
-        for entry in self._index.values():
-            if entry.contact.node_id ^ target < theirs:
-                count += 1
-                if count >= limit:
-                    break
+        for index, bucket in self.buckets.items():
+            if index == top:
+                low, high = 0, 1 << top
+            elif index < top:
+                low, high = 1 << top, 1 << (top + 1)
+            else:
+                low, high = 1 << index, 1 << (index + 1)
+            if low >= theirs:
+                continue
+            if high <= theirs:
+                count += len(bucket.entries)
+            else:
+                for entry in bucket.entries:
+                    if entry.contact.node_id ^ target < theirs:
+                        count += 1
+            if count >= limit:
+                return limit
         return count
 
     def wants(self, contact: Contact, nets: frozenset[str] = _NONE) -> bool:
