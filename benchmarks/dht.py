@@ -456,7 +456,6 @@ def run_churn(
         through = churn.random_joined()
         add([through if through is not None else 0])
         if n % FREEZE_EVERY == 0:
-            gc.collect()
             gc.freeze()
         if n % 1000 == 0:
             progress(f"{n} nodes joined or joining at {clock.seconds():.0f} s simulated")

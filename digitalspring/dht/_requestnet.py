@@ -486,6 +486,10 @@ class LightPool(Service):
             failure.trap(ConnectionLost, ConnectionDone)
             return self.connect(peer_id, addresses).addCallback(send)
 
+        live = self._connections.get(peer_id)
+        if live is not None:
+            # Most requests go on a live connection: no Deferred to wait for.
+            return send(live).addErrback(again)
         return self.connect(peer_id, addresses).addCallback(
             lambda end: send(end).addErrback(again)
         )
