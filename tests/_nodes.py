@@ -136,3 +136,80 @@ class NodeProcess:
         rest, _ = self.proc.communicate(timeout=60)
         self.log.append(rest or "")
         return rest or ""
+
+
+#: The size of each message of a burst: three fragments, so that a kill can
+#: fall between two fragments of one message.
+BURST_SIZE = 150_000
+
+#: Sends a burst of files through the owner's control API as fast as the
+#: owner commits them, then watches the owner's count of what one member
+#: has not acknowledged and SIGKILLs that member's process once it
+#: acknowledged a few messages and before it acknowledged all: argv is the
+#: owner's data dir, the group, the member's peer ID and process ID, the
+#: directory of the files and their count.  (The control API takes a text
+#: of 64 KiB at most, so the messages go as files.)
+_BURST_DRIVER = """
+import os, signal, sys
+from twisted.internet import task
+from twisted.internet.defer import Deferred
+from twisted.python.filepath import FilePath
+from digitalspring.control import ControlClient
+
+async def main(reactor):
+    data_dir, group, member, pid, files, count = sys.argv[1:]
+    count = int(count)
+    client = ControlClient(reactor, FilePath(data_dir))
+    for i in range(count):
+        path = os.path.join(files, "burst-%04d" % i)
+        await client.call("send", {"to": group, "path": path})
+    while True:
+        shown = await client.call("group-show", {"group": group})
+        [entry] = [m for m in shown["members"] if m["peer"] == member]
+        if entry["undelivered"] <= count - 3:
+            os.kill(int(pid), signal.SIGKILL)
+            print("killed with", entry["undelivered"], "undelivered", flush=True)
+            return
+
+task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
+"""
+
+
+def burst_data(index: int) -> bytes:
+    """
+    The content of a burst's message ``index``.
+    """
+    return f"burst {index:04d} ".encode() + bytes([index]) * BURST_SIZE
+
+
+def burst_then_kill(
+    owner: NodeProcess, group: str, member: NodeProcess, workdir: FilePath, count: int
+) -> subprocess.CompletedProcess[str]:
+    """
+    Send ``count`` messages of :func:`burst_data` from ``owner`` to
+    ``group``, and SIGKILL ``member``'s process part way through its
+    acknowledgements (see :data:`_BURST_DRIVER`).
+
+    :returns: the driver's run; its output says how many messages the
+        member had not acknowledged when it was killed.
+    """
+    files = workdir.child("files")
+    files.makedirs()
+    for index in range(count):
+        files.child(f"burst-{index:04d}").setContent(burst_data(index))
+    return subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            _BURST_DRIVER,
+            owner.data_dir.path,
+            group,
+            member.peer_id,
+            str(member.proc.pid),
+            files.path,
+            str(count),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )

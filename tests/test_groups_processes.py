@@ -23,7 +23,7 @@ from digitalspring.identity import load_identity
 from digitalspring.multicast._context import decode_stored
 from digitalspring.storage import DATABASE_NAME, NotStored, open_sqlite_store, storage_key
 
-from ._nodes import NodeProcess
+from ._nodes import NodeProcess, burst_data, burst_then_kill
 
 #: The size of the file sent: large enough to take many fragments.
 FILE_SIZE = 5 * 1024 * 1024
@@ -239,44 +239,8 @@ class StoreStartupTests(TestCase):
         self.assertEqual(data_dir.child(DATABASE_NAME).getContent(), garbage)
 
 
-#: Messages in the burst, and the size of each: several fragments each,
-#: so that a kill can fall between two fragments of one message.
+#: Messages in the burst.
 BURST = 60
-BURST_SIZE = 150_000
-
-#: Sends the burst through the owner's control API as fast as the owner
-#: commits it, then watches the owner's count of what the member has not
-#: committed and SIGKILLs the member once it acknowledged a few messages
-#: and before it acknowledged all: argv is the owner's data dir, the
-#: group, the member's peer ID and process ID, and the directory of the
-#: files sent (the control API takes a text of 64 KiB at most).
-_BURST_DRIVER = f"""
-import os, signal, sys
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.python.filepath import FilePath
-from digitalspring.control import ControlClient
-
-async def main(reactor):
-    data_dir, group, member, pid, files = sys.argv[1:]
-    client = ControlClient(reactor, FilePath(data_dir))
-    for i in range({BURST}):
-        path = os.path.join(files, "burst-%04d" % i)
-        await client.call("send", {{"to": group, "path": path}})
-    while True:
-        shown = await client.call("group-show", {{"group": group}})
-        [entry] = [m for m in shown["members"] if m["peer"] == member]
-        if entry["undelivered"] <= {BURST} - 3:
-            os.kill(int(pid), signal.SIGKILL)
-            print("killed with", entry["undelivered"], "undelivered", flush=True)
-            return
-
-task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-"""
-
-
-def _burst_data(index: int) -> bytes:
-    return f"burst {index:04d} ".encode() + bytes([index]) * BURST_SIZE
 
 
 class KilledMemberTests(TestCase):
@@ -321,25 +285,7 @@ class KilledMemberTests(TestCase):
         else:
             self.fail(f"bob never took the invitation: {shown}")
 
-        files = self.workdir.child("files")
-        files.makedirs()
-        for index in range(BURST):
-            files.child(f"burst-{index:04d}").setContent(_burst_data(index))
-        driver = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _BURST_DRIVER,
-                a.data_dir.path,
-                "burst",
-                b.peer_id,
-                str(b.proc.pid),
-                files.path,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        driver = burst_then_kill(a, "burst", b, self.workdir, BURST)
         self.assertEqual(driver.returncode, 0, driver.stdout + driver.stderr)
         self.assertEqual(b.proc.wait(timeout=30), -9)
         b.stop()
@@ -367,7 +313,7 @@ class KilledMemberTests(TestCase):
         kept = await self.read_member(b, group)
         self.assertLessEqual(set(acknowledged), set(kept))
         for (epoch, index), data in kept.items():
-            self.assertEqual(data, _burst_data(index), f"message {epoch}.{index} is not whole")
+            self.assertEqual(data, burst_data(index), f"message {epoch}.{index} is not whole")
 
         a = self.start("a", a.host, int(a.address.rsplit(":", 1)[1]))
         b = self.start("b", b.host, int(b.address.rsplit(":", 1)[1]))
@@ -382,12 +328,12 @@ class KilledMemberTests(TestCase):
         inbox = json.loads(_ok(b.dspring("inbox", "--json", "-n", "1000", group.hex())))
         self.assertEqual(
             [(m["index"], m["size"]) for m in inbox["messages"]],
-            [(i, len(_burst_data(i))) for i in range(BURST)],
+            [(i, len(burst_data(i))) for i in range(BURST)],
         )
         a.stop()
         b.stop()
         kept = await self.read_member(b, group)
-        self.assertEqual(kept, {key: _burst_data(key[1]) for key in sent}, "after the catch-up")
+        self.assertEqual(kept, {key: burst_data(key[1]) for key in sent}, "after the catch-up")
 
     async def read_member(self, node: NodeProcess, group: bytes) -> dict[tuple[int, int], bytes]:
         """

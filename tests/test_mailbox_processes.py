@@ -11,7 +11,6 @@ import json
 import os
 import re
 import subprocess
-import sys
 import time
 from typing import Any
 
@@ -23,7 +22,7 @@ from digitalspring.identity import load_identity
 from digitalspring.multicast import check_fragment, decode_manifest
 from digitalspring.storage import DATABASE_NAME, open_sqlite_store, storage_key
 
-from ._nodes import NodeProcess
+from ._nodes import NodeProcess, burst_then_kill
 
 #: A file sent through the mailbox: several fragments.
 FILE_SIZE = 1024 * 1024
@@ -203,42 +202,8 @@ class MailboxDatabaseTests(_ProcessTest):
             self.assertNotIn(secret, raw)
 
 
-#: Messages in the burst, and the size of each (three fragments each).
+#: Messages in the burst.
 BURST = 40
-BURST_SIZE = 150_000
-
-#: Sends the burst through the owner's control API, then watches the
-#: owner's count of what the mailbox has not acknowledged and SIGKILLs the
-#: mailbox once it acknowledged a few and before it acknowledged all: argv
-#: is the owner's data dir, the group, the mailbox's peer ID and process
-#: ID, and the directory of the files.
-_DRIVER = f"""
-import os, signal, sys
-from twisted.internet import task
-from twisted.internet.defer import Deferred
-from twisted.python.filepath import FilePath
-from digitalspring.control import ControlClient
-
-async def main(reactor):
-    data_dir, group, box, pid, files = sys.argv[1:]
-    client = ControlClient(reactor, FilePath(data_dir))
-    for i in range({BURST}):
-        path = os.path.join(files, "burst-%04d" % i)
-        await client.call("send", {{"to": group, "path": path}})
-    while True:
-        shown = await client.call("group-show", {{"group": group}})
-        [entry] = [m for m in shown["members"] if m["peer"] == box]
-        if entry["undelivered"] <= {BURST} - 3:
-            os.kill(int(pid), signal.SIGKILL)
-            print("killed with", entry["undelivered"], "undelivered", flush=True)
-            return
-
-task.react(lambda reactor: Deferred.fromCoroutine(main(reactor)))
-"""
-
-
-def _burst(index: int) -> bytes:
-    return f"burst {index:04d} ".encode() + bytes([index]) * BURST_SIZE
 
 
 class KilledMailboxTests(_ProcessTest):
@@ -255,25 +220,7 @@ class KilledMailboxTests(_ProcessTest):
         m = self.start("m", "--mailbox")
         self.befriend(("alice", a), ("box", m))
         group = self.group(a, "burst", ("box", "mailbox"))
-        files = self.workdir.child("files")
-        files.makedirs()
-        for index in range(BURST):
-            files.child(f"burst-{index:04d}").setContent(_burst(index))
-        driver = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                _DRIVER,
-                a.data_dir.path,
-                "burst",
-                m.peer_id,
-                str(m.proc.pid),
-                files.path,
-            ],
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
+        driver = burst_then_kill(a, "burst", m, self.workdir, BURST)
         self.assertEqual(driver.returncode, 0, driver.stdout + driver.stderr)
         self.assertEqual(m.proc.wait(timeout=30), -9)
         m.stop()
