@@ -1,5 +1,7 @@
 """
-Real node processes for tests: ``twistd -n dspring`` on loopback addresses.
+Real nodes for tests: ``twistd -n dspring`` processes on loopback
+addresses, and nodes built as ``twistd dspring`` builds them in the test's
+own process.
 """
 
 from __future__ import annotations
@@ -10,8 +12,14 @@ import re
 import subprocess
 import sys
 import time
+from typing import Any
 
 from twisted.python.filepath import FilePath
+from twisted.trial.unittest import TestCase
+
+from digitalspring.control import ControlClient
+from digitalspring.node import Node
+from digitalspring.tap import Options, _make_node
 
 TWISTD = "from twisted.scripts.twistd import run; run()"
 
@@ -213,3 +221,37 @@ def burst_then_kill(
         text=True,
         timeout=300,
     )
+
+
+def _reactor() -> Any:
+    from twisted.internet import reactor
+
+    return reactor
+
+
+async def node_in_process(test: TestCase, name: str, *argv: str) -> tuple[Node, ControlClient]:
+    """
+    A node built as ``twistd dspring`` builds it, in the test's process on
+    the global reactor, listening on 127.0.0.1 with a data directory of its
+    own and stopped at the test's end, once it is ready; and a client of
+    its control API.
+
+    :param argv: more ``twistd dspring`` options.
+    """
+    data_dir = FilePath(test.mktemp()).child(name)
+    options = Options()
+    options.parseOptions(
+        [
+            "--data-dir",
+            data_dir.path,
+            "--no-passphrase",
+            "--listen",
+            "tcp:0:interface=127.0.0.1",
+            *argv,
+        ]
+    )
+    node = _make_node(options, _reactor())
+    node.startService()
+    test.addCleanup(node.stopService)
+    await node.ready
+    return node, ControlClient(_reactor(), data_dir)

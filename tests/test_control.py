@@ -59,8 +59,9 @@ from digitalspring.control import (
     unix_control,
 )
 from digitalspring.errors import DigitalSpringError
-from digitalspring.node import Node
-from digitalspring.tap import Options, _make_node
+from digitalspring.tap import Options
+
+from ._nodes import node_in_process
 
 
 def _reactor() -> Any:
@@ -729,25 +730,6 @@ class NodeRoutesTests(TestCase):
     each route of the node's API answers through ``ControlClient``.
     """
 
-    async def _node(self, name: str, *extra: str) -> tuple[Node, ControlClient]:
-        data_dir = FilePath(self.mktemp()).child(name)
-        options = Options()
-        options.parseOptions(
-            [
-                "--data-dir",
-                data_dir.path,
-                "--no-passphrase",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                *extra,
-            ]
-        )
-        node = _make_node(options, _reactor())
-        node.startService()
-        self.addCleanup(node.stopService)
-        await node.ready
-        return node, ControlClient(_reactor(), data_dir)
-
     async def test_status_ping_and_lookup(self) -> None:
         """
         ``status`` names the node and its addresses; ``ping`` reaches the
@@ -755,9 +737,9 @@ class NodeRoutesTests(TestCase):
         ``dht-lookup`` finds the other node's record.  A bad peer ID is a 400
         with the reason.
         """
-        b, _ = await self._node("b")
+        b, _ = await node_in_process(self, "b")
         [address_b] = b.addresses()
-        a, client = await self._node("a", "--bootstrap", f"{b.peer_id}@{address_b}")
+        a, client = await node_in_process(self, "a", "--bootstrap", f"{b.peer_id}@{address_b}")
         status = await client.call("status")
         self.assertEqual(status["peer_id"], str(a.peer_id))
         self.assertEqual(status["addresses"], a.addresses())

@@ -42,8 +42,9 @@ from digitalspring.multicast import FRAGMENT_SIZE
 from digitalspring.node import Node, StartFailed
 from digitalspring.node._groups import RECEIVING_INTERVAL
 from digitalspring.storage import DamagedDatabase, IStore, MemoryStore
-from digitalspring.tap import Options, _make_node
 from digitalspring.transport import MemoryNetwork
+
+from ._nodes import node_in_process
 
 
 def _reactor() -> Any:
@@ -374,27 +375,9 @@ class GroupRouteTests(TestCase):
     The group routes of two real nodes over TCP on loopback.
     """
 
-    async def _node(self, name: str) -> tuple[Node, ControlClient]:
-        data_dir = FilePath(self.mktemp()).child(name)
-        options = Options()
-        options.parseOptions(
-            [
-                "--data-dir",
-                data_dir.path,
-                "--no-passphrase",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-            ]
-        )
-        node = _make_node(options, _reactor())
-        node.startService()
-        self.addCleanup(node.stopService)
-        await node.ready
-        return node, ControlClient(_reactor(), data_dir)
-
     async def contacts(self) -> tuple[Node, ControlClient, Node, ControlClient]:
-        a, client_a = await self._node("a")
-        b, client_b = await self._node("b")
+        a, client_a = await node_in_process(self, "a")
+        b, client_b = await node_in_process(self, "b")
         assert a.groups is not None and b.groups is not None
         AddressBook.in_data_dir(a.groups._book.path.parent()).add(
             b.peer_id, b.addresses()[0], "bob"
@@ -506,8 +489,8 @@ class GroupRouteTests(TestCase):
         """
         from twisted.internet.task import deferLater
 
-        a, client_a = await self._node("a")
-        b, client_b = await self._node("b")
+        a, client_a = await node_in_process(self, "a")
+        b, client_b = await node_in_process(self, "b")
         assert a.groups is not None
         AddressBook.in_data_dir(a.groups._book.path.parent()).add(
             b.peer_id, b.addresses()[0], "bob"

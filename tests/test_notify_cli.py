@@ -9,14 +9,14 @@ from typing import Any
 
 from twisted.internet.task import deferLater
 from twisted.python import usage
-from twisted.python.filepath import FilePath
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from digitalspring.cli import Options as CLIOptions
 from digitalspring.control import ControlClient, ControlError
 from digitalspring.directory import AddressBook
-from digitalspring.node import Node
-from digitalspring.tap import Options, _make_node, store_limits
+from digitalspring.tap import Options, store_limits
+
+from ._nodes import node_in_process
 
 
 def _reactor() -> Any:
@@ -65,25 +65,6 @@ class NotifyRouteTests(TestCase):
     The notification box routes of two real nodes.
     """
 
-    async def _node(self, name: str, *argv: str) -> tuple[Node, ControlClient]:
-        data_dir = FilePath(self.mktemp()).child(name)
-        options = Options()
-        options.parseOptions(
-            [
-                "--data-dir",
-                data_dir.path,
-                "--no-passphrase",
-                "--listen",
-                "tcp:0:interface=127.0.0.1",
-                *argv,
-            ]
-        )
-        node = _make_node(options, _reactor())
-        node.startService()
-        self.addCleanup(node.stopService)
-        await node.ready
-        return node, ControlClient(_reactor(), data_dir)
-
     async def _until(self, client: ControlClient, check: Any) -> dict[str, Any]:
         for _ in range(200):
             answer: dict[str, Any] = await client.call("notify-boxes")
@@ -98,8 +79,10 @@ class NotifyRouteTests(TestCase):
         lists it; it removes it, and the box forgets it.  A box cannot be
         the node itself, nor removed when it is not one.
         """
-        box, box_client = await self._node("box", "--notify-box", "--notify-box-work", "8")
-        member, client = await self._node("member")
+        box, box_client = await node_in_process(
+            self, "box", "--notify-box", "--notify-box-work", "8"
+        )
+        member, client = await node_in_process(self, "member")
         assert member.groups is not None
         AddressBook.in_data_dir(member.groups._book.path.parent()).add(
             box.peer_id, box.addresses()[0], "box"
