@@ -29,13 +29,17 @@ _hosts = itertools.count()
 def loopback_address() -> str:
     """
     An address of 127.0.0.0/8 that no other node of this test process
-    uses: 127.0.N.M, N from the process ID (test runs side by side rarely
-    share one) and M counting, never 127.0.0.1.  Linux routes all of
-    127.0.0.0/8 to the loopback interface, so each node and each attacker
-    of a test gets an address of its own, and per-address limits count
-    them as different peers, as they would be.
+    uses, in a /24 of its own: 127.N.M.1, N from the process ID (test runs
+    side by side rarely share one) and M counting, never 127.0.0.1.  Linux
+    routes all of 127.0.0.0/8 to the loopback interface, so each node and
+    each attacker of a test gets an address of its own, and per-address
+    limits count them as different peers, as they would be; and the DHT's
+    routing table, which keeps at most two contacts of one /24 in a bucket,
+    counts them as different networks, as separate machines would be (with
+    one /24 for all, a node that joined three others kept two of them
+    whenever all three fell in one bucket: ``test_dht_walk`` failed so).
     """
-    return f"127.0.{os.getpid() % 254 + 1}.{next(_hosts) % 252 + 2}"
+    return f"127.{os.getpid() % 254 + 1}.{next(_hosts) % 254 + 1}.1"
 
 
 class NodeProcess:
