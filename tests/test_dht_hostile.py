@@ -20,8 +20,8 @@ from typing import Any
 from attrs import frozen
 from twisted.internet import reactor as _reactor
 from twisted.internet.address import IPv4Address
-from twisted.internet.defer import Deferred
-from twisted.internet.task import deferLater
+from twisted.internet.defer import Deferred, fail, succeed
+from twisted.internet.task import Clock, deferLater
 from twisted.trial.unittest import SynchronousTestCase, TestCase
 
 from digitalspring.channel import ConnectionPool, PeerConnection
@@ -49,7 +49,13 @@ from digitalspring.dht import (
     node_id,
     sign_record,
 )
-from digitalspring.dht._origin import _TokenBuckets, dialled_address, source_of
+from digitalspring.dht._origin import (
+    DialBackFailed,
+    DialBacks,
+    _TokenBuckets,
+    dialled_address,
+    source_of,
+)
 from digitalspring.dht._rates import StoreLimiter
 from digitalspring.identity import Identity
 from digitalspring.transport import MemoryAddress, MemoryNetwork, SimulatedClock, TCPTransport
@@ -187,6 +193,85 @@ class OriginCheckTests(SynchronousTestCase):
             dialled_address(IPv4Address("TCP", "192.0.2.7", 7000)), "tcp:192.0.2.7:7000"
         )
         self.assertEqual(dialled_address(MemoryAddress("n1", 1)), "memory:n1:1")
+
+
+class DialBackRetryTests(SynchronousTestCase):
+    """
+    A dial-back that failed is tried again while the peer stays connected:
+    a new onion service is not reachable before its descriptor reaches
+    tor's directories, and the peer may not talk to us again for an hour.
+    """
+
+    def setUp(self) -> None:
+        self.clock = Clock()
+        self.peer = identity("early").peer_id
+        self.reachable = False
+        self.dialled: list[float] = []
+        self.confirmed: list[tuple[str, ...]] = []
+        self.connected = {self.peer}
+        self.dialbacks = DialBacks(
+            self.clock,
+            self.dial,
+            lambda peer, proved, nets: self.confirmed.append(proved),
+            connected=lambda peer: peer in self.connected,
+            retry_delays=(20.0, 60.0),
+        )
+
+    def dial(self, peer: Any, address: str) -> Deferred[Any]:
+        self.dialled.append(self.clock.seconds())
+        if self.reachable:
+            return succeed(MemoryAddress("early", 1))
+        return fail(DialBackFailed("not there yet"))
+
+    def test_reached_on_a_later_try(self) -> None:
+        """
+        Unreachable at first, reached 20 s later: the address is confirmed
+        then, and counted once.
+        """
+        self.assertTrue(self.dialbacks.request(self.peer, (ONION,), None))
+        self.assertEqual((self.dialled, self.confirmed), ([0.0], []))
+        self.assertFalse(self.dialbacks.request(self.peer, (ONION,), None), "already waiting")
+        self.reachable = True
+        self.clock.advance(20)
+        self.assertEqual((self.dialled, self.confirmed), ([0.0, 20.0], [(ONION,)]))
+        counts = self.dialbacks.counts
+        self.assertEqual((counts["retried"], counts["confirmed"], counts["failed"]), (1, 1, 0))
+
+    def test_tries_bounded(self) -> None:
+        """
+        Never reachable: tried three times in all, then failed.
+        """
+        self.dialbacks.request(self.peer, (ONION,), None)
+        self.clock.pump([20, 60, 600])
+        self.assertEqual(self.dialled, [0.0, 20.0, 80.0])
+        self.assertEqual(self.confirmed, [()])
+        self.assertEqual(self.dialbacks.counts["failed"], 1)
+
+    def test_not_connected_not_retried(self) -> None:
+        """
+        A peer no longer connected is not dialled again.
+        """
+        self.connected.clear()
+        self.dialbacks.request(self.peer, (ONION,), None)
+        self.clock.advance(600)
+        self.assertEqual((self.dialled, self.confirmed), ([0.0], [()]))
+
+    def test_retries_bounded_and_stopped(self) -> None:
+        """
+        At most ``max_pending`` wait to be tried again, and stopping
+        forgets them.
+        """
+        dialbacks = DialBacks(
+            self.clock, self.dial, lambda *a: None, max_pending=3, connected=lambda p: True
+        )
+        for n in range(5):
+            dialbacks.request(identity(f"early {n}").peer_id, (ONION,), None)
+        self.assertEqual(len(dialbacks._retrying), 3)
+        self.assertEqual(dialbacks.counts["failed"], 2)
+        dialbacks.stop()
+        self.assertEqual(self.clock.getDelayedCalls(), [])
+        self.clock.advance(600)
+        self.assertEqual(len(self.dialled), 5)
 
 
 class SybilTests(SynchronousTestCase):

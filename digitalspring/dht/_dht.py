@@ -406,6 +406,7 @@ class DHT(Service):
             source_interval=settings.dialback_source_interval,
             max_pending=settings.dialback_queue,
             concurrency=settings.dialback_concurrency,
+            connected=lambda peer_id: peer_id in self.pool.connections(),
         )
         #: Log lines that peers cause, at a bounded rate.
         self.peer_log = RateLimitedLog(self.log, self.clock)

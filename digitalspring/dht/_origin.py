@@ -201,6 +201,13 @@ class _Request:
     peer_id: PeerID
     addresses: tuple[str, ...]
     nets: frozenset[str]
+    #: Dial-backs of these addresses already failed.
+    failed: int = 0
+
+
+#: Seconds after a failed dial-back before each try again, while the peer
+#: stays connected (see :class:`DialBacks`).
+RETRY_DELAYS = (20.0, 60.0)
 
 
 class DialBacks:
@@ -217,6 +224,13 @@ class DialBacks:
         otherwise.
     :param confirmed: called with the peer, the addresses that proved
         theirs (maybe none), and the networks they were reached in.
+    :param connected: whether a peer is connected to us now.  A dial-back
+        that failed is tried again after each of ``retry_delays`` while
+        the peer stays connected: a peer that talks to us and cannot be
+        reached where it says may only be early (a new onion service
+        whose descriptor has not reached tor's directories yet), and may
+        not talk to us again for an hour.  At most ``max_pending``
+        dial-backs wait to be tried again.
     :ivar counts: what happened to requests, by outcome, for ``status()``.
     """
 
@@ -235,10 +249,15 @@ class DialBacks:
         concurrency: int = 4,
         addresses_per_peer: int = 2,
         max_sources: int = 10_000,
+        connected: Callable[[PeerID], bool] = lambda peer_id: False,
+        retry_delays: Sequence[float] = RETRY_DELAYS,
     ) -> None:
         self.clock = clock
         self.dial = dial
         self.confirmed = confirmed
+        self.connected = connected
+        self.retry_delays = tuple(retry_delays)
+        self._retrying: dict[PeerID, IDelayedCall] = {}
         self.concurrency = concurrency
         self.max_pending = max_pending
         self.addresses_per_peer = addresses_per_peer
@@ -253,6 +272,7 @@ class DialBacks:
             "requested": 0,
             "confirmed": 0,
             "failed": 0,
+            "retried": 0,
             "refused_source_rate": 0,
             "refused_queue_full": 0,
         }
@@ -297,6 +317,11 @@ class DialBacks:
         for request in self._pending:
             self._busy.discard(request.peer_id)
         self._pending.clear()
+        for peer_id, call in self._retrying.items():
+            self._busy.discard(peer_id)
+            if call.active():
+                call.cancel()
+        self._retrying.clear()
         if self._wakeup is not None and self._wakeup.active():
             self._wakeup.cancel()
         self._wakeup = None
@@ -331,8 +356,40 @@ class DialBacks:
         finally:
             self._running -= 1
             self._busy.discard(request.peer_id)
+        if not proved and self._retry_later(request):
+            self._pump()
+            return
         self.counts["confirmed" if proved else "failed"] += 1
         self.confirmed(request.peer_id, tuple(proved), frozenset(nets))
+        self._pump()
+
+    def _retry_later(self, request: _Request) -> bool:
+        """
+        Try ``request`` again later, if it has tries left, its peer is
+        still connected, and fewer than ``max_pending`` wait.
+
+        :returns: whether it will be tried again.
+        """
+        if (
+            request.failed >= len(self.retry_delays)
+            or len(self._retrying) >= self.max_pending
+            or not self.connected(request.peer_id)
+        ):
+            return False
+        delay = self.retry_delays[request.failed]
+        request.failed += 1
+        self.counts["retried"] += 1
+        self._busy.add(request.peer_id)
+        self._retrying[request.peer_id] = self.clock.callLater(delay, self._retry, request)
+        return True
+
+    def _retry(self, request: _Request) -> None:
+        del self._retrying[request.peer_id]
+        if len(self._pending) >= self.max_pending:
+            self._busy.discard(request.peer_id)
+            self.counts["refused_queue_full"] += 1
+            return
+        self._pending.append(request)
         self._pump()
 
     def _unexpected(self, failure: Failure) -> None:
