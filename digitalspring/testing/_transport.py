@@ -573,7 +573,9 @@ class TransportConformanceMixin(_Base):
         else:
             self.fail(
                 f"the writer was not paused and stalled after {_PATIENCE} x "
-                f"{self.settle_time} s ({pump.written} bytes written, paused: {pump.paused})"
+                f"{self.settle_time} s ({pump.written} bytes written, paused: {pump.paused}; "
+                f"the paused reader received {server.received}; lost: writer "
+                f"{client.reason}, reader {server.reason})"
             )
         self.assertLess(written, cap)
         resumed = pump.resumed
