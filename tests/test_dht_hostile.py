@@ -247,6 +247,20 @@ class DialBackRetryTests(SynchronousTestCase):
         self.assertEqual(self.confirmed, [()])
         self.assertEqual(self.dialbacks.counts["failed"], 1)
 
+    def test_no_room_to_retry_is_a_failure(self) -> None:
+        """
+        A try again that finds the queue full ends the request as failed,
+        said and counted as any failure: every request requested ends
+        confirmed or failed.
+        """
+        self.dialbacks.max_pending = 1
+        self.dialbacks.request(self.peer, (ONION,), None)
+        self.dialbacks._pending.append(object())  # type: ignore[arg-type]
+        self.clock.advance(20)
+        counts = self.dialbacks.counts
+        self.assertEqual((counts["requested"], counts["failed"]), (1, 1))
+        self.assertEqual((self.dialled, self.confirmed), ([0.0], [()]))
+
     def test_not_connected_not_retried(self) -> None:
         """
         A peer no longer connected is not dialled again.
@@ -269,6 +283,7 @@ class DialBackRetryTests(SynchronousTestCase):
         self.assertEqual(len(dialbacks._retrying), 3)
         self.assertEqual(dialbacks.counts["failed"], 2)
         dialbacks.stop()
+        self.assertEqual(dialbacks._busy, set())
         self.assertEqual(self.clock.getDelayedCalls(), [])
         self.clock.advance(600)
         self.assertEqual(len(self.dialled), 5)

@@ -359,9 +359,15 @@ class DialBacks:
         if not proved and self._retry_later(request):
             self._pump()
             return
-        self.counts["confirmed" if proved else "failed"] += 1
-        self.confirmed(request.peer_id, tuple(proved), frozenset(nets))
+        self._finish(request, tuple(proved), frozenset(nets))
         self._pump()
+
+    def _finish(self, request: _Request, proved: tuple[str, ...], nets: frozenset[str]) -> None:
+        """
+        ``request`` is over: count it, confirmed or failed, and say so.
+        """
+        self.counts["confirmed" if proved else "failed"] += 1
+        self.confirmed(request.peer_id, proved, nets)
 
     def _retry_later(self, request: _Request) -> bool:
         """
@@ -386,8 +392,9 @@ class DialBacks:
     def _retry(self, request: _Request) -> None:
         del self._retrying[request.peer_id]
         if len(self._pending) >= self.max_pending:
+            # No room in the queue for another try: it failed.
             self._busy.discard(request.peer_id)
-            self.counts["refused_queue_full"] += 1
+            self._finish(request, (), request.nets)
             return
         self._pending.append(request)
         self._pump()
