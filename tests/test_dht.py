@@ -5,6 +5,7 @@ memory network and a simulated clock.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from hypothesis import given
@@ -35,6 +36,7 @@ from digitalspring.dht import (
     node_id,
     sign_record,
 )
+from digitalspring.dht._dht import replicate_factor
 from digitalspring.dht._rpc import Origin
 from digitalspring.dht._simulation import DHTSimulation
 from digitalspring.directory import IPeerDirectory, UnknownPeer
@@ -300,6 +302,56 @@ class ServiceTests(SynchronousTestCase):
         self.assertLess(len(holders()), 4)
         sim.clock.advance(2000)
         self.assertGreaterEqual(len(holders()), 4)
+
+    def test_rereplication_on_time_after_idle_runs(self) -> None:
+        """
+        Upkeep looks at no record before the first comes due, yet a record
+        that arrives after a run that found nothing due is stored again as
+        soon as its own wait ends: the first holder whose wait ends does
+        so within one upkeep interval of it.
+        """
+        settings = DHTSettings(
+            k=8,
+            rpc_timeout=1.0,
+            replicate_interval=600,
+            maintenance_interval=10,
+            record_lifetime=20_000,
+            republish_interval=20_000,
+        )
+        sim = network(24, settings)
+        # Holding nothing, each node's upkeep finds nothing due; the
+        # record comes within (1.3 - 1.05) intervals of those runs.
+        sim.clock.advance(120)
+        for node in sim.nodes:
+            for held in list(node.dht.store.records):
+                node.dht.store._drop_record(held)
+            node.dht._next_replication = -math.inf
+        sim.clock.advance(30)
+        owner = sim.nodes[0]
+        sim.run(owner.dht.publish())
+        key = node_id(owner.identity.peer_id)
+        sim.network.take_offline(owner.host)
+        sim.dead.add(0)
+        due = []
+        for node in sim.nodes[1:]:
+            held = node.dht.store.records.get(key)
+            if held is not None:
+                due.append(held.received + 600 * replicate_factor(key, node.dht.own_id))
+        self.assertGreaterEqual(len(due), 6)
+        first: list[float] = []
+        for node in sim.nodes:
+            replicate = node.dht._replicate
+
+            def timed(k: int, kind: str, data: bytes, replicate: Any = replicate) -> Any:
+                if k == key and not first:
+                    first.append(sim.clock.seconds())
+                return replicate(k, kind, data)
+
+            node.dht._replicate = timed  # type: ignore[method-assign]
+        sim.clock.advance(max(due) - sim.clock.seconds() + 20)
+        self.assertEqual(len(first), 1)
+        self.assertGreaterEqual(first[0], min(due))
+        self.assertLessEqual(first[0], min(due) + 10)
 
     def test_rereplication_by_one_holder(self) -> None:
         """

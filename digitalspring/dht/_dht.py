@@ -322,7 +322,10 @@ def replicate_factor(key: int, own_id: int) -> float:
     ``republish_interval`` (an hour, as ``replicate_interval``), is never
     raced by its holders.
     """
-    return 1.05 + ((key ^ own_id) & 0xFF) / 1024
+    return _LEAST_REPLICATE_FACTOR + ((key ^ own_id) & 0xFF) / 1024
+
+
+_LEAST_REPLICATE_FACTOR = 1.05
 
 
 def _peer_address(connection: RequestConnection) -> IAddress | None:
@@ -430,6 +433,8 @@ class DHT(Service):
         self._publish_wanted = False
         self._publish_call: Any = None
         self._replicated: dict[int, float] = {}
+        #: No record held comes due for re-replication before this.
+        self._next_replication = -math.inf
         self._loop: LoopingCall | None = None
         self._save_loop: LoopingCall | None = None
         pool.locators.append(self._locator)
@@ -1066,23 +1071,33 @@ class DHT(Service):
         longest waiting first, at most ``replicate_per_run`` of them, and
         only those this node is responsible for (the others wait another
         interval without costing a lookup; at most sixteen times as many
-        are looked at per run).
+        are looked at per run).  Nothing is looked at before the first
+        record comes due: one that arrives later waits at least 1.05
+        intervals, and a store again only makes a wait longer.
         """
+        if now < self._next_replication:
+            return
         interval = self.settings.replicate_interval
         replicated = self._replicated
         own_id = self.own_id
-        due = [
-            (last, key, held)
-            for key, held in self.store.records.items()
-            if held.record.peer_id != self.peer_id
-            and now - (last := max(held.received, replicated.get(key, -math.inf)))
-            >= interval * replicate_factor(key, own_id)
-        ]
+        due = []
+        next_due = now + interval * _LEAST_REPLICATE_FACTOR
+        for key, held in self.store.records.items():
+            if held.record.peer_id == self.peer_id:
+                continue
+            last = max(held.received, replicated.get(key, -math.inf))
+            at = last + interval * replicate_factor(key, own_id)
+            if at <= now:
+                due.append((last, key, held))
+            elif at < next_due:
+                next_due = at
         budget = self.settings.replicate_per_run
         # Junk that was close once waits its turn too, a bounded number of
         # responsibility checks per run.
-        for _, key, held in heapq.nsmallest(16 * budget, due, key=lambda item: item[0]):
+        looked_at = heapq.nsmallest(16 * budget, due, key=lambda item: item[0])
+        for _, key, held in looked_at:
             if not budget:
+                next_due = now
                 break
             replicated[key] = now
             if not self.responsible_for(key):
@@ -1091,6 +1106,9 @@ class DHT(Service):
             Deferred.fromCoroutine(self._replicate(key, RECORD, held.signed)).addErrback(
                 self._log_failure, "re-replicating a record"
             )
+        if len(due) > len(looked_at):
+            next_due = now
+        self._next_replication = next_due
         self._replicated = {k: t for k, t in replicated.items() if k in self.store.records}
 
     # -- across restarts -----------------------------------------------------------
