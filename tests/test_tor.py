@@ -398,13 +398,17 @@ class TorPluginTests(SynchronousTestCase):
     def test_launch_torrc(self) -> None:
         """
         A launched tor keeps its data below the node's, listens on 127.0.0.1
-        only, and gets the extra lines last.
+        only, caps its sockets' buffers (what it reads ahead of a circuit
+        that cannot send, see ``benchmarks/tor_reads.py``), and gets the
+        extra lines last.
         """
         tor_dir = FilePath("/data/tor")
         lines = launch_torrc(tor_dir, ["TestingTorNetwork 1"])
         self.assertIn("DataDirectory /data/tor/data", lines)
         self.assertIn("ControlPort 127.0.0.1:auto", lines)
         self.assertIn("SocksPort 127.0.0.1:auto ExtendedErrors", lines)
+        self.assertIn("ConstrainedSockets 1", lines)
+        self.assertIn("ConstrainedSockSize 65536", lines)
         self.assertEqual(lines[-1], "TestingTorNetwork 1")
 
 

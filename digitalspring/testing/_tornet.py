@@ -42,6 +42,7 @@ from digitalspring.testing._torprocess import (
     TorProcess,
     find_tor_binaries,
 )
+from digitalspring.transport._torcontrol import BOUNDED_READS_TORRC
 
 # -- Configuration -----------------------------------------------------------
 
@@ -512,7 +513,12 @@ class PrivateTorNetwork:
         data_dir = os.path.join(self._base_dir, name)
         os.makedirs(data_dir, mode=0o700)
         lines = _common_torrc(name, data_dir, control_port, self._dir_authorities)
-        lines += [f"SocksPort 127.0.0.1:{socks_port}", f"EntryNodes {self._entry_nodes}"]
+        lines += [
+            f"SocksPort 127.0.0.1:{socks_port}",
+            f"EntryNodes {self._entry_nodes}",
+            # As the node launches its own (the tests attach to these).
+            *BOUNDED_READS_TORRC,
+        ]
         began = self._reactor.seconds()
         process = self._spawn(name, "client", data_dir, lines)
         client = TorClient(

@@ -462,11 +462,27 @@ def find_tor(tor_binary: str | None = None) -> str:
     return found
 
 
+#: Socket buffers of a tor the node launches (and of the test network's
+#: client tors).  tor (0.4.9.11) reads a SOCKS connection each time the
+#: stream's circuit may send again, all that the socket holds, whether or
+#: not the circuit can carry it; with the kernel's buffers on loopback
+#: (megabytes) a stream whose far end stopped reading let a writer put
+#: 256 MiB into its tor in about 1.5 s, 3 tries in 25.  Capping each
+#: socket's buffers caps each read, and the far end's XOFF stops the rest:
+#: with 64 KiB, 25 tries in 25 stopped at 3.4 MiB written
+#: (``benchmarks/tor_reads.py``; ``docs/tor.rst``).  The cost is on the
+#: link to the guard: at most about 1.3 MB/s each way where it has 100 ms
+#: of round trip.
+BOUNDED_READS_TORRC = ("ConstrainedSockets 1", "ConstrainedSockSize 65536")
+
+
 def launch_torrc(tor_dir: FilePath[str], extra: Sequence[str]) -> list[str]:
     """
     The configuration of a tor the node launches: its data in
     ``tor_dir/data``, control and SOCKS ports on 127.0.0.1 chosen by tor,
-    cookie authentication, and ``extra`` lines (``--tor-option``) last.
+    cookie authentication, socket buffers that bound what it reads ahead
+    of its circuits (:data:`BOUNDED_READS_TORRC`), and ``extra`` lines
+    (``--tor-option``) last.
     """
     return [
         f"DataDirectory {tor_dir.child('data').path}",
@@ -478,6 +494,7 @@ def launch_torrc(tor_dir: FilePath[str], extra: Sequence[str]) -> list[str]:
         # It exits by itself if we die without stopping it.
         f"__OwningControllerProcess {os.getpid()}",
         "Log notice stdout",
+        *BOUNDED_READS_TORRC,
         *extra,
     ]
 
