@@ -322,10 +322,7 @@ def replicate_factor(key: int, own_id: int) -> float:
     ``republish_interval`` (an hour, as ``replicate_interval``), is never
     raced by its holders.
     """
-    return _LEAST_REPLICATE_FACTOR + ((key ^ own_id) & 0xFF) / 1024
-
-
-_LEAST_REPLICATE_FACTOR = 1.05
+    return 1.05 + ((key ^ own_id) & 0xFF) / 1024
 
 
 def _peer_address(connection: RequestConnection) -> IAddress | None:
@@ -391,6 +388,7 @@ class DHT(Service):
             difficulty=settings.pow_difficulty,
             quotas=settings.quotas,
         )
+        self.store.kept.append(self._record_kept)
         self.handoff = Handoff(
             self.clock,
             self.table,
@@ -433,8 +431,11 @@ class DHT(Service):
         self._publish_wanted = False
         self._publish_call: Any = None
         self._replicated: dict[int, float] = {}
-        #: No record held comes due for re-replication before this.
-        self._next_replication = -math.inf
+        #: When each record held comes due for re-replication (at the
+        #: latest: a store again only makes its wait longer), one entry per
+        #: key in ``_due_at`` and in the heap ``_due``.
+        self._due: list[tuple[float, int]] = []
+        self._due_at: dict[int, float] = {}
         self._loop: LoopingCall | None = None
         self._save_loop: LoopingCall | None = None
         pool.locators.append(self._locator)
@@ -1063,6 +1064,15 @@ class DHT(Service):
         if key in self.store.records:
             self._replicated[key] = self.clock.seconds()
 
+    def _record_kept(self, key: int) -> None:
+        if key not in self._due_at:
+            self._due_until(key, self.clock.seconds())
+
+    def _due_until(self, key: int, last: float) -> None:
+        at = last + self.settings.replicate_interval * replicate_factor(key, self.own_id)
+        self._due_at[key] = at
+        heapq.heappush(self._due, (at, key))
+
     def _rereplicate(self, now: float) -> None:
         """
         Store again, at the ``k`` closest nodes, the records held for others
@@ -1071,45 +1081,45 @@ class DHT(Service):
         longest waiting first, at most ``replicate_per_run`` of them, and
         only those this node is responsible for (the others wait another
         interval without costing a lookup; at most sixteen times as many
-        are looked at per run).  Nothing is looked at before the first
-        record comes due: one that arrives later waits at least 1.05
-        intervals, and a store again only makes a wait longer.
+        are looked at per run).  Only records that may be due are looked
+        at, in the order of their due times.
         """
-        if now < self._next_replication:
-            return
-        interval = self.settings.replicate_interval
-        replicated = self._replicated
-        own_id = self.own_id
+        heap, due_at = self._due, self._due_at
+        records, replicated = self.store.records, self._replicated
         due = []
-        next_due = now + interval * _LEAST_REPLICATE_FACTOR
-        for key, held in self.store.records.items():
-            if held.record.peer_id == self.peer_id:
+        while heap and heap[0][0] <= now:
+            at, key = heapq.heappop(heap)
+            if due_at.get(key) != at:
+                continue
+            held = records.get(key)
+            if held is None or held.record.peer_id == self.peer_id:
+                del due_at[key]
+                replicated.pop(key, None)
                 continue
             last = max(held.received, replicated.get(key, -math.inf))
-            at = last + interval * replicate_factor(key, own_id)
-            if at <= now:
+            if last + self.settings.replicate_interval * replicate_factor(key, self.own_id) > now:
+                self._due_until(key, last)
+            else:
                 due.append((last, key, held))
-            elif at < next_due:
-                next_due = at
         budget = self.settings.replicate_per_run
         # Junk that was close once waits its turn too, a bounded number of
         # responsibility checks per run.
-        looked_at = heapq.nsmallest(16 * budget, due, key=lambda item: item[0])
-        for _, key, held in looked_at:
-            if not budget:
-                next_due = now
-                break
+        looks = 16 * budget
+        due.sort(key=lambda item: item[0])
+        for last, key, held in due:
+            if not budget or not looks:
+                # Still due: the next run looks again.
+                self._due_until(key, last)
+                continue
+            looks -= 1
             replicated[key] = now
+            self._due_until(key, now)
             if not self.responsible_for(key):
                 continue
             budget -= 1
             Deferred.fromCoroutine(self._replicate(key, RECORD, held.signed)).addErrback(
                 self._log_failure, "re-replicating a record"
             )
-        if len(due) > len(looked_at):
-            next_due = now
-        self._next_replication = next_due
-        self._replicated = {k: t for k, t in replicated.items() if k in self.store.records}
 
     # -- across restarts -----------------------------------------------------------
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+from collections.abc import Callable
 from typing import Any
 
 from attrs import frozen
@@ -184,6 +185,8 @@ class ValueStore:
         self._key_usage: dict[tuple[int, str], int] = {}
         #: No record or value expires before this.
         self._next_expiry = math.inf
+        #: Called with the key of each record kept, new or a newer version.
+        self.kept: list[Callable[[int], None]] = []
 
     # -- accounting --------------------------------------------------------------------
 
@@ -264,6 +267,8 @@ class ValueStore:
             self._record_charges[key] = charge
             self.records[key] = StoredRecord(record, signed, now)
             self._expiring(record.expires)
+            for callback in self.kept:
+                callback(key)
             return record, True
         # A new key: the quotas and the room are checked before the
         # signature, so that a refusal costs a hash and a few lookups.
@@ -279,6 +284,8 @@ class ValueStore:
         self.record_bytes += charge[2]
         self._charge(charge, True, 1)
         self._expiring(record.expires)
+        for callback in self.kept:
+            callback(key)
         return record, True
 
     def _verify(self, signed: bytes, now: float, key: int) -> PeerRecord:
