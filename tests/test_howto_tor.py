@@ -2,7 +2,8 @@
 ``docs/howto-tor.rst`` held to the code: every command of its console
 blocks parses as ``twistd`` parses it, every option it names is an option
 of ``twistd dspring``, every ``dspring`` command it names exists, what it
-says ``--onion-only`` refuses is refused, and the tests it cites exist.
+says ``--onion-only`` refuses is refused, the torrc lines it gives are
+the node's own, and the tests it cites exist.
 
 (The commands reach the public Tor network, which tests cannot; the private
 one of ``tests.test_tor_network`` runs the nodes they make.)
@@ -23,6 +24,7 @@ from twisted.trial.unittest import SynchronousTestCase
 from digitalspring.cli import Options as CLIOptions
 from digitalspring.tap import Options, _make_node
 from digitalspring.transport import TransportConfigError
+from digitalspring.transport._torcontrol import BOUNDED_READS_TORRC
 
 PAGE = FilePath(__file__).parent().sibling("docs").child("howto-tor.rst")
 
@@ -138,3 +140,11 @@ class HowtoTorTests(SynchronousTestCase):
         self.assertTrue(cited)
         for name in cited:
             self.assertIsNotNone(namedAny(name), name)
+
+    def test_torrc_lines_are_the_launched_ones(self) -> None:
+        """
+        The ``torrc`` lines the page gives for a tor the node attaches to
+        are those it gives a tor it launches.
+        """
+        lines = [line for line in literal_lines(self.text) if line.startswith("Constrained")]
+        self.assertEqual(lines, list(BOUNDED_READS_TORRC))
