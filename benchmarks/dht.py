@@ -91,6 +91,7 @@ import functools
 import gc
 import json
 import math
+import os
 import resource
 import statistics
 import sys
@@ -698,8 +699,12 @@ def main() -> None:
             idle_timeout=args.idle_timeout,
             network=args.network,
         )
-    print(json.dumps(figures))
+    print(json.dumps(figures), flush=True)
 
 
 if __name__ == "__main__":
     main()
+    # The process ends without freeing the simulation object by object:
+    # after the 10,000-node run printed its figures, that took 5.6 minutes.
+    sys.stderr.flush()
+    os._exit(0)
