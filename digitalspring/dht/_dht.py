@@ -1066,10 +1066,15 @@ class DHT(Service):
 
     def _record_kept(self, key: int) -> None:
         if key not in self._due_at:
-            self._due_until(key, self.clock.seconds())
+            self._due_on(key, self._due_after(key, self.clock.seconds()))
 
-    def _due_until(self, key: int, last: float) -> None:
-        at = last + self.settings.replicate_interval * replicate_factor(key, self.own_id)
+    def _due_after(self, key: int, last: float) -> float:
+        """
+        When the record under ``key``, last stored here at ``last``, is due.
+        """
+        return last + self.settings.replicate_interval * replicate_factor(key, self.own_id)
+
+    def _due_on(self, key: int, at: float) -> None:
         self._due_at[key] = at
         heapq.heappush(self._due, (at, key))
 
@@ -1097,23 +1102,24 @@ class DHT(Service):
                 replicated.pop(key, None)
                 continue
             last = max(held.received, replicated.get(key, -math.inf))
-            if last + self.settings.replicate_interval * replicate_factor(key, self.own_id) > now:
-                self._due_until(key, last)
+            at = self._due_after(key, last)
+            if at > now:
+                self._due_on(key, at)
             else:
-                due.append((last, key, held))
+                due.append((at, last, key, held))
         budget = self.settings.replicate_per_run
         # Junk that was close once waits its turn too, a bounded number of
         # responsibility checks per run.
         looks = 16 * budget
-        due.sort(key=lambda item: item[0])
-        for last, key, held in due:
+        due.sort(key=lambda item: item[1])
+        for at, _, key, held in due:
             if not budget or not looks:
                 # Still due: the next run looks again.
-                self._due_until(key, last)
+                self._due_on(key, at)
                 continue
             looks -= 1
             replicated[key] = now
-            self._due_until(key, now)
+            self._due_on(key, self._due_after(key, now))
             if not self.responsible_for(key):
                 continue
             budget -= 1

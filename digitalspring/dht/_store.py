@@ -265,10 +265,7 @@ class ValueStore:
                 self._full("records")
             self.record_bytes += charge[2] - old[2]
             self._record_charges[key] = charge
-            self.records[key] = StoredRecord(record, signed, now)
-            self._expiring(record.expires)
-            for callback in self.kept:
-                callback(key)
+            self._keep(key, StoredRecord(record, signed, now))
             return record, True
         # A new key: the quotas and the room are checked before the
         # signature, so that a refusal costs a hash and a few lookups.
@@ -279,14 +276,17 @@ class ValueStore:
             if not self._record_room(charge[2]):
                 self._full("records")
         record = self._verify(signed, now, key)
-        self.records[key] = StoredRecord(record, signed, now)
         self._record_charges[key] = charge
         self.record_bytes += charge[2]
         self._charge(charge, True, 1)
-        self._expiring(record.expires)
+        self._keep(key, StoredRecord(record, signed, now))
+        return record, True
+
+    def _keep(self, key: int, held: StoredRecord) -> None:
+        self.records[key] = held
+        self._expiring(held.record.expires)
         for callback in self.kept:
             callback(key)
-        return record, True
 
     def _verify(self, signed: bytes, now: float, key: int) -> PeerRecord:
         record = verify_record(signed, now, self.skew, self.max_lifetime)
