@@ -36,6 +36,7 @@ import tempfile
 import time
 from typing import Any
 
+from _namespace import in_loopback_namespace
 from twisted.internet.defer import Deferred
 from twisted.internet.interfaces import IProtocol, IProtocolFactory, IStreamClientEndpoint
 from twisted.internet.protocol import Factory, Protocol
@@ -46,7 +47,6 @@ from digitalspring.channel import SecureChannelFactory, SecureChannelProtocol
 from digitalspring.identity import Identity
 from digitalspring.testing import (
     EchoMeasurements,
-    NamespaceUnavailable,
     NetworkNamespace,
     PrivateTorNetwork,
     echo_factory,
@@ -254,26 +254,7 @@ def main(reactor: Any) -> Deferred[None]:
     parser.add_argument("--mb", type=float, default=4.0, help="MB per bulk transfer")
     parser.add_argument("--round-trips", type=int, default=20)
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit(
-            "benchmarks/tor.py must run as root: it runs its Tor network in a network "
-            "namespace that has only lo, so that no packet can leave this machine."
-        )
-    try:
-        namespace = NetworkNamespace.create()
-    except NamespaceUnavailable as e:
-        raise SystemExit(f"cannot make a network namespace: {e}") from None
-    # Everything this process opens from now on lives next to the tors.
-    namespace.enter()
-
-    async def go() -> None:
-        try:
-            await run(reactor, args, namespace)
-        finally:
-            namespace.leave()
-            namespace.close()
-
-    return Deferred.fromCoroutine(go())
+    return in_loopback_namespace("tor.py", lambda namespace: run(reactor, args, namespace))
 
 
 if __name__ == "__main__":

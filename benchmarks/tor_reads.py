@@ -44,10 +44,11 @@ import time
 from collections.abc import Callable
 from typing import Any, TypeVar
 
+from _namespace import in_loopback_namespace
 from twisted.internet.defer import Deferred
 from twisted.internet.task import react
 
-from digitalspring.testing import NamespaceUnavailable, NetworkNamespace, PrivateTorNetwork
+from digitalspring.testing import NetworkNamespace, PrivateTorNetwork
 from digitalspring.testing._tornet import TorClient
 from digitalspring.transport._torcontrol import BOUNDED_READS_TORRC
 
@@ -255,25 +256,7 @@ def main(reactor: Any) -> Deferred[None]:
     parser.add_argument("--cap", type=int, default=256, help="MiB a try writes at most")
     parser.add_argument("--stall", type=float, default=10.0, help="s without progress")
     args = parser.parse_args()
-    if os.geteuid() != 0:
-        raise SystemExit(
-            "benchmarks/tor_reads.py must run as root: it runs its Tor network in a network "
-            "namespace that has only lo, so that no packet can leave this machine."
-        )
-    try:
-        namespace = NetworkNamespace.create()
-    except NamespaceUnavailable as e:
-        raise SystemExit(f"cannot make a network namespace: {e}") from None
-    namespace.enter()
-
-    async def go() -> None:
-        try:
-            await run(reactor, args, namespace)
-        finally:
-            namespace.leave()
-            namespace.close()
-
-    return Deferred.fromCoroutine(go())
+    return in_loopback_namespace("tor_reads.py", lambda namespace: run(reactor, args, namespace))
 
 
 if __name__ == "__main__":
