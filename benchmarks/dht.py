@@ -251,9 +251,10 @@ def _collect_by_hand() -> None:
     frees (cycles of Deferreds and failures) to what ten minutes make, and
     then freezes what survived, so that each collection walks only what
     the last ten minutes made: at 10,000 nodes, walking all that churn had
-    made drew 43 % of py-spy's samples over 90 s of the second hour.  What a freeze
-    keeps for good is what lived at a collection: requests then in flight,
-    and nodes, which the simulation keeps after they leave anyway.
+    made drew 43 % of py-spy's samples over 90 s of the second hour.  What
+    a freeze keeps for good is what lived at a collection: requests then
+    in flight, and nodes, which the simulation keeps after they leave
+    anyway.
     """
     gc.collect()
     gc.freeze()

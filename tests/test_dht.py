@@ -42,6 +42,16 @@ from digitalspring.directory import IPeerDirectory, UnknownPeer
 from digitalspring.identity import Identity, PeerID
 
 SETTINGS = DHTSettings(k=4, rpc_timeout=2.0, lookup_deadline=20.0, pow_difficulty=4)
+#: For re-replication: ten-minute waits, upkeep every 10 s, owners that do
+#: not republish.
+REPLICATING = DHTSettings(
+    k=8,
+    rpc_timeout=1.0,
+    replicate_interval=600,
+    maintenance_interval=10,
+    record_lifetime=20_000,
+    republish_interval=20_000,
+)
 
 
 def network(count: int, settings: DHTSettings = SETTINGS, join: bool = True) -> DHTSimulation:
@@ -309,15 +319,7 @@ class ServiceTests(SynchronousTestCase):
         as its own wait ends: the first holder whose wait ends does so
         within one upkeep interval of it.
         """
-        settings = DHTSettings(
-            k=8,
-            rpc_timeout=1.0,
-            replicate_interval=600,
-            maintenance_interval=10,
-            record_lifetime=20_000,
-            republish_interval=20_000,
-        )
-        sim = network(24, settings)
+        sim = network(24, REPLICATING)
         # Holding nothing, each node's upkeep finds nothing due; the
         # record comes soon after those runs.
         sim.clock.advance(120)
@@ -359,15 +361,7 @@ class ServiceTests(SynchronousTestCase):
         record is re-replicated by about one holder per interval, not by
         each of the ``k`` (``k`` lookups and ``k`` squared stores).
         """
-        settings = DHTSettings(
-            k=8,
-            rpc_timeout=1.0,
-            replicate_interval=600,
-            maintenance_interval=10,
-            record_lifetime=20_000,
-            republish_interval=20_000,
-        )
-        sim = network(24, settings)
+        sim = network(24, REPLICATING)
         owner = sim.nodes[0]
         sim.run(owner.dht.publish())
         key = node_id(owner.identity.peer_id)
