@@ -854,6 +854,36 @@ class WorkTests(SynchronousTestCase):
         self.assertEqual(set(replicated), near)
         self.assertLessEqual(max(runs), dht.settings.replicate_per_run)
 
+    def test_due_times_of_dropped_records_bounded(self) -> None:
+        """
+        Records that come and go (a peer storing junk that expires, or
+        gives way) leave no more due times behind than the store holds
+        records: 5,000 kept and dropped, 20 held at the end.
+        """
+        net = Network()
+        node = net.node("holder", "holder")
+        assert node.dht is not None
+        dht = node.dht
+        now = net.clock.seconds()
+        sample = StoredRecord(
+            PeerRecord(identity("some").peer_id, 1, int(now), int(now) + 10**6, ("memory:x:1",)),
+            b"",
+            now,
+        )
+        held = {dht.own_id ^ (n + 1) for n in range(20)}
+        for key in [*held, *(dht.own_id ^ (1 << 255) ^ n for n in range(5_000))]:
+            # As put_record keeps a record, without its checks.
+            dht.store.records[key] = sample
+            for kept in dht.store.kept:
+                kept(key)
+            if key not in held:
+                dht.store._drop_record(key)
+        bound = 2 * len(dht.store.records) + 64
+        self.assertEqual(len(dht.store.records), 20)
+        self.assertLessEqual(len(dht._due), bound)
+        self.assertLessEqual(len(dht._due_at), bound)
+        self.assertTrue(held <= set(dht._due_at))
+
 
 class TCPOriginTests(TestCase):
     """

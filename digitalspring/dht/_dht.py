@@ -1067,6 +1067,22 @@ class DHT(Service):
     def _record_kept(self, key: int) -> None:
         if key not in self._due_at:
             self._due_on(key, self._due_after(key, self.clock.seconds()))
+            if len(self._due) > 2 * len(self.store.records) + 64:
+                self._forget_dropped()
+
+    def _forget_dropped(self) -> None:
+        """
+        Forget the due times of records no longer held (each would be
+        dropped when it came up): records that expired or gave way leave
+        at most as many entries as the store holds records.
+        """
+        records = self.store.records
+        # In place: a run of _rereplicate may hold these very objects.
+        self._due[:] = [(at, key) for at, key in self._due if key in records]
+        heapq.heapify(self._due)
+        for table in (self._due_at, self._replicated):
+            for key in [key for key in table if key not in records]:
+                del table[key]
 
     def _due_after(self, key: int, last: float) -> float:
         """
