@@ -145,7 +145,9 @@ class Lookup:
         self.alpha = alpha
         self.deadline = deadline
         self.find_value = find_value
-        self._candidates: dict[PeerID, _Candidate] = {}
+        #: By public key, whose hash and equality are the bytes' own (a
+        #: peer ID's are Python calls, and every answer brings k contacts).
+        self._candidates: dict[bytes, _Candidate] = {}
         self._order: list[tuple[int, bytes, _Candidate]] = []
         self._path: list[Hop] = []
         self._in_flight = 0
@@ -175,22 +177,31 @@ class Lookup:
         return self.result
 
     def _add(self, contact: Contact, hop: int) -> None:
-        if contact.node_id == self.own_id or contact.peer_id in self._candidates:
+        key = contact.peer_id.public_key
+        if key in self._candidates or contact.node_id == self.own_id:
             return
         candidate = _Candidate(contact, hop)
-        self._candidates[contact.peer_id] = candidate
+        self._candidates[key] = candidate
         # Distance, then key: the candidate itself is never compared, as
         # no two candidates share a peer ID.
-        insort(self._order, (contact.node_id ^ self.target, contact.peer_id.public_key, candidate))
+        insort(self._order, (contact.node_id ^ self.target, key, candidate))
 
-    def _window(self) -> list[_Candidate]:
+    def _window(self) -> tuple[list[_Candidate], bool]:
+        """
+        The ``k`` closest candidates that have not failed, and whether all
+        of them answered (one pass: this runs after every answer).
+        """
         window = []
+        answered = True
         for _, _, candidate in self._order:
-            if candidate.state != FAILED:
+            state = candidate.state
+            if state != FAILED:
                 window.append(candidate)
+                if state != ANSWERED:
+                    answered = False
                 if len(window) == self.k:
                     break
-        return window
+        return window, answered
 
     def _step(self) -> None:
         if self._stepping:
@@ -209,8 +220,8 @@ class Lookup:
         if self._found is not None:
             self._finish(False)
             return
-        window = self._window()
-        if window and all(c.state == ANSWERED for c in window):
+        window, answered = self._window()
+        if window and answered:
             self._finish(False)
             return
         for candidate in window:
@@ -303,11 +314,12 @@ class Lookup:
         self._done = True
         if self._timer is not None and self._timer.active():
             self._timer.cancel()
-        closest = tuple(c.contact for c in self._window() if c.state == ANSWERED)
+        window, _ = self._window()
+        closest = tuple(c.contact for c in window if c.state == ANSWERED)
         if self._found is not None:
             hops = self._found_hop
         else:
-            hops = max((c.hop for c in self._window() if c.state == ANSWERED), default=0)
+            hops = max((c.hop for c in window if c.state == ANSWERED), default=0)
         now = self.clock.seconds()
         outstanding = []
         for c in self._candidates.values():

@@ -121,9 +121,27 @@ class Bucket:
 
 
 def _crowded(entries: Iterable[_Entry], nets: frozenset[str], limit: int | None) -> bool:
+    # Plain loops that stop at the limit: every request a node answers from
+    # a newcomer asks this of a bucket or two.
     if limit is None or not nets:
         return False
-    return any(sum(1 for e in entries if net in e.nets) >= limit for net in nets)
+    for net in nets:
+        count = 0
+        for entry in entries:
+            if net in entry.nets:
+                count += 1
+                if count >= limit:
+                    return True
+    return False
+
+
+def _by_distance(entries: list[_Entry], target: int, count: int) -> list[Contact]:
+    """
+    The ``count`` contacts of ``entries`` closest to ``target``, closest first.
+    """
+    pairs = [(e.contact.node_id ^ target, e.contact) for e in entries]
+    pairs.sort()
+    return [contact for _, contact in pairs[:count]]
 
 
 class RoutingTable:
@@ -215,25 +233,30 @@ class RoutingTable:
         ``top + 1``, ``top + 2``, and so on.
         """
         want = self.k if count is None else count
-
-        def distance(contact: Contact) -> int:
-            return contact.node_id ^ target
-
+        # Contacts sorted as (distance, contact) pairs rather than with a
+        # key function: no two contacts are at the same distance, so the
+        # contacts themselves are never compared, and no Python call is
+        # made per contact (every request a node answers sorts a bucket).
         top = (self.own_id ^ target).bit_length() - 1
         buckets = self.buckets
         chosen: list[Contact] = []
         nearest = buckets.get(top)
         if nearest is not None:
-            chosen = sorted(nearest.contacts(), key=distance)
+            chosen = _by_distance(nearest.entries, target, want)
             if len(chosen) >= want:
-                return chosen[:want]
-        below = [e.contact for i, b in buckets.items() if i < top for e in b.entries]
+                return chosen
+        below = [
+            (e.contact.node_id ^ target, e.contact)
+            for i, b in buckets.items()
+            if i < top
+            for e in b.entries
+        ]
         if below:
-            chosen += heapq.nsmallest(want - len(chosen), below, key=distance)
+            chosen += [c for _, c in heapq.nsmallest(want - len(chosen), below)]
         for index in sorted(i for i in buckets if i > top):
             if len(chosen) >= want:
                 break
-            chosen += sorted(buckets[index].contacts(), key=distance)[: want - len(chosen)]
+            chosen += _by_distance(buckets[index].entries, target, want - len(chosen))
         return chosen
 
     def bucket_for(self, target: int) -> Bucket:

@@ -160,6 +160,9 @@ class PeerID:
     """
 
     public_key: bytes = field(repr=False)
+    #: The text form, made the first time it is asked for: peer IDs are
+    #: logged and counted by their text on every request a node answers.
+    _text: str | None = field(default=None, init=False, eq=False, order=False, repr=False)
 
     @public_key.validator
     def _check_key(self, attribute: object, value: bytes) -> None:
@@ -177,7 +180,11 @@ class PeerID:
         return cls(decode_onion(text.strip()))
 
     def __str__(self) -> str:
-        return encode_onion(self.public_key)
+        text = self._text
+        if text is None:
+            text = encode_onion(self.public_key)
+            object.__setattr__(self, "_text", text)
+        return text
 
     def __repr__(self) -> str:
         return f"PeerID({str(self)!r})"
