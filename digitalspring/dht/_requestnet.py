@@ -161,15 +161,20 @@ class End:
     def __repr__(self) -> str:
         return f"<End of {self.pool.host} with {self.peer_id}>"
 
-    def call(self, command: type[amp.Command], arguments: dict[str, Any]) -> Deferred[Any]:
+    def call(
+        self, command: type[amp.Command], arguments: dict[str, Any]
+    ) -> Deferred[tuple[End, Any]]:
         """
-        Send a request; the Deferred fires as ``callRemote``'s would.
+        Send a request; the Deferred fires with this end and the answer, or
+        fails, as the pool's ``request`` does (the answer and errors as
+        ``callRemote``'s).
 
         :raises ConnectionLost: when the connection is closed, as
             ``callRemote`` does.
         """
         if self.dispatcher is not None:
-            return self.dispatcher.callRemote(command, **arguments)  # type: ignore[no-any-return]
+            asked = self.dispatcher.callRemote(command, **arguments)
+            return asked.addCallback(lambda answer: (self, answer))  # type: ignore[no-any-return]
         if self._lost_by is not None:
             return fail(self._lost_by)
         other = self._sending()
@@ -237,7 +242,7 @@ class End:
         if d is None:
             return
         if error is None:
-            d.callback(result)
+            d.callback((self, result))
         else:
             d.errback(error)
 
@@ -480,7 +485,7 @@ class LightPool(Service):
         """
 
         def send(end: End) -> Deferred[tuple[End, Any]]:
-            return end.call(command, arguments).addCallback(lambda answer: (end, answer))
+            return end.call(command, arguments)
 
         def again(failure: Failure) -> Deferred[tuple[End, Any]]:
             failure.trap(ConnectionLost, ConnectionDone)
