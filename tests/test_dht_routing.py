@@ -116,6 +116,25 @@ class RoutingTableTests(SynchronousTestCase):
         distances = [c.node_id ^ target for c in closest]
         self.assertEqual(distances, sorted(distances))
 
+    @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 40))
+    def test_closest_as_a_full_sort(self, target: int, count: int) -> None:
+        """
+        closest() gives what sorting every contact by distance gives, for
+        targets near us and far in a table of many buckets, whichever
+        buckets it visits and in whatever order.
+        """
+        table = RoutingTable(OWN, self.clock, self.pings, k=8)
+        for n in range(120):
+            table.observe(contact(n))
+        held = table.contacts()
+        own = node_id(OWN)
+        # Targets whose first bit apart from our ID ranges from the full
+        # buckets far from us to the sparse ones near us, and beyond.
+        near = [own ^ (target >> shift) for shift in (1, 2, 3, 4, 6, 200)]
+        for t in (target, *near, own):
+            ordered = sorted(held, key=lambda c: c.node_id ^ t)
+            self.assertEqual(table.closest(t, count), ordered[:count])
+
     @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 25))
     def test_rank_of(self, target: int, limit: int) -> None:
         """

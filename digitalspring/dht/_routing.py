@@ -18,7 +18,6 @@ networks counted are those of addresses the DHT proved (see
 
 from __future__ import annotations
 
-import heapq
 import ipaddress
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -138,6 +137,11 @@ def _crowded(entries: Iterable[_Entry], nets: frozenset[str], limit: int | None)
 def _by_distance(entries: list[_Entry], target: int, count: int) -> list[Contact]:
     """
     The ``count`` contacts of ``entries`` closest to ``target``, closest first.
+
+    They are sorted as (distance, contact) pairs rather than with a key
+    function, which would be a Python call per contact: every request a
+    node answers sorts a bucket or two.  No two contacts are at the same
+    distance, so the contacts themselves are never compared.
     """
     pairs = [(e.contact.node_id ^ target, e.contact) for e in entries]
     pairs.sort()
@@ -224,39 +228,34 @@ class RoutingTable:
         The ``count`` (default ``k``) contacts closest to ``target``,
         closest first.
 
-        Buckets are visited in order of distance, so the work is about the
-        contacts returned, not the whole table, for the common question
-        (``k`` contacts near a key far from us): with ``top`` the highest
-        bit in which ``target`` differs from our ID, the contacts of bucket
-        ``top`` are the closest (below ``2**top`` away), then all those of
-        the buckets below it (in ``[2**top, 2**(top + 1))``), then bucket
-        ``top + 1``, ``top + 2``, and so on.
+        Buckets are visited in order of distance, and only as many as it
+        takes, so the work is about the contacts returned, not the whole
+        table.  With ``x`` our ID XOR ``target`` and ``top`` its highest
+        bit, the contacts of bucket ``top`` are the closest (below
+        ``2**top`` away).  Those of a bucket ``i < top`` agree with us on
+        every bit above ``i`` and differ at ``i``, so they are all nearer
+        the target than those of the buckets below ``i`` when bit ``i`` of
+        ``x`` is set, and all farther when it is not: the buckets below
+        ``top`` whose bit is set come next, highest first, then those whose
+        bit is clear, lowest first, then bucket ``top + 1``, ``top + 2``,
+        and so on.
         """
         want = self.k if count is None else count
-        # Contacts sorted as (distance, contact) pairs rather than with a
-        # key function: no two contacts are at the same distance, so the
-        # contacts themselves are never compared, and no Python call is
-        # made per contact (every request a node answers sorts a bucket).
-        top = (self.own_id ^ target).bit_length() - 1
+        x = self.own_id ^ target
+        top = x.bit_length() - 1
         buckets = self.buckets
+        below = sorted((i for i in buckets if i < top), reverse=True)
+        order = [top]
+        order += [i for i in below if x >> i & 1]
+        order += [i for i in reversed(below) if not x >> i & 1]
+        order += sorted(i for i in buckets if i > top)
         chosen: list[Contact] = []
-        nearest = buckets.get(top)
-        if nearest is not None:
-            chosen = _by_distance(nearest.entries, target, want)
-            if len(chosen) >= want:
-                return chosen
-        below = [
-            (e.contact.node_id ^ target, e.contact)
-            for i, b in buckets.items()
-            if i < top
-            for e in b.entries
-        ]
-        if below:
-            chosen += [c for _, c in heapq.nsmallest(want - len(chosen), below)]
-        for index in sorted(i for i in buckets if i > top):
-            if len(chosen) >= want:
-                break
-            chosen += _by_distance(buckets[index].entries, target, want - len(chosen))
+        for index in order:
+            bucket = buckets.get(index)
+            if bucket is not None:
+                chosen += _by_distance(bucket.entries, target, want - len(chosen))
+                if len(chosen) >= want:
+                    break
         return chosen
 
     def bucket_for(self, target: int) -> Bucket:
