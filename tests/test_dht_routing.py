@@ -136,6 +136,30 @@ class RoutingTableTests(SynchronousTestCase):
             self.assertEqual(table.closest(t, count), ordered[:count])
 
     @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 25))
+    def test_closer_than_self(self, target: int, limit: int) -> None:
+        """
+        closer_than_self counts, up to its limit, the contacts closer to the
+        target than we are, leaving out the one it is told to, for targets
+        near us and far.
+        """
+        table = RoutingTable(OWN, self.clock, self.pings, k=8)
+        for n in range(120):
+            table.observe(contact(n))
+        held = table.contacts()
+        own = node_id(OWN)
+        near = [own ^ (target >> shift) for shift in (1, 2, 3, 4, 6, 200)]
+        for t in (target, *near):
+            closer = [c for c in held if c.node_id ^ t < own ^ t]
+            self.assertEqual(table.closer_than_self(t, limit), min(len(closer), limit))
+            for left_out in (closer[:1] or held[:1]) + [contact(999)]:
+                expected = sum(1 for c in closer if c != left_out)
+                self.assertEqual(
+                    table.closer_than_self(t, limit, exclude=left_out.peer_id),
+                    min(expected, limit),
+                )
+        self.assertEqual(table.closer_than_self(own, limit), 0)
+
+    @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 25))
     def test_rank_of(self, target: int, limit: int) -> None:
         """
         rank_of counts, up to its limit, the other contacts closer to the

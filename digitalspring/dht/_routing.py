@@ -289,10 +289,10 @@ class RoutingTable:
     def closer_than_self(self, target: int, limit: int, exclude: PeerID | None = None) -> int:
         """
         How many contacts (counting up to ``limit``) are closer to
-        ``target`` than this node is: all those of the bucket that holds
-        ``target``, and those of nearer buckets on its side.  The work is
-        bounded by the contacts of those buckets, never the whole table for a
-        key far from us.
+        ``target`` than this node is, counted by whole buckets: all those of
+        the bucket that holds ``target``, and all those of each nearer
+        bucket whose bit our ID and ``target`` differ at (see
+        :meth:`closest`; the others are all farther).
 
         :param exclude: a peer not to count.
         """
@@ -300,24 +300,16 @@ class RoutingTable:
         if not mine:
             return 0
         top = mine.bit_length() - 1
-        skip = -1 if exclude is None else node_id(exclude)
-        count = 0
-        same = self.buckets.get(top)
-        if same is not None:
-            for entry in same.entries:
-                if entry.contact.node_id != skip:
-                    count += 1
-                    if count >= limit:
-                        return count
-        for index, bucket in self.buckets.items():
-            if index >= top:
-                continue
-            for entry in bucket.entries:
-                if entry.contact.node_id ^ target < mine and entry.contact.node_id != skip:
-                    count += 1
-                    if count >= limit:
-                        return count
-        return count
+
+        def nearer(index: int) -> bool:
+            return index == top or (index < top and bool(mine >> index & 1))
+
+        count = sum(len(b.entries) for i, b in self.buckets.items() if nearer(i))
+        if exclude is not None:
+            left_out = self._index.get(exclude)
+            if left_out is not None and nearer(left_out.index):
+                count -= 1
+        return min(count, limit)
 
     def rank_of(self, contact: Contact, target: int, limit: int) -> int:
         """
