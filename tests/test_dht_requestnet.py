@@ -6,7 +6,9 @@ and that the DHT on it behaves as on the memory network with real pools.
 
 from __future__ import annotations
 
+import gc
 import statistics
+import weakref
 from typing import Any
 
 from twisted.internet.defer import gatherResults
@@ -81,6 +83,28 @@ class ConnectionTests(SynchronousTestCase):
         sim.clock.advance(2)
         self.assertEqual((a.connections(), b.connections()), ({}, {}))
         self.assertEqual((a.links, b.links), (set(), set()))
+
+    def test_closed_connection_freed_by_reference_counting(self) -> None:
+        """
+        A closed connection holds no cycle (its ends, their responders and
+        its link): it is freed once nothing else refers to it, without the
+        cyclic collector, which a large simulation runs only now and then.
+        """
+        sim, a, b = _pair(idle_timeout=60.0)
+        sim.run(_ping(sim, 0, 1))
+        ends = [weakref.ref(a.connections()[b.identity.peer_id])]
+        ends.append(weakref.ref(b.connections()[a.identity.peer_id]))
+        link = weakref.ref(a.connections()[b.identity.peer_id].link)
+        collecting = gc.isenabled()
+        gc.disable()
+        try:
+            sim.clock.advance(61)
+            self.assertEqual((a.connections(), b.connections()), ({}, {}))
+            self.assertEqual([end() for end in ends], [None, None])
+            self.assertIsNone(link())
+        finally:
+            if collecting:
+                gc.enable()
 
     def test_leaving_host(self) -> None:
         """

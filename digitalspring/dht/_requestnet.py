@@ -218,6 +218,11 @@ class End:
         except Exception:
             self._answer(tag, None, _remote_error(command, Failure()))
             return
+        if isinstance(result, dict):
+            # Most answers: checked first, as isinstance(result, Deferred)
+            # goes through an ABC's check (Deferred is an Awaitable).
+            self._answer(tag, _response(command, result), None)
+            return
         if iscoroutine(result):
             result = Deferred.fromCoroutine(result)
         if isinstance(result, Deferred):
@@ -259,6 +264,11 @@ class End:
 
     def _lost(self, reason: Failure) -> None:
         self.transport = None
+        # The references back to this end go (as Link.close drops its
+        # ends): a closed connection is freed once nothing else holds it,
+        # rather than left to the cyclic collector.
+        self.other = None
+        self._locators = []
         self.pool._connection_lost(self)
         if self.dispatcher is not None:
             self.dispatcher.stopReceivingBoxes(reason)
@@ -387,7 +397,8 @@ class Link:
             self._timer.cancel()
         self._timer = None
         failure = Failure(reason)
-        for end in self.ends:
+        ends, self.ends = self.ends, []
+        for end in ends:
             end._lost(failure)
 
 
