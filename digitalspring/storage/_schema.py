@@ -240,7 +240,12 @@ _KEY_CHECK_ROW = row_identity("key_check", "sealed")
 def check_header(path: str) -> None:
     """
     Check what can be checked of an existing file without SQLite: that it
-    is an SQLite database, and not shorter than its header says.
+    is an SQLite database, and not shorter than its header says unless a
+    write-ahead log lies beside it.  A checkpoint writes the first page
+    (and its page count) before the pages past the file's old end, so a
+    process killed during one leaves a file shorter than its header says;
+    SQLite completes it from the log, which it keeps until the checkpoint
+    is over.  Whether it can is for SQLite's own checks (:func:`validate`).
 
     :raises NotADatabase: for a file that is not SQLite.
     :raises DamagedDatabase: for one that was truncated.
@@ -256,7 +261,8 @@ def check_header(path: str) -> None:
         page_size = 65536
     pages = int.from_bytes(header[28:32], "big")
     pages_valid = header[92:96] == header[24:28]
-    if size % page_size or (pages_valid and size < pages * page_size):
+    logged = os.path.exists(path + "-wal") and os.path.getsize(path + "-wal") > 0
+    if size % page_size or (pages_valid and not logged and size < pages * page_size):
         raise DamagedDatabase(
             f"{path} is truncated ({size} bytes; its header says"
             f" {pages} pages of {page_size}); restore it from a backup"
