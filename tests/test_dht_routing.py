@@ -95,6 +95,15 @@ class IdTests(SynchronousTestCase):
         self.assertEqual(subnets(c), frozenset({"10.1.2", "2001:db8:1::/48", "memory:a"}))
 
 
+def near_and_far(target: int) -> list[int]:
+    """
+    ``target``, and targets whose first bit apart from OWN's ID ranges from
+    the full buckets far from it to the sparse ones near it, and beyond.
+    """
+    own = node_id(OWN)
+    return [target, *(own ^ (target >> shift) for shift in (1, 2, 3, 4, 6, 200))]
+
+
 class RoutingTableTests(SynchronousTestCase):
     def setUp(self) -> None:
         self.clock = Clock()
@@ -116,6 +125,16 @@ class RoutingTableTests(SynchronousTestCase):
         distances = [c.node_id ^ target for c in closest]
         self.assertEqual(distances, sorted(distances))
 
+    def many_buckets(self) -> tuple[RoutingTable, list[Contact]]:
+        """
+        A table of 120 contacts in buckets of 8: full far from us, sparse
+        near us; and its contacts.
+        """
+        table = RoutingTable(OWN, self.clock, self.pings, k=8)
+        for n in range(120):
+            table.observe(contact(n))
+        return table, table.contacts()
+
     @given(st.integers(min_value=0, max_value=2**256 - 1), st.integers(1, 40))
     def test_closest_as_a_full_sort(self, target: int, count: int) -> None:
         """
@@ -123,15 +142,8 @@ class RoutingTableTests(SynchronousTestCase):
         targets near us and far in a table of many buckets, whichever
         buckets it visits and in whatever order.
         """
-        table = RoutingTable(OWN, self.clock, self.pings, k=8)
-        for n in range(120):
-            table.observe(contact(n))
-        held = table.contacts()
-        own = node_id(OWN)
-        # Targets whose first bit apart from our ID ranges from the full
-        # buckets far from us to the sparse ones near us, and beyond.
-        near = [own ^ (target >> shift) for shift in (1, 2, 3, 4, 6, 200)]
-        for t in (target, *near, own):
+        table, held = self.many_buckets()
+        for t in (*near_and_far(target), node_id(OWN)):
             ordered = sorted(held, key=lambda c: c.node_id ^ t)
             self.assertEqual(table.closest(t, count), ordered[:count])
 
@@ -142,13 +154,9 @@ class RoutingTableTests(SynchronousTestCase):
         target than we are, leaving out the one it is told to, for targets
         near us and far.
         """
-        table = RoutingTable(OWN, self.clock, self.pings, k=8)
-        for n in range(120):
-            table.observe(contact(n))
-        held = table.contacts()
+        table, held = self.many_buckets()
         own = node_id(OWN)
-        near = [own ^ (target >> shift) for shift in (1, 2, 3, 4, 6, 200)]
-        for t in (target, *near):
+        for t in near_and_far(target):
             closer = [c for c in held if c.node_id ^ t < own ^ t]
             self.assertEqual(table.closer_than_self(t, limit), min(len(closer), limit))
             for left_out in (closer[:1] or held[:1]) + [contact(999)]:
