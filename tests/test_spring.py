@@ -128,6 +128,19 @@ def _served(test: SynchronousTestCase) -> list[tuple[bool, int]]:
     return served
 
 
+def _staggered(source: str, target: str) -> float:
+    """
+    One-way latencies for members ``m0``, ``m1``, ...: 10 ms between
+    members, and from the owner 50 ms more for each member's number, so
+    that the owner's activations reach the members one after the other
+    and a member's can reach its neighbours first.
+    """
+    if "owner" not in (source, target):
+        return 0.01
+    member = target if source == "owner" else source
+    return 0.05 * (1 + int(member.lstrip("m")))
+
+
 class TransmissionTests(SynchronousTestCase):
     def test_members_end_once_all_complete(self) -> None:
         """
@@ -155,6 +168,7 @@ class TransmissionTests(SynchronousTestCase):
         """
         served = _served(self)
         self.patch(_spring, "DIRECT_SMALL", 2)
+        self.patch(_spring, "ALL_DIRECT_SMALL", 2)
         net = GroupNetwork({"spring": SpringStrategyPlugin()})
         owner = net.node("owner")
         members = [net.node(f"m{i}") for i in range(12)]
@@ -163,6 +177,43 @@ class TransmissionTests(SynchronousTestCase):
         net.result(net.result(owner.publish(group_id, b"hello", "f.txt")).settled(), limit=30)
         self.assertEqual([[m.data for m in g] for g in got], [[b"hello"]] * 12)
         self.assertEqual(served, [])
+
+    def test_small_message_not_passed_on_when_all_are_direct(self) -> None:
+        """
+        When the owner activates every member itself (a message of one
+        fragment, no more members than ``ALL_DIRECT_SMALL``), it says so
+        and no member passes the activation on: each member gets the
+        message once, from the owner, and no member dials another.  In a
+        larger group, where the owner activates ``DIRECT_SMALL`` members,
+        they pass it on.
+        """
+        activators: list[tuple[bool, Any]] = []
+        activated = SpringStrategy.activated
+
+        def spy(strategy: SpringStrategy, peer: Any, *args: Any) -> Any:
+            activators.append((peer == strategy.context.owner, strategy.context.local))
+            return activated(strategy, peer, *args)
+
+        self.patch(SpringStrategy, "activated", spy)
+        for all_direct, passed_on in [(12, False), (11, True)]:
+            self.patch(_spring, "ALL_DIRECT_SMALL", all_direct)
+            self.patch(_spring, "DIRECT_SMALL", 4)
+            del activators[:]
+            net = GroupNetwork({"spring": SpringStrategyPlugin()}, latency=_staggered)
+            owner = net.node("owner")
+            members = [net.node(f"m{i}") for i in range(12)]
+            group_id = net.group(owner, *members, strategy="spring")
+            got = [net.subscribe(m, group_id) for m in members]
+            # Neighbour lists reach the members.
+            net.run(5)
+            report = net.result(owner.publish(group_id, b"hello", "f.txt"))
+            net.result(report.settled(), limit=30)
+            self.assertEqual([[m.data for m in g] for g in got], [[b"hello"]] * 12)
+            from_owner = sorted(str(local) for by_owner, local in activators if by_owner)
+            from_members = [local for by_owner, local in activators if not by_owner]
+            self.assertEqual(bool(from_members), passed_on, all_direct)
+            if not passed_on:
+                self.assertEqual(from_owner, sorted(str(m.local) for m in members))
 
     def test_owner_left_alone_while_it_pushes(self) -> None:
         """

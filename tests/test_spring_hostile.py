@@ -112,7 +112,13 @@ class HostileResponder(SpringResponder):
 
     @SpringActivate.responder
     async def activate(
-        self, group: bytes, manifest: bytes, have: bytes, hint: bytes, data: bytes | None = None
+        self,
+        group: bytes,
+        manifest: bytes,
+        have: bytes,
+        hint: bytes,
+        data: bytes | None = None,
+        relay: bool | None = None,
     ) -> dict[str, Any]:
         strategy = await self.router.strategy(self.connection, group)
         if isinstance(strategy, Dropper):
@@ -120,7 +126,7 @@ class HostileResponder(SpringResponder):
             full = (1 << len(found.fragment_hashes)) - 1
             strategy.activate_neighbours(manifest, full)
             return {"have": encode_bitmap(full), "complete": False}
-        return await super().activate(group, manifest, have, hint, data)
+        return await super().activate(group, manifest, have, hint, data, relay)
 
     @SpringHave.responder
     async def have(self, group: bytes, epoch: int, index: int, have: bytes) -> dict[str, Any]:
@@ -344,10 +350,12 @@ class _Replayed:
             self.activate()
             self.transmission = _spring(self.a, self.group_id).transmission(0, 0)
 
-    def activate(self, manifest: bytes | None = None) -> Any:
+    def activate(self, manifest: bytes | None = None, **more: Any) -> Any:
         """
         ``h`` activates ``a`` with ``manifest`` (the genuine one by
         default), saying it holds nothing: the answer, or the error's type.
+
+        :param more: more arguments of ``spring-activate``.
         """
         [answer] = _failures(
             self.net,
@@ -357,6 +365,7 @@ class _Replayed:
                 manifest=self.sealed.signed_manifest if manifest is None else manifest,
                 have=b"",
                 hint=b"",
+                **more,
             ),
         )
         return answer
@@ -740,6 +749,28 @@ class ActivationTests(SynchronousTestCase):
         self.assertEqual(_spring(a, replayed.group_id).transmissions, 0)
         self.assertRaises(NotStored, net.result, a.store.message(replayed.group_id, 0, 0))
         self.assertEqual(replayed.dialled, [])
+
+    def test_only_the_owner_stops_an_activation_passing_on(self) -> None:
+        """
+        ``relay`` false on an activation from another member is not
+        heeded (only the owner, which activates every member itself when
+        it sets it, may say so): the member passes the activation on to
+        each of its neighbours as usual, so a hostile member cannot cut
+        off the members behind the one it activates.
+        """
+        activations: list[PeerID] = []
+        replayed = _Replayed(others=4, activate=False)
+        for other in replayed.others:
+            strategy = _spring(other, replayed.group_id)
+
+            def spy(peer: PeerID, *args: Any, activated: Any = strategy.activated) -> Any:
+                activations.append(peer)
+                return activated(peer, *args)
+
+            strategy.activated = spy  # type: ignore[method-assign]
+        self.assertIsInstance(replayed.activate(relay=False), dict)
+        replayed.net.run(1)
+        self.assertEqual(activations.count(replayed.a.local), len(replayed.others))
 
     def test_replayed_activation_changes_nothing(self) -> None:
         """

@@ -15,7 +15,8 @@ sends it to those that ask, as its upload budget allows (lowest latency
 first, refusing when its queue is full, so that requests spread over the
 holders).  A request a holder leaves unanswered too long is asked of
 another holder too.  A message of one fragment rides on the activations
-themselves.
+themselves; in a group of at most :data:`ALL_DIRECT_SMALL` members the
+owner activates every member with it, and nobody passes it on.
 
 Acknowledgements go back up the activation tree: each member sends its
 own, and those of the members it activated, to its activator, so the
@@ -63,6 +64,7 @@ from ._interfaces import (
 from ._membership import MembershipNotProven
 from ._spring_teardown import Teardown
 from ._spring_transmission import (
+    ALL_DIRECT_SMALL,
     DIRECT,
     DIRECT_SMALL,
     HINT_GRACE,
@@ -174,7 +176,15 @@ class SpringStrategy:
         t.failed -= targets
         t.touch()
         t.random.shuffle(again)
-        direct = again[: DIRECT_SMALL if t.count == 1 else DIRECT] if first else again
+        if t.count == 1:
+            most = len(again) if len(again) <= ALL_DIRECT_SMALL else DIRECT_SMALL
+        else:
+            most = DIRECT
+        direct = again[:most] if first else again
+        # A message of one fragment rides on the activations: once the
+        # owner activates every member itself, a member passing it on
+        # would only send it to members that have it.
+        t.relay = t.relay and not (t.count == 1 and len(direct) == len(again))
         watch = targets if first else set(direct) | (targets & t.activating)
         d: Deferred[TransmissionReport] = Deferred()
         t.waiters.append((frozenset(watch), d))
@@ -247,10 +257,14 @@ class SpringStrategy:
         hint: bytes,
         data: bytes | None,
         connection: Any = None,
+        passed_on: bool | None = None,
     ) -> tuple[bytes, bool]:
         """
         An activation from ``peer`` (on ``connection``): acted on only once
-        its manifest verifies, and only once per transmission.
+        its manifest verifies, and only once per transmission.  It is
+        passed on to the neighbours unless the owner, activating every
+        member itself, said not to (``passed_on`` false: the command's
+        ``relay``).
 
         :returns: what this node holds of the message, and whether it
             committed it already.
@@ -310,7 +324,8 @@ class SpringStrategy:
         if new:
             # Passed on once the fragment riding on it is held, so that it
             # rides on the activations passed on too.
-            t.start(context.neighbours(), {peer, context.owner})
+            alone = passed_on is False and peer == context.owner
+            t.start(frozenset() if alone else context.neighbours(), {peer, context.owner})
         if bad is not None:
             t.drop(peer, f"sent a fragment that did not check out: {bad}")
             raise SpringRefused("the fragment did not check out")
@@ -353,12 +368,18 @@ class SpringResponder(amp.CommandLocator):
 
     @SpringActivate.responder
     async def activate(
-        self, group: bytes, manifest: bytes, have: bytes, hint: bytes, data: bytes | None = None
+        self,
+        group: bytes,
+        manifest: bytes,
+        have: bytes,
+        hint: bytes,
+        data: bytes | None = None,
+        relay: bool | None = None,
     ) -> dict[str, Any]:
         strategy = await self._strategy(group)
         try:
             held, complete = await strategy.activated(
-                self.connection.peer_id, manifest, have, hint, data, self.connection
+                self.connection.peer_id, manifest, have, hint, data, self.connection, relay
             )
         except SpringRefused:
             raise

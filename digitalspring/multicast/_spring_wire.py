@@ -71,7 +71,9 @@ _ERRORS: dict[type[Exception], bytes] = {
 class SpringActivate(amp.Command):
     """
     Activate a member for the message whose signed manifest is
-    ``manifest``.
+    ``manifest``.  ``relay`` false, from the owner only, says the owner
+    activates every member itself: the member passes the activation on to
+    nobody.
     """
 
     commandName = b"spring-activate"
@@ -81,6 +83,7 @@ class SpringActivate(amp.Command):
         (b"have", BoundedBytes(BITMAP_SIZE)),
         (b"hint", BoundedBytes(BITMAP_SIZE)),
         (b"data", BoundedBytes(FRAGMENT_SIZE, optional=True)),
+        (b"relay", amp.Boolean(optional=True)),
     ]
     response = [(b"have", BoundedBytes(BITMAP_SIZE)), (b"complete", amp.Boolean())]
     errors = _ERRORS

@@ -59,6 +59,8 @@ class GroupNetwork:
     Nodes running the multicast service on one memory network and one
     simulated clock, each with a :class:`~digitalspring.storage.MemoryStore`.
 
+    :param latency: the one-way delay in seconds, or a function of the two
+        nodes' names that gives it (see :class:`MemoryNetwork`).
     :param dht: when given, every node runs a DHT with these settings
         (joining through the first node made), which its groups use.
     :ivar contacts: whether every node counts every other as a contact
@@ -69,7 +71,7 @@ class GroupNetwork:
     def __init__(
         self,
         plugins: dict[str, IMulticastStrategyPlugin] | None = None,
-        latency: float = 0.01,
+        latency: float | Callable[[str, str], float] = 0.01,
         idle_timeout: float = 60.0,
         dht: DHTSettings | None = None,
     ) -> None:
