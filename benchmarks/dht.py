@@ -70,7 +70,9 @@ answered or not.  ``stale_contacts_fraction`` is the share of routing-table
 contacts, over the tables of nodes that are up, whose node has left,
 sampled every ten simulated minutes of the measurement and averaged.
 ``upkeep_rpcs_per_node_hour`` counts every DHT request any node sent, per
-node that was up, per simulated hour of the measurement.
+node that was up, per simulated hour of the measurement.  ``warnings``
+counts the nodes' log events at warning level or worse, and
+``first_warning`` is the first of them.
 
 ``--join-mode prefill`` runs the earlier benchmark instead, for comparison:
 routing tables filled directly as a long-lived network would have filled
@@ -107,6 +109,7 @@ from twisted.logger import (
     LogEvent,
     LogLevel,
     LogLevelFilterPredicate,
+    formatEvent,
     globalLogBeginner,
 )
 from zope.interface import implementer
@@ -557,6 +560,7 @@ def run_churn(
         "join_phase_s": round(joined_at, 1),
         "simulated_s": round(clock.seconds(), 1),
         "warnings": len(warnings),
+        "first_warning": formatEvent(warnings[0])[:300] if warnings else None,
         "wall_s": progress.wall(),
         "cpu_s": progress.cpu(),
         "peak_rss_mb": _peak_rss_mb(),
